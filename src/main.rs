@@ -1,0 +1,3 @@
+//! The `chronicle` command-line interface.
+
+fn main() {}

@@ -1,0 +1,142 @@
+//! The store's error type.
+//!
+//! How a caller handles each variant:
+//! - [`StoreError::Conflict`]: re-read the stream, re-decide, append again.
+//! - [`StoreError::IndexConflict`]: the unique index key is taken; read the
+//!   existing value (e.g. the run that already used an idempotency key).
+//! - [`StoreError::Locked`], [`StoreError::Corruption`],
+//!   [`StoreError::UnsupportedFormat`], [`StoreError::Io`]: storage problems
+//!   the caller cannot fix by retrying; report them (CLI exit code 3).
+//! - [`StoreError::Closed`]: the writer has stopped (after a fatal storage
+//!   error or on shutdown); reopen the store.
+
+use std::path::PathBuf;
+
+/// Errors of the event log.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Optimistic concurrency failed: the stream has moved on.
+    #[error("conflict on stream {stream}: expected last seq {expected}, found {actual}")]
+    Conflict {
+        /// The stream appended to.
+        stream: String,
+        /// The seq the caller expected to be last.
+        expected: u64,
+        /// The seq actually last.
+        actual: u64,
+    },
+    /// A write required an index key to be absent, and it was present.
+    #[error("index {index} already has key {key}")]
+    IndexConflict {
+        /// The index name.
+        index: String,
+        /// The key that was present.
+        key: String,
+        /// Its current value.
+        existing: Vec<u8>,
+    },
+    /// Another process holds the database file.
+    #[error(
+        "database {path} is in use by another process; stop that process or use another --db path"
+    )]
+    Locked {
+        /// The database path.
+        path: PathBuf,
+    },
+    /// The file is not a readable Chronicle database, or the log broke an
+    /// invariant when read (a gap in seqs, a key/envelope mismatch).
+    #[error("database {path} is corrupt: {message}")]
+    Corruption {
+        /// The database path (or `<memory>`).
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file was written by a newer or unknown Chronicle format.
+    #[error(
+        "database {path} has format version {found}, this build reads version {supported}; use a matching chronicle release"
+    )]
+    UnsupportedFormat {
+        /// The database path.
+        path: PathBuf,
+        /// The version found in the file.
+        found: String,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// An operating-system I/O error.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// redb reported an error not covered above.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// A stream name that is not allowed.
+    #[error("invalid stream id {0:?}: must be a UUID or a non-empty name of at most 256 bytes")]
+    InvalidStream(String),
+    /// A write request that breaks the API's rules (e.g. empty, or the
+    /// same stream twice in one request).
+    #[error("invalid write request: {0}")]
+    InvalidRequest(String),
+    /// A payload could not be serialized.
+    #[error("cannot encode event: {0}")]
+    Encode(String),
+    /// A payload could not be decoded.
+    #[error("cannot decode event {stream}#{seq}: {message}")]
+    Decode {
+        /// The stream.
+        stream: String,
+        /// The seq.
+        seq: u64,
+        /// The decoder's message.
+        message: String,
+    },
+    /// The writer thread is gone.
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// True for errors that mean the database cannot be used as it is
+    /// (locked, corrupt, unsupported, I/O): the CLI maps these to exit 3.
+    pub fn is_storage_problem(&self) -> bool {
+        matches!(
+            self,
+            Self::Locked { .. }
+                | Self::Corruption { .. }
+                | Self::UnsupportedFormat { .. }
+                | Self::Io { .. }
+                | Self::Storage(_)
+                | Self::Closed
+        )
+    }
+}
+
+/// Map any redb error into a [`StoreError`], turning corruption reports
+/// into [`StoreError::Corruption`].
+pub(crate) fn from_redb(path: &std::path::Path, e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    match e {
+        redb::Error::DatabaseAlreadyOpen => StoreError::Locked {
+            path: path.to_path_buf(),
+        },
+        redb::Error::Corrupted(m) => StoreError::Corruption {
+            path: path.to_path_buf(),
+            message: m,
+        },
+        redb::Error::Io(source) => StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        redb::Error::UpgradeRequired(v) => StoreError::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found: format!("redb file format {v}"),
+            supported: crate::FORMAT_VERSION,
+        },
+        other => StoreError::Storage(other.to_string()),
+    }
+}

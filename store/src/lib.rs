@@ -1,0 +1,57 @@
+//! # chronicle-store
+//!
+//! Chronicle's event log: durable, append-only, hash-chained streams of
+//! events in one [redb](https://docs.rs/redb) file. It knows streams,
+//! sequence numbers, envelopes and bytes — not workflows.
+//!
+//! - **Streams** ([`StreamId`]): a run (UUID v7) or a named stream; events
+//!   numbered [`Seq`] 1..n with no gap, and a database-wide [`Position`].
+//! - **Append with optimistic concurrency** ([`Store::append`],
+//!   [`Store::write`]): all events of a request or none; a typed
+//!   [`StoreError::Conflict`] when the stream moved.
+//! - **Group commit**: one writer thread writes every queued request in one
+//!   `Durability::Immediate` transaction and acknowledges each caller after
+//!   it is durable. The queue is bounded.
+//! - **Hash chain** per stream: `h_n = SHA-256(h_{n-1} ‖ canonical bytes)`,
+//!   `h_0` = 32 zero bytes ([`GENESIS_HASH`], [`canonical_bytes`]);
+//!   [`Store::verify_stream`] names the first bad seq.
+//! - **Projections and unique keys** ([`IndexOp`]) written in the same
+//!   transaction as the append; **snapshots** of folds.
+//!
+//! ```no_run
+//! use chronicle_store::{NewEvent, Seq, Store, StoreOptions, StreamId};
+//! # async fn demo() -> Result<(), chronicle_store::StoreError> {
+//! let store = Store::open("chronicle.redb", StoreOptions::default())?;
+//! let stream = StreamId::named("agent:demo")?;
+//! let committed = store
+//!     .append(stream.clone(), Seq(0), vec![NewEvent::new(1, br#"{"n":1}"#.to_vec())])
+//!     .await?;
+//! assert_eq!(committed[0].seq, Seq(1));
+//! assert!(store.verify_stream(&stream)?.ok());
+//! # Ok(()) }
+//! ```
+
+pub mod bench;
+mod clock;
+mod envelope;
+mod error;
+mod ids;
+mod open;
+mod store;
+mod tables;
+mod write;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use envelope::{
+    GENESIS_HASH, Hash, NewEvent, RawEnvelope, canonical_bytes, chain_hash, hex, parse_hex_hash,
+};
+pub use error::StoreError;
+pub use ids::{MAX_STREAM_NAME, Position, Seq, StreamId};
+pub use redb::StorageBackend;
+pub use redb::backends::{FileBackend, InMemoryBackend};
+pub use store::{ChainReport, Store, StoreOptions, StreamHead};
+pub use write::{Append, Committed, IndexOp, WriteRequest};
+
+/// The on-disk format version this build reads and writes (in the `meta`
+/// table under `format_version`).
+pub const FORMAT_VERSION: u32 = 1;

@@ -1,0 +1,156 @@
+//! Opening a database file: atomic creation, format check, error mapping.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
+
+use crate::FORMAT_VERSION;
+use crate::error::{StoreError, from_redb};
+use crate::tables::{EVENTS, HEADS, INDEX, META, POSITIONS, SNAPSHOTS};
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Open the file at `path`, creating it atomically if it does not exist:
+/// the new database is written to `PATH.creating-PID`, fsynced, renamed
+/// into place and the directory fsynced, so a crash during creation leaves
+/// either no file or a complete one.
+pub(crate) fn open_file(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    if !path.exists() {
+        create_atomically(path)?;
+    } else if fs::metadata(path).map_err(io(path))?.len() == 0 {
+        return Err(StoreError::Corruption {
+            path: path.to_path_buf(),
+            message: "the file is empty (not a Chronicle database); move it away".into(),
+        });
+    }
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .open(path)
+        .map_err(|e| map_open_error(path, e))?;
+    check_format(&db, path)?;
+    Ok(db)
+}
+
+/// Open (or initialise) a database on any redb backend: the in-memory one
+/// for tests, or a fault-injecting wrapper.
+pub(crate) fn open_backend(
+    backend: impl StorageBackend,
+    label: &Path,
+) -> Result<Database, StoreError> {
+    let db = Database::builder()
+        .create_with_backend(backend)
+        .map_err(|e| map_open_error(label, e))?;
+    init_tables(&db, label)?;
+    check_format(&db, label)?;
+    Ok(db)
+}
+
+fn map_open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::Storage(redb::StorageError::Io(ref io_err))
+            if io_err.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            StoreError::Corruption {
+                path: path.to_path_buf(),
+                message: io_err.to_string(),
+            }
+        }
+        other => from_redb(path, other),
+    }
+}
+
+fn create_atomically(path: &Path) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.creating-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        let db = Database::builder()
+            .create_file(file)
+            .map_err(|e| from_redb(&tmp, e))?;
+        init_tables(&db, &tmp)?;
+        drop(db);
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io(path))?;
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(&dir))?;
+    Ok(())
+}
+
+fn init_tables(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(|e| from_redb(path, e))?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| from_redb(path, e))?;
+        if meta
+            .get("format_version")
+            .map_err(|e| from_redb(path, e))?
+            .is_none()
+        {
+            meta.insert("format_version", FORMAT_VERSION.to_string().as_bytes())
+                .map_err(|e| from_redb(path, e))?;
+        }
+        txn.open_table(EVENTS).map_err(|e| from_redb(path, e))?;
+        txn.open_table(POSITIONS).map_err(|e| from_redb(path, e))?;
+        txn.open_table(HEADS).map_err(|e| from_redb(path, e))?;
+        txn.open_table(INDEX).map_err(|e| from_redb(path, e))?;
+        txn.open_table(SNAPSHOTS).map_err(|e| from_redb(path, e))?;
+    }
+    txn.commit().map_err(|e| from_redb(path, e))?;
+    Ok(())
+}
+
+fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let txn = db.begin_read().map_err(|e| from_redb(path, e))?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Err(StoreError::UnsupportedFormat {
+                path: path.to_path_buf(),
+                found: "none (a redb file that is not a Chronicle database)".into(),
+                supported: FORMAT_VERSION,
+            });
+        }
+        Err(e) => return Err(from_redb(path, e)),
+    };
+    let found = meta
+        .get("format_version")
+        .map_err(|e| from_redb(path, e))?
+        .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+    match found {
+        Some(v) if v == FORMAT_VERSION.to_string() => Ok(()),
+        Some(v) => Err(StoreError::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found: v,
+            supported: FORMAT_VERSION,
+        }),
+        None => Err(StoreError::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found: "missing".into(),
+            supported: FORMAT_VERSION,
+        }),
+    }
+}

@@ -1,0 +1,42 @@
+//! Helpers shared by the store's integration tests.
+#![allow(dead_code)]
+
+use chronicle_store::{NewEvent, Store, StoreOptions};
+use std::path::Path;
+
+/// SplitMix64: a seeded generator for test schedules (the seed is printed).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A seed from `CHRONICLE_SEED` or the process id and time, printed.
+pub fn seed(name: &str) -> u64 {
+    let seed = std::env::var("CHRONICLE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            let t = std::time::Instant::now();
+            (std::process::id() as u64) << 32 ^ (t.elapsed().as_nanos() as u64) ^ 0x5EED
+        });
+    eprintln!("{name}: seed {seed} (rerun with CHRONICLE_SEED={seed})");
+    seed
+}
+
+pub fn ev(text: &str) -> NewEvent {
+    NewEvent::new(1, format!(r#"{{"v":"{text}"}}"#).into_bytes())
+}
+
+pub fn open(path: &Path) -> Store {
+    Store::open(path, StoreOptions::default()).expect("open store")
+}
