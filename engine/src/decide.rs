@@ -1,0 +1,890 @@
+//! `decide(state, command, ctx) -> events`: where every rule of the
+//! engine lives. Pure: time, capacity and agent availability come in
+//! through [`Ctx`]; randomness comes from the run's seed.
+//!
+//! After applying a command, `decide` advances the run: it skips the
+//! dependents of failed steps, starts ready and due steps (routing
+//! `skills` steps to agents) within the capacity given, and ends the run
+//! when every step is done. One command therefore returns every event of
+//! one durable commit (a step's result and the next step's start).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
+
+use crate::backoff::delay_ms;
+use crate::circuit::CircuitState;
+use crate::event::{Captured, CarriedStep, Lineage, RunEvent};
+use crate::ids::{RunId, idempotency_key};
+use crate::model::template::{Scope, resolve};
+use crate::model::{ErrorKind, OnExhausted, RetryOn, Strategy, Workflow};
+use crate::state::{RunState, RunStatus, StepStatus, TransitionError, evolve};
+
+/// What an agent looks like to the decider right now.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentView {
+    /// Attempts running on it, in every run.
+    pub running: u32,
+    /// Its circuit.
+    pub circuit: CircuitState,
+}
+
+/// The world as `decide` may see it.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    /// Now.
+    pub now: DateTime<Utc>,
+    /// How many new attempts this run may start now (global limit).
+    pub slots: usize,
+    /// Agents by name.
+    pub agents: BTreeMap<String, AgentView>,
+}
+
+impl Ctx {
+    /// A context at `now` with unlimited slots and idle, closed agents.
+    pub fn at(now: DateTime<Utc>) -> Self {
+        Self {
+            now,
+            slots: usize::MAX,
+            agents: BTreeMap::new(),
+        }
+    }
+}
+
+/// How an attempt ended, as reported by an executor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttemptResult {
+    /// Success.
+    Succeeded {
+        /// Output.
+        output: Value,
+        /// Milliseconds.
+        duration_ms: u64,
+        /// Captured stdout.
+        stdout: Option<Captured>,
+        /// Captured stderr.
+        stderr: Option<Captured>,
+    },
+    /// Failure; `kind` is the executor's view, refined by the step's
+    /// retry policy (exit codes, HTTP statuses).
+    Failed {
+        /// Kind.
+        kind: ErrorKind,
+        /// Message.
+        message: String,
+        /// Exit code.
+        exit_code: Option<i32>,
+        /// HTTP status.
+        http_status: Option<u16>,
+        /// Milliseconds.
+        duration_ms: u64,
+        /// Captured stderr.
+        stderr: Option<Captured>,
+    },
+}
+
+/// What can be asked of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Create the run.
+    Create {
+        /// New id.
+        run_id: RunId,
+        /// Definition (validated).
+        workflow: Box<Workflow>,
+        /// Input (merged over the definition's defaults).
+        input: Value,
+        /// Idempotency key.
+        idempotency_key: Option<String>,
+        /// Seed for retry jitter.
+        seed: u64,
+    },
+    /// Start executing.
+    Start,
+    /// An attempt ended.
+    Finished {
+        /// Step.
+        step: String,
+        /// Attempt.
+        attempt: u32,
+        /// Result.
+        result: AttemptResult,
+    },
+    /// Time passed or capacity freed: start due retries, time out attempts
+    /// past their deadline, re-route blocked steps.
+    Tick,
+    /// The engine restarted: abandon attempts that never finished.
+    Recover,
+    /// Cancel.
+    Cancel {
+        /// Why.
+        reason: String,
+    },
+    /// Pause.
+    Pause,
+    /// Resume after pause.
+    Resume,
+    /// Release from quarantine.
+    Release,
+}
+
+/// A command refused: nothing is appended.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Rejected {
+    /// Create on an existing run.
+    #[error("run {0} already exists")]
+    AlreadyExists(String),
+    /// A command on a run that does not exist yet.
+    #[error("the run does not exist")]
+    NoRun,
+    /// The run has ended.
+    #[error("run {run} has ended ({status}); {command} does not apply")]
+    Ended {
+        /// Run.
+        run: String,
+        /// Its status.
+        status: &'static str,
+        /// The command.
+        command: &'static str,
+    },
+    /// The command does not apply in this status.
+    #[error("run {run} is {status}; {command} applies only to a {needs} run")]
+    WrongStatus {
+        /// Run.
+        run: String,
+        /// Its status.
+        status: &'static str,
+        /// The command.
+        command: &'static str,
+        /// The status it needs.
+        needs: &'static str,
+    },
+    /// Fork at a seq past the head or of an empty run.
+    #[error("cannot fork: {0}")]
+    BadFork(String),
+    /// `decide` produced an event `evolve` refused: a bug in the engine.
+    #[error("internal error: {0}")]
+    Internal(#[from] TransitionError),
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Create { .. } => "create",
+            Self::Start => "start",
+            Self::Finished { .. } => "attempt finished",
+            Self::Tick => "tick",
+            Self::Recover => "recover",
+            Self::Cancel { .. } => "cancel",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Release => "release",
+        }
+    }
+}
+
+/// Events being decided, with the state they lead to.
+struct Draft<'c> {
+    state: RunState,
+    events: Vec<RunEvent>,
+    ctx: &'c Ctx,
+    agents: BTreeMap<String, AgentView>,
+    slots: usize,
+}
+
+impl Draft<'_> {
+    fn push(&mut self, e: RunEvent) -> Result<(), Rejected> {
+        let seq = self.state.seq + 1;
+        self.state = evolve(std::mem::take(&mut self.state), seq, self.ctx.now, &e)?;
+        self.events.push(e);
+        Ok(())
+    }
+}
+
+/// Decide the events of `command` on `state`.
+///
+/// Errors: [`Rejected`] when the command does not apply (run ended, wrong
+/// status); `Ok(vec![])` when it changes nothing (a stale attempt result,
+/// a repeated pause).
+pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEvent>, Rejected> {
+    let mut d = Draft {
+        state: state.clone(),
+        events: Vec::new(),
+        ctx,
+        agents: ctx.agents.clone(),
+        slots: ctx.slots,
+    };
+    let name = command.name();
+    let run = state.run_id.map(|r| r.to_string()).unwrap_or_default();
+    if let Command::Create {
+        run_id,
+        workflow,
+        input,
+        idempotency_key,
+        seed,
+    } = command
+    {
+        if state.run_id.is_some() {
+            return Err(Rejected::AlreadyExists(run));
+        }
+        let input = merge_input(&workflow, input);
+        let sha = workflow.sha256();
+        d.push(RunEvent::RunCreated {
+            run_id,
+            workflow,
+            workflow_sha256: sha,
+            input,
+            idempotency_key,
+            seed,
+        })?;
+        return Ok(d.events);
+    }
+    if state.run_id.is_none() {
+        return Err(Rejected::NoRun);
+    }
+    if state.status.is_terminal() {
+        return Err(Rejected::Ended {
+            run,
+            status: state.status.as_str(),
+            command: name,
+        });
+    }
+    let wrong = |needs: &'static str| Rejected::WrongStatus {
+        run: run.clone(),
+        status: state.status.as_str(),
+        command: name,
+        needs,
+    };
+    match command {
+        Command::Create { .. } => unreachable!("handled above"),
+        Command::Start => {
+            if state.status != RunStatus::Pending {
+                return Err(wrong("pending"));
+            }
+            d.push(RunEvent::RunStarted {})?;
+        }
+        Command::Finished {
+            step,
+            attempt,
+            result,
+        } => {
+            let current = state.steps.get(&step).is_some_and(|s| {
+                s.status == StepStatus::Running
+                    && s.last_attempt().is_some_and(|a| a.number == attempt)
+            });
+            if !current {
+                return Ok(vec![]); // stale: the attempt already ended (timeout, cancel)
+            }
+            match result {
+                AttemptResult::Succeeded {
+                    output,
+                    duration_ms,
+                    stdout,
+                    stderr,
+                } => {
+                    d.push(RunEvent::StepSucceeded {
+                        step,
+                        attempt,
+                        output,
+                        duration_ms,
+                        stdout,
+                        stderr,
+                    })?;
+                }
+                AttemptResult::Failed {
+                    kind,
+                    message,
+                    exit_code,
+                    http_status,
+                    duration_ms,
+                    stderr,
+                } => {
+                    fail_attempt(
+                        &mut d,
+                        &step,
+                        attempt,
+                        kind,
+                        message,
+                        exit_code,
+                        http_status,
+                        duration_ms,
+                        stderr,
+                    )?;
+                }
+            }
+        }
+        Command::Tick => {
+            let overdue: Vec<(String, u32, i64)> = state
+                .steps
+                .iter()
+                .filter(|(_, s)| s.status == StepStatus::Running)
+                .filter_map(|(k, s)| {
+                    let a = s.last_attempt()?;
+                    let dl = a.deadline?;
+                    (dl <= ctx.now)
+                        .then(|| (k.clone(), a.number, (dl - a.started_at).num_milliseconds()))
+                })
+                .collect();
+            for (step, attempt, ms) in overdue {
+                let message = format!(
+                    "attempt exceeded its timeout of {} ms and was killed",
+                    ms.max(0)
+                );
+                fail_attempt(
+                    &mut d,
+                    &step,
+                    attempt,
+                    ErrorKind::Timeout,
+                    message,
+                    None,
+                    None,
+                    ms.max(0) as u64,
+                    None,
+                )?;
+            }
+        }
+        Command::Recover => recover(&mut d)?,
+        Command::Cancel { reason } => {
+            if state.cancel_requested {
+                return Ok(vec![]);
+            }
+            d.push(RunEvent::RunCancelRequested { reason })?;
+        }
+        Command::Pause => match state.status {
+            RunStatus::Paused => return Ok(vec![]),
+            RunStatus::Running => d.push(RunEvent::RunPaused {})?,
+            _ => return Err(wrong("running")),
+        },
+        Command::Resume => match state.status {
+            RunStatus::Paused => d.push(RunEvent::RunResumed {})?,
+            RunStatus::Running => return Ok(vec![]),
+            _ => return Err(wrong("paused")),
+        },
+        Command::Release => match state.status {
+            RunStatus::Quarantined => d.push(RunEvent::RunReleased {})?,
+            _ => return Err(wrong("quarantined")),
+        },
+    }
+    advance(&mut d)?;
+    Ok(d.events)
+}
+
+/// Top-level keys of `input` over the definition's defaults.
+fn merge_input(wf: &Workflow, input: Value) -> Value {
+    let mut merged: serde_json::Map<String, Value> = wf
+        .input
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    match input {
+        Value::Object(m) => merged.extend(m),
+        Value::Null => {}
+        other => {
+            merged.insert("value".into(), other);
+        }
+    }
+    Value::Object(merged)
+}
+
+/// Refine an executor's failure kind by the step's retry policy.
+fn classify(on: &RetryOn, kind: ErrorKind, exit_code: Option<i32>, http: Option<u16>) -> ErrorKind {
+    if kind != ErrorKind::Transient && kind != ErrorKind::Permanent {
+        return kind;
+    }
+    if let Some(code) = exit_code {
+        if on.permanent_exit_codes.contains(&code) {
+            return ErrorKind::Permanent;
+        }
+        if let Some(list) = &on.exit_codes {
+            return if list.contains(&code) {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Permanent
+            };
+        }
+    }
+    if let (Some(status), Some(list)) = (http, &on.http_statuses) {
+        return if list.contains(&status) {
+            ErrorKind::Transient
+        } else {
+            ErrorKind::Permanent
+        };
+    }
+    kind
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fail_attempt(
+    d: &mut Draft<'_>,
+    step: &str,
+    attempt: u32,
+    kind: ErrorKind,
+    message: String,
+    exit_code: Option<i32>,
+    http_status: Option<u16>,
+    duration_ms: u64,
+    stderr: Option<Captured>,
+) -> Result<(), Rejected> {
+    let wf = d
+        .state
+        .workflow
+        .clone()
+        .expect("a created run has a workflow");
+    let def = wf.step(step).expect("a running step is in the workflow");
+    let policy = wf.retry_of(def);
+    let kind = classify(&policy.retry_on, kind, exit_code, http_status);
+    let used = d.state.steps[step].budget_used();
+    let retryable = policy.retry_on.kinds.contains(&kind)
+        && !matches!(kind, ErrorKind::Canceled | ErrorKind::Unassigned)
+        && !d.state.cancel_requested;
+    let next_retry_at = (retryable && used < policy.max_attempts).then(|| {
+        let ms = delay_ms(&policy, used, d.state.seed, step);
+        d.ctx.now + TimeDelta::milliseconds(ms.min(i64::MAX as u64) as i64)
+    });
+    d.push(RunEvent::StepFailed {
+        step: step.to_string(),
+        attempt,
+        kind,
+        message,
+        exit_code,
+        http_status,
+        next_retry_at,
+        duration_ms,
+        stderr,
+    })?;
+    if next_retry_at.is_none()
+        && def.on_exhausted == OnExhausted::Quarantine
+        && !matches!(kind, ErrorKind::Canceled)
+        && !d.state.cancel_requested
+        && d.state.status != RunStatus::Quarantined
+    {
+        let st = &d.state.steps[step];
+        d.push(RunEvent::RunQuarantined {
+            reason: format!(
+                "step {step} failed after {used} attempt(s) and is set to on_exhausted: quarantine"
+            ),
+            evidence: evidence(step, st),
+        })?;
+    }
+    Ok(())
+}
+
+fn evidence(step: &str, st: &crate::state::StepState) -> Value {
+    json!({
+        "step": step,
+        "attempts": st.attempts.iter().map(|a| json!({
+            "attempt": a.number,
+            "outcome": a.outcome,
+            "error": a.error,
+            "exit_code": a.exit_code,
+            "started_at": a.started_at,
+            "ended_at": a.ended_at,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn recover(d: &mut Draft<'_>) -> Result<(), Rejected> {
+    let wf = d
+        .state
+        .workflow
+        .clone()
+        .expect("a created run has a workflow");
+    let k = wf.quarantine_after_crashes();
+    let running: Vec<(String, u32)> = d
+        .state
+        .running()
+        .into_iter()
+        .map(|(s, a)| (s.to_string(), a))
+        .collect();
+    let mut poison: Vec<String> = Vec::new();
+    for (step, attempt) in running {
+        d.push(RunEvent::StepAbandoned {
+            step: step.clone(),
+            attempt,
+            reason: "the engine stopped during this attempt (crash or kill); found on recovery"
+                .into(),
+        })?;
+        let def = wf.step(&step).expect("a running step is in the workflow");
+        if d.state.steps[&step].crash_streak >= k {
+            poison.push(step);
+        } else if def.at_most_once {
+            d.push(RunEvent::StepFailed {
+                step: step.clone(),
+                attempt,
+                kind: ErrorKind::Interrupted,
+                message:
+                    "interrupted by an engine crash; the step is at_most_once and is not retried"
+                        .into(),
+                exit_code: None,
+                http_status: None,
+                next_retry_at: None,
+                duration_ms: 0,
+                stderr: None,
+            })?;
+        }
+    }
+    if let Some(first) = poison.first()
+        && d.state.status != RunStatus::Quarantined
+    {
+        let st = &d.state.steps[first];
+        d.push(RunEvent::RunQuarantined {
+            reason: format!(
+                "step {first} was abandoned by engine crashes {} times in a row (limit {k}): a poison run",
+                st.crash_streak
+            ),
+            evidence: evidence(first, st),
+        })?;
+    }
+    if d.state.status == RunStatus::Pending {
+        d.push(RunEvent::RunStarted {})?;
+    }
+    Ok(())
+}
+
+/// The routing outcome for one `skills` step.
+enum Route {
+    Assigned { agent: String, why: String },
+    Blocked(String),
+    Unassigned(String),
+}
+
+fn route(d: &Draft<'_>, wf: &Workflow, step: &str, skills: &[String], strategy: Strategy) -> Route {
+    let capable: Vec<&String> = wf
+        .agents
+        .iter()
+        .filter(|(_, a)| skills.iter().all(|s| a.skills.contains(s)))
+        .map(|(n, _)| n)
+        .collect();
+    if capable.is_empty() {
+        let missing: Vec<&str> = skills
+            .iter()
+            .filter(|s| !wf.agents.values().any(|a| a.skills.contains(s)))
+            .map(String::as_str)
+            .collect();
+        return Route::Unassigned(if missing.is_empty() {
+            format!("no agent has all of the skills {}", skills.join(", "))
+        } else if missing.len() == 1 {
+            format!("no agent has skill {}", missing[0])
+        } else {
+            format!("no agent has skills {}", missing.join(", "))
+        });
+    }
+    let view = |n: &str| d.agents.get(n).cloned().unwrap_or_default();
+    let available = |n: &str| {
+        let v = view(n);
+        let limit = wf.agents[n].concurrency;
+        match v.circuit {
+            CircuitState::Closed => v.running < limit,
+            CircuitState::HalfOpen => v.running == 0,
+            CircuitState::Open { .. } => false,
+        }
+    };
+    let describe = || {
+        capable
+            .iter()
+            .map(|n| {
+                let v = view(n);
+                format!(
+                    "{n} ({}/{} running, circuit {})",
+                    v.running,
+                    wf.agents[n.as_str()].concurrency,
+                    v.circuit.as_str()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let chosen: Option<&String> = match strategy {
+        Strategy::First => capable.iter().copied().find(|n| available(n)),
+        Strategy::RoundRobin => {
+            let start = d.state.assignments as usize % capable.len();
+            (0..capable.len())
+                .map(|i| capable[(start + i) % capable.len()])
+                .find(|n| available(n))
+        }
+        Strategy::LeastLoaded => capable
+            .iter()
+            .copied()
+            .filter(|n| available(n))
+            .min_by_key(|n| (view(n).running, (*n).clone())),
+    };
+    let _ = step;
+    match chosen {
+        Some(agent) => Route::Assigned {
+            agent: agent.clone(),
+            why: format!(
+                "strategy {}: candidates {}",
+                strategy_name(strategy),
+                describe()
+            ),
+        },
+        None => Route::Blocked(format!(
+            "every agent with the skills is busy or has an open circuit: {}",
+            describe()
+        )),
+    }
+}
+
+fn strategy_name(s: Strategy) -> &'static str {
+    match s {
+        Strategy::First => "first",
+        Strategy::RoundRobin => "round_robin",
+        Strategy::LeastLoaded => "least_loaded",
+    }
+}
+
+/// Skip the dependents of failed (not continue_on_failure) or skipped steps.
+fn skip_dependents(d: &mut Draft<'_>) -> Result<(), Rejected> {
+    let wf = d
+        .state
+        .workflow
+        .clone()
+        .expect("a created run has a workflow");
+    loop {
+        let mut skip: Option<(String, String)> = None;
+        for s in &wf.steps {
+            let st = &d.state.steps[&s.id];
+            if !matches!(
+                st.status,
+                StepStatus::Waiting | StepStatus::Ready | StepStatus::Blocked
+            ) {
+                continue;
+            }
+            let blocker = s.needs.iter().find_map(|n| {
+                let dep = &d.state.steps[n];
+                match dep.status {
+                    StepStatus::Failed if !wf.step(n).is_some_and(|x| x.continue_on_failure) => {
+                        Some(format!("dependency {n} failed"))
+                    }
+                    StepStatus::Skipped => Some(format!("dependency {n} was skipped")),
+                    _ => None,
+                }
+            });
+            if let Some(reason) = blocker {
+                skip = Some((s.id.clone(), reason));
+                break;
+            }
+        }
+        match skip {
+            Some((step, reason)) => d.push(RunEvent::StepSkipped { step, reason })?,
+            None => return Ok(()),
+        }
+    }
+}
+
+fn start_attempt(
+    d: &mut Draft<'_>,
+    wf: &Workflow,
+    id: &str,
+    agent: Option<String>,
+) -> Result<(), Rejected> {
+    let def = wf.step(id).expect("step ids come from the workflow");
+    let st = &d.state.steps[id];
+    let attempt = st.attempts.len() as u32 + 1;
+    let run_id = d.state.run_id.expect("a created run has an id");
+    let run_text = run_id.to_string();
+    let outputs = d.state.outputs();
+    let scope = Scope {
+        run_id: &run_text,
+        input: &d.state.input,
+        outputs: &outputs,
+    };
+    let with = Value::Object(
+        def.with
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    );
+    let resolved = resolve(&with, &scope);
+    let deadline = wf
+        .timeout_of(def)
+        .map(|t| d.ctx.now + TimeDelta::milliseconds(t.ms.min(i64::MAX as u64) as i64));
+    let input = resolved.clone().unwrap_or(Value::Null);
+    if let Some(a) = &agent
+        && let Some(v) = d.agents.get_mut(a)
+    {
+        v.running += 1;
+    } else if let Some(a) = &agent {
+        d.agents.insert(
+            a.clone(),
+            AgentView {
+                running: 1,
+                circuit: CircuitState::Closed,
+            },
+        );
+    }
+    d.push(RunEvent::StepStarted {
+        step: id.to_string(),
+        attempt,
+        agent,
+        input,
+        idempotency_key: idempotency_key(run_id, id),
+        deadline,
+    })?;
+    if let Err(message) = resolved {
+        // The input cannot be built: the attempt fails at once, permanently.
+        fail_attempt(
+            d,
+            id,
+            attempt,
+            ErrorKind::Permanent,
+            format!("cannot resolve inputs: {message}"),
+            None,
+            None,
+            0,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+fn advance(d: &mut Draft<'_>) -> Result<(), Rejected> {
+    let wf = d
+        .state
+        .workflow
+        .clone()
+        .expect("a created run has a workflow");
+    if d.state.status == RunStatus::Running && !d.state.cancel_requested {
+        skip_dependents(d)?;
+        for s in &wf.steps {
+            if d.state.status != RunStatus::Running {
+                break;
+            }
+            let st = &d.state.steps[&s.id];
+            let due = match st.status {
+                StepStatus::Ready | StepStatus::Blocked => true,
+                StepStatus::Retrying => st.retry_at.is_none_or(|t| t <= d.ctx.now),
+                _ => false,
+            };
+            if !due || d.slots == 0 {
+                continue;
+            }
+            match &s.skills {
+                None => {
+                    start_attempt(d, &wf, &s.id, None)?;
+                    d.slots -= 1;
+                }
+                Some(skills) => match route(d, &wf, &s.id, skills, wf.strategy_of(s)) {
+                    Route::Assigned { agent, why } => {
+                        let attempt = d.state.steps[&s.id].attempts.len() as u32 + 1;
+                        d.push(RunEvent::StepAssigned {
+                            step: s.id.clone(),
+                            attempt,
+                            agent: agent.clone(),
+                            strategy: wf.strategy_of(s),
+                            why,
+                        })?;
+                        start_attempt(d, &wf, &s.id, Some(agent))?;
+                        d.slots -= 1;
+                    }
+                    Route::Blocked(reason) => {
+                        let st = &d.state.steps[&s.id];
+                        if st.status != StepStatus::Blocked
+                            || st.reason.as_deref() != Some(reason.as_str())
+                        {
+                            d.push(RunEvent::StepUnassigned {
+                                step: s.id.clone(),
+                                reason,
+                                blocked: true,
+                            })?;
+                        }
+                    }
+                    Route::Unassigned(reason) => {
+                        d.push(RunEvent::StepUnassigned {
+                            step: s.id.clone(),
+                            reason,
+                            blocked: false,
+                        })?;
+                    }
+                },
+            }
+        }
+        skip_dependents(d)?;
+    }
+    if d.state.cancel_requested && d.state.running().is_empty() && !d.state.status.is_terminal() {
+        d.push(RunEvent::RunCanceled {})?;
+    }
+    if d.state.status == RunStatus::Running
+        && !d.state.cancel_requested
+        && d.state.steps.values().all(|s| s.status.is_terminal())
+    {
+        let failed: Vec<&str> = wf
+            .steps
+            .iter()
+            .filter(|s| d.state.steps[&s.id].status == StepStatus::Failed && !s.continue_on_failure)
+            .map(|s| s.id.as_str())
+            .collect();
+        if failed.is_empty() {
+            d.push(RunEvent::RunSucceeded {})?;
+        } else {
+            d.push(RunEvent::RunFailed {
+                reason: format!("step(s) failed: {}", failed.join(", ")),
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The first event of a run forked from `source` (its state at the fork
+/// seq): succeeded steps are carried with their outputs, `outputs`
+/// overrides or adds step outputs, `input` replaces the run input.
+///
+/// Errors: [`Rejected::BadFork`] for an empty source or an override that
+/// names an unknown step.
+pub fn decide_fork(
+    source: &RunState,
+    at_seq: u64,
+    new_run: RunId,
+    input: Option<Value>,
+    outputs: BTreeMap<String, Value>,
+    seed: u64,
+) -> Result<RunEvent, Rejected> {
+    let (Some(from), Some(wf)) = (source.run_id, source.workflow.as_ref()) else {
+        return Err(Rejected::BadFork(
+            "the source run has no events at that seq".into(),
+        ));
+    };
+    let mut carried: BTreeMap<String, CarriedStep> = source
+        .steps
+        .iter()
+        .filter(|(_, s)| s.status == StepStatus::Succeeded)
+        .filter_map(|(k, s)| {
+            s.output.clone().map(|o| {
+                (
+                    k.clone(),
+                    CarriedStep {
+                        output: o,
+                        overridden: false,
+                    },
+                )
+            })
+        })
+        .collect();
+    for (step, output) in outputs {
+        if wf.step(&step).is_none() {
+            return Err(Rejected::BadFork(format!(
+                "--set-output names unknown step {step}"
+            )));
+        }
+        carried.insert(
+            step,
+            CarriedStep {
+                output,
+                overridden: true,
+            },
+        );
+    }
+    Ok(RunEvent::RunForked {
+        run_id: new_run,
+        lineage: Lineage {
+            forked_from: from,
+            at_seq,
+        },
+        workflow: Box::new((**wf).clone()),
+        workflow_sha256: source.workflow_sha256.clone(),
+        input: input.unwrap_or_else(|| source.input.clone()),
+        carried,
+        seed,
+    })
+}

@@ -1,0 +1,299 @@
+//! The event vocabulary (DESIGN.md): run-stream events ([`RunEvent`]) and
+//! agent-stream events ([`AgentEvent`]).
+//!
+//! Serialized as JSON objects with an explicit `"type"` tag holding the
+//! variant name (`{"type":"StepStarted",...}`); the names are stable. An
+//! unknown `type` on read is an error, never skipped.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::RunId;
+use crate::model::{ErrorKind, Strategy, Workflow};
+
+/// The version of the event schema written in every envelope.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Where a run came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The run it was forked from.
+    pub forked_from: RunId,
+    /// The seq of the source run it was forked at.
+    pub at_seq: u64,
+}
+
+/// Captured output of a stream (stdout or stderr), capped.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Captured {
+    /// The first bytes (at most 64 KiB), lossily decoded as UTF-8.
+    pub text: String,
+    /// True when `text` is shorter than the whole output.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// Total bytes produced.
+    pub total_bytes: u64,
+    /// SHA-256 (hex) of the full output, stored beside the database as
+    /// `OUTPUTS_DIR/SHA256`, when it was truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// A step carried over into a forked run with its output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CarriedStep {
+    /// Its output in the source run (or the override).
+    pub output: Value,
+    /// True when the output was overridden at fork time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overridden: bool,
+}
+
+/// An event of a run's stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum RunEvent {
+    /// The run exists, pinned to this definition.
+    RunCreated {
+        /// The run id.
+        run_id: RunId,
+        /// The whole definition.
+        workflow: Box<Workflow>,
+        /// SHA-256 of the definition's canonical JSON.
+        workflow_sha256: String,
+        /// The run input (defaults merged).
+        input: Value,
+        /// The idempotency key the run was created with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+        /// The seed of the run's deterministic randomness (retry jitter).
+        seed: u64,
+    },
+    /// A run forked from another run at a seq; steps in `carried` keep the
+    /// source's outputs, every other step runs again.
+    RunForked {
+        /// The new run id.
+        run_id: RunId,
+        /// Source run and seq.
+        lineage: Lineage,
+        /// The definition pinned by the source run.
+        workflow: Box<Workflow>,
+        /// Its SHA-256.
+        workflow_sha256: String,
+        /// The run input (possibly changed at fork time).
+        input: Value,
+        /// Succeeded steps carried over, by id.
+        carried: BTreeMap<String, CarriedStep>,
+        /// The seed.
+        seed: u64,
+    },
+    /// The run began executing.
+    RunStarted {},
+    /// A `skills` step was routed to an agent.
+    StepAssigned {
+        /// The step.
+        step: String,
+        /// The attempt it was assigned for.
+        attempt: u32,
+        /// The agent chosen.
+        agent: String,
+        /// The strategy used.
+        strategy: Strategy,
+        /// Why this agent (candidates and their state).
+        why: String,
+    },
+    /// A `skills` step could not be routed.
+    StepUnassigned {
+        /// The step.
+        step: String,
+        /// Why, e.g. "no agent has skill context_analysis".
+        reason: String,
+        /// True: capable agents exist but none is available now (the step
+        /// is blocked and waits); false: no agent can ever take it.
+        blocked: bool,
+    },
+    /// An attempt was started (durable before the effect begins).
+    StepStarted {
+        /// The step.
+        step: String,
+        /// Attempt number, from 1.
+        attempt: u32,
+        /// The agent running it (`skills` steps).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+        /// The resolved input (secrets left as references).
+        input: Value,
+        /// `RUN_ID:STEP_ID`.
+        idempotency_key: String,
+        /// When the attempt times out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline: Option<DateTime<Utc>>,
+    },
+    /// An attempt succeeded.
+    StepSucceeded {
+        /// The step.
+        step: String,
+        /// The attempt.
+        attempt: u32,
+        /// The output (JSON stdout, JSON response, function result; else
+        /// `{"stdout": TEXT}`).
+        output: Value,
+        /// Wall time of the attempt, milliseconds.
+        duration_ms: u64,
+        /// Captured stdout, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdout: Option<Captured>,
+        /// Captured stderr, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stderr: Option<Captured>,
+    },
+    /// An attempt failed.
+    StepFailed {
+        /// The step.
+        step: String,
+        /// The attempt.
+        attempt: u32,
+        /// transient | permanent | timeout | interrupted | canceled | unassigned.
+        kind: ErrorKind,
+        /// What happened.
+        message: String,
+        /// Exit code of a process.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        /// HTTP status of a response.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http_status: Option<u16>,
+        /// When the next attempt starts (with backoff and jitter), if one will.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_retry_at: Option<DateTime<Utc>>,
+        /// Wall time of the attempt, milliseconds.
+        duration_ms: u64,
+        /// Captured stderr, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stderr: Option<Captured>,
+    },
+    /// An attempt was cut off by a crash of the engine.
+    StepAbandoned {
+        /// The step.
+        step: String,
+        /// The attempt.
+        attempt: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A step will not run.
+    StepSkipped {
+        /// The step.
+        step: String,
+        /// Why (e.g. "dependency count failed").
+        reason: String,
+    },
+    /// No new attempts start until resumed.
+    RunPaused {},
+    /// Attempts start again.
+    RunResumed {},
+    /// Cancellation asked: running attempts are being killed.
+    RunCancelRequested {
+        /// Why.
+        reason: String,
+    },
+    /// The run ended canceled.
+    RunCanceled {},
+    /// The run is parked for a person.
+    RunQuarantined {
+        /// Why.
+        reason: String,
+        /// Evidence (attempts, errors).
+        evidence: Value,
+    },
+    /// A person released the quarantined run; it continues.
+    RunReleased {},
+    /// The run ended succeeded.
+    RunSucceeded {},
+    /// The run ended failed.
+    RunFailed {
+        /// Why (the failed steps).
+        reason: String,
+    },
+}
+
+impl RunEvent {
+    /// The variant name (the `type` tag).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::RunCreated { .. } => "RunCreated",
+            Self::RunForked { .. } => "RunForked",
+            Self::RunStarted {} => "RunStarted",
+            Self::StepAssigned { .. } => "StepAssigned",
+            Self::StepUnassigned { .. } => "StepUnassigned",
+            Self::StepStarted { .. } => "StepStarted",
+            Self::StepSucceeded { .. } => "StepSucceeded",
+            Self::StepFailed { .. } => "StepFailed",
+            Self::StepAbandoned { .. } => "StepAbandoned",
+            Self::StepSkipped { .. } => "StepSkipped",
+            Self::RunPaused {} => "RunPaused",
+            Self::RunResumed {} => "RunResumed",
+            Self::RunCancelRequested { .. } => "RunCancelRequested",
+            Self::RunCanceled {} => "RunCanceled",
+            Self::RunQuarantined { .. } => "RunQuarantined",
+            Self::RunReleased {} => "RunReleased",
+            Self::RunSucceeded {} => "RunSucceeded",
+            Self::RunFailed { .. } => "RunFailed",
+        }
+    }
+
+    /// The step this event is about, if any.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            Self::StepAssigned { step, .. }
+            | Self::StepUnassigned { step, .. }
+            | Self::StepStarted { step, .. }
+            | Self::StepSucceeded { step, .. }
+            | Self::StepFailed { step, .. }
+            | Self::StepAbandoned { step, .. }
+            | Self::StepSkipped { step, .. } => Some(step),
+            Self::RunCreated { .. }
+            | Self::RunForked { .. }
+            | Self::RunStarted {}
+            | Self::RunPaused {}
+            | Self::RunResumed {}
+            | Self::RunCancelRequested { .. }
+            | Self::RunCanceled {}
+            | Self::RunQuarantined { .. }
+            | Self::RunReleased {}
+            | Self::RunSucceeded {}
+            | Self::RunFailed { .. } => None,
+        }
+    }
+}
+
+/// An event of an agent's stream (`agent:NAME`): its circuit breaker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum AgentEvent {
+    /// The circuit opened: steps routed to the agent are blocked.
+    CircuitOpened {
+        /// Consecutive failures that opened it.
+        failures: u32,
+        /// When a half-open probe may start.
+        until: DateTime<Utc>,
+    },
+    /// The cool-down ended: one probe attempt may run.
+    CircuitHalfOpened {},
+    /// The probe succeeded: the agent takes work again.
+    CircuitClosed {},
+}
+
+impl AgentEvent {
+    /// The variant name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::CircuitOpened { .. } => "CircuitOpened",
+            Self::CircuitHalfOpened {} => "CircuitHalfOpened",
+            Self::CircuitClosed {} => "CircuitClosed",
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Typed ids of the engine.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A run id: a UUID v7 (sorts by creation time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub Uuid);
+
+impl RunId {
+    /// The run's stream in the log.
+    pub fn stream(self) -> chronicle_store::StreamId {
+        chronicle_store::StreamId::Run(self.0)
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.hyphenated())
+    }
+}
+
+impl FromStr for RunId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(RunId)
+    }
+}
+
+/// The stream of an agent's circuit-breaker history: `agent:NAME`.
+pub fn agent_stream(name: &str) -> Result<chronicle_store::StreamId, chronicle_store::StoreError> {
+    chronicle_store::StreamId::named(format!("agent:{name}"))
+}
+
+/// The idempotency key of a step of a run: `RUN_ID:STEP_ID`, the same for
+/// every attempt (DESIGN.md, Semantics).
+pub fn idempotency_key(run: RunId, step: &str) -> String {
+    format!("{run}:{step}")
+}

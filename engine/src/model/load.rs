@@ -1,0 +1,151 @@
+//! Reading a definition from YAML or JSON text, with located errors.
+
+use std::fmt;
+use std::path::Path;
+
+use super::Workflow;
+use super::validate::validate;
+
+/// A definition that cannot be used: names the file, the step (when the
+/// problem belongs to one) and the line and column where known.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct DefinitionError {
+    /// The file (as given).
+    pub file: String,
+    /// The step id the problem belongs to.
+    pub step: Option<String>,
+    /// 1-based line, where known.
+    pub line: Option<usize>,
+    /// 1-based column, where known.
+    pub column: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for DefinitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+            if let Some(c) = self.column {
+                write!(f, ":{c}")?;
+            }
+        }
+        write!(f, ": ")?;
+        if let Some(s) = &self.step {
+            write!(f, "step {s}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+/// Read and validate the definition in `path` (`.yaml`/`.yml` or `.json`).
+///
+/// Errors: [`DefinitionError`] for an unreadable file, a syntax error, an
+/// unknown field or any validation rule (see [`validate`]).
+pub fn load_file(path: &Path) -> Result<Workflow, DefinitionError> {
+    let file = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| DefinitionError {
+        file: file.clone(),
+        step: None,
+        line: None,
+        column: None,
+        message: format!("cannot read the workflow file: {e}"),
+    })?;
+    if meta.len() > 16 << 20 {
+        return Err(DefinitionError {
+            file,
+            step: None,
+            line: None,
+            column: None,
+            message: format!("the file is {} bytes; the limit is 16 MiB", meta.len()),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| DefinitionError {
+        file: file.clone(),
+        step: None,
+        line: None,
+        column: None,
+        message: format!("cannot read the workflow file: {e}"),
+    })?;
+    parse_definition(&file, &text)
+}
+
+/// Parse and validate definition `text`; `file` names it in errors and
+/// picks the syntax by extension (`.json` is JSON, anything else YAML).
+pub fn parse_definition(file: &str, text: &str) -> Result<Workflow, DefinitionError> {
+    let wf: Workflow = if file.ends_with(".json") {
+        serde_json::from_str(text).map_err(|e| DefinitionError {
+            file: file.to_string(),
+            step: None,
+            line: Some(e.line()),
+            column: Some(e.column()),
+            message: strip_location(&e.to_string()),
+        })?
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            let (line, column) = find_line_col(&msg);
+            DefinitionError {
+                file: file.to_string(),
+                step: None,
+                line,
+                column,
+                message: first_line(&strip_location(&msg)),
+            }
+        })?
+    };
+    validate(&wf).map_err(|v| {
+        let line = v.step.as_deref().and_then(|s| line_of_step(text, s));
+        DefinitionError {
+            file: file.to_string(),
+            step: v.step,
+            line,
+            column: None,
+            message: v.message,
+        }
+    })?;
+    Ok(wf)
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// serde_json appends " at line L column C"; we print the location first.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// Pull "line L column C" (or "line L, column C") out of a parser message.
+fn find_line_col(msg: &str) -> (Option<usize>, Option<usize>) {
+    let num_after = |key: &str| -> Option<usize> {
+        let i = msg.find(key)? + key.len();
+        let digits: String = msg[i..]
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    (num_after("line "), num_after("column "))
+}
+
+/// The 1-based line declaring step `id` (`id: ID` or `"id": "ID"`).
+fn line_of_step(text: &str, id: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let t = l.trim_start().trim_start_matches("- ").trim();
+            let t = t.trim_end_matches(',');
+            let unq = |s: &str| s.trim().trim_matches('"').trim_matches('\'').to_string();
+            if let Some(rest) = t.strip_prefix("id:").or_else(|| t.strip_prefix("\"id\":")) {
+                unq(rest) == id
+            } else {
+                false
+            }
+        })
+        .map(|i| i + 1)
+}
