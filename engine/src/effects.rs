@@ -34,7 +34,7 @@ pub struct StartAttempt {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// Have this attempt running (start it unless it already runs).
-    Run(StartAttempt),
+    Run(Box<StartAttempt>),
     /// Kill this attempt (cancel requested).
     Kill {
         /// Step.
@@ -71,7 +71,7 @@ pub fn effects(state: &RunState) -> Vec<Effect> {
                     Some(agent) => wf.agents.get(agent).map(|x| x.exec()).unwrap_or_default(),
                     None => s.exec(),
                 };
-                out.push(Effect::Run(StartAttempt {
+                out.push(Effect::Run(Box::new(StartAttempt {
                     step: s.id.clone(),
                     attempt: a.number,
                     agent: a.agent.clone(),
@@ -84,7 +84,7 @@ pub fn effects(state: &RunState) -> Vec<Effect> {
                     deadline: a.deadline,
                     workdir: s.workdir.clone(),
                     env: s.env.clone(),
-                }));
+                })));
                 if let Some(dl) = a.deadline {
                     out.push(Effect::Timer(dl));
                 }

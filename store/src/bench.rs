@@ -15,7 +15,7 @@ use crate::envelope::NewEvent;
 use crate::error::StoreError;
 use crate::ids::{Seq, StreamId};
 use crate::store::{Store, StoreOptions};
-use crate::tables::decode_record;
+use crate::tables::view_record;
 use crate::write::WriteRequest;
 
 /// The figures of one run; `--json` prints exactly these keys.
@@ -231,11 +231,11 @@ pub fn scan_events_per_s(path: &Path) -> Result<(f64, u64), StoreError> {
     let store = Store::open(path, StoreOptions::default())?;
     let mut bytes = 0usize;
     let n = store.scan_all(|stream, seq, rec| {
-        let env = decode_record(stream, seq, rec).ok_or_else(|| StoreError::Corruption {
+        let view = view_record(rec).ok_or_else(|| StoreError::Corruption {
             path: path.to_path_buf(),
             message: format!("{stream}#{seq} too short"),
         })?;
-        bytes += env.payload.len();
+        bytes += view.payload.len() + view.hash[0] as usize + view.position as usize;
         Ok(())
     })?;
     let rate = n as f64 / start.elapsed().as_secs_f64();

@@ -50,6 +50,7 @@ pub use ids::{MAX_STREAM_NAME, Position, Seq, StreamId};
 pub use redb::StorageBackend;
 pub use redb::backends::{FileBackend, InMemoryBackend};
 pub use store::{ChainReport, Store, StoreOptions, StreamHead};
+pub use tables::{RecordView, view_record};
 pub use write::{Append, Committed, IndexOp, WriteRequest};
 
 /// The on-disk format version this build reads and writes (in the `meta`

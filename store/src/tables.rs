@@ -72,3 +72,40 @@ pub(crate) fn decode_head(bytes: &[u8]) -> Option<(u64, Hash)> {
         bytes[8..].try_into().ok()?,
     ))
 }
+
+/// A stored record read in place, without copying the payload.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordView<'a> {
+    /// Global position.
+    pub position: u64,
+    /// `recorded_at`, Unix nanoseconds.
+    pub recorded_at_ns: i64,
+    /// Payload schema version.
+    pub schema_version: u32,
+    /// Stored hash.
+    pub hash: &'a [u8],
+    /// Payload bytes.
+    pub payload: &'a [u8],
+}
+
+impl RecordView<'_> {
+    /// `recorded_at` as a time.
+    pub fn recorded_at(&self) -> chrono::DateTime<chrono::Utc> {
+        DateTime::from_timestamp_nanos(self.recorded_at_ns)
+    }
+}
+
+/// View a stored record (as passed to [`crate::Store::scan_all`] and
+/// [`crate::Store::for_each_view`]); `None` if it is too short.
+pub fn view_record(bytes: &[u8]) -> Option<RecordView<'_>> {
+    if bytes.len() < RECORD_HEADER {
+        return None;
+    }
+    Some(RecordView {
+        position: u64::from_be_bytes(bytes[0..8].try_into().ok()?),
+        recorded_at_ns: i64::from_be_bytes(bytes[8..16].try_into().ok()?),
+        schema_version: u32::from_be_bytes(bytes[16..20].try_into().ok()?),
+        hash: &bytes[20..52],
+        payload: &bytes[RECORD_HEADER..],
+    })
+}

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use redb::{Database, ReadableTable, WriteTransaction};
+use redb::{Database, ReadableTable};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::Clock;
@@ -169,21 +169,31 @@ impl Writer {
         group: &[Job],
     ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
         let p = self.path.clone();
-        let mut txn = self.db.begin_write().map_err(|e| from_redb(&p, e))?;
+        let re = |e: redb::Error| from_redb(&p, e);
+        let mut txn = self.db.begin_write().map_err(|e| re(e.into()))?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| StoreError::Storage(e.to_string()))?;
         txn.set_quick_repair(self.quick_repair);
         let mut results = Vec::with_capacity(group.len());
-        for job in group {
-            results.push(self.write_one(&txn, &job.request)?);
+        {
+            let mut t = Tables {
+                events: txn.open_table(EVENTS).map_err(|e| re(e.into()))?,
+                positions: txn.open_table(POSITIONS).map_err(|e| re(e.into()))?,
+                heads: txn.open_table(HEADS).map_err(|e| re(e.into()))?,
+                index: txn.open_table(INDEX).map_err(|e| re(e.into()))?,
+                snapshots: txn.open_table(SNAPSHOTS).map_err(|e| re(e.into()))?,
+            };
+            for job in group {
+                results.push(self.write_one(&mut t, &job.request)?);
+            }
         }
-        txn.commit().map_err(|e| from_redb(&p, e))?;
+        txn.commit().map_err(|e| re(e.into()))?;
         Ok(results)
     }
 
     fn write_one(
         &mut self,
-        txn: &WriteTransaction,
+        t: &mut Tables<'_>,
         req: &WriteRequest,
     ) -> Result<Result<Committed, StoreError>, StoreError> {
         let p = self.path.clone();
@@ -191,125 +201,123 @@ impl Writer {
         // Validate first: nothing is written unless the whole request holds.
         let mut seen = HashSet::new();
         let mut heads = Vec::with_capacity(req.appends.len());
-        {
-            let heads_t = txn.open_table(HEADS).map_err(|e| re(e.into()))?;
-            for a in &req.appends {
-                let key = a.stream.key();
-                if !seen.insert(key.clone()) {
-                    return Ok(Err(StoreError::InvalidRequest(format!(
-                        "stream {key} appears twice in one request"
-                    ))));
-                }
-                let (last, hash) = match heads_t.get(key.as_str()).map_err(|e| re(e.into()))? {
-                    Some(v) => decode_head(v.value()).ok_or_else(|| StoreError::Corruption {
-                        path: p.clone(),
-                        message: format!("head of stream {key} is malformed"),
-                    })?,
-                    None => (0, GENESIS_HASH),
-                };
-                if last != a.expected.0 {
-                    return Ok(Err(StoreError::Conflict {
-                        stream: key,
-                        expected: a.expected.0,
-                        actual: last,
-                    }));
-                }
-                heads.push((key, last, hash));
+        for a in &req.appends {
+            let key = a.stream.key();
+            if !seen.insert(key.clone()) {
+                return Ok(Err(StoreError::InvalidRequest(format!(
+                    "stream {key} appears twice in one request"
+                ))));
             }
-            let index_t = txn.open_table(INDEX).map_err(|e| re(e.into()))?;
-            for op in &req.index {
-                if let IndexOp::Insert { index, key, .. } = op
-                    && let Some(v) = index_t
-                        .get((index.as_str(), key.as_str()))
-                        .map_err(|e| re(e.into()))?
-                {
-                    return Ok(Err(StoreError::IndexConflict {
-                        index: index.clone(),
-                        key: key.clone(),
-                        existing: v.value().to_vec(),
-                    }));
-                }
+            let (last, hash) = match t.heads.get(key.as_str()).map_err(|e| re(e.into()))? {
+                Some(v) => decode_head(v.value()).ok_or_else(|| StoreError::Corruption {
+                    path: p.clone(),
+                    message: format!("head of stream {key} is malformed"),
+                })?,
+                None => (0, GENESIS_HASH),
+            };
+            if last != a.expected.0 {
+                return Ok(Err(StoreError::Conflict {
+                    stream: key,
+                    expected: a.expected.0,
+                    actual: last,
+                }));
+            }
+            heads.push((key, last, hash));
+        }
+        for op in &req.index {
+            if let IndexOp::Insert { index, key, .. } = op
+                && let Some(v) = t
+                    .index
+                    .get((index.as_str(), key.as_str()))
+                    .map_err(|e| re(e.into()))?
+            {
+                return Ok(Err(StoreError::IndexConflict {
+                    index: index.clone(),
+                    key: key.clone(),
+                    existing: v.value().to_vec(),
+                }));
             }
         }
         // Write.
-        let mut committed = Vec::new();
-        {
-            let mut events_t = txn.open_table(EVENTS).map_err(|e| re(e.into()))?;
-            let mut pos_t = txn.open_table(POSITIONS).map_err(|e| re(e.into()))?;
-            let mut heads_t = txn.open_table(HEADS).map_err(|e| re(e.into()))?;
-            for (a, (key, last, mut hash)) in req.appends.iter().zip(heads) {
-                let mut seq = last;
-                for ev in &a.events {
-                    seq += 1;
-                    let recorded_at = ev.recorded_at.unwrap_or_else(|| self.clock.now());
-                    let canonical = canonical_bytes(
-                        &a.stream,
-                        Seq(seq),
-                        recorded_at,
-                        ev.schema_version,
-                        &ev.payload,
-                    );
-                    hash = chain_hash(&hash, &canonical);
-                    let position = self.next_position;
-                    self.next_position += 1;
-                    let env = RawEnvelope {
-                        stream: a.stream.clone(),
-                        seq: Seq(seq),
-                        position: Position(position),
-                        recorded_at,
-                        schema_version: ev.schema_version,
-                        payload: ev.payload.clone(),
-                        hash,
-                    };
-                    // Invariant: seqs are contiguous; the slot must be free.
-                    let prev = events_t
-                        .insert((key.as_str(), seq), encode_record(&env).as_slice())
-                        .map_err(|e| re(e.into()))?;
-                    if prev.is_some() {
-                        return Err(StoreError::Corruption {
-                            path: p.clone(),
-                            message: format!(
-                                "stream {key} already has seq {seq} beyond its head {last}"
-                            ),
-                        });
-                    }
-                    pos_t
-                        .insert(position, (key.as_str(), seq))
-                        .map_err(|e| re(e.into()))?;
-                    committed.push(env);
+        let mut committed = Vec::with_capacity(req.appends.iter().map(|a| a.events.len()).sum());
+        for (a, (key, last, mut hash)) in req.appends.iter().zip(heads) {
+            let mut seq = last;
+            for ev in &a.events {
+                seq += 1;
+                let recorded_at = ev.recorded_at.unwrap_or_else(|| self.clock.now());
+                let canonical = canonical_bytes(
+                    &a.stream,
+                    Seq(seq),
+                    recorded_at,
+                    ev.schema_version,
+                    &ev.payload,
+                );
+                hash = chain_hash(&hash, &canonical);
+                let position = self.next_position;
+                self.next_position += 1;
+                let env = RawEnvelope {
+                    stream: a.stream.clone(),
+                    seq: Seq(seq),
+                    position: Position(position),
+                    recorded_at,
+                    schema_version: ev.schema_version,
+                    payload: ev.payload.clone(),
+                    hash,
+                };
+                // Invariant: seqs are contiguous; the slot must be free.
+                let prev = t
+                    .events
+                    .insert((key.as_str(), seq), encode_record(&env).as_slice())
+                    .map_err(|e| re(e.into()))?;
+                if prev.is_some() {
+                    return Err(StoreError::Corruption {
+                        path: p.clone(),
+                        message: format!(
+                            "stream {key} already has seq {seq} beyond its head {last}"
+                        ),
+                    });
                 }
-                if seq != last {
-                    heads_t
-                        .insert(key.as_str(), encode_head(seq, &hash).as_slice())
-                        .map_err(|e| re(e.into()))?;
-                }
+                t.positions
+                    .insert(position, (key.as_str(), seq))
+                    .map_err(|e| re(e.into()))?;
+                committed.push(env);
             }
-            let mut index_t = txn.open_table(INDEX).map_err(|e| re(e.into()))?;
-            for op in &req.index {
-                match op {
-                    IndexOp::Put { index, key, value } | IndexOp::Insert { index, key, value } => {
-                        index_t
-                            .insert((index.as_str(), key.as_str()), value.as_slice())
-                            .map_err(|e| re(e.into()))?;
-                    }
-                    IndexOp::Delete { index, key } => {
-                        index_t
-                            .remove((index.as_str(), key.as_str()))
-                            .map_err(|e| re(e.into()))?;
-                    }
-                }
+            if seq != last {
+                t.heads
+                    .insert(key.as_str(), encode_head(seq, &hash).as_slice())
+                    .map_err(|e| re(e.into()))?;
             }
-            if !req.snapshots.is_empty() {
-                let mut snap_t = txn.open_table(SNAPSHOTS).map_err(|e| re(e.into()))?;
-                for (stream, seq, bytes) in &req.snapshots {
-                    snap_t
-                        .insert((stream.key().as_str(), seq.0), bytes.as_slice())
+        }
+        for op in &req.index {
+            match op {
+                IndexOp::Put { index, key, value } | IndexOp::Insert { index, key, value } => {
+                    t.index
+                        .insert((index.as_str(), key.as_str()), value.as_slice())
+                        .map_err(|e| re(e.into()))?;
+                }
+                IndexOp::Delete { index, key } => {
+                    t.index
+                        .remove((index.as_str(), key.as_str()))
                         .map_err(|e| re(e.into()))?;
                 }
             }
         }
+        for (stream, seq, bytes) in &req.snapshots {
+            t.snapshots
+                .insert((stream.key().as_str(), seq.0), bytes.as_slice())
+                .map_err(|e| re(e.into()))?;
+        }
         Ok(Ok(committed))
     }
+}
+
+/// The tables of one write transaction, opened once per group.
+pub(crate) struct Tables<'txn> {
+    events: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+    positions: redb::Table<'txn, u64, (&'static str, u64)>,
+    heads: redb::Table<'txn, &'static str, &'static [u8]>,
+    index: redb::Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    snapshots: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
 }
 
 /// Every caller of a failed group gets an error; I/O errors cannot be

@@ -91,7 +91,7 @@ pub fn parse_definition(file: &str, text: &str) -> Result<Workflow, DefinitionEr
                 step: None,
                 line,
                 column,
-                message: first_line(&strip_location(&msg)),
+                message: strip_yaml_prefix(&first_line(&msg)),
             }
         })?
     };
@@ -106,6 +106,18 @@ pub fn parse_definition(file: &str, text: &str) -> Result<Workflow, DefinitionEr
         }
     })?;
     Ok(wf)
+}
+
+/// serde-saphyr prints "error: line L column C: MESSAGE"; we print the
+/// location in front already.
+fn strip_yaml_prefix(s: &str) -> String {
+    let t = s.strip_prefix("error: ").unwrap_or(s);
+    if t.starts_with("line ")
+        && let Some(i) = t.find(": ")
+    {
+        return t[i + 2..].to_string();
+    }
+    t.to_string()
 }
 
 fn first_line(s: &str) -> String {
