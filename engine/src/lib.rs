@@ -39,3 +39,4 @@ pub mod event;
 pub mod ids;
 pub mod model;
 pub mod state;
+pub mod runtime;

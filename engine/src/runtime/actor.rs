@@ -1,0 +1,321 @@
+//! The run actor: one task per active run. Commands, attempt results and
+//! timers arrive as messages; each is decided, appended durably, folded,
+//! and then the effects of the new state are performed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chronicle_store::{Seq, WriteRequest};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
+
+use super::engine::{EngineError, Inner, encode};
+use super::exec::{AttemptRequest, Executor, Secrets};
+use super::index::RunSummary;
+use crate::decide::{AttemptResult, Command, decide};
+use crate::effects::{Effect, StartAttempt, effects};
+use crate::event::RunEvent;
+use crate::model::template::{Scope, resolve, substitute_secrets};
+use crate::state::{RunState, RunStatus, StepStatus, evolve};
+
+/// A message to a run actor.
+pub(crate) enum Msg {
+    /// A control command, answered once durable.
+    Control(Command, oneshot::Sender<Result<(), EngineError>>),
+    /// An attempt ended.
+    Done { step: String, attempt: u32, agent: Option<String>, result: AttemptResult },
+}
+
+struct Live {
+    kill: Option<oneshot::Sender<()>>,
+}
+
+pub(crate) struct RunActor {
+    engine: Arc<Inner>,
+    state: RunState,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
+    state_tx: watch::Sender<Arc<RunState>>,
+    live: HashMap<(String, u32), Live>,
+    secrets: Secrets,
+}
+
+/// Give back the capacity reserved for the `StepStarted` of `events`.
+pub(crate) fn release_started(engine: &Inner, events: &[RunEvent]) {
+    for e in events {
+        if let RunEvent::StepStarted { agent, .. } = e {
+            engine.capacity.release(agent.as_deref());
+        }
+    }
+}
+
+/// Give back the capacity of attempts that were started and ended in the
+/// same commit (an input that could not be resolved).
+pub(crate) fn release_unstarted(engine: &Inner, state: &RunState, events: &[RunEvent]) {
+    for e in events {
+        if let RunEvent::StepStarted { step, attempt, agent, .. } = e {
+            let running = state.steps.get(step).is_some_and(|s| {
+                s.status == StepStatus::Running && s.last_attempt().is_some_and(|a| a.number == *attempt)
+            });
+            if !running {
+                engine.capacity.release(agent.as_deref());
+            }
+        }
+    }
+}
+
+impl RunActor {
+    pub fn new(
+        engine: Arc<Inner>,
+        state: RunState,
+        rx: mpsc::UnboundedReceiver<Msg>,
+        tx: mpsc::UnboundedSender<Msg>,
+        state_tx: watch::Sender<Arc<RunState>>,
+    ) -> Self {
+        let secrets = Secrets::from_env(&state.wf().secrets);
+        Self { engine, state, rx, tx, state_tx, live: HashMap::new(), secrets }
+    }
+
+    fn run_id(&self) -> crate::ids::RunId {
+        self.state.run_id.expect("an actor's run exists")
+    }
+
+    pub async fn run(mut self) {
+        let span = tracing::info_span!("run", run_id = %self.run_id());
+        async move {
+            let mut capacity = self.engine.capacity.subscribe();
+            loop {
+                let (timer, waiting) = self.perform_effects();
+                let settled = self.state.status.is_terminal()
+                    || matches!(self.state.status, RunStatus::Quarantined | RunStatus::Paused);
+                if settled && self.live.is_empty() {
+                    break;
+                }
+                let sleep = async {
+                    match timer {
+                        Some(at) => {
+                            let now = self.engine.clock.now();
+                            let ms = (at - now).num_milliseconds().max(0) as u64;
+                            tokio::time::sleep(std::time::Duration::from_millis(ms + 1)).await
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                let outcome = tokio::select! {
+                    msg = self.rx.recv() => match msg {
+                        Some(Msg::Control(cmd, reply)) => {
+                            let r = self.handle(cmd).await;
+                            let fatal = r.as_ref().is_err_and(is_fatal);
+                            let _ = reply.send(r);
+                            if fatal { Err(()) } else { Ok(()) }
+                        }
+                        Some(Msg::Done { step, attempt, agent, result }) => {
+                            self.live.remove(&(step.clone(), attempt));
+                            self.engine.capacity.release(agent.as_deref());
+                            if let Some(a) = &agent {
+                                self.breaker(a, &result).await;
+                            }
+                            self.handle_logged(Command::Finished { step, attempt, result }).await
+                        }
+                        None => Err(()),
+                    },
+                    _ = sleep => {
+                        self.tick_breakers().await;
+                        self.handle_logged(Command::Tick).await
+                    }
+                    r = capacity.changed(), if waiting => match r {
+                        Ok(()) => self.handle_logged(Command::Tick).await,
+                        Err(_) => Err(()),
+                    },
+                };
+                if outcome.is_err() {
+                    // Storage failed: kill what runs; recovery continues the run later.
+                    for (_, l) in self.live.iter_mut() {
+                        if let Some(k) = l.kill.take() {
+                            let _ = k.send(());
+                        }
+                    }
+                    break;
+                }
+            }
+            self.engine.forget(self.run_id());
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn handle_logged(&mut self, cmd: Command) -> Result<(), ()> {
+        match self.handle(cmd).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_fatal(&e) => {
+                tracing::error!(error = %e, "the run stops: storage failed");
+                Err(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "command rejected");
+                Ok(())
+            }
+        }
+    }
+
+    /// Decide, append durably, fold.
+    async fn handle(&mut self, cmd: Command) -> Result<(), EngineError> {
+        let now = self.engine.clock.now();
+        let state = &self.state;
+        let (res, events) = self.engine.capacity.decide_with(now, |ctx| match decide(state, cmd, ctx) {
+            Ok(evs) => (Ok(()), evs),
+            Err(e) => (Err(e), vec![]),
+        });
+        res?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut next = self.state.clone();
+        for e in &events {
+            let seq = next.seq + 1;
+            next = match evolve(next, seq, now, e) {
+                Ok(s) => s,
+                Err(err) => {
+                    release_started(&self.engine, &events);
+                    return Err(err.into());
+                }
+            };
+        }
+        let mut req = WriteRequest::append(self.run_id().stream(), Seq(self.state.seq), encode(&events, now));
+        req.index.push(RunSummary::of(&next).expect("a run has a summary").put());
+        if let Err(e) = self.engine.store.write(req).await {
+            release_started(&self.engine, &events);
+            return Err(e.into());
+        }
+        release_unstarted(&self.engine, &next, &events);
+        self.state = next;
+        self.state_tx.send_replace(Arc::new(self.state.clone()));
+        Ok(())
+    }
+
+    async fn breaker(&mut self, agent: &str, result: &AttemptResult) {
+        let Some(policy) = self.state.wf().agents.get(agent).and_then(|a| a.circuit_breaker.clone()) else { return };
+        let success = match result {
+            AttemptResult::Succeeded { .. } => true,
+            // A killed attempt says nothing about the agent's health.
+            AttemptResult::Failed { kind: crate::model::ErrorKind::Canceled, .. } => return,
+            AttemptResult::Failed { .. } => false,
+        };
+        let now = self.engine.clock.now();
+        let events = self.engine.capacity.with_breaker(agent, |b| b.on_outcome(success, now, &policy));
+        if let Err(e) = self.engine.append_agent(agent, events).await {
+            tracing::error!(agent, error = %e, "cannot record circuit breaker transition");
+        }
+    }
+
+    /// Half-open the circuits of this run's agents whose cool-down ended.
+    async fn tick_breakers(&mut self) {
+        let now = self.engine.clock.now();
+        let agents: Vec<String> = self.state.wf().agents.keys().cloned().collect();
+        for a in agents {
+            let events = self.engine.capacity.with_breaker(&a, |b| b.on_tick(now));
+            if let Err(e) = self.engine.append_agent(&a, events).await {
+                tracing::error!(agent = %a, error = %e, "cannot record circuit breaker transition");
+            }
+        }
+    }
+
+    /// Start and kill attempts as the state asks; returns the next timer
+    /// and whether the run waits for capacity (ready or blocked steps).
+    fn perform_effects(&mut self) -> (Option<chrono::DateTime<chrono::Utc>>, bool) {
+        let mut timer: Option<chrono::DateTime<chrono::Utc>> = None;
+        let mut wanted = std::collections::HashSet::new();
+        for fx in effects(&self.state) {
+            match fx {
+                Effect::Run(sa) => {
+                    wanted.insert((sa.step.clone(), sa.attempt));
+                    if !self.live.contains_key(&(sa.step.clone(), sa.attempt)) {
+                        self.spawn_attempt(*sa);
+                    }
+                }
+                Effect::Kill { step, attempt } => {
+                    if let Some(l) = self.live.get_mut(&(step, attempt))
+                        && let Some(k) = l.kill.take()
+                    {
+                        let _ = k.send(());
+                    }
+                }
+                Effect::Timer(t) => timer = Some(timer.map_or(t, |x| x.min(t))),
+            }
+        }
+        for (key, l) in self.live.iter_mut() {
+            if !wanted.contains(key)
+                && let Some(k) = l.kill.take()
+            {
+                tracing::info!(step_id = %key.0, attempt = key.1, "killing an attempt the state no longer runs");
+                let _ = k.send(());
+            }
+        }
+        // Breakers that will half-open wake blocked runs.
+        for (_, until) in self.engine.capacity.open_until() {
+            timer = Some(timer.map_or(until, |x| x.min(until)));
+        }
+        let waiting = self.state.status == RunStatus::Running
+            && self.state.steps.values().any(|s| matches!(s.status, StepStatus::Ready | StepStatus::Blocked));
+        (timer, waiting)
+    }
+
+    fn spawn_attempt(&mut self, sa: StartAttempt) {
+        let run_id = self.run_id();
+        let secrets = self.secrets.map();
+        let mut exec = sa.exec.clone();
+        if let Some(h) = exec.http.as_mut() {
+            let outputs = self.state.outputs();
+            let run_text = run_id.to_string();
+            let scope = Scope { run_id: &run_text, input: &self.state.input, outputs: &outputs };
+            let resolve_s = |s: &str| -> String {
+                match resolve(&Value::String(s.to_string()), &scope).map(|v| substitute_secrets(&v, &secrets)) {
+                    Ok(Value::String(t)) => t,
+                    Ok(other) => other.to_string(),
+                    Err(_) => s.to_string(),
+                }
+            };
+            h.url = resolve_s(&h.url);
+            for v in h.headers.values_mut() {
+                *v = resolve_s(v);
+            }
+            if let Some(b) = &h.body {
+                h.body = Some(resolve(b, &scope).map(|v| substitute_secrets(&v, &secrets)).unwrap_or_else(|_| b.clone()));
+            }
+        }
+        let workdir = match &sa.workdir {
+            Some(w) => self.engine.workdir.join(w),
+            None => self.engine.workdir.clone(),
+        };
+        let req = AttemptRequest {
+            run_id,
+            step: sa.step.clone(),
+            attempt: sa.attempt,
+            idempotency_key: sa.idempotency_key.clone(),
+            input: substitute_secrets(&sa.input, &secrets),
+            exec,
+            deadline: sa.deadline,
+            workdir,
+            env: sa.env.iter().map(|(k, v)| (k.clone(), substitute_secrets(&Value::String(v.clone()), &secrets).as_str().unwrap_or(v).to_string())).collect(),
+        };
+        let (kill_tx, kill_rx) = oneshot::channel();
+        self.live.insert((sa.step.clone(), sa.attempt), Live { kill: Some(kill_tx) });
+        let dispatcher = self.engine.dispatcher(self.secrets.clone());
+        let tx = self.tx.clone();
+        let span = tracing::info_span!("attempt", run_id = %run_id, step_id = %sa.step, attempt = sa.attempt);
+        tokio::spawn(
+            async move {
+                tracing::debug!("attempt started");
+                let result = dispatcher.run(req, kill_rx).await;
+                tracing::debug!(ok = matches!(result, AttemptResult::Succeeded { .. }), "attempt ended");
+                let _ = tx.send(Msg::Done { step: sa.step, attempt: sa.attempt, agent: sa.agent, result });
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn is_fatal(e: &EngineError) -> bool {
+    matches!(e, EngineError::Store(s) if s.is_storage_problem())
+}

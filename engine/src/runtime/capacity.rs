@@ -1,0 +1,129 @@
+//! Capacity shared by every run of an engine: the global limit of parallel
+//! attempts, attempts running per agent, and the agents' circuit breakers.
+//!
+//! A run actor builds its [`Ctx`] from here and reserves what `decide`
+//! started *under the same lock*, so two runs can never both take the
+//! last slot of an agent or of the engine.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::circuit::Breaker;
+use crate::decide::{AgentView, Ctx};
+use crate::event::RunEvent;
+
+/// Shared capacity.
+#[derive(Debug)]
+pub struct Capacity {
+    inner: Mutex<Inner>,
+    /// Bumped whenever capacity frees or a circuit changes: runs with
+    /// ready or blocked steps re-decide.
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    max_parallel: usize,
+    running: usize,
+    agents: BTreeMap<String, u32>,
+    breakers: BTreeMap<String, Breaker>,
+}
+
+impl Capacity {
+    /// A capacity of `max_parallel` attempts at once.
+    pub fn new(max_parallel: usize) -> Self {
+        let (changed, _) = watch::channel(0);
+        Self {
+            inner: Mutex::new(Inner {
+                max_parallel: max_parallel.max(1),
+                running: 0,
+                agents: BTreeMap::new(),
+                breakers: BTreeMap::new(),
+            }),
+            changed,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Watch for capacity changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Run `f` with a context at `now`, then reserve a slot (and an agent
+    /// slot) for every `StepStarted` it returned — atomically.
+    pub fn decide_with<T>(
+        &self,
+        now: DateTime<Utc>,
+        f: impl FnOnce(&Ctx) -> (T, Vec<RunEvent>),
+    ) -> (T, Vec<RunEvent>) {
+        let mut g = self.lock();
+        let mut agents: BTreeMap<String, AgentView> = BTreeMap::new();
+        for (name, n) in &g.agents {
+            agents.entry(name.clone()).or_default().running = *n;
+        }
+        for (name, b) in &g.breakers {
+            agents.entry(name.clone()).or_default().circuit = b.state;
+        }
+        let ctx = Ctx { now, slots: g.max_parallel.saturating_sub(g.running), agents };
+        let (t, events) = f(&ctx);
+        for e in &events {
+            if let RunEvent::StepStarted { agent, .. } = e {
+                g.running += 1;
+                if let Some(a) = agent {
+                    *g.agents.entry(a.clone()).or_default() += 1;
+                }
+            }
+        }
+        (t, events)
+    }
+
+    /// Give back the slot of a finished attempt.
+    pub fn release(&self, agent: Option<&str>) {
+        {
+            let mut g = self.lock();
+            g.running = g.running.saturating_sub(1);
+            if let Some(a) = agent
+                && let Some(n) = g.agents.get_mut(a)
+            {
+                *n = n.saturating_sub(1);
+            }
+        }
+        self.bump();
+    }
+
+    /// Apply a breaker decision on an agent; returns the events to append
+    /// to the agent's stream.
+    pub fn with_breaker<T>(&self, agent: &str, f: impl FnOnce(&mut Breaker) -> T) -> T {
+        let out = {
+            let mut g = self.lock();
+            f(g.breakers.entry(agent.to_string()).or_default())
+        };
+        self.bump();
+        out
+    }
+
+    /// Agents whose breaker is open, with the end of the cool-down.
+    pub fn open_until(&self) -> Vec<(String, DateTime<Utc>)> {
+        self.lock()
+            .breakers
+            .iter()
+            .filter_map(|(n, b)| b.next_timer().map(|t| (n.clone(), t)))
+            .collect()
+    }
+
+    /// Attempts running now (all runs).
+    pub fn running(&self) -> usize {
+        self.lock().running
+    }
+}

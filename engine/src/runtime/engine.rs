@@ -1,0 +1,621 @@
+//! [`Engine`]: the library API — build it, start runs, wait for them,
+//! control them, recover after a crash.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chronicle_store::{Clock, IndexOp, NewEvent, RawEnvelope, Seq, Store, StoreError, StoreOptions, SystemClock, WriteRequest};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use super::actor::{Msg, RunActor};
+use super::capacity::Capacity;
+use super::exec::function::{Function, FunctionCall, FunctionError, FunctionExecutor, FunctionFuture};
+use super::exec::http::HttpExecutor;
+use super::exec::process::ProcessExecutor;
+use super::exec::{Dispatcher, OutputSink, Secrets};
+use super::index::{IDEMPOTENCY, RUNS, RunSummary};
+use crate::decide::{Command, Rejected, decide};
+use crate::event::{AgentEvent, RunEvent, SCHEMA_VERSION};
+use crate::ids::{RunId, agent_stream};
+use crate::model::Workflow;
+use crate::state::{RunState, RunStatus, TransitionError, evolve};
+
+/// Errors of the engine API.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The log failed (locked, corrupt, I/O).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No run has this id (or prefix).
+    #[error("no run {0} in this database (see `chronicle list`)")]
+    UnknownRun(String),
+    /// A prefix that matches several runs.
+    #[error("run prefix {0} is ambiguous: it matches {1} runs; give more characters")]
+    AmbiguousRun(String, usize),
+    /// The command does not apply.
+    #[error(transparent)]
+    Rejected(#[from] Rejected),
+    /// A history that does not fold.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// The run's actor stopped (storage failure).
+    #[error("the run {0} stopped: {1}")]
+    Stopped(RunId, String),
+}
+
+/// Where run ids come from.
+#[derive(Debug)]
+pub enum IdSource {
+    /// UUID v7 from the engine's clock with random bits (production).
+    V7,
+    /// UUID v7 from the engine's clock with a counter instead of random
+    /// bits (reproducible tests).
+    Sequential(AtomicU64),
+}
+
+/// What recovery did on start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecoveryReport {
+    /// Runs continued.
+    pub resumed: Vec<RunId>,
+    /// Attempts marked `StepAbandoned`.
+    pub attempts_abandoned: usize,
+    /// Runs quarantined (crash loops, or histories that do not fold).
+    pub quarantined: Vec<(RunId, String)>,
+}
+
+/// Builds an [`Engine`].
+pub struct EngineBuilder {
+    db: Option<PathBuf>,
+    clock: Arc<dyn Clock>,
+    ids: IdSource,
+    max_parallel: usize,
+    functions: BTreeMap<String, Function>,
+    workdir: Option<PathBuf>,
+    store: Option<Store>,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        Self {
+            db: None,
+            clock: Arc::new(SystemClock),
+            ids: IdSource::V7,
+            max_parallel: 256,
+            functions: BTreeMap::new(),
+            workdir: None,
+            store: None,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// A builder with defaults: in memory unless [`Self::db`] is set,
+    /// system clock, 256 parallel attempts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Use the redb file at `path` (created if absent).
+    pub fn db(mut self, path: impl AsRef<Path>) -> Self {
+        self.db = Some(path.as_ref().to_path_buf());
+        self
+    }
+    /// Use an already open store.
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+    /// Inject the clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+    /// Inject the id source.
+    pub fn ids(mut self, ids: IdSource) -> Self {
+        self.ids = ids;
+        self
+    }
+    /// At most `n` attempts at once in this engine (default 256).
+    pub fn max_parallel(mut self, n: usize) -> Self {
+        self.max_parallel = n.max(1);
+        self
+    }
+    /// Working directory of command and shell steps (default: current).
+    pub fn workdir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.workdir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+    /// Register `f` as the function `name` (for `function: NAME` steps).
+    pub fn function<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(FunctionCall) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Value, FunctionError>> + Send + 'static,
+    {
+        let f: Function = Arc::new(move |c| -> FunctionFuture { Box::pin(f(c)) });
+        self.functions.insert(name.to_string(), f);
+        self
+    }
+
+    /// Open the database and build the engine. Does not recover: call
+    /// [`Engine::recover`] to continue runs left by a previous process.
+    ///
+    /// Errors: [`EngineError::Store`] when the database cannot be opened.
+    pub fn build(self) -> Result<Engine, EngineError> {
+        let store = match (self.store, &self.db) {
+            (Some(s), _) => s,
+            (None, Some(p)) => Store::open(p, StoreOptions { clock: self.clock.clone(), ..StoreOptions::default() })?,
+            (None, None) => Store::in_memory(StoreOptions { clock: self.clock.clone(), ..StoreOptions::default() })?,
+        };
+        let outputs = self.db.as_ref().map(|p| {
+            let mut s = p.as_os_str().to_owned();
+            s.push(".outputs");
+            PathBuf::from(s)
+        });
+        let workdir = match self.workdir {
+            Some(w) => w,
+            None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        };
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                store,
+                clock: self.clock,
+                ids: self.ids,
+                capacity: Arc::new(Capacity::new(self.max_parallel)),
+                functions: self.functions,
+                outputs,
+                workdir,
+                runs: Mutex::new(HashMap::new()),
+                agent_heads: tokio::sync::Mutex::new(HashMap::new()),
+                http: reqwest::Client::new(),
+            }),
+        })
+    }
+}
+
+pub(crate) struct Inner {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    ids: IdSource,
+    pub capacity: Arc<Capacity>,
+    functions: BTreeMap<String, Function>,
+    pub outputs: Option<PathBuf>,
+    pub workdir: PathBuf,
+    runs: Mutex<HashMap<RunId, RunHandle>>,
+    agent_heads: tokio::sync::Mutex<HashMap<String, Seq>>,
+    http: reqwest::Client,
+}
+
+#[derive(Clone)]
+pub(crate) struct RunHandle {
+    pub tx: mpsc::UnboundedSender<Msg>,
+    pub state: watch::Receiver<Arc<RunState>>,
+}
+
+impl Inner {
+    pub fn dispatcher(&self, secrets: Secrets) -> Dispatcher {
+        let sink = OutputSink { dir: self.outputs.clone(), secrets };
+        Dispatcher {
+            process: ProcessExecutor { sink: sink.clone() },
+            http: HttpExecutor { client: self.http.clone(), sink: sink.clone() },
+            function: FunctionExecutor { functions: self.functions.clone(), sink: Some(sink) },
+        }
+    }
+
+    pub fn forget(&self, run: RunId) {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner()).remove(&run);
+    }
+
+    fn new_run_id(&self) -> RunId {
+        let now = self.clock.now();
+        let secs = now.timestamp().max(0) as u64;
+        let nanos = now.timestamp_subsec_nanos();
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos);
+        match &self.ids {
+            IdSource::V7 => RunId(Uuid::new_v7(ts)),
+            IdSource::Sequential(n) => {
+                let k = n.fetch_add(1, Ordering::SeqCst) + 1;
+                let base = Uuid::new_v7(ts).as_u128() & !((1u128 << 62) - 1);
+                RunId(Uuid::from_u128(base | (k as u128)))
+            }
+        }
+    }
+
+    /// Append an agent's circuit events to its stream.
+    pub async fn append_agent(&self, agent: &str, events: Vec<AgentEvent>) -> Result<(), EngineError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let stream = agent_stream(agent)?;
+        let mut heads = self.agent_heads.lock().await;
+        let head = match heads.get(agent) {
+            Some(s) => *s,
+            None => self.store.head(&stream)?.map(|h| h.last_seq).unwrap_or(Seq(0)),
+        };
+        let now = self.clock.now();
+        let evs = events
+            .iter()
+            .map(|e| NewEvent { recorded_at: Some(now), ..NewEvent::json(SCHEMA_VERSION, e).expect("agent events serialize") })
+            .collect();
+        let out = self.store.append(stream, head, evs).await?;
+        heads.insert(agent.to_string(), out.last().map(|e| e.seq).unwrap_or(head));
+        Ok(())
+    }
+}
+
+/// Decode and fold one envelope into `state`.
+pub fn fold_envelope(state: RunState, env: &RawEnvelope) -> Result<RunState, EngineError> {
+    let event: RunEvent = env.decode()?;
+    Ok(evolve(state, env.seq.0, env.recorded_at, &event)?)
+}
+
+/// Encode run events for an append, stamped with the decision time.
+pub(crate) fn encode(events: &[RunEvent], now: chrono::DateTime<chrono::Utc>) -> Vec<NewEvent> {
+    events
+        .iter()
+        .map(|e| NewEvent { recorded_at: Some(now), ..NewEvent::json(SCHEMA_VERSION, e).expect("run events serialize") })
+        .collect()
+}
+
+/// The embedded engine. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), chronicle_engine::runtime::EngineError> {
+/// use chronicle_engine::runtime::EngineBuilder;
+/// let engine = EngineBuilder::new().db("chronicle.redb").build()?;
+/// engine.recover().await?;
+/// let wf = chronicle_engine::model::load_file("examples/log-audit.yaml".as_ref()).unwrap();
+/// let run = engine.start(wf, serde_json::json!({}), None).await?;
+/// let state = engine.wait(run).await?;
+/// println!("{}", state.status.as_str());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("store", &self.inner.store).finish()
+    }
+}
+
+impl Engine {
+    /// The underlying store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// Create a run of `workflow` with `input` and start it. With an
+    /// `idempotency_key` already used, returns that run instead (nothing
+    /// is written).
+    ///
+    /// Errors: storage errors; the definition is expected to be validated.
+    pub async fn start(&self, workflow: Workflow, input: Value, idempotency_key: Option<String>) -> Result<RunId, EngineError> {
+        if let Some(k) = &idempotency_key
+            && let Some(existing) = self.inner.store.index_get(IDEMPOTENCY, k)?
+        {
+            return parse_run_value(&existing);
+        }
+        let run_id = self.inner.new_run_id();
+        let seed = run_id.0.as_u128() as u64;
+        let create = Command::Create { run_id, workflow: Box::new(workflow), input, idempotency_key: idempotency_key.clone(), seed };
+        let mut index = Vec::new();
+        if let Some(k) = &idempotency_key {
+            index.push(IndexOp::Insert { index: IDEMPOTENCY.into(), key: k.clone(), value: run_id.to_string().into_bytes() });
+        }
+        match self.begin(RunState::default(), vec![create, Command::Start], index).await {
+            Ok(()) => Ok(run_id),
+            Err(EngineError::Store(StoreError::IndexConflict { existing, .. })) => parse_run_value(&existing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Start a run whose first event is given (a fork): append it with
+    /// `RunStarted` and drive it.
+    pub async fn start_from(&self, first: RunEvent, extra_index: Vec<IndexOp>) -> Result<RunId, EngineError> {
+        let run_id = match &first {
+            RunEvent::RunForked { run_id, .. } | RunEvent::RunCreated { run_id, .. } => *run_id,
+            _ => return Err(Rejected::BadFork("the first event must be RunCreated or RunForked".into()).into()),
+        };
+        let now = self.inner.clock.now();
+        let state = evolve(RunState::default(), 1, now, &first)?;
+        // Append the first event alone, then start like any new run.
+        let summary = RunSummary::of(&state).expect("a created run has a summary");
+        let mut req = WriteRequest::append(run_id.stream(), Seq(0), encode(std::slice::from_ref(&first), now));
+        req.index.push(summary.put());
+        req.index.extend(extra_index);
+        self.inner.store.write(req).await?;
+        self.begin(state, vec![Command::Start], vec![]).await?;
+        Ok(run_id)
+    }
+
+    /// A new run id from the engine's id source.
+    pub fn new_run_id(&self) -> RunId {
+        self.inner.new_run_id()
+    }
+
+    /// Decide `commands` on `state`, append them in one commit, and spawn
+    /// the run's actor.
+    async fn begin(&self, mut state: RunState, commands: Vec<Command>, index: Vec<IndexOp>) -> Result<(), EngineError> {
+        let now = self.inner.clock.now();
+        let (res, events) = self.inner.capacity.decide_with(now, |ctx| {
+            let mut provisional = state.clone();
+            let mut all = Vec::new();
+            for c in commands {
+                match decide(&provisional, c, ctx) {
+                    Ok(evs) => {
+                        for e in &evs {
+                            let seq = provisional.seq + 1;
+                            provisional = match evolve(std::mem::take(&mut provisional), seq, now, e) {
+                                Ok(s) => s,
+                                Err(err) => return (Err(EngineError::from(err)), vec![]),
+                            };
+                        }
+                        all.extend(evs);
+                    }
+                    Err(e) => return (Err(EngineError::from(e)), vec![]),
+                }
+            }
+            (Ok(provisional), all)
+        });
+        let provisional = match res {
+            Ok(p) => p,
+            Err(e) => {
+                super::actor::release_started(&self.inner, &events);
+                return Err(e);
+            }
+        };
+        let run_id = provisional.run_id.expect("a created run has an id");
+        if !events.is_empty() {
+            let mut req = WriteRequest::append(run_id.stream(), Seq(state.seq), encode(&events, now));
+            req.index.extend(index);
+            req.index.push(RunSummary::of(&provisional).expect("a created run has a summary").put());
+            if let Err(e) = self.inner.store.write(req).await {
+                super::actor::release_started(&self.inner, &events);
+                return Err(e.into());
+            }
+        }
+        state = provisional;
+        super::actor::release_unstarted(&self.inner, &state, &events);
+        self.spawn_actor(state);
+        Ok(())
+    }
+
+    fn spawn_actor(&self, state: RunState) -> RunHandle {
+        let run_id = state.run_id.expect("a created run has an id");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (state_tx, state_rx) = watch::channel(Arc::new(state.clone()));
+        let handle = RunHandle { tx: tx.clone(), state: state_rx };
+        self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).insert(run_id, handle.clone());
+        let actor = RunActor::new(self.inner.clone(), state, rx, tx, state_tx);
+        tokio::spawn(actor.run());
+        handle
+    }
+
+    /// The handle of an active run, opening an actor for a run left by
+    /// another process (it is recovered first).
+    async fn handle(&self, run: RunId) -> Result<RunHandle, EngineError> {
+        if let Some(h) = self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).get(&run).cloned()
+            && !h.tx.is_closed()
+        {
+            return Ok(h);
+        }
+        let state = self.state(run)?;
+        if state.status.is_terminal() {
+            let (tx, _) = mpsc::unbounded_channel();
+            let (_, rx) = watch::channel(Arc::new(state));
+            return Ok(RunHandle { tx, state: rx });
+        }
+        self.recover_run(state).await?;
+        self.inner
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&run)
+            .cloned()
+            .ok_or_else(|| EngineError::Stopped(run, "its actor ended at once".into()))
+    }
+
+    /// Fold a run's whole stream from the log.
+    ///
+    /// Errors: [`EngineError::UnknownRun`] when the stream is empty,
+    /// decode or transition errors when the history does not fold.
+    pub fn state(&self, run: RunId) -> Result<RunState, EngineError> {
+        let mut state = RunState::default();
+        let mut err = None;
+        self.inner.store.for_each_in_stream(&run.stream(), Seq(1), None, |env| {
+            if err.is_none() {
+                match fold_envelope(std::mem::take(&mut state), &env) {
+                    Ok(s) => state = s,
+                    Err(e) => err = Some(e),
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if state.run_id.is_none() {
+            return Err(EngineError::UnknownRun(run.to_string()));
+        }
+        Ok(state)
+    }
+
+    /// Send a control command and wait for it to be durable.
+    async fn control(&self, run: RunId, cmd: Command) -> Result<(), EngineError> {
+        let h = self.handle(run).await?;
+        let (reply, rx) = oneshot::channel();
+        if h.tx.send(Msg::Control(cmd.clone(), reply)).is_err() {
+            // The actor just ended (the run settled): decide against the log.
+            let state = self.state(run)?;
+            decide(&state, cmd, &crate::decide::Ctx::at(self.inner.clock.now()))?;
+            return Ok(());
+        }
+        rx.await.map_err(|_| EngineError::Stopped(run, "the actor ended".into()))?
+    }
+
+    /// Cancel: running attempts are killed, the run ends `canceled`.
+    pub async fn cancel(&self, run: RunId, reason: &str) -> Result<(), EngineError> {
+        self.control(run, Command::Cancel { reason: reason.to_string() }).await
+    }
+    /// Pause: running attempts finish, no new ones start.
+    pub async fn pause(&self, run: RunId) -> Result<(), EngineError> {
+        self.control(run, Command::Pause).await
+    }
+    /// Resume a paused run.
+    pub async fn resume(&self, run: RunId) -> Result<(), EngineError> {
+        self.control(run, Command::Resume).await
+    }
+    /// Release a quarantined run.
+    pub async fn release(&self, run: RunId) -> Result<(), EngineError> {
+        self.control(run, Command::Release).await
+    }
+
+    /// Wait until the run ends or is quarantined; returns its state.
+    pub async fn wait(&self, run: RunId) -> Result<RunState, EngineError> {
+        let h = self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).get(&run).cloned();
+        let Some(mut h) = h else { return self.state(run) };
+        loop {
+            {
+                let s = h.state.borrow_and_update();
+                if s.status.is_terminal() || s.status == RunStatus::Quarantined {
+                    return Ok((**s).clone());
+                }
+            }
+            if h.state.changed().await.is_err() {
+                return self.state(run);
+            }
+        }
+    }
+
+    /// Wait until no run is active in this engine.
+    pub async fn wait_all(&self) -> Result<(), EngineError> {
+        loop {
+            let runs: Vec<RunId> = self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
+            if runs.is_empty() {
+                return Ok(());
+            }
+            for r in runs {
+                self.wait(r).await?;
+                // Let the actor finish collecting attempts and deregister.
+                while self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&r) {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            }
+        }
+    }
+
+    /// A feed of committed envelopes (all streams; filter by
+    /// `envelope.stream`).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<[RawEnvelope]>> {
+        self.inner.store.subscribe()
+    }
+
+    /// Every run in the index.
+    pub fn list(&self) -> Result<Vec<RunSummary>, EngineError> {
+        let rows = self.inner.store.index_scan(RUNS, "")?;
+        rows.into_iter()
+            .map(|(k, v)| {
+                serde_json::from_slice(&v).map_err(|e| {
+                    EngineError::Store(StoreError::Corruption {
+                        path: self.inner.store.path().to_path_buf(),
+                        message: format!("run index entry {k} is unreadable: {e}"),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Resolve a run id or a unique prefix of one.
+    pub fn resolve_run(&self, text: &str) -> Result<RunId, EngineError> {
+        let t = text.trim().to_ascii_lowercase();
+        if let Ok(id) = t.parse::<RunId>() {
+            return Ok(id);
+        }
+        if t.is_empty() {
+            return Err(EngineError::UnknownRun(text.to_string()));
+        }
+        let rows = self.inner.store.index_scan(RUNS, &t)?;
+        match rows.len() {
+            0 => Err(EngineError::UnknownRun(text.to_string())),
+            1 => rows[0].0.parse().map_err(|_| EngineError::UnknownRun(text.to_string())),
+            n => Err(EngineError::AmbiguousRun(text.to_string(), n)),
+        }
+    }
+
+    /// Recover every non-terminal run left by a previous process (or only
+    /// `only`): fold it, abandon attempts that never finished, and continue.
+    /// A run whose history does not fold is quarantined in the index with
+    /// the reason; it never stops the others.
+    pub async fn recover_runs(&self, only: Option<&[RunId]>) -> Result<RecoveryReport, EngineError> {
+        let mut report = RecoveryReport::default();
+        for row in self.list()? {
+            if row.status.is_terminal() || only.is_some_and(|o| !o.contains(&row.run_id)) {
+                continue;
+            }
+            if self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&row.run_id) {
+                continue;
+            }
+            match self.state(row.run_id) {
+                Ok(state) => {
+                    let (abandoned, quarantined) = self.recover_run(state).await?;
+                    report.attempts_abandoned += abandoned;
+                    match quarantined {
+                        Some(reason) => report.quarantined.push((row.run_id, reason)),
+                        None => report.resumed.push(row.run_id),
+                    }
+                }
+                Err(e @ (EngineError::Transition(_) | EngineError::Store(StoreError::Decode { .. }) | EngineError::Store(StoreError::Corruption { .. }))) => {
+                    let reason = format!("history does not fold: {e}");
+                    let mut bad = row.clone();
+                    bad.status = RunStatus::Quarantined;
+                    bad.reason = Some(reason.clone());
+                    self.inner.store.write(WriteRequest { index: vec![bad.put()], ..Default::default() }).await?;
+                    report.quarantined.push((row.run_id, reason));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+
+    /// [`Self::recover_runs`] for every run.
+    pub async fn recover(&self) -> Result<RecoveryReport, EngineError> {
+        self.recover_runs(None).await
+    }
+
+    async fn recover_run(&self, state: RunState) -> Result<(usize, Option<String>), EngineError> {
+        let was_quarantined = state.status == RunStatus::Quarantined;
+        let before = state.seq;
+        let run = state.run_id.expect("a folded run has an id");
+        self.begin(state, vec![Command::Recover], vec![]).await?;
+        let now = self.state(run)?;
+        let mut abandoned = 0;
+        self.inner.store.for_each_in_stream(&run.stream(), Seq(before + 1), None, |env| {
+            if env.payload.starts_with(br#"{"type":"StepAbandoned""#) {
+                abandoned += 1;
+            }
+            Ok(())
+        })?;
+        let q = (now.status == RunStatus::Quarantined && !was_quarantined)
+            .then(|| now.quarantine.map(|q| q.reason).unwrap_or_default());
+        Ok((abandoned, q))
+    }
+}
+
+fn parse_run_value(v: &[u8]) -> Result<RunId, EngineError> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| EngineError::UnknownRun(String::from_utf8_lossy(v).into_owned()))
+}

@@ -1,0 +1,101 @@
+//! `http` steps: one request with reqwest. The body is the spec's `body`
+//! (templates resolved) or else the step's input; the `Idempotency-Key`
+//! header carries `RUN_ID:STEP_ID`, the same on every attempt. Connection
+//! errors, 429 and 5xx are transient; other 4xx permanent (the step's
+//! `retry_on.http_statuses` can refine this). A JSON response body is the
+//! step's output; another body becomes `{"status": N, "body": TEXT}`.
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::{AttemptFuture, AttemptRequest, Executor, OutputSink, failure};
+use crate::decide::AttemptResult;
+use crate::model::ErrorKind;
+
+/// Sends HTTP requests.
+#[derive(Clone, Debug)]
+pub struct HttpExecutor {
+    /// Shared client.
+    pub client: reqwest::Client,
+    /// Captured output handling.
+    pub sink: OutputSink,
+}
+
+impl HttpExecutor {
+    /// A new executor with its own connection pool.
+    pub fn new(sink: OutputSink) -> Self {
+        Self { client: reqwest::Client::new(), sink }
+    }
+}
+
+impl Executor for HttpExecutor {
+    fn run(&self, req: AttemptRequest, kill: oneshot::Receiver<()>) -> AttemptFuture {
+        let client = self.client.clone();
+        let sink = self.sink.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let Some(spec) = req.exec.http.clone() else {
+                return failure(ErrorKind::Permanent, "not an http step", 0);
+            };
+            let method = match reqwest::Method::from_bytes(spec.method.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => m,
+                Err(_) => return failure(ErrorKind::Permanent, format!("bad HTTP method {}", spec.method), 0),
+            };
+            let body = spec.body.clone().unwrap_or_else(|| req.input.clone());
+            let mut rb = client
+                .request(method, &spec.url)
+                .header("Idempotency-Key", &req.idempotency_key)
+                .header("X-Chronicle-Run-Id", req.run_id.to_string())
+                .header("X-Chronicle-Attempt", req.attempt.to_string())
+                .json(&body);
+            for (k, v) in &spec.headers {
+                rb = rb.header(k, v);
+            }
+            let send = async {
+                let resp = rb.send().await?;
+                let status = resp.status();
+                let text = resp.text().await?;
+                Ok::<_, reqwest::Error>((status, text))
+            };
+            let result = tokio::select! {
+                r = send => r,
+                _ = kill => return AttemptResult::Failed {
+                    kind: ErrorKind::Canceled,
+                    message: "killed: the request was aborted".into(),
+                    exit_code: None,
+                    http_status: None,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    stderr: None,
+                },
+            };
+            let duration_ms = started.elapsed().as_millis() as u64;
+            match result {
+                Err(e) => failure(ErrorKind::Transient, sink.secrets.redact(&format!("request to {} failed: {e}", spec.url)), duration_ms),
+                Ok((status, text)) => {
+                    let captured = sink.capture(text.as_bytes());
+                    let code = status.as_u16();
+                    if status.is_success() {
+                        let output = serde_json::from_str::<Value>(&captured.text)
+                            .ok()
+                            .filter(|_| !captured.truncated)
+                            .unwrap_or_else(|| json!({ "status": code, "body": captured.text }));
+                        AttemptResult::Succeeded { output, duration_ms, stdout: Some(captured), stderr: None }
+                    } else {
+                        let kind = if code == 429 || status.is_server_error() { ErrorKind::Transient } else { ErrorKind::Permanent };
+                        let snippet: String = captured.text.chars().take(300).collect();
+                        AttemptResult::Failed {
+                            kind,
+                            message: format!("HTTP {code} from {}: {snippet}", sink.secrets.redact(&spec.url)),
+                            exit_code: None,
+                            http_status: Some(code),
+                            duration_ms,
+                            stderr: Some(captured),
+                        }
+                    }
+                }
+            }
+        })
+    }
+}

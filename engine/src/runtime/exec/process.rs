@@ -1,0 +1,177 @@
+//! `command` (argv, no shell) and `shell` (`/bin/sh -c SCRIPT`) steps.
+//!
+//! Each attempt runs in its own process group (process-wrap). The process
+//! gets `CHRONICLE_RUN_ID`, `CHRONICLE_STEP_ID`, `CHRONICLE_ATTEMPT`,
+//! `CHRONICLE_IDEMPOTENCY_KEY`, one `INPUT_<KEY>` variable per input key
+//! (key upper-cased, other characters than letters and digits as `_`;
+//! strings as is, other values as JSON), the whole input as JSON on stdin,
+//! and the step's working directory. When the leader exits, or the attempt
+//! is killed (timeout, cancel), the whole group is killed: no orphan
+//! survives a step.
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use process_wrap::tokio::{CommandWrap, KillOnDrop, ProcessGroup};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+use super::{AttemptFuture, AttemptRequest, Executor, OutputSink, failure};
+use crate::decide::AttemptResult;
+use crate::model::ErrorKind;
+
+/// Runs commands and shell scripts.
+#[derive(Clone, Debug)]
+pub struct ProcessExecutor {
+    /// Where captured output goes.
+    pub sink: OutputSink,
+}
+
+/// `INPUT_<KEY>` for an input key.
+pub fn input_var(key: &str) -> String {
+    let k: String = key.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("INPUT_{k}")
+}
+
+fn kill_group(pgid: Option<u32>) {
+    if let Some(id) = pgid.and_then(|p| i32::try_from(p).ok()) {
+        // The group may already be gone (ESRCH): nothing to do then.
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(id), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut r) = r {
+        let _ = r.read_to_end(&mut buf).await;
+    }
+    buf
+}
+
+impl Executor for ProcessExecutor {
+    fn run(&self, req: AttemptRequest, kill: oneshot::Receiver<()>) -> AttemptFuture {
+        let sink = self.sink.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let ms = |t: Instant| t.elapsed().as_millis() as u64;
+            let mut cmd = if let Some(argv) = &req.exec.command {
+                let mut c = tokio::process::Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            } else if let Some(script) = &req.exec.shell {
+                let mut c = tokio::process::Command::new("/bin/sh");
+                c.arg("-c").arg(script);
+                c
+            } else {
+                return failure(ErrorKind::Permanent, "not a command or shell step", 0);
+            };
+            cmd.current_dir(&req.workdir)
+                .env("CHRONICLE_RUN_ID", req.run_id.to_string())
+                .env("CHRONICLE_STEP_ID", &req.step)
+                .env("CHRONICLE_ATTEMPT", req.attempt.to_string())
+                .env("CHRONICLE_IDEMPOTENCY_KEY", &req.idempotency_key)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            if let Some(dl) = req.deadline {
+                cmd.env("CHRONICLE_DEADLINE", dl.to_rfc3339());
+            }
+            if let Value::Object(m) = &req.input {
+                for (k, v) in m {
+                    let text = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    cmd.env(input_var(k), text);
+                }
+            }
+            for (k, v) in &req.env {
+                cmd.env(k, v);
+            }
+            let mut wrap = CommandWrap::from(cmd);
+            wrap.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
+            let mut child = match wrap.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    let what = req.exec.command.as_ref().map(|a| a[0].clone()).unwrap_or_else(|| "/bin/sh".into());
+                    return failure(ErrorKind::Permanent, sink.secrets.redact(&format!("cannot start {what}: {e}")), ms(started));
+                }
+            };
+            let pgid = child.id();
+            let stdin_json = serde_json::to_vec(&req.input).unwrap_or_default();
+            let stdin = child.stdin().take();
+            let writer = tokio::spawn(async move {
+                if let Some(mut s) = stdin {
+                    let _ = s.write_all(&stdin_json).await;
+                    let _ = s.shutdown().await;
+                }
+            });
+            let out_task = tokio::spawn(read_all(child.stdout().take()));
+            let err_task = tokio::spawn(read_all(child.stderr().take()));
+            let status = tokio::select! {
+                s = child.wait() => Some(s),
+                _ = kill => None,
+            };
+            // Leader gone or kill asked: take the rest of the group with it.
+            kill_group(pgid);
+            if status.is_none() {
+                let _ = Box::into_pin(child.kill()).await;
+            }
+            writer.abort();
+            let stdout = out_task.await.unwrap_or_default();
+            let stderr = err_task.await.unwrap_or_default();
+            let duration_ms = ms(started);
+            let stderr_c = (!stderr.is_empty()).then(|| sink.capture(&stderr));
+            let Some(status) = status else {
+                return AttemptResult::Failed {
+                    kind: ErrorKind::Canceled,
+                    message: "killed: the process group was terminated".into(),
+                    exit_code: None,
+                    http_status: None,
+                    duration_ms,
+                    stderr: stderr_c,
+                };
+            };
+            let status = match status {
+                Ok(s) => s,
+                Err(e) => return failure(ErrorKind::Transient, format!("waiting for the process failed: {e}"), duration_ms),
+            };
+            let stdout_c = sink.capture(&stdout);
+            if status.success() {
+                let output = match serde_json::from_str::<Value>(stdout_c.text.trim()) {
+                    Ok(v) if !stdout_c.truncated && !stdout_c.text.trim().is_empty() => v,
+                    _ => json!({ "stdout": stdout_c.text }),
+                };
+                AttemptResult::Succeeded {
+                    output,
+                    duration_ms,
+                    stdout: (!stdout.is_empty()).then_some(stdout_c),
+                    stderr: stderr_c,
+                }
+            } else {
+                use std::os::unix::process::ExitStatusExt;
+                let (code, message) = match (status.code(), status.signal()) {
+                    (Some(c), _) => (Some(c), format!("exited with code {c}")),
+                    (None, Some(sig)) => (None, format!("killed by signal {sig}")),
+                    _ => (None, "ended abnormally".to_string()),
+                };
+                let tail = stderr_c.as_ref().map(|c| last_line(&c.text)).unwrap_or_default();
+                let message = if tail.is_empty() { message } else { format!("{message}: {tail}") };
+                AttemptResult::Failed {
+                    kind: ErrorKind::Transient,
+                    message,
+                    exit_code: code,
+                    http_status: None,
+                    duration_ms,
+                    stderr: stderr_c,
+                }
+            }
+        })
+    }
+}
+
+fn last_line(s: &str) -> String {
+    let l = s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    l.chars().take(300).collect()
+}

@@ -1,0 +1,16 @@
+//! The runtime: a thin loop around the pure core. Each active run is
+//! driven by one actor task ([`actor`]): it takes commands (control
+//! commands, attempt results, timers), calls `decide`, appends the events
+//! through the store's group commit and waits until they are durable,
+//! folds them, and only then performs the effects the new state asks for
+//! (write-ahead).
+
+mod actor;
+pub mod capacity;
+mod engine;
+pub mod exec;
+pub mod index;
+
+pub use engine::{Engine, EngineBuilder, EngineError, IdSource, RecoveryReport};
+pub use exec::function::{FunctionCall, FunctionError};
+pub use index::RunSummary;
