@@ -38,5 +38,5 @@ pub mod effects;
 pub mod event;
 pub mod ids;
 pub mod model;
-pub mod state;
 pub mod runtime;
+pub mod state;

@@ -24,7 +24,12 @@ pub(crate) enum Msg {
     /// A control command, answered once durable.
     Control(Command, oneshot::Sender<Result<(), EngineError>>),
     /// An attempt ended.
-    Done { step: String, attempt: u32, agent: Option<String>, result: AttemptResult },
+    Done {
+        step: String,
+        attempt: u32,
+        agent: Option<String>,
+        result: AttemptResult,
+    },
 }
 
 struct Live {
@@ -54,9 +59,16 @@ pub(crate) fn release_started(engine: &Inner, events: &[RunEvent]) {
 /// same commit (an input that could not be resolved).
 pub(crate) fn release_unstarted(engine: &Inner, state: &RunState, events: &[RunEvent]) {
     for e in events {
-        if let RunEvent::StepStarted { step, attempt, agent, .. } = e {
+        if let RunEvent::StepStarted {
+            step,
+            attempt,
+            agent,
+            ..
+        } = e
+        {
             let running = state.steps.get(step).is_some_and(|s| {
-                s.status == StepStatus::Running && s.last_attempt().is_some_and(|a| a.number == *attempt)
+                s.status == StepStatus::Running
+                    && s.last_attempt().is_some_and(|a| a.number == *attempt)
             });
             if !running {
                 engine.capacity.release(agent.as_deref());
@@ -73,8 +85,16 @@ impl RunActor {
         tx: mpsc::UnboundedSender<Msg>,
         state_tx: watch::Sender<Arc<RunState>>,
     ) -> Self {
-        let secrets = Secrets::from_env(&state.wf().secrets);
-        Self { engine, state, rx, tx, state_tx, live: HashMap::new(), secrets }
+        let secrets = engine.secrets_for(&state.wf().secrets);
+        Self {
+            engine,
+            state,
+            rx,
+            tx,
+            state_tx,
+            live: HashMap::new(),
+            secrets,
+        }
     }
 
     fn run_id(&self) -> crate::ids::RunId {
@@ -87,9 +107,9 @@ impl RunActor {
             let mut capacity = self.engine.capacity.subscribe();
             loop {
                 let (timer, waiting) = self.perform_effects();
-                let settled = self.state.status.is_terminal()
-                    || matches!(self.state.status, RunStatus::Quarantined | RunStatus::Paused);
-                if settled && self.live.is_empty() {
+                // Paused and quarantined runs keep their actor: they wait
+                // for a person's resume or release.
+                if self.state.status.is_terminal() && self.live.is_empty() {
                     break;
                 }
                 let sleep = async {
@@ -163,10 +183,13 @@ impl RunActor {
     async fn handle(&mut self, cmd: Command) -> Result<(), EngineError> {
         let now = self.engine.clock.now();
         let state = &self.state;
-        let (res, events) = self.engine.capacity.decide_with(now, |ctx| match decide(state, cmd, ctx) {
-            Ok(evs) => (Ok(()), evs),
-            Err(e) => (Err(e), vec![]),
-        });
+        let (res, events) =
+            self.engine
+                .capacity
+                .decide_with(now, |ctx| match decide(state, cmd, ctx) {
+                    Ok(evs) => (Ok(()), evs),
+                    Err(e) => (Err(e), vec![]),
+                });
         res?;
         if events.is_empty() {
             return Ok(());
@@ -182,8 +205,13 @@ impl RunActor {
                 }
             };
         }
-        let mut req = WriteRequest::append(self.run_id().stream(), Seq(self.state.seq), encode(&events, now));
-        req.index.push(RunSummary::of(&next).expect("a run has a summary").put());
+        let mut req = WriteRequest::append(
+            self.run_id().stream(),
+            Seq(self.state.seq),
+            encode(&events, now),
+        );
+        req.index
+            .push(RunSummary::of(&next).expect("a run has a summary").put());
         if let Err(e) = self.engine.store.write(req).await {
             release_started(&self.engine, &events);
             return Err(e.into());
@@ -195,15 +223,29 @@ impl RunActor {
     }
 
     async fn breaker(&mut self, agent: &str, result: &AttemptResult) {
-        let Some(policy) = self.state.wf().agents.get(agent).and_then(|a| a.circuit_breaker.clone()) else { return };
+        let Some(policy) = self
+            .state
+            .wf()
+            .agents
+            .get(agent)
+            .and_then(|a| a.circuit_breaker.clone())
+        else {
+            return;
+        };
         let success = match result {
             AttemptResult::Succeeded { .. } => true,
             // A killed attempt says nothing about the agent's health.
-            AttemptResult::Failed { kind: crate::model::ErrorKind::Canceled, .. } => return,
+            AttemptResult::Failed {
+                kind: crate::model::ErrorKind::Canceled,
+                ..
+            } => return,
             AttemptResult::Failed { .. } => false,
         };
         let now = self.engine.clock.now();
-        let events = self.engine.capacity.with_breaker(agent, |b| b.on_outcome(success, now, &policy));
+        let events = self
+            .engine
+            .capacity
+            .with_breaker(agent, |b| b.on_outcome(success, now, &policy));
         if let Err(e) = self.engine.append_agent(agent, events).await {
             tracing::error!(agent, error = %e, "cannot record circuit breaker transition");
         }
@@ -257,7 +299,11 @@ impl RunActor {
             timer = Some(timer.map_or(until, |x| x.min(until)));
         }
         let waiting = self.state.status == RunStatus::Running
-            && self.state.steps.values().any(|s| matches!(s.status, StepStatus::Ready | StepStatus::Blocked));
+            && self
+                .state
+                .steps
+                .values()
+                .any(|s| matches!(s.status, StepStatus::Ready | StepStatus::Blocked));
         (timer, waiting)
     }
 
@@ -268,9 +314,15 @@ impl RunActor {
         if let Some(h) = exec.http.as_mut() {
             let outputs = self.state.outputs();
             let run_text = run_id.to_string();
-            let scope = Scope { run_id: &run_text, input: &self.state.input, outputs: &outputs };
+            let scope = Scope {
+                run_id: &run_text,
+                input: &self.state.input,
+                outputs: &outputs,
+            };
             let resolve_s = |s: &str| -> String {
-                match resolve(&Value::String(s.to_string()), &scope).map(|v| substitute_secrets(&v, &secrets)) {
+                match resolve(&Value::String(s.to_string()), &scope)
+                    .map(|v| substitute_secrets(&v, &secrets))
+                {
                     Ok(Value::String(t)) => t,
                     Ok(other) => other.to_string(),
                     Err(_) => s.to_string(),
@@ -281,7 +333,11 @@ impl RunActor {
                 *v = resolve_s(v);
             }
             if let Some(b) = &h.body {
-                h.body = Some(resolve(b, &scope).map(|v| substitute_secrets(&v, &secrets)).unwrap_or_else(|_| b.clone()));
+                h.body = Some(
+                    resolve(b, &scope)
+                        .map(|v| substitute_secrets(&v, &secrets))
+                        .unwrap_or_else(|_| b.clone()),
+                );
             }
         }
         let workdir = match &sa.workdir {
@@ -297,10 +353,27 @@ impl RunActor {
             exec,
             deadline: sa.deadline,
             workdir,
-            env: sa.env.iter().map(|(k, v)| (k.clone(), substitute_secrets(&Value::String(v.clone()), &secrets).as_str().unwrap_or(v).to_string())).collect(),
+            env: sa
+                .env
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        substitute_secrets(&Value::String(v.clone()), &secrets)
+                            .as_str()
+                            .unwrap_or(v)
+                            .to_string(),
+                    )
+                })
+                .collect(),
         };
         let (kill_tx, kill_rx) = oneshot::channel();
-        self.live.insert((sa.step.clone(), sa.attempt), Live { kill: Some(kill_tx) });
+        self.live.insert(
+            (sa.step.clone(), sa.attempt),
+            Live {
+                kill: Some(kill_tx),
+            },
+        );
         let dispatcher = self.engine.dispatcher(self.secrets.clone());
         let tx = self.tx.clone();
         let span = tracing::info_span!("attempt", run_id = %run_id, step_id = %sa.step, attempt = sa.attempt);
@@ -308,8 +381,16 @@ impl RunActor {
             async move {
                 tracing::debug!("attempt started");
                 let result = dispatcher.run(req, kill_rx).await;
-                tracing::debug!(ok = matches!(result, AttemptResult::Succeeded { .. }), "attempt ended");
-                let _ = tx.send(Msg::Done { step: sa.step, attempt: sa.attempt, agent: sa.agent, result });
+                tracing::debug!(
+                    ok = matches!(result, AttemptResult::Succeeded { .. }),
+                    "attempt ended"
+                );
+                let _ = tx.send(Msg::Done {
+                    step: sa.step,
+                    attempt: sa.attempt,
+                    agent: sa.agent,
+                    result,
+                });
             }
             .instrument(span),
         );

@@ -75,7 +75,11 @@ impl Capacity {
         for (name, b) in &g.breakers {
             agents.entry(name.clone()).or_default().circuit = b.state;
         }
-        let ctx = Ctx { now, slots: g.max_parallel.saturating_sub(g.running), agents };
+        let ctx = Ctx {
+            now,
+            slots: g.max_parallel.saturating_sub(g.running),
+            agents,
+        };
         let (t, events) = f(&ctx);
         for e in &events {
             if let RunEvent::StepStarted { agent, .. } = e {
@@ -103,13 +107,19 @@ impl Capacity {
     }
 
     /// Apply a breaker decision on an agent; returns the events to append
-    /// to the agent's stream.
-    pub fn with_breaker<T>(&self, agent: &str, f: impl FnOnce(&mut Breaker) -> T) -> T {
+    /// to the agent's stream (runs are woken when there are any).
+    pub fn with_breaker(
+        &self,
+        agent: &str,
+        f: impl FnOnce(&mut Breaker) -> Vec<crate::event::AgentEvent>,
+    ) -> Vec<crate::event::AgentEvent> {
         let out = {
             let mut g = self.lock();
             f(g.breakers.entry(agent.to_string()).or_default())
         };
-        self.bump();
+        if !out.is_empty() {
+            self.bump();
+        }
         out
     }
 

@@ -6,14 +6,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chronicle_store::{Clock, IndexOp, NewEvent, RawEnvelope, Seq, Store, StoreError, StoreOptions, SystemClock, WriteRequest};
+use chronicle_store::{
+    Clock, IndexOp, NewEvent, RawEnvelope, Seq, Store, StoreError, StoreOptions, SystemClock,
+    WriteRequest,
+};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::actor::{Msg, RunActor};
 use super::capacity::Capacity;
-use super::exec::function::{Function, FunctionCall, FunctionError, FunctionExecutor, FunctionFuture};
+use super::exec::function::{
+    Function, FunctionCall, FunctionError, FunctionExecutor, FunctionFuture,
+};
 use super::exec::http::HttpExecutor;
 use super::exec::process::ProcessExecutor;
 use super::exec::{Dispatcher, OutputSink, Secrets};
@@ -77,6 +82,7 @@ pub struct EngineBuilder {
     functions: BTreeMap<String, Function>,
     workdir: Option<PathBuf>,
     store: Option<Store>,
+    secrets: BTreeMap<String, String>,
 }
 
 impl Default for EngineBuilder {
@@ -89,6 +95,7 @@ impl Default for EngineBuilder {
             functions: BTreeMap::new(),
             workdir: None,
             store: None,
+            secrets: BTreeMap::new(),
         }
     }
 }
@@ -129,6 +136,13 @@ impl EngineBuilder {
         self.workdir = Some(dir.as_ref().to_path_buf());
         self
     }
+    /// Provide the value of secret `name` (otherwise it is read from the
+    /// engine's environment variable of that name).
+    pub fn secret(mut self, name: &str, value: &str) -> Self {
+        self.secrets.insert(name.to_string(), value.to_string());
+        self
+    }
+
     /// Register `f` as the function `name` (for `function: NAME` steps).
     pub fn function<F, Fut>(mut self, name: &str, f: F) -> Self
     where
@@ -147,8 +161,17 @@ impl EngineBuilder {
     pub fn build(self) -> Result<Engine, EngineError> {
         let store = match (self.store, &self.db) {
             (Some(s), _) => s,
-            (None, Some(p)) => Store::open(p, StoreOptions { clock: self.clock.clone(), ..StoreOptions::default() })?,
-            (None, None) => Store::in_memory(StoreOptions { clock: self.clock.clone(), ..StoreOptions::default() })?,
+            (None, Some(p)) => Store::open(
+                p,
+                StoreOptions {
+                    clock: self.clock.clone(),
+                    ..StoreOptions::default()
+                },
+            )?,
+            (None, None) => Store::in_memory(StoreOptions {
+                clock: self.clock.clone(),
+                ..StoreOptions::default()
+            })?,
         };
         let outputs = self.db.as_ref().map(|p| {
             let mut s = p.as_os_str().to_owned();
@@ -171,6 +194,7 @@ impl EngineBuilder {
                 runs: Mutex::new(HashMap::new()),
                 agent_heads: tokio::sync::Mutex::new(HashMap::new()),
                 http: reqwest::Client::new(),
+                secrets: self.secrets,
             }),
         })
     }
@@ -187,6 +211,7 @@ pub(crate) struct Inner {
     runs: Mutex<HashMap<RunId, RunHandle>>,
     agent_heads: tokio::sync::Mutex<HashMap<String, Seq>>,
     http: reqwest::Client,
+    secrets: BTreeMap<String, String>,
 }
 
 #[derive(Clone)]
@@ -196,17 +221,41 @@ pub(crate) struct RunHandle {
 }
 
 impl Inner {
+    /// The secrets a workflow declares: builder values first, then the
+    /// environment.
+    pub fn secrets_for(&self, names: &[String]) -> Secrets {
+        Secrets::new(names.iter().filter_map(|n| {
+            self.secrets
+                .get(n)
+                .cloned()
+                .or_else(|| std::env::var(n).ok())
+                .map(|v| (n.clone(), v))
+        }))
+    }
+
     pub fn dispatcher(&self, secrets: Secrets) -> Dispatcher {
-        let sink = OutputSink { dir: self.outputs.clone(), secrets };
+        let sink = OutputSink {
+            dir: self.outputs.clone(),
+            secrets,
+        };
         Dispatcher {
             process: ProcessExecutor { sink: sink.clone() },
-            http: HttpExecutor { client: self.http.clone(), sink: sink.clone() },
-            function: FunctionExecutor { functions: self.functions.clone(), sink: Some(sink) },
+            http: HttpExecutor {
+                client: self.http.clone(),
+                sink: sink.clone(),
+            },
+            function: FunctionExecutor {
+                functions: self.functions.clone(),
+                sink: Some(sink),
+            },
         }
     }
 
     pub fn forget(&self, run: RunId) {
-        self.runs.lock().unwrap_or_else(|e| e.into_inner()).remove(&run);
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run);
     }
 
     fn new_run_id(&self) -> RunId {
@@ -225,7 +274,11 @@ impl Inner {
     }
 
     /// Append an agent's circuit events to its stream.
-    pub async fn append_agent(&self, agent: &str, events: Vec<AgentEvent>) -> Result<(), EngineError> {
+    pub async fn append_agent(
+        &self,
+        agent: &str,
+        events: Vec<AgentEvent>,
+    ) -> Result<(), EngineError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -233,12 +286,19 @@ impl Inner {
         let mut heads = self.agent_heads.lock().await;
         let head = match heads.get(agent) {
             Some(s) => *s,
-            None => self.store.head(&stream)?.map(|h| h.last_seq).unwrap_or(Seq(0)),
+            None => self
+                .store
+                .head(&stream)?
+                .map(|h| h.last_seq)
+                .unwrap_or(Seq(0)),
         };
         let now = self.clock.now();
         let evs = events
             .iter()
-            .map(|e| NewEvent { recorded_at: Some(now), ..NewEvent::json(SCHEMA_VERSION, e).expect("agent events serialize") })
+            .map(|e| NewEvent {
+                recorded_at: Some(now),
+                ..NewEvent::json(SCHEMA_VERSION, e).expect("agent events serialize")
+            })
             .collect();
         let out = self.store.append(stream, head, evs).await?;
         heads.insert(agent.to_string(), out.last().map(|e| e.seq).unwrap_or(head));
@@ -256,7 +316,10 @@ pub fn fold_envelope(state: RunState, env: &RawEnvelope) -> Result<RunState, Eng
 pub(crate) fn encode(events: &[RunEvent], now: chrono::DateTime<chrono::Utc>) -> Vec<NewEvent> {
     events
         .iter()
-        .map(|e| NewEvent { recorded_at: Some(now), ..NewEvent::json(SCHEMA_VERSION, e).expect("run events serialize") })
+        .map(|e| NewEvent {
+            recorded_at: Some(now),
+            ..NewEvent::json(SCHEMA_VERSION, e).expect("run events serialize")
+        })
         .collect()
 }
 
@@ -280,7 +343,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("store", &self.inner.store).finish()
+        f.debug_struct("Engine")
+            .field("store", &self.inner.store)
+            .finish()
     }
 }
 
@@ -300,7 +365,12 @@ impl Engine {
     /// is written).
     ///
     /// Errors: storage errors; the definition is expected to be validated.
-    pub async fn start(&self, workflow: Workflow, input: Value, idempotency_key: Option<String>) -> Result<RunId, EngineError> {
+    pub async fn start(
+        &self,
+        workflow: Workflow,
+        input: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<RunId, EngineError> {
         if let Some(k) = &idempotency_key
             && let Some(existing) = self.inner.store.index_get(IDEMPOTENCY, k)?
         {
@@ -308,30 +378,58 @@ impl Engine {
         }
         let run_id = self.inner.new_run_id();
         let seed = run_id.0.as_u128() as u64;
-        let create = Command::Create { run_id, workflow: Box::new(workflow), input, idempotency_key: idempotency_key.clone(), seed };
+        let create = Command::Create {
+            run_id,
+            workflow: Box::new(workflow),
+            input,
+            idempotency_key: idempotency_key.clone(),
+            seed,
+        };
         let mut index = Vec::new();
         if let Some(k) = &idempotency_key {
-            index.push(IndexOp::Insert { index: IDEMPOTENCY.into(), key: k.clone(), value: run_id.to_string().into_bytes() });
+            index.push(IndexOp::Insert {
+                index: IDEMPOTENCY.into(),
+                key: k.clone(),
+                value: run_id.to_string().into_bytes(),
+            });
         }
-        match self.begin(RunState::default(), vec![create, Command::Start], index).await {
+        match self
+            .begin(RunState::default(), vec![create, Command::Start], index)
+            .await
+        {
             Ok(()) => Ok(run_id),
-            Err(EngineError::Store(StoreError::IndexConflict { existing, .. })) => parse_run_value(&existing),
+            Err(EngineError::Store(StoreError::IndexConflict { existing, .. })) => {
+                parse_run_value(&existing)
+            }
             Err(e) => Err(e),
         }
     }
 
     /// Start a run whose first event is given (a fork): append it with
     /// `RunStarted` and drive it.
-    pub async fn start_from(&self, first: RunEvent, extra_index: Vec<IndexOp>) -> Result<RunId, EngineError> {
+    pub async fn start_from(
+        &self,
+        first: RunEvent,
+        extra_index: Vec<IndexOp>,
+    ) -> Result<RunId, EngineError> {
         let run_id = match &first {
             RunEvent::RunForked { run_id, .. } | RunEvent::RunCreated { run_id, .. } => *run_id,
-            _ => return Err(Rejected::BadFork("the first event must be RunCreated or RunForked".into()).into()),
+            _ => {
+                return Err(Rejected::BadFork(
+                    "the first event must be RunCreated or RunForked".into(),
+                )
+                .into());
+            }
         };
         let now = self.inner.clock.now();
         let state = evolve(RunState::default(), 1, now, &first)?;
         // Append the first event alone, then start like any new run.
         let summary = RunSummary::of(&state).expect("a created run has a summary");
-        let mut req = WriteRequest::append(run_id.stream(), Seq(0), encode(std::slice::from_ref(&first), now));
+        let mut req = WriteRequest::append(
+            run_id.stream(),
+            Seq(0),
+            encode(std::slice::from_ref(&first), now),
+        );
         req.index.push(summary.put());
         req.index.extend(extra_index);
         self.inner.store.write(req).await?;
@@ -346,7 +444,12 @@ impl Engine {
 
     /// Decide `commands` on `state`, append them in one commit, and spawn
     /// the run's actor.
-    async fn begin(&self, mut state: RunState, commands: Vec<Command>, index: Vec<IndexOp>) -> Result<(), EngineError> {
+    async fn begin(
+        &self,
+        mut state: RunState,
+        commands: Vec<Command>,
+        index: Vec<IndexOp>,
+    ) -> Result<(), EngineError> {
         let now = self.inner.clock.now();
         let (res, events) = self.inner.capacity.decide_with(now, |ctx| {
             let mut provisional = state.clone();
@@ -356,10 +459,11 @@ impl Engine {
                     Ok(evs) => {
                         for e in &evs {
                             let seq = provisional.seq + 1;
-                            provisional = match evolve(std::mem::take(&mut provisional), seq, now, e) {
-                                Ok(s) => s,
-                                Err(err) => return (Err(EngineError::from(err)), vec![]),
-                            };
+                            provisional =
+                                match evolve(std::mem::take(&mut provisional), seq, now, e) {
+                                    Ok(s) => s,
+                                    Err(err) => return (Err(EngineError::from(err)), vec![]),
+                                };
                         }
                         all.extend(evs);
                     }
@@ -377,9 +481,14 @@ impl Engine {
         };
         let run_id = provisional.run_id.expect("a created run has an id");
         if !events.is_empty() {
-            let mut req = WriteRequest::append(run_id.stream(), Seq(state.seq), encode(&events, now));
+            let mut req =
+                WriteRequest::append(run_id.stream(), Seq(state.seq), encode(&events, now));
             req.index.extend(index);
-            req.index.push(RunSummary::of(&provisional).expect("a created run has a summary").put());
+            req.index.push(
+                RunSummary::of(&provisional)
+                    .expect("a created run has a summary")
+                    .put(),
+            );
             if let Err(e) = self.inner.store.write(req).await {
                 super::actor::release_started(&self.inner, &events);
                 return Err(e.into());
@@ -395,8 +504,15 @@ impl Engine {
         let run_id = state.run_id.expect("a created run has an id");
         let (tx, rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(Arc::new(state.clone()));
-        let handle = RunHandle { tx: tx.clone(), state: state_rx };
-        self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).insert(run_id, handle.clone());
+        let handle = RunHandle {
+            tx: tx.clone(),
+            state: state_rx,
+        };
+        self.inner
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(run_id, handle.clone());
         let actor = RunActor::new(self.inner.clone(), state, rx, tx, state_tx);
         tokio::spawn(actor.run());
         handle
@@ -405,7 +521,13 @@ impl Engine {
     /// The handle of an active run, opening an actor for a run left by
     /// another process (it is recovered first).
     async fn handle(&self, run: RunId) -> Result<RunHandle, EngineError> {
-        if let Some(h) = self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).get(&run).cloned()
+        if let Some(h) = self
+            .inner
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&run)
+            .cloned()
             && !h.tx.is_closed()
         {
             return Ok(h);
@@ -433,15 +555,17 @@ impl Engine {
     pub fn state(&self, run: RunId) -> Result<RunState, EngineError> {
         let mut state = RunState::default();
         let mut err = None;
-        self.inner.store.for_each_in_stream(&run.stream(), Seq(1), None, |env| {
-            if err.is_none() {
-                match fold_envelope(std::mem::take(&mut state), &env) {
-                    Ok(s) => state = s,
-                    Err(e) => err = Some(e),
+        self.inner
+            .store
+            .for_each_in_stream(&run.stream(), Seq(1), None, |env| {
+                if err.is_none() {
+                    match fold_envelope(std::mem::take(&mut state), &env) {
+                        Ok(s) => state = s,
+                        Err(e) => err = Some(e),
+                    }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?;
         if let Some(e) = err {
             return Err(e);
         }
@@ -461,12 +585,19 @@ impl Engine {
             decide(&state, cmd, &crate::decide::Ctx::at(self.inner.clock.now()))?;
             return Ok(());
         }
-        rx.await.map_err(|_| EngineError::Stopped(run, "the actor ended".into()))?
+        rx.await
+            .map_err(|_| EngineError::Stopped(run, "the actor ended".into()))?
     }
 
     /// Cancel: running attempts are killed, the run ends `canceled`.
     pub async fn cancel(&self, run: RunId, reason: &str) -> Result<(), EngineError> {
-        self.control(run, Command::Cancel { reason: reason.to_string() }).await
+        self.control(
+            run,
+            Command::Cancel {
+                reason: reason.to_string(),
+            },
+        )
+        .await
     }
     /// Pause: running attempts finish, no new ones start.
     pub async fn pause(&self, run: RunId) -> Result<(), EngineError> {
@@ -483,8 +614,16 @@ impl Engine {
 
     /// Wait until the run ends or is quarantined; returns its state.
     pub async fn wait(&self, run: RunId) -> Result<RunState, EngineError> {
-        let h = self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).get(&run).cloned();
-        let Some(mut h) = h else { return self.state(run) };
+        let h = self
+            .inner
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&run)
+            .cloned();
+        let Some(mut h) = h else {
+            return self.state(run);
+        };
         loop {
             {
                 let s = h.state.borrow_and_update();
@@ -498,20 +637,34 @@ impl Engine {
         }
     }
 
-    /// Wait until no run is active in this engine.
+    /// Wait until every run of this engine has ended, or is paused or
+    /// quarantined with no attempt running.
     pub async fn wait_all(&self) -> Result<(), EngineError> {
         loop {
-            let runs: Vec<RunId> = self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
-            if runs.is_empty() {
-                return Ok(());
-            }
-            for r in runs {
-                self.wait(r).await?;
-                // Let the actor finish collecting attempts and deregister.
-                while self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&r) {
-                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            let handles: Vec<(RunId, RunHandle)> = self
+                .inner
+                .runs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            let mut busy = false;
+            for (_, h) in handles {
+                let s = h.state.borrow().clone();
+                if matches!(s.status, RunStatus::Running | RunStatus::Pending) {
+                    busy = true;
+                } else if s.status.is_terminal() {
+                    // Let the actor collect its last attempts and deregister.
+                    busy |= !h.tx.is_closed();
+                } else {
+                    busy |= !s.running().is_empty();
                 }
             }
+            if !busy {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 
@@ -548,7 +701,10 @@ impl Engine {
         let rows = self.inner.store.index_scan(RUNS, &t)?;
         match rows.len() {
             0 => Err(EngineError::UnknownRun(text.to_string())),
-            1 => rows[0].0.parse().map_err(|_| EngineError::UnknownRun(text.to_string())),
+            1 => rows[0]
+                .0
+                .parse()
+                .map_err(|_| EngineError::UnknownRun(text.to_string())),
             n => Err(EngineError::AmbiguousRun(text.to_string(), n)),
         }
     }
@@ -557,13 +713,22 @@ impl Engine {
     /// `only`): fold it, abandon attempts that never finished, and continue.
     /// A run whose history does not fold is quarantined in the index with
     /// the reason; it never stops the others.
-    pub async fn recover_runs(&self, only: Option<&[RunId]>) -> Result<RecoveryReport, EngineError> {
+    pub async fn recover_runs(
+        &self,
+        only: Option<&[RunId]>,
+    ) -> Result<RecoveryReport, EngineError> {
         let mut report = RecoveryReport::default();
         for row in self.list()? {
             if row.status.is_terminal() || only.is_some_and(|o| !o.contains(&row.run_id)) {
                 continue;
             }
-            if self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&row.run_id) {
+            if self
+                .inner
+                .runs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&row.run_id)
+            {
                 continue;
             }
             match self.state(row.run_id) {
@@ -575,12 +740,22 @@ impl Engine {
                         None => report.resumed.push(row.run_id),
                     }
                 }
-                Err(e @ (EngineError::Transition(_) | EngineError::Store(StoreError::Decode { .. }) | EngineError::Store(StoreError::Corruption { .. }))) => {
+                Err(
+                    e @ (EngineError::Transition(_)
+                    | EngineError::Store(StoreError::Decode { .. })
+                    | EngineError::Store(StoreError::Corruption { .. })),
+                ) => {
                     let reason = format!("history does not fold: {e}");
                     let mut bad = row.clone();
                     bad.status = RunStatus::Quarantined;
                     bad.reason = Some(reason.clone());
-                    self.inner.store.write(WriteRequest { index: vec![bad.put()], ..Default::default() }).await?;
+                    self.inner
+                        .store
+                        .write(WriteRequest {
+                            index: vec![bad.put()],
+                            ..Default::default()
+                        })
+                        .await?;
                     report.quarantined.push((row.run_id, reason));
                 }
                 Err(e) => return Err(e),
@@ -601,12 +776,14 @@ impl Engine {
         self.begin(state, vec![Command::Recover], vec![]).await?;
         let now = self.state(run)?;
         let mut abandoned = 0;
-        self.inner.store.for_each_in_stream(&run.stream(), Seq(before + 1), None, |env| {
-            if env.payload.starts_with(br#"{"type":"StepAbandoned""#) {
-                abandoned += 1;
-            }
-            Ok(())
-        })?;
+        self.inner
+            .store
+            .for_each_in_stream(&run.stream(), Seq(before + 1), None, |env| {
+                if env.payload.starts_with(br#"{"type":"StepAbandoned""#) {
+                    abandoned += 1;
+                }
+                Ok(())
+            })?;
         let q = (now.status == RunStatus::Quarantined && !was_quarantined)
             .then(|| now.quarantine.map(|q| q.reason).unwrap_or_default());
         Ok((abandoned, q))

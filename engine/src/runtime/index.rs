@@ -49,7 +49,11 @@ impl RunSummary {
         let run_id = state.run_id?;
         Some(Self {
             run_id,
-            workflow: state.workflow.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
+            workflow: state
+                .workflow
+                .as_ref()
+                .map(|w| w.name.clone())
+                .unwrap_or_default(),
             status: state.status,
             created_at: state.created_at,
             updated_at: state.updated_at,

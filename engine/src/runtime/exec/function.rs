@@ -43,11 +43,17 @@ pub struct FunctionError {
 impl FunctionError {
     /// A transient failure.
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Transient, message: message.into() }
+        Self {
+            kind: ErrorKind::Transient,
+            message: message.into(),
+        }
     }
     /// A permanent failure.
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Permanent, message: message.into() }
+        Self {
+            kind: ErrorKind::Permanent,
+            message: message.into(),
+        }
     }
 }
 
@@ -67,7 +73,9 @@ pub struct FunctionExecutor {
 
 impl std::fmt::Debug for FunctionExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FunctionExecutor").field("functions", &self.functions.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("FunctionExecutor")
+            .field("functions", &self.functions.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -79,7 +87,11 @@ impl Executor for FunctionExecutor {
         Box::pin(async move {
             let started = Instant::now();
             let Some(f) = f else {
-                return failure(ErrorKind::Permanent, format!("no function named {name} is registered with the engine"), 0);
+                return failure(
+                    ErrorKind::Permanent,
+                    format!("no function named {name} is registered with the engine"),
+                    0,
+                );
             };
             let call = FunctionCall {
                 run_id: req.run_id,
@@ -93,10 +105,19 @@ impl Executor for FunctionExecutor {
                 _ = kill => return failure(ErrorKind::Canceled, "killed: the function was dropped", started.elapsed().as_millis() as u64),
             };
             let duration_ms = started.elapsed().as_millis() as u64;
-            let redact_v = |v: Value| sink.as_ref().map(|s| s.secrets.redact_value(&v)).unwrap_or(v);
+            let redact_v = |v: Value| {
+                sink.as_ref()
+                    .map(|s| s.secrets.redact_value(&v))
+                    .unwrap_or(v)
+            };
             let redact_s = |m: String| sink.as_ref().map(|s| s.secrets.redact(&m)).unwrap_or(m);
             match r {
-                Ok(output) => AttemptResult::Succeeded { output: redact_v(output), duration_ms, stdout: None, stderr: None },
+                Ok(output) => AttemptResult::Succeeded {
+                    output: redact_v(output),
+                    duration_ms,
+                    stdout: None,
+                    stderr: None,
+                },
                 Err(e) => failure(e.kind, redact_s(e.message), duration_ms),
             }
         })

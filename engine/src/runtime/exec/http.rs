@@ -26,7 +26,10 @@ pub struct HttpExecutor {
 impl HttpExecutor {
     /// A new executor with its own connection pool.
     pub fn new(sink: OutputSink) -> Self {
-        Self { client: reqwest::Client::new(), sink }
+        Self {
+            client: reqwest::Client::new(),
+            sink,
+        }
     }
 }
 
@@ -39,10 +42,17 @@ impl Executor for HttpExecutor {
             let Some(spec) = req.exec.http.clone() else {
                 return failure(ErrorKind::Permanent, "not an http step", 0);
             };
-            let method = match reqwest::Method::from_bytes(spec.method.to_ascii_uppercase().as_bytes()) {
-                Ok(m) => m,
-                Err(_) => return failure(ErrorKind::Permanent, format!("bad HTTP method {}", spec.method), 0),
-            };
+            let method =
+                match reqwest::Method::from_bytes(spec.method.to_ascii_uppercase().as_bytes()) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        return failure(
+                            ErrorKind::Permanent,
+                            format!("bad HTTP method {}", spec.method),
+                            0,
+                        );
+                    }
+                };
             let body = spec.body.clone().unwrap_or_else(|| req.input.clone());
             let mut rb = client
                 .request(method, &spec.url)
@@ -72,7 +82,12 @@ impl Executor for HttpExecutor {
             };
             let duration_ms = started.elapsed().as_millis() as u64;
             match result {
-                Err(e) => failure(ErrorKind::Transient, sink.secrets.redact(&format!("request to {} failed: {e}", spec.url)), duration_ms),
+                Err(e) => failure(
+                    ErrorKind::Transient,
+                    sink.secrets
+                        .redact(&format!("request to {} failed: {e}", spec.url)),
+                    duration_ms,
+                ),
                 Ok((status, text)) => {
                     let captured = sink.capture(text.as_bytes());
                     let code = status.as_u16();
@@ -81,13 +96,25 @@ impl Executor for HttpExecutor {
                             .ok()
                             .filter(|_| !captured.truncated)
                             .unwrap_or_else(|| json!({ "status": code, "body": captured.text }));
-                        AttemptResult::Succeeded { output, duration_ms, stdout: Some(captured), stderr: None }
+                        AttemptResult::Succeeded {
+                            output,
+                            duration_ms,
+                            stdout: Some(captured),
+                            stderr: None,
+                        }
                     } else {
-                        let kind = if code == 429 || status.is_server_error() { ErrorKind::Transient } else { ErrorKind::Permanent };
+                        let kind = if code == 429 || status.is_server_error() {
+                            ErrorKind::Transient
+                        } else {
+                            ErrorKind::Permanent
+                        };
                         let snippet: String = captured.text.chars().take(300).collect();
                         AttemptResult::Failed {
                             kind,
-                            message: format!("HTTP {code} from {}: {snippet}", sink.secrets.redact(&spec.url)),
+                            message: format!(
+                                "HTTP {code} from {}: {snippet}",
+                                sink.secrets.redact(&spec.url)
+                            ),
                             exit_code: None,
                             http_status: Some(code),
                             duration_ms,

@@ -60,7 +60,11 @@ pub trait Executor: Send + Sync {
 }
 
 /// A failure result with no output.
-pub fn failure(kind: crate::model::ErrorKind, message: impl Into<String>, duration_ms: u64) -> AttemptResult {
+pub fn failure(
+    kind: crate::model::ErrorKind,
+    message: impl Into<String>,
+    duration_ms: u64,
+) -> AttemptResult {
     AttemptResult::Failed {
         kind,
         message: message.into(),

@@ -23,16 +23,25 @@ pub struct Secrets {
 impl Secrets {
     /// Secrets from `(name, value)` pairs (empty values are ignored).
     pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
-        let mut v: Vec<(String, String)> = pairs.into_iter().filter(|(_, val)| !val.is_empty()).collect();
+        let mut v: Vec<(String, String)> = pairs
+            .into_iter()
+            .filter(|(_, val)| !val.is_empty())
+            .collect();
         // Longest first, so a secret containing another is redacted whole.
-        v.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
-        Self { values: Arc::new(v) }
+        v.sort_by_key(|(_, val)| std::cmp::Reverse(val.len()));
+        Self {
+            values: Arc::new(v),
+        }
     }
 
     /// Read each name from the process environment (missing ones are
     /// skipped; the step then sees the reference unresolved).
     pub fn from_env(names: &[String]) -> Self {
-        Self::new(names.iter().filter_map(|n| std::env::var(n).ok().map(|v| (n.clone(), v))))
+        Self::new(
+            names
+                .iter()
+                .filter_map(|n| std::env::var(n).ok().map(|v| (n.clone(), v))),
+        )
     }
 
     /// The value map, for template substitution.
@@ -59,7 +68,11 @@ impl Secrets {
         match v {
             Value::String(s) => Value::String(self.redact(s)),
             Value::Array(a) => Value::Array(a.iter().map(|x| self.redact_value(x)).collect()),
-            Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), self.redact_value(x))).collect()),
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, x)| (k.clone(), self.redact_value(x)))
+                    .collect(),
+            ),
             other => other.clone(),
         }
     }
@@ -81,7 +94,12 @@ impl OutputSink {
         let text = self.secrets.redact(&String::from_utf8_lossy(bytes));
         let total = text.len() as u64;
         if text.len() <= CAPTURE_LIMIT {
-            return Captured { text, truncated: false, total_bytes: total, sha256: None };
+            return Captured {
+                text,
+                truncated: false,
+                total_bytes: total,
+                sha256: None,
+            };
         }
         let sha = chronicle_store::hex(&Sha256::digest(text.as_bytes()));
         if let Some(dir) = &self.dir {
@@ -97,6 +115,11 @@ impl OutputSink {
         while !text.is_char_boundary(cut) {
             cut -= 1;
         }
-        Captured { text: text[..cut].to_string(), truncated: true, total_bytes: total, sha256: Some(sha) }
+        Captured {
+            text: text[..cut].to_string(),
+            truncated: true,
+            total_bytes: total,
+            sha256: Some(sha),
+        }
     }
 }

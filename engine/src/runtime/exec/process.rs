@@ -30,14 +30,26 @@ pub struct ProcessExecutor {
 
 /// `INPUT_<KEY>` for an input key.
 pub fn input_var(key: &str) -> String {
-    let k: String = key.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    let k: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
     format!("INPUT_{k}")
 }
 
 fn kill_group(pgid: Option<u32>) {
     if let Some(id) = pgid.and_then(|p| i32::try_from(p).ok()) {
         // The group may already be gone (ESRCH): nothing to do then.
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(id), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(id),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -94,8 +106,17 @@ impl Executor for ProcessExecutor {
             let mut child = match wrap.spawn() {
                 Ok(c) => c,
                 Err(e) => {
-                    let what = req.exec.command.as_ref().map(|a| a[0].clone()).unwrap_or_else(|| "/bin/sh".into());
-                    return failure(ErrorKind::Permanent, sink.secrets.redact(&format!("cannot start {what}: {e}")), ms(started));
+                    let what = req
+                        .exec
+                        .command
+                        .as_ref()
+                        .map(|a| a[0].clone())
+                        .unwrap_or_else(|| "/bin/sh".into());
+                    return failure(
+                        ErrorKind::Permanent,
+                        sink.secrets.redact(&format!("cannot start {what}: {e}")),
+                        ms(started),
+                    );
                 }
             };
             let pgid = child.id();
@@ -135,7 +156,13 @@ impl Executor for ProcessExecutor {
             };
             let status = match status {
                 Ok(s) => s,
-                Err(e) => return failure(ErrorKind::Transient, format!("waiting for the process failed: {e}"), duration_ms),
+                Err(e) => {
+                    return failure(
+                        ErrorKind::Transient,
+                        format!("waiting for the process failed: {e}"),
+                        duration_ms,
+                    );
+                }
             };
             let stdout_c = sink.capture(&stdout);
             if status.success() {
@@ -156,8 +183,15 @@ impl Executor for ProcessExecutor {
                     (None, Some(sig)) => (None, format!("killed by signal {sig}")),
                     _ => (None, "ended abnormally".to_string()),
                 };
-                let tail = stderr_c.as_ref().map(|c| last_line(&c.text)).unwrap_or_default();
-                let message = if tail.is_empty() { message } else { format!("{message}: {tail}") };
+                let tail = stderr_c
+                    .as_ref()
+                    .map(|c| last_line(&c.text))
+                    .unwrap_or_default();
+                let message = if tail.is_empty() {
+                    message
+                } else {
+                    format!("{message}: {tail}")
+                };
                 AttemptResult::Failed {
                     kind: ErrorKind::Transient,
                     message,
@@ -172,6 +206,11 @@ impl Executor for ProcessExecutor {
 }
 
 fn last_line(s: &str) -> String {
-    let l = s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let l = s
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     l.chars().take(300).collect()
 }
