@@ -1,3 +1,124 @@
-//! The `chronicle` command-line interface.
+//! The `chronicle` command-line interface: a thin layer over the engine
+//! and the replayer. `main` parses, runs, and maps every error to an exit
+//! code (see `error.rs`); no panic or backtrace reaches a user.
 
-fn main() {}
+mod cli;
+mod error;
+mod inspect;
+mod progress;
+mod runs;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Cmd};
+use error::CliError;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing(&cli);
+    if let Cmd::Bench { which, json, dir } = &cli.command {
+        // Benchmarks build their own runtimes.
+        return finish(inspect::bench(&cli.db, which, *json, dir.as_deref()));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    finish(runtime.block_on(run(cli)))
+}
+
+fn finish(result: Result<u8, CliError>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "error: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<u8, CliError> {
+    let db = cli.db.clone();
+    let quiet = cli.quiet;
+    match cli.command {
+        Cmd::Run {
+            file,
+            input,
+            idempotency_key,
+        } => runs::run(&db, &file, &input, idempotency_key, quiet).await,
+        Cmd::Validate { file } => inspect::validate(&file),
+        Cmd::Resume { runs } => runs::resume(&db, &runs, quiet).await,
+        Cmd::List { status, json } => inspect::list(&db, status.as_deref(), json),
+        Cmd::Status { run, json } => inspect::status(&db, &run, json),
+        Cmd::History { run, json, follow } => {
+            inspect::history(&db, &run, json, follow, quiet).await
+        }
+        Cmd::Replay {
+            run,
+            file,
+            at,
+            at_time,
+            timeline,
+            json,
+        } => inspect::replay(
+            &db,
+            run.as_deref(),
+            file.as_deref(),
+            at,
+            at_time.as_deref(),
+            timeline,
+            json,
+        ),
+        Cmd::Verify { run, json } => inspect::verify(&db, run.as_deref(), json),
+        Cmd::Fork {
+            run,
+            at,
+            input,
+            set_output,
+        } => runs::fork(&db, &run, at, input.as_deref(), &set_output, quiet).await,
+        Cmd::Export { run } => inspect::export(&db, &run),
+        Cmd::Import { file } => inspect::import(&db, &file).await,
+        Cmd::Cancel { run } => runs::control(&db, &run, runs::Control::Cancel).await,
+        Cmd::Pause { run } => runs::control(&db, &run, runs::Control::Pause).await,
+        Cmd::Unpause { run } => runs::continue_run(&db, &run, runs::Control::Resume, quiet).await,
+        Cmd::Release { run } => runs::continue_run(&db, &run, runs::Control::Release, quiet).await,
+        Cmd::Schema => {
+            println!("{}", chronicle_engine::model::json_schema());
+            Ok(0)
+        }
+        Cmd::Bench { .. } => Err(CliError::input("bench runs outside the async runtime")),
+    }
+}

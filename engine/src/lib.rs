@@ -32,6 +32,7 @@
 //! ```
 
 pub mod backoff;
+pub mod bench;
 pub mod circuit;
 pub mod decide;
 pub mod effects;

@@ -212,6 +212,13 @@ impl RunActor {
         );
         req.index
             .push(RunSummary::of(&next).expect("a run has a summary").put());
+        let every = self.engine.snapshot_every;
+        if every > 0 && next.seq / every > self.state.seq / every {
+            // A snapshot of the fold, written with the events it covers.
+            let bytes = serde_json::to_vec(&next).expect("a state always serializes");
+            req.snapshots
+                .push((self.run_id().stream(), Seq(next.seq), bytes));
+        }
         if let Err(e) = self.engine.store.write(req).await {
             release_started(&self.engine, &events);
             return Err(e.into());

@@ -73,6 +73,11 @@ pub struct RecoveryReport {
     pub quarantined: Vec<(RunId, String)>,
 }
 
+enum Recovered {
+    Resumed(usize),
+    Quarantined(usize, String),
+}
+
 /// Builds an [`Engine`].
 pub struct EngineBuilder {
     db: Option<PathBuf>,
@@ -83,6 +88,7 @@ pub struct EngineBuilder {
     workdir: Option<PathBuf>,
     store: Option<Store>,
     secrets: BTreeMap<String, String>,
+    snapshot_every: u64,
 }
 
 impl Default for EngineBuilder {
@@ -96,6 +102,7 @@ impl Default for EngineBuilder {
             workdir: None,
             store: None,
             secrets: BTreeMap::new(),
+            snapshot_every: 100,
         }
     }
 }
@@ -136,6 +143,13 @@ impl EngineBuilder {
         self.workdir = Some(dir.as_ref().to_path_buf());
         self
     }
+    /// Store a snapshot of a run's state every `n` events (default 100;
+    /// 0 disables snapshots).
+    pub fn snapshot_every(mut self, n: u64) -> Self {
+        self.snapshot_every = n;
+        self
+    }
+
     /// Provide the value of secret `name` (otherwise it is read from the
     /// engine's environment variable of that name).
     pub fn secret(mut self, name: &str, value: &str) -> Self {
@@ -195,6 +209,7 @@ impl EngineBuilder {
                 agent_heads: tokio::sync::Mutex::new(HashMap::new()),
                 http: reqwest::Client::new(),
                 secrets: self.secrets,
+                snapshot_every: self.snapshot_every,
             }),
         })
     }
@@ -212,6 +227,7 @@ pub(crate) struct Inner {
     agent_heads: tokio::sync::Mutex<HashMap<String, Seq>>,
     http: reqwest::Client,
     secrets: BTreeMap<String, String>,
+    pub snapshot_every: u64,
 }
 
 #[derive(Clone)]
@@ -397,7 +413,7 @@ impl Engine {
             .begin(RunState::default(), vec![create, Command::Start], index)
             .await
         {
-            Ok(()) => Ok(run_id),
+            Ok(_) => Ok(run_id),
             Err(EngineError::Store(StoreError::IndexConflict { existing, .. })) => {
                 parse_run_value(&existing)
             }
@@ -446,10 +462,10 @@ impl Engine {
     /// the run's actor.
     async fn begin(
         &self,
-        mut state: RunState,
+        state: RunState,
         commands: Vec<Command>,
         index: Vec<IndexOp>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(Vec<RunEvent>, RunState), EngineError> {
         let now = self.inner.clock.now();
         let (res, events) = self.inner.capacity.decide_with(now, |ctx| {
             let mut provisional = state.clone();
@@ -494,10 +510,9 @@ impl Engine {
                 return Err(e.into());
             }
         }
-        state = provisional;
-        super::actor::release_unstarted(&self.inner, &state, &events);
-        self.spawn_actor(state);
-        Ok(())
+        super::actor::release_unstarted(&self.inner, &provisional, &events);
+        self.spawn_actor(provisional.clone());
+        Ok((events, provisional))
     }
 
     fn spawn_actor(&self, state: RunState) -> RunHandle {
@@ -612,6 +627,44 @@ impl Engine {
         self.control(run, Command::Release).await
     }
 
+    /// Apply a control command to a run that no process is executing:
+    /// attempts the log shows running (left by a crash) are abandoned
+    /// first, nothing new starts, and the events are appended in one
+    /// commit. Returns the new state.
+    ///
+    /// Errors: unknown run; [`Rejected`] when the command does not apply.
+    pub async fn control_offline(&self, run: RunId, cmd: Command) -> Result<RunState, EngineError> {
+        let mut state = self.state(run)?;
+        let now = self.inner.clock.now();
+        let ctx = crate::decide::Ctx {
+            now,
+            slots: 0,
+            agents: BTreeMap::new(),
+        };
+        let mut events = Vec::new();
+        let mut next = state.clone();
+        let mut commands = Vec::new();
+        if !state.running().is_empty() && !state.status.is_terminal() {
+            commands.push(Command::Recover);
+        }
+        commands.push(cmd);
+        for c in commands {
+            for e in decide(&next, c, &ctx)? {
+                let seq = next.seq + 1;
+                next = evolve(next, seq, now, &e)?;
+                events.push(e);
+            }
+        }
+        if !events.is_empty() {
+            let mut req = WriteRequest::append(run.stream(), Seq(state.seq), encode(&events, now));
+            req.index
+                .push(RunSummary::of(&next).expect("a run has a summary").put());
+            self.inner.store.write(req).await?;
+            state = next;
+        }
+        Ok(state)
+    }
+
     /// Wait until the run ends or is quarantined; returns its state.
     pub async fn wait(&self, run: RunId) -> Result<RunState, EngineError> {
         let h = self
@@ -718,50 +771,95 @@ impl Engine {
         only: Option<&[RunId]>,
     ) -> Result<RecoveryReport, EngineError> {
         let mut report = RecoveryReport::default();
-        for row in self.list()? {
-            if row.status.is_terminal() || only.is_some_and(|o| !o.contains(&row.run_id)) {
-                continue;
-            }
-            if self
-                .inner
-                .runs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(&row.run_id)
-            {
-                continue;
-            }
-            match self.state(row.run_id) {
-                Ok(state) => {
-                    let (abandoned, quarantined) = self.recover_run(state).await?;
-                    report.attempts_abandoned += abandoned;
-                    match quarantined {
-                        Some(reason) => report.quarantined.push((row.run_id, reason)),
-                        None => report.resumed.push(row.run_id),
-                    }
+        let rows: Vec<RunSummary> = self
+            .list()?
+            .into_iter()
+            .filter(|row| !row.status.is_terminal() && only.is_none_or(|o| o.contains(&row.run_id)))
+            .filter(|row| {
+                !self
+                    .inner
+                    .runs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&row.run_id)
+            })
+            .collect();
+        // Runs recover concurrently so that their appends share group commits.
+        let mut tasks = tokio::task::JoinSet::new();
+        let limit = Arc::new(tokio::sync::Semaphore::new(512));
+        for row in rows {
+            let engine = self.clone();
+            let permit = limit
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            tasks.spawn(async move {
+                let r = engine.recover_one(row).await;
+                drop(permit);
+                r
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (run, outcome) =
+                joined.map_err(|e| EngineError::Stopped(RunId(Uuid::nil()), e.to_string()))??;
+            match outcome {
+                Recovered::Resumed(n) => {
+                    report.attempts_abandoned += n;
+                    report.resumed.push(run);
                 }
+                Recovered::Quarantined(n, why) => {
+                    report.attempts_abandoned += n;
+                    report.quarantined.push((run, why));
+                }
+            }
+        }
+        report.resumed.sort();
+        report.quarantined.sort();
+        Ok(report)
+    }
+
+    /// Recover one run: verify its chain, fold it, decide `Recover`. A run
+    /// whose chain breaks or whose history does not fold is quarantined in
+    /// the run index with the reason (the log cannot be extended safely).
+    async fn recover_one(&self, row: RunSummary) -> Result<(RunId, Recovered), EngineError> {
+        let run = row.run_id;
+        let chain = self.inner.store.verify_stream(&run.stream())?;
+        let folded = match chain.first_bad {
+            Some((seq, why)) => Err(format!("hash chain broken at seq {seq}: {why}")),
+            None => match self.state(run) {
+                Ok(s) => Ok(s),
                 Err(
                     e @ (EngineError::Transition(_)
                     | EngineError::Store(StoreError::Decode { .. })
                     | EngineError::Store(StoreError::Corruption { .. })),
-                ) => {
-                    let reason = format!("history does not fold: {e}");
-                    let mut bad = row.clone();
-                    bad.status = RunStatus::Quarantined;
-                    bad.reason = Some(reason.clone());
-                    self.inner
-                        .store
-                        .write(WriteRequest {
-                            index: vec![bad.put()],
-                            ..Default::default()
-                        })
-                        .await?;
-                    report.quarantined.push((row.run_id, reason));
-                }
+                ) => Err(format!("history does not fold: {e}")),
                 Err(e) => return Err(e),
+            },
+        };
+        match folded {
+            Ok(state) => {
+                let (abandoned, quarantined) = self.recover_run(state).await?;
+                let outcome = match quarantined {
+                    Some(why) => Recovered::Quarantined(abandoned, why),
+                    None => Recovered::Resumed(abandoned),
+                };
+                Ok((run, outcome))
+            }
+            Err(reason) => {
+                let mut bad = row.clone();
+                bad.status = RunStatus::Quarantined;
+                bad.reason = Some(reason.clone());
+                self.inner
+                    .store
+                    .write(WriteRequest {
+                        index: vec![bad.put()],
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok((run, Recovered::Quarantined(0, reason)))
             }
         }
-        Ok(report)
     }
 
     /// [`Self::recover_runs`] for every run.
@@ -771,19 +869,11 @@ impl Engine {
 
     async fn recover_run(&self, state: RunState) -> Result<(usize, Option<String>), EngineError> {
         let was_quarantined = state.status == RunStatus::Quarantined;
-        let before = state.seq;
-        let run = state.run_id.expect("a folded run has an id");
-        self.begin(state, vec![Command::Recover], vec![]).await?;
-        let now = self.state(run)?;
-        let mut abandoned = 0;
-        self.inner
-            .store
-            .for_each_in_stream(&run.stream(), Seq(before + 1), None, |env| {
-                if env.payload.starts_with(br#"{"type":"StepAbandoned""#) {
-                    abandoned += 1;
-                }
-                Ok(())
-            })?;
+        let (events, now) = self.begin(state, vec![Command::Recover], vec![]).await?;
+        let abandoned = events
+            .iter()
+            .filter(|e| matches!(e, RunEvent::StepAbandoned { .. }))
+            .count();
         let q = (now.status == RunStatus::Quarantined && !was_quarantined)
             .then(|| now.quarantine.map(|q| q.reason).unwrap_or_default());
         Ok((abandoned, q))

@@ -1,0 +1,179 @@
+//! Command-line arguments (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Chronicle: a durable workflow engine on an event-sourced, hash-chained log.
+#[derive(Debug, Parser)]
+#[command(name = "chronicle", version, about, long_about = None)]
+pub struct Cli {
+    /// The database file.
+    #[arg(
+        long,
+        global = true,
+        env = "CHRONICLE_DB",
+        default_value = "chronicle.redb"
+    )]
+    pub db: PathBuf,
+    /// More log output (repeat for more); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less output: only errors and the final summary.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Input of a new run.
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// Run input as a JSON object.
+    #[arg(long, conflicts_with = "input_file")]
+    pub input: Option<String>,
+    /// Run input from a JSON file.
+    #[arg(long)]
+    pub input_file: Option<PathBuf>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Validate a workflow, create a run and execute it to the end.
+    Run {
+        /// Workflow file (.yaml, .yml or .json).
+        file: PathBuf,
+        #[command(flatten)]
+        input: InputArgs,
+        /// Creating a run with a key already used returns that run.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Check a workflow definition.
+    Validate {
+        /// Workflow file.
+        file: PathBuf,
+    },
+    /// Recover and finish every non-terminal run (or the named ones).
+    Resume {
+        /// Run ids or unique prefixes.
+        runs: Vec<String>,
+    },
+    /// List runs.
+    List {
+        /// Only runs with this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run's state.
+    Status {
+        /// Run id or unique prefix.
+        run: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run's events.
+    History {
+        /// Run id or unique prefix.
+        run: String,
+        /// JSON Lines output (one envelope per line).
+        #[arg(long)]
+        json: bool,
+        /// Keep going: continue a non-terminal run in this process and
+        /// print its events as they are committed.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Time travel: a run's state at any event or time.
+    Replay {
+        /// Run id or unique prefix (or use --file).
+        run: Option<String>,
+        /// An exported history (JSON Lines) instead of the database.
+        #[arg(long, conflicts_with = "run")]
+        file: Option<PathBuf>,
+        /// State after this event.
+        #[arg(long, conflicts_with = "at_time")]
+        at: Option<u64>,
+        /// State at this time (RFC 3339).
+        #[arg(long)]
+        at_time: Option<String>,
+        /// Each event with what it changed.
+        #[arg(long)]
+        timeline: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify hash chains and fold determinism.
+    Verify {
+        /// One run (default: every stream).
+        run: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new run from a run's state at a seq, and execute it.
+    Fork {
+        /// Source run id or prefix.
+        run: String,
+        /// The seq to fork at.
+        #[arg(long)]
+        at: u64,
+        /// A new run input (JSON object).
+        #[arg(long)]
+        input: Option<String>,
+        /// Override a step's output: STEP=JSON (repeatable).
+        #[arg(long = "set-output")]
+        set_output: Vec<String>,
+    },
+    /// Print a run's history as JSON Lines.
+    Export {
+        /// Run id or prefix.
+        run: String,
+    },
+    /// Import an exported history (verified first).
+    Import {
+        /// The JSON Lines file.
+        file: PathBuf,
+    },
+    /// Cancel a run (when no other process is executing it).
+    Cancel {
+        /// Run id or prefix.
+        run: String,
+    },
+    /// Pause a run: no new attempts start.
+    Pause {
+        /// Run id or prefix.
+        run: String,
+    },
+    /// Resume a paused run and execute it to the end.
+    Unpause {
+        /// Run id or prefix.
+        run: String,
+    },
+    /// Release a quarantined run and execute it to the end.
+    Release {
+        /// Run id or prefix.
+        run: String,
+    },
+    /// Print the JSON Schema of the workflow format.
+    Schema,
+    /// Benchmarks (figures, not tests).
+    Bench {
+        /// Which benchmark.
+        #[arg(value_parser = ["store", "steps", "replay"])]
+        which: String,
+        /// One JSON object with the figures.
+        #[arg(long)]
+        json: bool,
+        /// Directory to measure in (default: the database's directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}

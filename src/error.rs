@@ -1,0 +1,70 @@
+//! Exit codes and the mapping of every error to one.
+//!
+//! 0 success; 1 a run ended other than succeeded, or verify found a
+//! problem; 2 bad input or usage; 3 storage problem.
+
+use chronicle_engine::model::DefinitionError;
+use chronicle_engine::runtime::EngineError;
+use chronicle_replay::ReplayError;
+use chronicle_store::StoreError;
+
+/// An error with its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// Exit code.
+    pub code: u8,
+    /// Message for the user.
+    pub message: String,
+}
+
+impl CliError {
+    /// Bad input or usage (exit 2).
+    pub fn input(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    /// Storage problem (exit 3).
+    pub fn storage(message: impl Into<String>) -> Self {
+        Self {
+            code: 3,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
+        if e.is_storage_problem() {
+            Self::storage(e.to_string())
+        } else {
+            Self::input(e.to_string())
+        }
+    }
+}
+
+impl From<DefinitionError> for CliError {
+    fn from(e: DefinitionError) -> Self {
+        Self::input(e.to_string())
+    }
+}
+
+impl From<EngineError> for CliError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Store(s) => s.into(),
+            other => Self::input(other.to_string()),
+        }
+    }
+}
+
+impl From<ReplayError> for CliError {
+    fn from(e: ReplayError) -> Self {
+        match e {
+            ReplayError::Store(s) => s.into(),
+            ReplayError::Engine(e) => e.into(),
+            other => Self::input(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Commands that execute runs: run, resume, fork, unpause, release; and
+//! the offline control commands cancel and pause.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chronicle_engine::decide::Command;
+use chronicle_engine::ids::RunId;
+use chronicle_engine::model::load_file;
+use chronicle_engine::runtime::{Engine, EngineBuilder};
+use chronicle_engine::state::{RunState, RunStatus};
+use serde_json::Value;
+
+use crate::cli::InputArgs;
+use crate::error::CliError;
+use crate::progress::Progress;
+
+/// Open the engine on `db` (created if absent).
+pub fn open_engine(db: &Path) -> Result<Engine, CliError> {
+    Ok(EngineBuilder::new().db(db).build()?)
+}
+
+fn parse_json_object(what: &str, text: &str) -> Result<Value, CliError> {
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| CliError::input(format!("{what} is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(CliError::input(format!(
+            "{what} must be a JSON object, like {{\"file\": \"a.log\"}}"
+        )));
+    }
+    Ok(v)
+}
+
+fn read_input(input: &InputArgs) -> Result<Value, CliError> {
+    if let Some(text) = &input.input {
+        return parse_json_object("--input", text);
+    }
+    if let Some(path) = &input.input_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CliError::input(format!("cannot read --input-file {}: {e}", path.display()))
+        })?;
+        return parse_json_object(&format!("--input-file {}", path.display()), &text);
+    }
+    Ok(Value::Object(Default::default()))
+}
+
+/// Print the end of a run and return its exit code.
+fn summarize(state: &RunState, quiet: bool) -> u8 {
+    if !quiet {
+        eprint!("\n{}", chronicle_replay::render::render_state(state));
+    }
+    let run = state.run_id.map(|r| r.to_string()).unwrap_or_default();
+    println!("run {run} {}", state.status.as_str());
+    if state.status == RunStatus::Succeeded {
+        0
+    } else {
+        1
+    }
+}
+
+async fn drive(
+    engine: &Engine,
+    runs: &[RunId],
+    progress: Progress,
+    quiet: bool,
+) -> Result<u8, CliError> {
+    let mut code = 0;
+    let mut states = Vec::new();
+    for r in runs {
+        states.push(engine.wait(*r).await?);
+    }
+    engine.wait_all().await?;
+    progress.finish().await;
+    for s in &states {
+        code = code.max(summarize(s, quiet));
+    }
+    Ok(code)
+}
+
+/// `chronicle run FILE`.
+pub async fn run(
+    db: &Path,
+    file: &Path,
+    input: &InputArgs,
+    key: Option<String>,
+    quiet: bool,
+) -> Result<u8, CliError> {
+    let wf = load_file(file)?;
+    let input = read_input(input)?;
+    let engine = open_engine(db)?;
+    let progress = Progress::start(engine.subscribe(), quiet);
+    let run = engine.start(wf, input, key).await?;
+    if !quiet {
+        eprintln!("run {run} started (database {})", db.display());
+    }
+    drive(&engine, &[run], progress, quiet).await
+}
+
+/// `chronicle resume [RUN...]`.
+pub async fn resume(db: &Path, names: &[String], quiet: bool) -> Result<u8, CliError> {
+    let engine = open_engine(db)?;
+    let only: Vec<RunId> = names
+        .iter()
+        .map(|n| engine.resolve_run(n))
+        .collect::<Result<_, _>>()?;
+    let progress = Progress::start(engine.subscribe(), quiet);
+    let report = engine
+        .recover_runs(if only.is_empty() { None } else { Some(&only) })
+        .await?;
+    if !quiet {
+        eprintln!(
+            "recovery: {} run(s) resumed, {} attempt(s) abandoned, {} run(s) quarantined",
+            report.resumed.len(),
+            report.attempts_abandoned,
+            report.quarantined.len()
+        );
+        for (r, why) in &report.quarantined {
+            eprintln!("  quarantined {r}: {why}");
+        }
+    }
+    let mut runs = report.resumed.clone();
+    runs.extend(report.quarantined.iter().map(|(r, _)| *r));
+    if runs.is_empty() && !only.is_empty() {
+        // Named runs that were already terminal: report them.
+        for r in &only {
+            runs.push(*r);
+        }
+    }
+    if runs.is_empty() {
+        progress.finish().await;
+        println!("nothing to resume");
+        return Ok(0);
+    }
+    drive(&engine, &runs, progress, quiet).await
+}
+
+/// `chronicle fork RUN --at SEQ`.
+pub async fn fork(
+    db: &Path,
+    run: &str,
+    at: u64,
+    input: Option<&str>,
+    set: &[String],
+    quiet: bool,
+) -> Result<u8, CliError> {
+    let engine = open_engine(db)?;
+    let source = engine.resolve_run(run)?;
+    let input = input.map(|t| parse_json_object("--input", t)).transpose()?;
+    let mut outputs = BTreeMap::new();
+    for s in set {
+        let (step, json) = s
+            .split_once('=')
+            .ok_or_else(|| CliError::input(format!("--set-output {s:?} must be STEP=JSON")))?;
+        let v: Value = serde_json::from_str(json)
+            .map_err(|e| CliError::input(format!("--set-output {step}: not valid JSON: {e}")))?;
+        outputs.insert(step.to_string(), v);
+    }
+    let progress = Progress::start(engine.subscribe(), quiet);
+    let child = chronicle_replay::fork::fork(&engine, source, at, input, outputs).await?;
+    if !quiet {
+        eprintln!("run {child} forked from {source} at seq {at}");
+    }
+    drive(&engine, &[child], progress, quiet).await
+}
+
+/// Offline control commands.
+pub enum Control {
+    /// Cancel.
+    Cancel,
+    /// Pause.
+    Pause,
+    /// Resume.
+    Resume,
+    /// Release.
+    Release,
+}
+
+/// `chronicle cancel|pause RUN`: append the command's events and exit.
+pub async fn control(db: &Path, run: &str, what: Control) -> Result<u8, CliError> {
+    let engine = open_engine(db)?;
+    let run = engine.resolve_run(run)?;
+    let cmd = match what {
+        Control::Cancel => Command::Cancel {
+            reason: "canceled with chronicle cancel".into(),
+        },
+        Control::Pause => Command::Pause,
+        Control::Resume => Command::Resume,
+        Control::Release => Command::Release,
+    };
+    let state = engine.control_offline(run, cmd).await?;
+    println!("run {run} {}", state.status.as_str());
+    Ok(0)
+}
+
+/// `chronicle unpause|release RUN`: apply, then execute the run to the end.
+pub async fn continue_run(
+    db: &Path,
+    run: &str,
+    what: Control,
+    quiet: bool,
+) -> Result<u8, CliError> {
+    let engine = open_engine(db)?;
+    let run = engine.resolve_run(run)?;
+    let progress = Progress::start(engine.subscribe(), quiet);
+    engine.recover_runs(Some(&[run])).await?;
+    let r = match what {
+        Control::Release => engine.release(run).await,
+        _ => engine.resume(run).await,
+    };
+    if let Err(e) = r {
+        progress.finish().await;
+        return Err(e.into());
+    }
+    drive(&engine, &[run], progress, quiet).await
+}
