@@ -8,26 +8,42 @@ use chronicle_engine::model::load_file;
 use chronicle_engine::state::RunState;
 use chronicle_replay::rebuild::{Target, fold_envelopes, state_at};
 use chronicle_replay::timeline::{render_timeline, timeline};
-use chronicle_store::{Seq, Store, StoreOptions};
+use chronicle_store::{Seq, Store, StoreError, StoreOptions};
 use serde_json::{Value, json};
 
 use crate::error::CliError;
 use crate::runs::open_engine;
 
-/// Open an existing database (never creates one).
-fn open_existing(db: &Path) -> Result<Store, CliError> {
+/// Open an existing database read-only: inspection never creates or
+/// modifies the file. A file left needing crash repair is opened
+/// read-write once (redb repairs it) and then read.
+pub fn open_existing(db: &Path) -> Result<Store, CliError> {
     if !db.exists() {
         return Err(CliError::storage(format!(
             "no database at {}: run a workflow first (chronicle run FILE) or pass --db PATH",
             db.display()
         )));
     }
-    Ok(Store::open(db, StoreOptions::default())?)
+    match Store::open_read_only(db) {
+        Ok(s) => Ok(s),
+        Err(
+            e @ (StoreError::Locked { .. }
+            | StoreError::Corruption { .. }
+            | StoreError::UnsupportedFormat { .. }),
+        ) => Err(e.into()),
+        Err(_) => {
+            drop(Store::open(db, StoreOptions::default())?);
+            Ok(Store::open_read_only(db)?)
+        }
+    }
 }
 
-fn engine_existing(db: &Path) -> Result<chronicle_engine::runtime::Engine, CliError> {
-    open_existing(db).map(drop)?;
-    open_engine(db)
+/// An engine over a read-only store (for commands that only read or check).
+pub fn engine_existing(db: &Path) -> Result<chronicle_engine::runtime::Engine, CliError> {
+    let store = open_existing(db)?;
+    Ok(chronicle_engine::runtime::EngineBuilder::new()
+        .store(store)
+        .build()?)
 }
 
 fn print_json(v: &impl serde::Serialize) {
@@ -156,8 +172,14 @@ pub async fn history(
     follow: bool,
     quiet: bool,
 ) -> Result<u8, CliError> {
-    let engine = engine_existing(db)?;
-    let run = engine.resolve_run(run)?;
+    let ro = engine_existing(db)?;
+    let run = ro.resolve_run(run)?;
+    let engine = if follow && !ro.state(run)?.status.is_terminal() {
+        drop(ro);
+        open_engine(db)?
+    } else {
+        ro
+    };
     let mut feed = engine.subscribe();
     let envs = engine.store().read_stream(&run.stream(), Seq(1))?;
     if envs.is_empty() {

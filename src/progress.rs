@@ -49,10 +49,10 @@ fn short(run: &str) -> &str {
 pub fn describe(env: &RawEnvelope) -> String {
     let stream = env.stream.to_string();
     let head = format!(
-        "{} {:>4} {}",
+        "{} {} {:>4}",
         env.recorded_at.format("%H:%M:%S%.3f"),
-        env.seq,
-        short(&stream)
+        stream,
+        env.seq
     );
     if let Ok(ev) = env.decode::<RunEvent>() {
         let detail = match &ev {

@@ -143,8 +143,6 @@ pub async fn fork(
     set: &[String],
     quiet: bool,
 ) -> Result<u8, CliError> {
-    let engine = open_engine(db)?;
-    let source = engine.resolve_run(run)?;
     let input = input.map(|t| parse_json_object("--input", t)).transpose()?;
     let mut outputs = BTreeMap::new();
     for s in set {
@@ -155,6 +153,27 @@ pub async fn fork(
             .map_err(|e| CliError::input(format!("--set-output {step}: not valid JSON: {e}")))?;
         outputs.insert(step.to_string(), v);
     }
+    // Check everything on a read-only open first: bad input changes nothing.
+    let source = {
+        let ro = crate::inspect::engine_existing(db)?;
+        let source = ro.resolve_run(run)?;
+        let state = chronicle_replay::rebuild::state_at(
+            ro.store(),
+            source,
+            chronicle_replay::rebuild::Target::Seq(at),
+        )?;
+        chronicle_engine::decide::decide_fork(
+            &state,
+            at,
+            source,
+            input.clone(),
+            outputs.clone(),
+            0,
+        )
+        .map_err(chronicle_engine::runtime::EngineError::from)?;
+        source
+    };
+    let engine = open_engine(db)?;
     let progress = Progress::start(engine.subscribe(), quiet);
     let child = chronicle_replay::fork::fork(&engine, source, at, input, outputs).await?;
     if !quiet {
@@ -175,19 +194,31 @@ pub enum Control {
     Release,
 }
 
-/// `chronicle cancel|pause RUN`: append the command's events and exit.
-pub async fn control(db: &Path, run: &str, what: Control) -> Result<u8, CliError> {
-    let engine = open_engine(db)?;
-    let run = engine.resolve_run(run)?;
-    let cmd = match what {
+fn command(what: &Control) -> Command {
+    match what {
         Control::Cancel => Command::Cancel {
             reason: "canceled with chronicle cancel".into(),
         },
         Control::Pause => Command::Pause,
         Control::Resume => Command::Resume,
         Control::Release => Command::Release,
-    };
-    let state = engine.control_offline(run, cmd).await?;
+    }
+}
+
+/// Resolve `run` and check that `what` applies, on a read-only open, so
+/// that a refused command leaves the database untouched.
+fn check(db: &Path, run: &str, what: &Control) -> Result<RunId, CliError> {
+    let ro = crate::inspect::engine_existing(db)?;
+    let run = ro.resolve_run(run)?;
+    ro.plan_offline(run, command(what))?;
+    Ok(run)
+}
+
+/// `chronicle cancel|pause RUN`: append the command's events and exit.
+pub async fn control(db: &Path, run: &str, what: Control) -> Result<u8, CliError> {
+    let run = check(db, run, &what)?;
+    let engine = open_engine(db)?;
+    let state = engine.control_offline(run, command(&what)).await?;
     println!("run {run} {}", state.status.as_str());
     Ok(0)
 }
@@ -199,8 +230,8 @@ pub async fn continue_run(
     what: Control,
     quiet: bool,
 ) -> Result<u8, CliError> {
+    let run = check(db, run, &what)?;
     let engine = open_engine(db)?;
-    let run = engine.resolve_run(run)?;
     let progress = Progress::start(engine.subscribe(), quiet);
     engine.recover_runs(Some(&[run])).await?;
     let r = match what {

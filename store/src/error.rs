@@ -95,6 +95,9 @@ pub enum StoreError {
         /// The decoder's message.
         message: String,
     },
+    /// A write on a store opened read-only.
+    #[error("database {0} is open read-only; this command cannot change it")]
+    ReadOnly(PathBuf),
     /// The writer thread is gone.
     #[error("the store is closed")]
     Closed,

@@ -51,6 +51,21 @@ pub(crate) fn open_backend(
     Ok(db)
 }
 
+/// Open an existing file read-only (never writes to it).
+pub(crate) fn open_read_only(path: &Path) -> Result<redb::ReadOnlyDatabase, StoreError> {
+    if fs::metadata(path).map_err(io(path))?.len() == 0 {
+        return Err(StoreError::Corruption {
+            path: path.to_path_buf(),
+            message: "the file is empty (not a Chronicle database); move it away".into(),
+        });
+    }
+    let db = Database::builder()
+        .open_read_only(path)
+        .map_err(|e| map_open_error(path, e))?;
+    check_format(&db, path)?;
+    Ok(db)
+}
+
 fn map_open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
     match e {
         redb::DatabaseError::Storage(redb::StorageError::Io(ref io_err))
@@ -123,7 +138,7 @@ fn init_tables(db: &Database, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
+fn check_format(db: &impl ReadableDatabase, path: &Path) -> Result<(), StoreError> {
     let txn = db.begin_read().map_err(|e| from_redb(path, e))?;
     let meta = match txn.open_table(META) {
         Ok(t) => t,

@@ -96,8 +96,14 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// The redb handle: read-write (with a writer thread) or read-only.
+enum Handle {
+    Rw(Arc<Database>),
+    Ro(redb::ReadOnlyDatabase),
+}
+
 struct Inner {
-    db: Arc<Database>,
+    db: Handle,
     path: PathBuf,
     tx: mpsc::Sender<Job>,
     events: broadcast::Sender<Arc<[RawEnvelope]>>,
@@ -182,7 +188,7 @@ impl Store {
             })?;
         Ok(Self {
             inner: Arc::new(Inner {
-                db,
+                db: Handle::Rw(db),
                 path,
                 tx,
                 events,
@@ -190,6 +196,34 @@ impl Store {
                 writer: Some(handle),
             }),
         })
+    }
+
+    /// Open an existing database read-only: the file is never modified
+    /// (for inspection commands). Writes fail with [`StoreError::ReadOnly`].
+    ///
+    /// Errors: as [`Store::open`]; a missing file is [`StoreError::Io`];
+    /// a file that needs crash repair cannot be opened read-only
+    /// ([`StoreError::Storage`]) — open it read-write once to repair.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let db = crate::open::open_read_only(&path)?;
+        let (tx, _) = mpsc::channel(1);
+        let (events, _) = broadcast::channel(1);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db: Handle::Ro(db),
+                path,
+                tx,
+                events,
+                clock: Arc::new(SystemClock),
+                writer: None,
+            }),
+        })
+    }
+
+    /// True for a store opened with [`Store::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.inner.db, Handle::Ro(_))
     }
 
     /// The database path (`<backend>` for a non-file backend).
@@ -220,6 +254,9 @@ impl Store {
     /// Commit one atomic [`WriteRequest`] through the group-commit writer;
     /// returns once it is durable. Waits when the queue is full.
     pub async fn write(&self, request: WriteRequest) -> Result<Committed, StoreError> {
+        if self.is_read_only() {
+            return Err(StoreError::ReadOnly(self.inner.path.clone()));
+        }
         let (reply, rx) = oneshot::channel();
         self.inner
             .tx
@@ -233,6 +270,9 @@ impl Store {
     ///
     /// Panics if called from inside a tokio runtime thread.
     pub fn write_blocking(&self, request: WriteRequest) -> Result<Committed, StoreError> {
+        if self.is_read_only() {
+            return Err(StoreError::ReadOnly(self.inner.path.clone()));
+        }
         let (reply, rx) = oneshot::channel();
         self.inner
             .tx
@@ -249,10 +289,11 @@ impl Store {
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
-        self.inner
-            .db
-            .begin_read()
-            .map_err(|e| from_redb(&self.inner.path, e))
+        let r = match &self.inner.db {
+            Handle::Rw(db) => db.begin_read(),
+            Handle::Ro(db) => db.begin_read(),
+        };
+        r.map_err(|e| from_redb(&self.inner.path, e))
     }
 
     fn corrupt(&self, message: String) -> StoreError {

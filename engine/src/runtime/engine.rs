@@ -634,7 +634,36 @@ impl Engine {
     ///
     /// Errors: unknown run; [`Rejected`] when the command does not apply.
     pub async fn control_offline(&self, run: RunId, cmd: Command) -> Result<RunState, EngineError> {
-        let mut state = self.state(run)?;
+        let (state, events, next, now) = self.plan_offline(run, cmd)?;
+        if events.is_empty() {
+            return Ok(state);
+        }
+        let mut req = WriteRequest::append(run.stream(), Seq(state.seq), encode(&events, now));
+        req.index
+            .push(RunSummary::of(&next).expect("a run has a summary").put());
+        self.inner.store.write(req).await?;
+        Ok(next)
+    }
+
+    /// What [`Self::control_offline`] would append, without writing:
+    /// `(state, events, state after, time)`. Works on a read-only store,
+    /// so a command can be checked before the database is opened for
+    /// writing.
+    #[allow(clippy::type_complexity)]
+    pub fn plan_offline(
+        &self,
+        run: RunId,
+        cmd: Command,
+    ) -> Result<
+        (
+            RunState,
+            Vec<RunEvent>,
+            RunState,
+            chrono::DateTime<chrono::Utc>,
+        ),
+        EngineError,
+    > {
+        let state = self.state(run)?;
         let now = self.inner.clock.now();
         let ctx = crate::decide::Ctx {
             now,
@@ -655,14 +684,7 @@ impl Engine {
                 events.push(e);
             }
         }
-        if !events.is_empty() {
-            let mut req = WriteRequest::append(run.stream(), Seq(state.seq), encode(&events, now));
-            req.index
-                .push(RunSummary::of(&next).expect("a run has a summary").put());
-            self.inner.store.write(req).await?;
-            state = next;
-        }
-        Ok(state)
+        Ok((state, events, next, now))
     }
 
     /// Wait until the run ends or is quarantined; returns its state.

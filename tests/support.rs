@@ -1,0 +1,93 @@
+//! Running the binary in a temporary directory.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_chronicle");
+
+/// The repository root (examples live there).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("chronicle.redb")
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.current_dir(self.dir.path())
+            .env("CHRONICLE_DB", self.db())
+            .env_remove("RUST_LOG")
+            .env_remove("CHRONICLE_FLAKY");
+        c
+    }
+    /// Run with `args` in the repository root (for examples).
+    pub fn run_in_root(&self, args: &[&str]) -> Out {
+        let mut c = self.cmd();
+        c.current_dir(root()).args(args);
+        Out::from(c.output().unwrap())
+    }
+    pub fn run(&self, args: &[&str]) -> Out {
+        let mut c = self.cmd();
+        c.args(args);
+        Out::from(c.output().unwrap())
+    }
+}
+
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Out {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Out {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+    /// The run id printed on the last line (`run ID STATUS`).
+    pub fn run_id(&self) -> String {
+        let line = self
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("run "))
+            .unwrap_or_else(|| panic!("no run line: {self:?}"));
+        line.split_whitespace().nth(1).unwrap().to_string()
+    }
+}
+
+/// A stable digest of a file's bytes (to prove a database is unchanged).
+pub fn digest(p: &Path) -> Option<Vec<u8>> {
+    std::fs::read(p).ok()
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests of the `chronicle` binary: every command and exit
+//! code, bad inputs pinned by snapshots, the log-audit example on the
+//! shipped logs, and kill -9 crash recovery.
+
+mod support;
+
+mod bad_inputs;
+mod commands;
+mod crash;
+mod examples;
