@@ -10,8 +10,17 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 /// A source of the current UTC time.
 pub trait Clock: Send + Sync + std::fmt::Debug {
-    /// The current time (UTC).
+    /// The current time (UTC). A [`ManualClock`] advances by its step
+    /// after each reading.
     fn now(&self) -> DateTime<Utc>;
+
+    /// The current time without advancing a manual clock. The runtime
+    /// decides and arms timers with `peek` and calls `now` once per durable
+    /// commit, so a manual clock moves a fixed amount per decision however
+    /// often the runtime wakes up.
+    fn peek(&self) -> DateTime<Utc> {
+        self.now()
+    }
 }
 
 /// The operating system's wall clock.
@@ -26,7 +35,10 @@ impl Clock for SystemClock {
 }
 
 /// A clock that moves only when told to: each `now()` returns the current
-/// value and then advances it by `step` (zero by default).
+/// value and then advances it by `step`; `peek()` and [`ManualClock::advance`]
+/// do not step. It never moves with real time: a runtime driven by it sees
+/// a retry due only once enough decisions (or `advance` calls) have moved
+/// it past the retry time, so tests use short backoffs or advance it.
 #[derive(Debug)]
 pub struct ManualClock {
     state: Mutex<(DateTime<Utc>, TimeDelta)>,
@@ -54,6 +66,10 @@ impl ManualClock {
 }
 
 impl Clock for ManualClock {
+    fn peek(&self) -> DateTime<Utc> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
     fn now(&self) -> DateTime<Utc> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = s.0;

@@ -115,7 +115,7 @@ impl RunActor {
                 let sleep = async {
                     match timer {
                         Some(at) => {
-                            let now = self.engine.clock.now();
+                            let now = self.engine.clock.peek();
                             let ms = (at - now).num_milliseconds().max(0) as u64;
                             tokio::time::sleep(std::time::Duration::from_millis(ms + 1)).await
                         }
@@ -181,7 +181,7 @@ impl RunActor {
 
     /// Decide, append durably, fold.
     async fn handle(&mut self, cmd: Command) -> Result<(), EngineError> {
-        let now = self.engine.clock.now();
+        let now = self.engine.clock.peek();
         let state = &self.state;
         let (res, events) =
             self.engine
@@ -223,6 +223,7 @@ impl RunActor {
             release_started(&self.engine, &events);
             return Err(e.into());
         }
+        self.engine.clock.now(); // one tick of a manual clock per durable decision
         release_unstarted(&self.engine, &next, &events);
         self.state = next;
         self.state_tx.send_replace(Arc::new(self.state.clone()));
@@ -248,7 +249,7 @@ impl RunActor {
             } => return,
             AttemptResult::Failed { .. } => false,
         };
-        let now = self.engine.clock.now();
+        let now = self.engine.clock.peek();
         let events = self
             .engine
             .capacity
@@ -260,7 +261,7 @@ impl RunActor {
 
     /// Half-open the circuits of this run's agents whose cool-down ended.
     async fn tick_breakers(&mut self) {
-        let now = self.engine.clock.now();
+        let now = self.engine.clock.peek();
         let agents: Vec<String> = self.state.wf().agents.keys().cloned().collect();
         for a in agents {
             let events = self.engine.capacity.with_breaker(&a, |b| b.on_tick(now));

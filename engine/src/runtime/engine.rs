@@ -282,9 +282,12 @@ impl Inner {
         match &self.ids {
             IdSource::V7 => RunId(Uuid::new_v7(ts)),
             IdSource::Sequential(n) => {
+                // UUID v7 layout with the counter in place of random bits.
                 let k = n.fetch_add(1, Ordering::SeqCst) + 1;
-                let base = Uuid::new_v7(ts).as_u128() & !((1u128 << 62) - 1);
-                RunId(Uuid::from_u128(base | (k as u128)))
+                let mut tail = [0u8; 10];
+                tail[2..].copy_from_slice(&k.to_be_bytes());
+                let ms = (secs * 1000) + u64::from(nanos / 1_000_000);
+                RunId(uuid::Builder::from_unix_timestamp_millis(ms, &tail).into_uuid())
             }
         }
     }
@@ -437,7 +440,7 @@ impl Engine {
                 .into());
             }
         };
-        let now = self.inner.clock.now();
+        let now = self.inner.clock.peek();
         let state = evolve(RunState::default(), 1, now, &first)?;
         // Append the first event alone, then start like any new run.
         let summary = RunSummary::of(&state).expect("a created run has a summary");
@@ -449,6 +452,7 @@ impl Engine {
         req.index.push(summary.put());
         req.index.extend(extra_index);
         self.inner.store.write(req).await?;
+        self.inner.clock.now(); // one tick of a manual clock per durable decision
         self.begin(state, vec![Command::Start], vec![]).await?;
         Ok(run_id)
     }
@@ -466,7 +470,7 @@ impl Engine {
         commands: Vec<Command>,
         index: Vec<IndexOp>,
     ) -> Result<(Vec<RunEvent>, RunState), EngineError> {
-        let now = self.inner.clock.now();
+        let now = self.inner.clock.peek();
         let (res, events) = self.inner.capacity.decide_with(now, |ctx| {
             let mut provisional = state.clone();
             let mut all = Vec::new();
@@ -509,6 +513,7 @@ impl Engine {
                 super::actor::release_started(&self.inner, &events);
                 return Err(e.into());
             }
+            self.inner.clock.now(); // one tick of a manual clock per durable decision
         }
         super::actor::release_unstarted(&self.inner, &provisional, &events);
         self.spawn_actor(provisional.clone());
@@ -597,7 +602,11 @@ impl Engine {
         if h.tx.send(Msg::Control(cmd.clone(), reply)).is_err() {
             // The actor just ended (the run settled): decide against the log.
             let state = self.state(run)?;
-            decide(&state, cmd, &crate::decide::Ctx::at(self.inner.clock.now()))?;
+            decide(
+                &state,
+                cmd,
+                &crate::decide::Ctx::at(self.inner.clock.peek()),
+            )?;
             return Ok(());
         }
         rx.await
@@ -642,6 +651,7 @@ impl Engine {
         req.index
             .push(RunSummary::of(&next).expect("a run has a summary").put());
         self.inner.store.write(req).await?;
+        self.inner.clock.now(); // one tick of a manual clock per durable decision
         Ok(next)
     }
 
@@ -664,7 +674,7 @@ impl Engine {
         EngineError,
     > {
         let state = self.state(run)?;
-        let now = self.inner.clock.now();
+        let now = self.inner.clock.peek();
         let ctx = crate::decide::Ctx {
             now,
             slots: 0,

@@ -1,0 +1,207 @@
+//! One contract, every executor: success with output, failure with a kind
+//! and message, and kill → canceled. Real processes, a real local HTTP
+//! server, a registered function.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronicle_engine::decide::AttemptResult;
+use chronicle_engine::ids::RunId;
+use chronicle_engine::model::{ErrorKind, ExecSpec, HttpSpec};
+use chronicle_engine::runtime::FunctionError;
+use chronicle_engine::runtime::exec::function::{Function, FunctionExecutor, FunctionFuture};
+use chronicle_engine::runtime::exec::http::HttpExecutor;
+use chronicle_engine::runtime::exec::process::ProcessExecutor;
+use chronicle_engine::runtime::exec::{AttemptRequest, Dispatcher, Executor, OutputSink, Secrets};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// The three behaviours every executor must show.
+struct Case {
+    name: &'static str,
+    ok: ExecSpec,
+    fail: ExecSpec,
+    slow: ExecSpec,
+}
+
+fn req(exec: ExecSpec) -> AttemptRequest {
+    AttemptRequest {
+        run_id: RunId(uuid::Uuid::from_u128(1)),
+        step: "s".into(),
+        attempt: 1,
+        idempotency_key: "run:s".into(),
+        input: json!({"n": 2}),
+        exec,
+        deadline: None,
+        workdir: std::env::temp_dir(),
+        env: BTreeMap::new(),
+    }
+}
+
+async fn serve() -> String {
+    use axum::{Json, Router, http::StatusCode, routing::post};
+    let app = Router::new()
+        .route(
+            "/ok",
+            post(|Json(b): Json<Value>| async move {
+                Json(json!({"doubled": b["n"].as_i64().unwrap_or(0) * 2}))
+            }),
+        )
+        .route(
+            "/fail",
+            post(|| async { (StatusCode::BAD_REQUEST, "bad input") }),
+        )
+        .route(
+            "/slow",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn spec(f: impl FnOnce(&mut ExecSpec)) -> ExecSpec {
+    let mut s = ExecSpec::default();
+    f(&mut s);
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_executor_honours_the_contract() {
+    let base = serve().await;
+    let http = |path: &str| HttpSpec {
+        method: "POST".into(),
+        url: format!("{base}{path}"),
+        headers: BTreeMap::new(),
+        body: None,
+    };
+    let sink = OutputSink {
+        dir: None,
+        secrets: Secrets::default(),
+    };
+    let mut functions: BTreeMap<String, Function> = BTreeMap::new();
+    functions.insert(
+        "double".into(),
+        Arc::new(|c| -> FunctionFuture {
+            Box::pin(async move { Ok(json!({"doubled": c.input["n"].as_i64().unwrap_or(0) * 2})) })
+        }),
+    );
+    functions.insert(
+        "fail".into(),
+        Arc::new(|_| -> FunctionFuture {
+            Box::pin(async { Err(FunctionError::permanent("bad input")) })
+        }),
+    );
+    functions.insert(
+        "slow".into(),
+        Arc::new(|_| -> FunctionFuture {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok(json!(null))
+            })
+        }),
+    );
+    let dispatcher = Dispatcher {
+        process: ProcessExecutor { sink: sink.clone() },
+        http: HttpExecutor::new(sink.clone()),
+        function: FunctionExecutor {
+            functions,
+            sink: Some(sink),
+        },
+    };
+    let cases = vec![
+        Case {
+            name: "command",
+            ok: spec(|s| {
+                s.command = Some(vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo \"{\\\"doubled\\\": $((INPUT_N * 2))}\"".into(),
+                ])
+            }),
+            fail: spec(|s| {
+                s.command = Some(vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo bad input >&2; exit 64".into(),
+                ])
+            }),
+            slow: spec(|s| s.command = Some(vec!["sleep".into(), "30".into()])),
+        },
+        Case {
+            name: "shell",
+            ok: spec(|s| s.shell = Some("echo \"{\\\"doubled\\\": $((INPUT_N * 2))}\"".into())),
+            fail: spec(|s| s.shell = Some("echo bad input >&2; exit 64".into())),
+            slow: spec(|s| s.shell = Some("sleep 30".into())),
+        },
+        Case {
+            name: "http",
+            ok: spec(|s| s.http = Some(http("/ok"))),
+            fail: spec(|s| s.http = Some(http("/fail"))),
+            slow: spec(|s| s.http = Some(http("/slow"))),
+        },
+        Case {
+            name: "function",
+            ok: spec(|s| s.function = Some("double".into())),
+            fail: spec(|s| s.function = Some("fail".into())),
+            slow: spec(|s| s.function = Some("slow".into())),
+        },
+    ];
+    for c in cases {
+        let (_keep, never) = oneshot::channel::<()>();
+        match dispatcher.run(req(c.ok), never).await {
+            AttemptResult::Succeeded { output, .. } => {
+                assert_eq!(output, json!({"doubled": 4}), "{}", c.name)
+            }
+            other => panic!("{}: expected success, got {other:?}", c.name),
+        }
+        let (_keep, never) = oneshot::channel::<()>();
+        match dispatcher.run(req(c.fail), never).await {
+            AttemptResult::Failed { kind, message, .. } => {
+                assert!(
+                    matches!(kind, ErrorKind::Transient | ErrorKind::Permanent),
+                    "{}: {kind:?}",
+                    c.name
+                );
+                assert!(!message.is_empty(), "{}", c.name);
+                assert!(
+                    message.contains("bad input") || message.contains("64"),
+                    "{}: {message}",
+                    c.name
+                );
+            }
+            other => panic!("{}: expected failure, got {other:?}", c.name),
+        }
+        let (kill, killed) = oneshot::channel();
+        let t = std::time::Instant::now();
+        let attempt = tokio::spawn(dispatcher_run(&dispatcher, req(c.slow), killed));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        kill.send(()).unwrap();
+        match attempt.await.unwrap() {
+            AttemptResult::Failed {
+                kind: ErrorKind::Canceled,
+                ..
+            } => {}
+            other => panic!("{}: expected canceled, got {other:?}", c.name),
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{}: kill took {:?}",
+            c.name,
+            t.elapsed()
+        );
+    }
+}
+
+fn dispatcher_run(
+    d: &Dispatcher,
+    r: AttemptRequest,
+    kill: oneshot::Receiver<()>,
+) -> chronicle_engine::runtime::exec::AttemptFuture {
+    d.run(r, kill)
+}
