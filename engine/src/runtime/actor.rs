@@ -23,6 +23,9 @@ use crate::state::{RunState, RunStatus, StepStatus, evolve};
 pub(crate) enum Msg {
     /// A control command, answered once durable.
     Control(Command, oneshot::Sender<Result<(), EngineError>>),
+    /// Stop now: kill running attempts and record nothing (as a crash
+    /// would; recovery continues the run later).
+    Shutdown,
     /// An attempt ended.
     Done {
         step: String,
@@ -138,7 +141,7 @@ impl RunActor {
                             }
                             self.handle_logged(Command::Finished { step, attempt, result }).await
                         }
-                        None => Err(()),
+                        Some(Msg::Shutdown) | None => Err(()),
                     },
                     _ = sleep => {
                         self.tick_breakers().await;
@@ -150,7 +153,8 @@ impl RunActor {
                     },
                 };
                 if outcome.is_err() {
-                    // Storage failed: kill what runs; recovery continues the run later.
+                    // Shutdown or storage failure: kill what runs; recovery
+                    // continues the run later.
                     for (_, l) in self.live.iter_mut() {
                         if let Some(k) = l.kill.take() {
                             let _ = k.send(());

@@ -753,6 +753,27 @@ impl Engine {
         }
     }
 
+    /// Stop every run actor of this engine: running attempts are killed and
+    /// nothing more is recorded — the runs stay in flight for
+    /// [`Engine::recover`], as after a crash. Returns once every actor has
+    /// stopped, so the database can be reopened.
+    pub async fn shutdown(&self) {
+        let handles: Vec<RunHandle> = self
+            .inner
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for h in &handles {
+            let _ = h.tx.send(Msg::Shutdown);
+        }
+        for h in handles {
+            h.tx.closed().await;
+        }
+    }
+
     /// A feed of committed envelopes (all streams; filter by
     /// `envelope.stream`).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<[RawEnvelope]>> {
