@@ -9,6 +9,7 @@
 //! one durable commit (a step's result and the next step's start).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
@@ -92,7 +93,7 @@ pub enum Command {
         /// New id.
         run_id: RunId,
         /// Definition (validated).
-        workflow: Box<Workflow>,
+        workflow: Arc<Workflow>,
         /// Input (merged over the definition's defaults).
         input: Value,
         /// Idempotency key.
@@ -881,7 +882,7 @@ pub fn decide_fork(
             forked_from: from,
             at_seq,
         },
-        workflow: Box::new((**wf).clone()),
+        workflow: wf.clone(),
         workflow_sha256: source.workflow_sha256.clone(),
         input: input.unwrap_or_else(|| source.input.clone()),
         carried,

@@ -6,6 +6,7 @@
 //! unknown `type` on read is an error, never skipped.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -61,7 +62,7 @@ pub enum RunEvent {
         /// The run id.
         run_id: RunId,
         /// The whole definition.
-        workflow: Box<Workflow>,
+        workflow: Arc<Workflow>,
         /// SHA-256 of the definition's canonical JSON.
         workflow_sha256: String,
         /// The run input (defaults merged).
@@ -80,7 +81,7 @@ pub enum RunEvent {
         /// Source run and seq.
         lineage: Lineage,
         /// The definition pinned by the source run.
-        workflow: Box<Workflow>,
+        workflow: Arc<Workflow>,
         /// Its SHA-256.
         workflow_sha256: String,
         /// The run input (possibly changed at fork time).

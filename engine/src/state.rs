@@ -410,7 +410,7 @@ pub fn evolve(
                 .iter()
                 .map(|s| (s.id.clone(), StepState::default()))
                 .collect();
-            state.workflow = Some(Arc::new((**workflow).clone()));
+            state.workflow = Some(workflow.clone());
             state.workflow_sha256 = workflow_sha256.clone();
             state.input = input.clone();
             state.idempotency_key = idempotency_key.clone();
@@ -441,7 +441,7 @@ pub fn evolve(
                 st.output = Some(c.output.clone());
                 st.carried = true;
             }
-            state.workflow = Some(Arc::new((**workflow).clone()));
+            state.workflow = Some(workflow.clone());
             state.workflow_sha256 = workflow_sha256.clone();
             state.input = input.clone();
             state.seed = *seed;

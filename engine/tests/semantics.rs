@@ -384,7 +384,7 @@ steps:
     );
     sim.cmd(Command::Create {
         run_id: support::run_id(),
-        workflow: Box::new(support::wf(yaml)),
+        workflow: std::sync::Arc::new(support::wf(yaml)),
         input: json!({}),
         idempotency_key: None,
         seed: 1,

@@ -61,7 +61,7 @@ fn history(run: RunId, steps_done: usize) -> Vec<chronicle_engine::event::RunEve
     };
     let create = Command::Create {
         run_id: run,
-        workflow: Box::new(wf),
+        workflow: std::sync::Arc::new(wf),
         input: json!({"file": "HDFS_2k.log"}),
         idempotency_key: None,
         seed: 1,

@@ -41,7 +41,8 @@ struct Live {
 
 pub(crate) struct RunActor {
     engine: Arc<Inner>,
-    state: RunState,
+    /// The folded state, shared with waiters through `state_tx`.
+    state: Arc<RunState>,
     rx: mpsc::UnboundedReceiver<Msg>,
     tx: mpsc::UnboundedSender<Msg>,
     state_tx: watch::Sender<Arc<RunState>>,
@@ -91,7 +92,7 @@ impl RunActor {
         let secrets = engine.secrets_for(&state.wf().secrets);
         Self {
             engine,
-            state,
+            state: Arc::new(state),
             rx,
             tx,
             state_tx,
@@ -198,7 +199,7 @@ impl RunActor {
         if events.is_empty() {
             return Ok(());
         }
-        let mut next = self.state.clone();
+        let mut next = (*self.state).clone();
         for e in &events {
             let seq = next.seq + 1;
             next = match evolve(next, seq, now, e) {
@@ -229,8 +230,8 @@ impl RunActor {
         }
         self.engine.clock.now(); // one tick of a manual clock per durable decision
         release_unstarted(&self.engine, &next, &events);
-        self.state = next;
-        self.state_tx.send_replace(Arc::new(self.state.clone()));
+        self.state = Arc::new(next);
+        self.state_tx.send_replace(self.state.clone());
         Ok(())
     }
 

@@ -399,7 +399,7 @@ impl Engine {
         let seed = run_id.0.as_u128() as u64;
         let create = Command::Create {
             run_id,
-            workflow: Box::new(workflow),
+            workflow: Arc::new(workflow),
             input,
             idempotency_key: idempotency_key.clone(),
             seed,

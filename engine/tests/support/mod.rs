@@ -44,7 +44,7 @@ impl Sim {
         let mut sim = Sim::empty();
         let mut events = sim.cmd(Command::Create {
             run_id: run_id(),
-            workflow: Box::new(wf(yaml)),
+            workflow: std::sync::Arc::new(wf(yaml)),
             input: json!({}),
             idempotency_key: Some("key-1".into()),
             seed: 42,
