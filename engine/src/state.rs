@@ -306,10 +306,6 @@ impl RunState {
             .collect()
     }
 
-    fn summary(&self) -> String {
-        format!("run {}", self.status.as_str())
-    }
-
     /// Whether the dependency `dep` lets its dependents go: succeeded, or
     /// failed with `continue_on_failure`.
     pub fn satisfies(&self, dep: &str) -> bool {
@@ -357,16 +353,16 @@ pub fn evolve(
     at: DateTime<Utc>,
     event: &RunEvent,
 ) -> Result<RunState, TransitionError> {
-    let run_text = state
-        .run_id
-        .map(|r| r.to_string())
-        .unwrap_or_else(|| "-".into());
-    let summary = state.summary();
+    // What the error needs, copied (not formatted) up front: the hot path
+    // of a fold allocates nothing for errors that do not happen.
+    let (run_before, status_before) = (state.run_id, state.status);
     let fail = |why: String| TransitionError {
-        run: run_text.clone(),
+        run: run_before
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "-".into()),
         seq,
         event: event.name().to_string(),
-        state: summary.clone(),
+        state: format!("run {}", status_before.as_str()),
         why,
     };
     if seq != state.seq + 1 {

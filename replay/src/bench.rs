@@ -148,7 +148,7 @@ pub fn run(dir: &Path) -> Result<ReplayBench, ReplayError> {
     };
     let t = Instant::now();
     let store = Store::open(&path, StoreOptions::default())?;
-    let mut events = 0u64;
+    // Each thread folds its share of the runs, each run from its stream.
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -161,9 +161,8 @@ pub fn run(dir: &Path) -> Result<ReplayBench, ReplayError> {
                 s.spawn(move || -> Result<u64, ReplayError> {
                     let mut n = 0;
                     for run in part {
-                        let st =
-                            crate::rebuild::state_at(&store, *run, crate::rebuild::Target::Head)?;
-                        n += st.seq;
+                        n += crate::rebuild::state_at(&store, *run, crate::rebuild::Target::Head)?
+                            .seq;
                     }
                     Ok(n)
                 })
@@ -174,9 +173,7 @@ pub fn run(dir: &Path) -> Result<ReplayBench, ReplayError> {
             .map(|h| h.join().expect("fold threads do not panic"))
             .collect()
     });
-    for n in counted? {
-        events += n;
-    }
+    let events: u64 = counted?.into_iter().sum();
     let fold_events_per_s = events as f64 / t.elapsed().as_secs_f64();
 
     let t = Instant::now();
