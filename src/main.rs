@@ -17,6 +17,9 @@ use cli::{Cli, Cmd};
 use error::CliError;
 
 fn main() -> ExitCode {
+    // No panic or backtrace reaches a user: damaged files become errors,
+    // anything else one line.
+    chronicle_store::install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -35,6 +35,7 @@ pub mod bench;
 mod clock;
 mod envelope;
 mod error;
+mod guard;
 mod ids;
 mod open;
 mod store;
@@ -46,6 +47,7 @@ pub use envelope::{
     GENESIS_HASH, Hash, NewEvent, RawEnvelope, canonical_bytes, chain_hash, hex, parse_hex_hash,
 };
 pub use error::StoreError;
+pub use guard::install_panic_hook;
 pub use ids::{MAX_STREAM_NAME, Position, Seq, StreamId};
 pub use redb::StorageBackend;
 pub use redb::backends::{FileBackend, InMemoryBackend};

@@ -140,7 +140,7 @@ impl Store {
     /// [`StoreError::Io`] for file-system failures.
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let db = open_file(&path, options.cache_bytes)?;
+        let db = crate::guard::guard(&path, || open_file(&path, options.cache_bytes))?;
         Self::start(db, path, options)
     }
 
@@ -155,7 +155,7 @@ impl Store {
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
         let label = PathBuf::from("<backend>");
-        let db = open_backend(backend, &label)?;
+        let db = crate::guard::guard(&label, || open_backend(backend, &label))?;
         Self::start(db, label, options)
     }
 
@@ -206,7 +206,7 @@ impl Store {
     /// ([`StoreError::Storage`]) — open it read-write once to repair.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let db = crate::open::open_read_only(&path)?;
+        let db = crate::guard::guard(&path, || crate::open::open_read_only(&path))?;
         let (tx, _) = mpsc::channel(1);
         let (events, _) = broadcast::channel(1);
         Ok(Self {
@@ -313,31 +313,35 @@ impl Store {
         to: Option<Seq>,
         mut f: impl FnMut(RawEnvelope) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let p = &self.inner.path;
-        let key = stream.key();
-        let txn = self.read()?;
-        let t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
-        let from = from.0.max(1);
-        let to = to.map(|s| s.0).unwrap_or(u64::MAX);
-        if to < from {
-            return Ok(());
-        }
-        let range = t
-            .range((key.as_str(), from)..=(key.as_str(), to))
-            .map_err(|e| from_redb(p, e))?;
-        for (expect, item) in (from..).zip(range) {
-            let (k, v) = item.map_err(|e| from_redb(p, e))?;
-            let (_, seq) = k.value();
-            if seq != expect {
-                return Err(self.corrupt(format!(
+        let path = self.inner.path.clone();
+        crate::guard::guard(&path, move || {
+            let p = &self.inner.path;
+            let key = stream.key();
+            let txn = self.read()?;
+            let t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
+            let from = from.0.max(1);
+            let to = to.map(|s| s.0).unwrap_or(u64::MAX);
+            if to < from {
+                return Ok(());
+            }
+            let range = t
+                .range((key.as_str(), from)..=(key.as_str(), to))
+                .map_err(|e| from_redb(p, e))?;
+            for (expect, item) in (from..).zip(range) {
+                let (k, v) = item.map_err(|e| from_redb(p, e))?;
+                let (_, seq) = k.value();
+                if seq != expect {
+                    return Err(self.corrupt(format!(
                     "stream {key}: expected seq {expect}, found {seq}: the log has a gap from seq {expect}"
                 )));
+                }
+                let env = decode_record(stream, seq, v.value()).ok_or_else(|| {
+                    self.corrupt(format!("stream {key} seq {seq}: record too short"))
+                })?;
+                f(env)?;
             }
-            let env = decode_record(stream, seq, v.value())
-                .ok_or_else(|| self.corrupt(format!("stream {key} seq {seq}: record too short")))?;
-            f(env)?;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Every envelope of `stream` from seq `from`, ascending.
@@ -356,108 +360,122 @@ impl Store {
 
     /// The last envelope of `stream`, if any (one B-tree seek).
     pub fn last_event(&self, stream: &StreamId) -> Result<Option<RawEnvelope>, StoreError> {
-        let p = &self.inner.path;
-        let key = stream.key();
-        let txn = self.read()?;
-        let t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
-        let mut range = t
-            .range((key.as_str(), 1)..=(key.as_str(), u64::MAX))
-            .map_err(|e| from_redb(p, e))?;
-        match range.next_back() {
-            Some(item) => {
-                let (k, v) = item.map_err(|e| from_redb(p, e))?;
-                let seq = k.value().1;
-                decode_record(stream, seq, v.value())
-                    .map(Some)
-                    .ok_or_else(|| {
-                        self.corrupt(format!("stream {key} seq {seq}: record too short"))
-                    })
+        let path = self.inner.path.clone();
+        crate::guard::guard(&path, move || {
+            let p = &self.inner.path;
+            let key = stream.key();
+            let txn = self.read()?;
+            let t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
+            let mut range = t
+                .range((key.as_str(), 1)..=(key.as_str(), u64::MAX))
+                .map_err(|e| from_redb(p, e))?;
+            match range.next_back() {
+                Some(item) => {
+                    let (k, v) = item.map_err(|e| from_redb(p, e))?;
+                    let seq = k.value().1;
+                    decode_record(stream, seq, v.value())
+                        .map(Some)
+                        .ok_or_else(|| {
+                            self.corrupt(format!("stream {key} seq {seq}: record too short"))
+                        })
+                }
+                None => Ok(None),
             }
-            None => Ok(None),
-        }
+        })
     }
 
     /// The head of `stream` (`None` if it has no events).
     pub fn head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError> {
-        let p = &self.inner.path;
-        let txn = self.read()?;
-        let t = txn.open_table(HEADS).map_err(|e| from_redb(p, e))?;
-        let key = stream.key();
-        match t.get(key.as_str()).map_err(|e| from_redb(p, e))? {
-            Some(v) => {
-                let (seq, hash) = decode_head(v.value())
-                    .ok_or_else(|| self.corrupt(format!("head of stream {key} is malformed")))?;
-                Ok(Some(StreamHead {
-                    stream: stream.clone(),
-                    last_seq: Seq(seq),
-                    hash,
-                }))
+        let path = self.inner.path.clone();
+        crate::guard::guard(&path, move || {
+            let p = &self.inner.path;
+            let txn = self.read()?;
+            let t = txn.open_table(HEADS).map_err(|e| from_redb(p, e))?;
+            let key = stream.key();
+            match t.get(key.as_str()).map_err(|e| from_redb(p, e))? {
+                Some(v) => {
+                    let (seq, hash) = decode_head(v.value()).ok_or_else(|| {
+                        self.corrupt(format!("head of stream {key} is malformed"))
+                    })?;
+                    Ok(Some(StreamHead {
+                        stream: stream.clone(),
+                        last_seq: Seq(seq),
+                        hash,
+                    }))
+                }
+                None => Ok(None),
             }
-            None => Ok(None),
-        }
+        })
     }
 
     /// Every stream with its head, ordered by stream id.
     pub fn streams(&self) -> Result<Vec<StreamHead>, StoreError> {
-        let p = &self.inner.path;
-        let txn = self.read()?;
-        let t = txn.open_table(HEADS).map_err(|e| from_redb(p, e))?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(|e| from_redb(p, e))? {
-            let (k, v) = item.map_err(|e| from_redb(p, e))?;
-            let key = k.value();
-            let stream: StreamId = key
-                .parse()
-                .map_err(|_| self.corrupt(format!("bad stream key {key:?}")))?;
-            let (seq, hash) = decode_head(v.value())
-                .ok_or_else(|| self.corrupt(format!("head of stream {key} is malformed")))?;
-            out.push(StreamHead {
-                stream,
-                last_seq: Seq(seq),
-                hash,
-            });
-        }
-        Ok(out)
+        let path = self.inner.path.clone();
+        crate::guard::guard(&path, move || {
+            let p = &self.inner.path;
+            let txn = self.read()?;
+            let t = txn.open_table(HEADS).map_err(|e| from_redb(p, e))?;
+            let mut out = Vec::new();
+            for item in t.iter().map_err(|e| from_redb(p, e))? {
+                let (k, v) = item.map_err(|e| from_redb(p, e))?;
+                let key = k.value();
+                let stream: StreamId = key
+                    .parse()
+                    .map_err(|_| self.corrupt(format!("bad stream key {key:?}")))?;
+                let (seq, hash) = decode_head(v.value())
+                    .ok_or_else(|| self.corrupt(format!("head of stream {key} is malformed")))?;
+                out.push(StreamHead {
+                    stream,
+                    last_seq: Seq(seq),
+                    hash,
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// Up to `limit` envelopes of the whole database from global position
     /// `from`, ascending (for tails and projections).
     pub fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RawEnvelope>, StoreError> {
-        let p = &self.inner.path;
-        let txn = self.read()?;
-        let pos_t = txn.open_table(POSITIONS).map_err(|e| from_redb(p, e))?;
-        let ev_t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
-        let mut out = Vec::new();
-        for item in pos_t
-            .range(from.0..)
-            .map_err(|e| from_redb(p, e))?
-            .take(limit)
-        {
-            let (k, v) = item.map_err(|e| from_redb(p, e))?;
-            let position = k.value();
-            let (key, seq) = v.value();
-            let stream: StreamId = key
-                .parse()
-                .map_err(|_| self.corrupt(format!("bad stream key {key:?}")))?;
-            let rec = ev_t
-                .get((key, seq))
+        let path = self.inner.path.clone();
+        crate::guard::guard(&path, move || {
+            let p = &self.inner.path;
+            let txn = self.read()?;
+            let pos_t = txn.open_table(POSITIONS).map_err(|e| from_redb(p, e))?;
+            let ev_t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
+            let mut out = Vec::new();
+            for item in pos_t
+                .range(from.0..)
                 .map_err(|e| from_redb(p, e))?
-                .ok_or_else(|| {
-                    self.corrupt(format!(
-                        "position {position} names {key}#{seq}, which is missing"
-                    ))
+                .take(limit)
+            {
+                let (k, v) = item.map_err(|e| from_redb(p, e))?;
+                let position = k.value();
+                let (key, seq) = v.value();
+                let stream: StreamId = key
+                    .parse()
+                    .map_err(|_| self.corrupt(format!("bad stream key {key:?}")))?;
+                let rec = ev_t
+                    .get((key, seq))
+                    .map_err(|e| from_redb(p, e))?
+                    .ok_or_else(|| {
+                        self.corrupt(format!(
+                            "position {position} names {key}#{seq}, which is missing"
+                        ))
+                    })?;
+                let env = decode_record(&stream, seq, rec.value()).ok_or_else(|| {
+                    self.corrupt(format!("stream {key} seq {seq}: record too short"))
                 })?;
-            let env = decode_record(&stream, seq, rec.value())
-                .ok_or_else(|| self.corrupt(format!("stream {key} seq {seq}: record too short")))?;
-            if env.position.0 != position {
-                return Err(self.corrupt(format!(
-                    "{key}#{seq} says position {}, the position index says {position}",
-                    env.position
-                )));
+                if env.position.0 != position {
+                    return Err(self.corrupt(format!(
+                        "{key}#{seq} says position {}, the position index says {position}",
+                        env.position
+                    )));
+                }
+                out.push(env);
             }
-            out.push(env);
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Call `f` on every envelope of the database in (stream, seq) order —
@@ -479,57 +497,63 @@ impl Store {
         to: Option<&StreamId>,
         mut f: impl FnMut(&StreamId, u64, &[u8]) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
-        use std::ops::Bound;
-        let p = &self.inner.path;
-        let txn = self.read()?;
-        let t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
-        let from_key = from.map(StreamId::key);
-        let to_key = to.map(StreamId::key);
-        let lo = match &from_key {
-            Some(k) => Bound::Included((k.as_str(), 0u64)),
-            None => Bound::Unbounded,
-        };
-        let hi = match &to_key {
-            Some(k) => Bound::Excluded((k.as_str(), 0u64)),
-            None => Bound::Unbounded,
-        };
-        let mut n = 0u64;
-        let mut current: Option<(String, StreamId)> = None;
-        let mut expect = 1u64;
-        for item in t
-            .range::<(&str, u64)>((lo, hi))
-            .map_err(|e| from_redb(p, e))?
-        {
-            let (k, v) = item.map_err(|e| from_redb(p, e))?;
-            let (key, seq) = k.value();
-            if current.as_ref().map(|(c, _)| c.as_str()) != Some(key) {
-                let s: StreamId = key
-                    .parse()
-                    .map_err(|_| self.corrupt(format!("bad stream key {key:?}")))?;
-                current = Some((key.to_string(), s));
-                expect = 1;
-            }
-            if seq != expect {
-                return Err(self.corrupt(format!(
+        let path = self.inner.path.clone();
+        crate::guard::guard(&path, move || {
+            use std::ops::Bound;
+            let p = &self.inner.path;
+            let txn = self.read()?;
+            let t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
+            let from_key = from.map(StreamId::key);
+            let to_key = to.map(StreamId::key);
+            let lo = match &from_key {
+                Some(k) => Bound::Included((k.as_str(), 0u64)),
+                None => Bound::Unbounded,
+            };
+            let hi = match &to_key {
+                Some(k) => Bound::Excluded((k.as_str(), 0u64)),
+                None => Bound::Unbounded,
+            };
+            let mut n = 0u64;
+            let mut current: Option<(String, StreamId)> = None;
+            let mut expect = 1u64;
+            for item in t
+                .range::<(&str, u64)>((lo, hi))
+                .map_err(|e| from_redb(p, e))?
+            {
+                let (k, v) = item.map_err(|e| from_redb(p, e))?;
+                let (key, seq) = k.value();
+                if current.as_ref().map(|(c, _)| c.as_str()) != Some(key) {
+                    let s: StreamId = key
+                        .parse()
+                        .map_err(|_| self.corrupt(format!("bad stream key {key:?}")))?;
+                    current = Some((key.to_string(), s));
+                    expect = 1;
+                }
+                if seq != expect {
+                    return Err(self.corrupt(format!(
                     "stream {key}: expected seq {expect}, found {seq}: the log has a gap from seq {expect}"
                 )));
+                }
+                expect += 1;
+                let stream = &current.as_ref().expect("set just above").1;
+                f(stream, seq, v.value())?;
+                n += 1;
             }
-            expect += 1;
-            let stream = &current.as_ref().expect("set just above").1;
-            f(stream, seq, v.value())?;
-            n += 1;
-        }
-        Ok(n)
+            Ok(n)
+        })
     }
 
     /// `index[key]`.
     pub fn index_get(&self, index: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let p = &self.inner.path;
-        let txn = self.read()?;
-        let t = txn.open_table(INDEX).map_err(|e| from_redb(p, e))?;
-        Ok(t.get((index, key))
-            .map_err(|e| from_redb(p, e))?
-            .map(|v| v.value().to_vec()))
+        let path = self.inner.path.clone();
+        crate::guard::guard(&path, move || {
+            let p = &self.inner.path;
+            let txn = self.read()?;
+            let t = txn.open_table(INDEX).map_err(|e| from_redb(p, e))?;
+            Ok(t.get((index, key))
+                .map_err(|e| from_redb(p, e))?
+                .map(|v| v.value().to_vec()))
+        })
     }
 
     /// Every `(key, value)` of `index` whose key starts with `prefix`.
@@ -538,19 +562,22 @@ impl Store {
         index: &str,
         prefix: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let p = &self.inner.path;
-        let txn = self.read()?;
-        let t = txn.open_table(INDEX).map_err(|e| from_redb(p, e))?;
-        let mut out = Vec::new();
-        for item in t.range((index, prefix)..).map_err(|e| from_redb(p, e))? {
-            let (k, v) = item.map_err(|e| from_redb(p, e))?;
-            let (i, key) = k.value();
-            if i != index || !key.starts_with(prefix) {
-                break;
+        let path = self.inner.path.clone();
+        crate::guard::guard(&path, move || {
+            let p = &self.inner.path;
+            let txn = self.read()?;
+            let t = txn.open_table(INDEX).map_err(|e| from_redb(p, e))?;
+            let mut out = Vec::new();
+            for item in t.range((index, prefix)..).map_err(|e| from_redb(p, e))? {
+                let (k, v) = item.map_err(|e| from_redb(p, e))?;
+                let (i, key) = k.value();
+                if i != index || !key.starts_with(prefix) {
+                    break;
+                }
+                out.push((key.to_string(), v.value().to_vec()));
             }
-            out.push((key.to_string(), v.value().to_vec()));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Store a snapshot of `stream` at `seq` (durably, through the writer).
@@ -573,38 +600,44 @@ impl Store {
         stream: &StreamId,
         at: Option<Seq>,
     ) -> Result<Option<(Seq, Vec<u8>)>, StoreError> {
-        let p = &self.inner.path;
-        let key = stream.key();
-        let txn = self.read()?;
-        let t = txn.open_table(SNAPSHOTS).map_err(|e| from_redb(p, e))?;
-        let to = at.map(|s| s.0).unwrap_or(u64::MAX);
-        let mut r = t
-            .range((key.as_str(), 0)..=(key.as_str(), to))
-            .map_err(|e| from_redb(p, e))?;
-        match r.next_back() {
-            Some(item) => {
-                let (k, v) = item.map_err(|e| from_redb(p, e))?;
-                Ok(Some((Seq(k.value().1), v.value().to_vec())))
+        let path = self.inner.path.clone();
+        crate::guard::guard(&path, move || {
+            let p = &self.inner.path;
+            let key = stream.key();
+            let txn = self.read()?;
+            let t = txn.open_table(SNAPSHOTS).map_err(|e| from_redb(p, e))?;
+            let to = at.map(|s| s.0).unwrap_or(u64::MAX);
+            let mut r = t
+                .range((key.as_str(), 0)..=(key.as_str(), to))
+                .map_err(|e| from_redb(p, e))?;
+            match r.next_back() {
+                Some(item) => {
+                    let (k, v) = item.map_err(|e| from_redb(p, e))?;
+                    Ok(Some((Seq(k.value().1), v.value().to_vec())))
+                }
+                None => Ok(None),
             }
-            None => Ok(None),
-        }
+        })
     }
 
     /// Every snapshot seq stored for `stream`, ascending.
     pub fn snapshot_seqs(&self, stream: &StreamId) -> Result<Vec<Seq>, StoreError> {
-        let p = &self.inner.path;
-        let key = stream.key();
-        let txn = self.read()?;
-        let t = txn.open_table(SNAPSHOTS).map_err(|e| from_redb(p, e))?;
-        let mut out = Vec::new();
-        for item in t
-            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
-            .map_err(|e| from_redb(p, e))?
-        {
-            let (k, _) = item.map_err(|e| from_redb(p, e))?;
-            out.push(Seq(k.value().1));
-        }
-        Ok(out)
+        let path = self.inner.path.clone();
+        crate::guard::guard(&path, move || {
+            let p = &self.inner.path;
+            let key = stream.key();
+            let txn = self.read()?;
+            let t = txn.open_table(SNAPSHOTS).map_err(|e| from_redb(p, e))?;
+            let mut out = Vec::new();
+            for item in t
+                .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+                .map_err(|e| from_redb(p, e))?
+            {
+                let (k, _) = item.map_err(|e| from_redb(p, e))?;
+                out.push(Seq(k.value().1));
+            }
+            Ok(out)
+        })
     }
 
     /// Recompute the hash chain of `stream` from `h_0` and compare with

@@ -134,7 +134,8 @@ impl Writer {
 
     fn commit_group(&mut self, group: &mut Vec<Job>) {
         let start_position = self.next_position;
-        let outcome = self.write_group(group);
+        let path = self.path.clone();
+        let outcome = crate::guard::guard(&path, || self.write_group(group));
         match outcome {
             Ok(results) => {
                 let mut all: Vec<RawEnvelope> = Vec::new();
