@@ -100,6 +100,9 @@ impl WriteRequest {
 /// order of the request's appends and events.
 pub type Committed = Vec<RawEnvelope>;
 
+/// How long the writer polls for the next job before parking, µs.
+const SPIN_MICROS: u64 = 50;
+
 pub(crate) struct Job {
     pub request: WriteRequest,
     pub reply: oneshot::Sender<Result<Committed, StoreError>>,
@@ -120,7 +123,7 @@ impl Writer {
     /// The writer loop; returns when every sender is dropped.
     pub fn run(mut self) {
         let mut group: Vec<Job> = Vec::with_capacity(self.max_group);
-        while let Some(first) = self.rx.blocking_recv() {
+        while let Some(first) = self.next_job() {
             group.push(first);
             while group.len() < self.max_group {
                 match self.rx.try_recv() {
@@ -129,6 +132,25 @@ impl Writer {
                 }
             }
             self.commit_group(&mut group);
+        }
+    }
+
+    /// The next job: poll briefly before parking, because the next append
+    /// of a busy appender usually arrives within microseconds of its
+    /// acknowledgement, and waking a parked thread costs more than that.
+    fn next_job(&mut self) -> Option<Job> {
+        let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(SPIN_MICROS);
+        loop {
+            match self.rx.try_recv() {
+                Ok(job) => return Some(job),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if std::time::Instant::now() >= spin_until {
+                        return self.rx.blocking_recv();
+                    }
+                    std::thread::yield_now();
+                }
+            }
         }
     }
 
