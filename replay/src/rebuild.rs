@@ -4,7 +4,7 @@
 use chronicle_engine::event::RunEvent;
 use chronicle_engine::ids::RunId;
 use chronicle_engine::state::{RunState, evolve};
-use chronicle_store::{RawEnvelope, Seq, Store, StoreError};
+use chronicle_store::{RawEnvelope, Seq, Store};
 use chrono::{DateTime, Utc};
 
 use crate::ReplayError;
@@ -51,50 +51,41 @@ fn within(env: &RawEnvelope, target: Target) -> bool {
 /// [`ReplayError::OutOfRange`] for a seq past the head, fold errors.
 pub fn state_at(store: &Store, run: RunId, target: Target) -> Result<RunState, ReplayError> {
     let stream = run.stream();
-    let head = store
-        .head(&stream)?
-        .ok_or_else(|| ReplayError::UnknownRun(run.to_string()))?;
-    if let Target::Seq(n) = target
-        && (n == 0 || n > head.last_seq.0)
-    {
-        return Err(ReplayError::OutOfRange(format!(
-            "run {run} has events 1..={}; seq {n} is outside the history",
-            head.last_seq.0
-        )));
-    }
-    let snap_at = match target {
-        Target::Head => None,
-        Target::Seq(n) => Some(Seq(n)),
-        Target::Time(_) => Some(Seq(0)),
-    };
-    let mut state = RunState::default();
-    if !matches!(target, Target::Time(_))
-        && let Some((_, bytes)) = store.load_snapshot(&stream, snap_at)?
-        && let Ok(s) = serde_json::from_slice::<RunState>(&bytes)
-    {
-        state = s;
-    }
-    let mut err: Option<ReplayError> = None;
     let to = match target {
+        Target::Seq(0) => {
+            return Err(ReplayError::OutOfRange(format!(
+                "run {run}: seqs start at 1"
+            )));
+        }
         Target::Seq(n) => Some(Seq(n)),
         _ => None,
     };
-    store.for_each_in_stream(&stream, Seq(state.seq + 1), to, |env| {
-        if err.is_some() || !within(&env, target) {
-            return Ok(());
-        }
-        match env.decode::<RunEvent>() {
-            Ok(ev) => match evolve(std::mem::take(&mut state), env.seq.0, env.recorded_at, &ev) {
-                Ok(s) => state = s,
-                Err(e) => err = Some(e.into()),
-            },
-            Err(e) => err = Some(e.into()),
-        }
-        Ok::<(), StoreError>(())
-    })?;
-    if let Some(e) = err {
-        return Err(e);
+    // Snapshots are keyed by seq: usable for seq targets and the head.
+    let use_snapshot = !matches!(target, Target::Time(_));
+    let (snapshot, envs) = store.read_for_fold(&stream, to, use_snapshot)?;
+    let mut state = RunState::default();
+    if let Some((_, bytes)) = &snapshot
+        && let Ok(s) = serde_json::from_slice::<RunState>(bytes)
+    {
+        state = s;
     }
+    if snapshot.is_none() && envs.is_empty() {
+        return Err(ReplayError::UnknownRun(run.to_string()));
+    }
+    let reached = envs.last().map(|e| e.seq.0).unwrap_or(state.seq);
+    if let Some(Seq(n)) = to
+        && reached < n
+    {
+        return Err(ReplayError::OutOfRange(format!(
+            "run {run} has events 1..={reached}; seq {n} is outside the history"
+        )));
+    }
+    if state.seq > 0 && envs.first().is_some_and(|e| e.seq.0 != state.seq + 1) {
+        // A snapshot that does not line up with the log: fold from scratch.
+        let all = store.read_stream(&stream, Seq(1))?;
+        return fold_envelopes(RunState::default(), &all, target);
+    }
+    let state = fold_envelopes(state, &envs, target)?;
     if state.run_id.is_none() {
         return Err(ReplayError::OutOfRange(format!(
             "run {run} has no event at or before that time"

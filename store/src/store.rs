@@ -620,6 +620,62 @@ impl Store {
         })
     }
 
+    /// In one read transaction: the latest snapshot of `stream` with seq
+    /// ≤ `to` (if `use_snapshot`), then every envelope after it up to `to`
+    /// (`None`: the head). What a fold needs, with one B-tree descent per
+    /// table. Checks that seqs are contiguous.
+    #[allow(clippy::type_complexity)]
+    pub fn read_for_fold(
+        &self,
+        stream: &StreamId,
+        to: Option<Seq>,
+        use_snapshot: bool,
+    ) -> Result<(Option<(Seq, Vec<u8>)>, Vec<RawEnvelope>), StoreError> {
+        let path = self.inner.path.clone();
+        crate::guard::guard(&path, move || {
+            let p = &self.inner.path;
+            let key = stream.key();
+            let txn = self.read()?;
+            let to = to.map(|s| s.0).unwrap_or(u64::MAX);
+            let snapshot = if use_snapshot {
+                let t = txn.open_table(SNAPSHOTS).map_err(|e| from_redb(p, e))?;
+                let mut r = t
+                    .range((key.as_str(), 0)..=(key.as_str(), to))
+                    .map_err(|e| from_redb(p, e))?;
+                match r.next_back() {
+                    Some(item) => {
+                        let (k, v) = item.map_err(|e| from_redb(p, e))?;
+                        Some((Seq(k.value().1), v.value().to_vec()))
+                    }
+                    None => None,
+                }
+            } else {
+                None
+            };
+            let from = snapshot.as_ref().map(|(s, _)| s.0 + 1).unwrap_or(1);
+            let mut out = Vec::new();
+            if from <= to {
+                let t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
+                let range = t
+                    .range((key.as_str(), from)..=(key.as_str(), to))
+                    .map_err(|e| from_redb(p, e))?;
+                for (expect, item) in (from..).zip(range) {
+                    let (k, v) = item.map_err(|e| from_redb(p, e))?;
+                    let seq = k.value().1;
+                    if seq != expect {
+                        return Err(self.corrupt(format!(
+                            "stream {key}: expected seq {expect}, found {seq}: the log has a gap from seq {expect}"
+                        )));
+                    }
+                    out.push(decode_record(stream, seq, v.value()).ok_or_else(|| {
+                        self.corrupt(format!("stream {key} seq {seq}: record too short"))
+                    })?);
+                }
+            }
+            Ok((snapshot, out))
+        })
+    }
+
     /// Every snapshot seq stored for `stream`, ascending.
     pub fn snapshot_seqs(&self, stream: &StreamId) -> Result<Vec<Seq>, StoreError> {
         let path = self.inner.path.clone();
