@@ -341,6 +341,18 @@ impl RunState {
     }
 }
 
+/// The step whose running attempt is `attempt`, if that is so.
+fn running_step<'s>(
+    state: &'s mut RunState,
+    step: &str,
+    attempt: u32,
+) -> Option<&'s mut StepState> {
+    let st = state.steps.get_mut(step)?;
+    let running =
+        st.status == StepStatus::Running && st.last_attempt().is_some_and(|a| a.number == attempt);
+    running.then_some(st)
+}
+
 /// Fold one event into the state. `seq` and `at` come from the envelope.
 ///
 /// Errors with [`TransitionError`] (naming run, seq, event and state) when
@@ -542,14 +554,11 @@ pub fn evolve(
             ..
         } => {
             known_step(&state, step)?;
-            let st = state.steps.get_mut(step).expect("checked");
-            let running = st.status == StepStatus::Running
-                && st.last_attempt().is_some_and(|a| a.number == *attempt);
-            if !running {
+            let Some(st) = running_step(&mut state, step, *attempt) else {
                 return Err(fail(format!(
                     "step {step} attempt {attempt} is not running"
                 )));
-            }
+            };
             let a = st.attempts.last_mut().expect("checked");
             a.outcome = AttemptOutcome::Succeeded;
             a.ended_at = Some(at);
@@ -611,14 +620,11 @@ pub fn evolve(
             reason,
         } => {
             known_step(&state, step)?;
-            let st = state.steps.get_mut(step).expect("checked");
-            let running = st.status == StepStatus::Running
-                && st.last_attempt().is_some_and(|a| a.number == *attempt);
-            if !running {
+            let Some(st) = running_step(&mut state, step, *attempt) else {
                 return Err(fail(format!(
                     "step {step} attempt {attempt} is not running"
                 )));
-            }
+            };
             let a = st.attempts.last_mut().expect("checked");
             a.outcome = AttemptOutcome::Abandoned;
             a.ended_at = Some(at);

@@ -311,37 +311,48 @@ impl Store {
         stream: &StreamId,
         from: Seq,
         to: Option<Seq>,
-        mut f: impl FnMut(RawEnvelope) -> Result<(), StoreError>,
+        f: impl FnMut(RawEnvelope) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
-            let p = &self.inner.path;
-            let key = stream.key();
             let txn = self.read()?;
-            let t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
-            let from = from.0.max(1);
-            let to = to.map(|s| s.0).unwrap_or(u64::MAX);
-            if to < from {
-                return Ok(());
-            }
-            let range = t
-                .range((key.as_str(), from)..=(key.as_str(), to))
-                .map_err(|e| from_redb(p, e))?;
-            for (expect, item) in (from..).zip(range) {
-                let (k, v) = item.map_err(|e| from_redb(p, e))?;
-                let (_, seq) = k.value();
-                if seq != expect {
-                    return Err(self.corrupt(format!(
+            self.events_in(&txn, stream, from.0, to.map(|s| s.0).unwrap_or(u64::MAX), f)
+        })
+    }
+
+    /// Envelopes of `stream` with seq in `from..=to` inside `txn`, checking
+    /// that seqs are contiguous from `from` (the read side of the invariant).
+    fn events_in(
+        &self,
+        txn: &ReadTransaction,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(RawEnvelope) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let p = &self.inner.path;
+        let from = from.max(1);
+        if to < from {
+            return Ok(());
+        }
+        let key = stream.key();
+        let t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
+        let range = t
+            .range((key.as_str(), from)..=(key.as_str(), to))
+            .map_err(|e| from_redb(p, e))?;
+        for (expect, item) in (from..).zip(range) {
+            let (k, v) = item.map_err(|e| from_redb(p, e))?;
+            let seq = k.value().1;
+            if seq != expect {
+                return Err(self.corrupt(format!(
                     "stream {key}: expected seq {expect}, found {seq}: the log has a gap from seq {expect}"
                 )));
-                }
-                let env = decode_record(stream, seq, v.value()).ok_or_else(|| {
-                    self.corrupt(format!("stream {key} seq {seq}: record too short"))
-                })?;
-                f(env)?;
             }
-            Ok(())
-        })
+            let env = decode_record(stream, seq, v.value())
+                .ok_or_else(|| self.corrupt(format!("stream {key} seq {seq}: record too short")))?;
+            f(env)?;
+        }
+        Ok(())
     }
 
     /// Every envelope of `stream` from seq `from`, ascending.
@@ -654,24 +665,10 @@ impl Store {
             };
             let from = snapshot.as_ref().map(|(s, _)| s.0 + 1).unwrap_or(1);
             let mut out = Vec::new();
-            if from <= to {
-                let t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
-                let range = t
-                    .range((key.as_str(), from)..=(key.as_str(), to))
-                    .map_err(|e| from_redb(p, e))?;
-                for (expect, item) in (from..).zip(range) {
-                    let (k, v) = item.map_err(|e| from_redb(p, e))?;
-                    let seq = k.value().1;
-                    if seq != expect {
-                        return Err(self.corrupt(format!(
-                            "stream {key}: expected seq {expect}, found {seq}: the log has a gap from seq {expect}"
-                        )));
-                    }
-                    out.push(decode_record(stream, seq, v.value()).ok_or_else(|| {
-                        self.corrupt(format!("stream {key} seq {seq}: record too short"))
-                    })?);
-                }
-            }
+            self.events_in(&txn, stream, from, to, |env| {
+                out.push(env);
+                Ok(())
+            })?;
             Ok((snapshot, out))
         })
     }

@@ -22,6 +22,19 @@ pub struct DefinitionError {
     pub message: String,
 }
 
+impl DefinitionError {
+    /// An error about the whole file (no step, no location).
+    fn file(file: &str, message: String) -> Self {
+        Self {
+            file: file.to_string(),
+            step: None,
+            line: None,
+            column: None,
+            message,
+        }
+    }
+}
+
 impl fmt::Display for DefinitionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file)?;
@@ -45,29 +58,15 @@ impl fmt::Display for DefinitionError {
 /// unknown field or any validation rule (see [`validate`]).
 pub fn load_file(path: &Path) -> Result<Workflow, DefinitionError> {
     let file = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|e| DefinitionError {
-        file: file.clone(),
-        step: None,
-        line: None,
-        column: None,
-        message: format!("cannot read the workflow file: {e}"),
-    })?;
+    let unreadable = |e: std::io::Error| {
+        DefinitionError::file(&file, format!("cannot read the workflow file: {e}"))
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     if meta.len() > 16 << 20 {
-        return Err(DefinitionError {
-            file,
-            step: None,
-            line: None,
-            column: None,
-            message: format!("the file is {} bytes; the limit is 16 MiB", meta.len()),
-        });
+        let msg = format!("the file is {} bytes; the limit is 16 MiB", meta.len());
+        return Err(DefinitionError::file(&file, msg));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| DefinitionError {
-        file: file.clone(),
-        step: None,
-        line: None,
-        column: None,
-        message: format!("cannot read the workflow file: {e}"),
-    })?;
+    let text = std::fs::read_to_string(path).map_err(unreadable)?;
     parse_definition(&file, &text)
 }
 
