@@ -389,3 +389,52 @@ steps:
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_stays_open_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = parse_definition(
+        "cb.yaml",
+        r#"
+name: cb
+agents:
+  broken:
+    skills: [work]
+    command: ["false"]
+    circuit_breaker: { failure_threshold: 1, cool_down: 1h }
+steps:
+  - id: job
+    skills: [work]
+    retry: { max_attempts: 1 }
+"#,
+    )
+    .unwrap();
+    {
+        let e = engine(dir.path());
+        let run = e.start(wf.clone(), json!({}), None).await.unwrap();
+        assert_eq!(e.wait(run).await.unwrap().status, RunStatus::Failed);
+        e.wait_all().await.unwrap();
+        let agent = e
+            .store()
+            .read_stream(
+                &chronicle_engine::ids::agent_stream("broken").unwrap(),
+                Seq(1),
+            )
+            .unwrap();
+        assert_eq!(agent.len(), 1, "CircuitOpened was recorded on agent:broken");
+    }
+    let e = engine(dir.path());
+    let run = e.start(wf, json!({}), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = e.state(run).unwrap();
+    assert_eq!(
+        s.steps["job"].status.as_str(),
+        "blocked",
+        "the restarted engine remembers the open circuit"
+    );
+    assert!(
+        s.steps["job"].attempts.is_empty(),
+        "blocked time spends no attempt"
+    );
+    e.shutdown().await;
+}

@@ -421,15 +421,24 @@ impl Store {
 
     /// Every stream with its head, ordered by stream id.
     pub fn streams(&self) -> Result<Vec<StreamHead>, StoreError> {
+        self.streams_with_prefix("")
+    }
+
+    /// The streams whose id starts with `prefix` (e.g. `agent:`), with
+    /// their heads, ordered by stream id.
+    pub fn streams_with_prefix(&self, prefix: &str) -> Result<Vec<StreamHead>, StoreError> {
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
             let p = &self.inner.path;
             let txn = self.read()?;
             let t = txn.open_table(HEADS).map_err(|e| from_redb(p, e))?;
             let mut out = Vec::new();
-            for item in t.iter().map_err(|e| from_redb(p, e))? {
+            for item in t.range(prefix..).map_err(|e| from_redb(p, e))? {
                 let (k, v) = item.map_err(|e| from_redb(p, e))?;
                 let key = k.value();
+                if !key.starts_with(prefix) {
+                    break;
+                }
                 let stream: StreamId = key
                     .parse()
                     .map_err(|_| self.corrupt(format!("bad stream key {key:?}")))?;

@@ -123,6 +123,11 @@ impl Capacity {
         out
     }
 
+    /// Set an agent's breaker (folded from its stream when the engine opens).
+    pub fn load_breaker(&self, agent: &str, breaker: Breaker) {
+        self.lock().breakers.insert(agent.to_string(), breaker);
+    }
+
     /// Agents whose breaker is open, with the end of the cool-down.
     pub fn open_until(&self) -> Vec<(String, DateTime<Utc>)> {
         self.lock()

@@ -196,12 +196,14 @@ impl EngineBuilder {
             Some(w) => w,
             None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
         };
+        let capacity = Arc::new(Capacity::new(self.max_parallel));
+        load_breakers(&store, &capacity)?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 store,
                 clock: self.clock,
                 ids: self.ids,
-                capacity: Arc::new(Capacity::new(self.max_parallel)),
+                capacity,
                 functions: self.functions,
                 outputs,
                 workdir,
@@ -323,6 +325,25 @@ impl Inner {
         heads.insert(agent.to_string(), out.last().map(|e| e.seq).unwrap_or(head));
         Ok(())
     }
+}
+
+/// Fold every agent stream (`agent:NAME`) into its circuit breaker, so an
+/// open circuit stays open across restarts.
+fn load_breakers(store: &Store, capacity: &Capacity) -> Result<(), EngineError> {
+    for head in store.streams_with_prefix("agent:")? {
+        let chronicle_store::StreamId::Named(name) = &head.stream else {
+            continue;
+        };
+        let Some(agent) = name.strip_prefix("agent:") else {
+            continue;
+        };
+        let mut breaker = crate::circuit::Breaker::default();
+        for env in store.read_stream(&head.stream, Seq(1))? {
+            breaker.apply(&env.decode::<AgentEvent>()?);
+        }
+        capacity.load_breaker(agent, breaker);
+    }
+    Ok(())
 }
 
 /// Decode and fold one envelope into `state`.
