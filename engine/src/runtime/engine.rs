@@ -621,14 +621,18 @@ impl Engine {
         let h = self.handle(run).await?;
         let (reply, rx) = oneshot::channel();
         if h.tx.send(Msg::Control(cmd.clone(), reply)).is_err() {
-            // The actor just ended (the run settled): decide against the log.
+            // The actor has ended: an ended run refuses the command with
+            // its reason; any other run stopped on a storage failure.
             let state = self.state(run)?;
             decide(
                 &state,
                 cmd,
                 &crate::decide::Ctx::at(self.inner.clock.peek()),
             )?;
-            return Ok(());
+            return Err(EngineError::Stopped(
+                run,
+                "its actor stopped; run `chronicle resume`".into(),
+            ));
         }
         rx.await
             .map_err(|_| EngineError::Stopped(run, "the actor ended".into()))?
