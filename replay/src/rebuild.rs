@@ -30,7 +30,8 @@ pub fn fold_envelopes<'a>(
         if !within(env, target) {
             break;
         }
-        let ev: RunEvent = env.decode()?;
+        let ev = RunEvent::from_json(&env.payload)
+            .map_err(|e| chronicle_engine::runtime::decode_error(env, e))?;
         state = evolve(state, env.seq.0, env.recorded_at, &ev)?;
     }
     Ok(state)

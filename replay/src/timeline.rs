@@ -29,7 +29,8 @@ pub fn timeline(envelopes: &[RawEnvelope]) -> Result<Vec<TimelineEntry>, ReplayE
     let mut state = RunState::default();
     let mut out = Vec::with_capacity(envelopes.len());
     for env in envelopes {
-        let ev: RunEvent = env.decode()?;
+        let ev = RunEvent::from_json(&env.payload)
+            .map_err(|e| chronicle_engine::runtime::decode_error(env, e))?;
         let before = state.clone();
         state = evolve(state, env.seq.0, env.recorded_at, &ev)?;
         out.push(TimelineEntry {

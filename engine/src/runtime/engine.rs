@@ -346,9 +346,18 @@ fn load_breakers(store: &Store, capacity: &Capacity) -> Result<(), EngineError> 
     Ok(())
 }
 
+/// The store's decode error for an envelope whose payload is not an event.
+pub fn decode_error(env: &RawEnvelope, e: serde_json::Error) -> StoreError {
+    StoreError::Decode {
+        stream: env.stream.to_string(),
+        seq: env.seq.0,
+        message: e.to_string(),
+    }
+}
+
 /// Decode and fold one envelope into `state`.
 pub fn fold_envelope(state: RunState, env: &RawEnvelope) -> Result<RunState, EngineError> {
-    let event: RunEvent = env.decode()?;
+    let event = RunEvent::from_json(&env.payload).map_err(|e| decode_error(env, e))?;
     Ok(evolve(state, env.seq.0, env.recorded_at, &event)?)
 }
 

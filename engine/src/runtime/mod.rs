@@ -11,6 +11,6 @@ mod engine;
 pub mod exec;
 pub mod index;
 
-pub use engine::{Engine, EngineBuilder, EngineError, IdSource, RecoveryReport};
+pub use engine::{Engine, EngineBuilder, EngineError, IdSource, RecoveryReport, decode_error};
 pub use exec::function::{FunctionCall, FunctionError};
 pub use index::RunSummary;

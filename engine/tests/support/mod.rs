@@ -88,6 +88,11 @@ impl Sim {
             let text = serde_json::to_string(e).unwrap();
             let back: RunEvent = serde_json::from_str(&text).unwrap();
             assert_eq!(&back, e, "JSON round trip of {text}");
+            assert_eq!(
+                &RunEvent::from_json(text.as_bytes()).unwrap(),
+                e,
+                "from_json of {text}"
+            );
             let seq = self.state.seq + 1;
             self.state = evolve(std::mem::take(&mut self.state), seq, self.now, e)
                 .unwrap_or_else(|err| panic!("decide produced an event that does not fold: {err}"));
