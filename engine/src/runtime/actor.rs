@@ -10,9 +10,10 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use super::engine::{EngineError, Inner, encode};
+use super::engine::EngineError;
 use super::exec::{AttemptRequest, Executor, Secrets};
 use super::index::RunSummary;
+use super::inner::{Inner, encode};
 use crate::decide::{AttemptResult, Command, decide};
 use crate::effects::{Effect, StartAttempt, effects};
 use crate::event::RunEvent;

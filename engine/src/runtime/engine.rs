@@ -1,33 +1,22 @@
 //! [`Engine`]: the library API — build it, start runs, wait for them,
 //! control them, recover after a crash.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use chronicle_store::{
-    Clock, IndexOp, NewEvent, RawEnvelope, Seq, Store, StoreError, StoreOptions, SystemClock,
-    WriteRequest,
-};
+use chronicle_store::{Clock, IndexOp, RawEnvelope, Seq, Store, StoreError, WriteRequest};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
-use uuid::Uuid;
 
 use super::actor::{Msg, RunActor};
-use super::capacity::Capacity;
-use super::exec::function::{
-    Function, FunctionCall, FunctionError, FunctionExecutor, FunctionFuture,
-};
-use super::exec::http::HttpExecutor;
-use super::exec::process::ProcessExecutor;
-use super::exec::{Dispatcher, OutputSink, Secrets};
 use super::index::{IDEMPOTENCY, RUNS, RunSummary};
 use crate::decide::{Command, Rejected, decide};
-use crate::event::{AgentEvent, RunEvent, SCHEMA_VERSION};
-use crate::ids::{RunId, agent_stream};
+use crate::event::RunEvent;
+use crate::ids::RunId;
 use crate::model::Workflow;
 use crate::state::{RunState, RunStatus, TransitionError, evolve};
+
+use super::inner::{Inner, RunHandle, encode, fold_envelope};
 
 /// Errors of the engine API.
 #[derive(Debug, thiserror::Error)]
@@ -52,326 +41,6 @@ pub enum EngineError {
     Stopped(RunId, String),
 }
 
-/// Where run ids come from.
-#[derive(Debug)]
-pub enum IdSource {
-    /// UUID v7 from the engine's clock with random bits (production).
-    V7,
-    /// UUID v7 from the engine's clock with a counter instead of random
-    /// bits (reproducible tests).
-    Sequential(AtomicU64),
-}
-
-/// What recovery did on start.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RecoveryReport {
-    /// Runs continued.
-    pub resumed: Vec<RunId>,
-    /// Attempts marked `StepAbandoned`.
-    pub attempts_abandoned: usize,
-    /// Runs quarantined (crash loops, or histories that do not fold).
-    pub quarantined: Vec<(RunId, String)>,
-}
-
-enum Recovered {
-    Resumed(usize),
-    Quarantined(usize, String),
-}
-
-/// Builds an [`Engine`].
-pub struct EngineBuilder {
-    db: Option<PathBuf>,
-    clock: Arc<dyn Clock>,
-    ids: IdSource,
-    max_parallel: usize,
-    functions: BTreeMap<String, Function>,
-    workdir: Option<PathBuf>,
-    store: Option<Store>,
-    secrets: BTreeMap<String, String>,
-    snapshot_every: u64,
-}
-
-impl Default for EngineBuilder {
-    fn default() -> Self {
-        Self {
-            db: None,
-            clock: Arc::new(SystemClock),
-            ids: IdSource::V7,
-            max_parallel: 256,
-            functions: BTreeMap::new(),
-            workdir: None,
-            store: None,
-            secrets: BTreeMap::new(),
-            snapshot_every: 100,
-        }
-    }
-}
-
-impl EngineBuilder {
-    /// A builder with defaults: in memory unless [`Self::db`] is set,
-    /// system clock, 256 parallel attempts.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Use the redb file at `path` (created if absent).
-    pub fn db(mut self, path: impl AsRef<Path>) -> Self {
-        self.db = Some(path.as_ref().to_path_buf());
-        self
-    }
-    /// Use an already open store.
-    pub fn store(mut self, store: Store) -> Self {
-        self.store = Some(store);
-        self
-    }
-    /// Inject the clock.
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-    /// Inject the id source.
-    pub fn ids(mut self, ids: IdSource) -> Self {
-        self.ids = ids;
-        self
-    }
-    /// At most `n` attempts at once in this engine (default 256).
-    pub fn max_parallel(mut self, n: usize) -> Self {
-        self.max_parallel = n.max(1);
-        self
-    }
-    /// Working directory of command and shell steps (default: current).
-    pub fn workdir(mut self, dir: impl AsRef<Path>) -> Self {
-        self.workdir = Some(dir.as_ref().to_path_buf());
-        self
-    }
-    /// Store a snapshot of a run's state every `n` events (default 100;
-    /// 0 disables snapshots).
-    pub fn snapshot_every(mut self, n: u64) -> Self {
-        self.snapshot_every = n;
-        self
-    }
-
-    /// Provide the value of secret `name` (otherwise it is read from the
-    /// engine's environment variable of that name).
-    pub fn secret(mut self, name: &str, value: &str) -> Self {
-        self.secrets.insert(name.to_string(), value.to_string());
-        self
-    }
-
-    /// Register `f` as the function `name` (for `function: NAME` steps).
-    pub fn function<F, Fut>(mut self, name: &str, f: F) -> Self
-    where
-        F: Fn(FunctionCall) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Result<Value, FunctionError>> + Send + 'static,
-    {
-        let f: Function = Arc::new(move |c| -> FunctionFuture { Box::pin(f(c)) });
-        self.functions.insert(name.to_string(), f);
-        self
-    }
-
-    /// Open the database and build the engine. Does not recover: call
-    /// [`Engine::recover`] to continue runs left by a previous process.
-    ///
-    /// Errors: [`EngineError::Store`] when the database cannot be opened.
-    pub fn build(self) -> Result<Engine, EngineError> {
-        let store = match (self.store, &self.db) {
-            (Some(s), _) => s,
-            (None, Some(p)) => Store::open(
-                p,
-                StoreOptions {
-                    clock: self.clock.clone(),
-                    ..StoreOptions::default()
-                },
-            )?,
-            (None, None) => Store::in_memory(StoreOptions {
-                clock: self.clock.clone(),
-                ..StoreOptions::default()
-            })?,
-        };
-        let outputs = self.db.as_ref().map(|p| {
-            let mut s = p.as_os_str().to_owned();
-            s.push(".outputs");
-            PathBuf::from(s)
-        });
-        let workdir = match self.workdir {
-            Some(w) => w,
-            None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
-        };
-        let capacity = Arc::new(Capacity::new(self.max_parallel));
-        load_breakers(&store, &capacity)?;
-        Ok(Engine {
-            inner: Arc::new(Inner {
-                store,
-                clock: self.clock,
-                ids: self.ids,
-                capacity,
-                functions: self.functions,
-                outputs,
-                workdir,
-                runs: Mutex::new(HashMap::new()),
-                agent_heads: tokio::sync::Mutex::new(HashMap::new()),
-                http: reqwest::Client::new(),
-                secrets: self.secrets,
-                snapshot_every: self.snapshot_every,
-            }),
-        })
-    }
-}
-
-pub(crate) struct Inner {
-    pub store: Store,
-    pub clock: Arc<dyn Clock>,
-    ids: IdSource,
-    pub capacity: Arc<Capacity>,
-    functions: BTreeMap<String, Function>,
-    pub outputs: Option<PathBuf>,
-    pub workdir: PathBuf,
-    runs: Mutex<HashMap<RunId, RunHandle>>,
-    agent_heads: tokio::sync::Mutex<HashMap<String, Seq>>,
-    http: reqwest::Client,
-    secrets: BTreeMap<String, String>,
-    pub snapshot_every: u64,
-}
-
-#[derive(Clone)]
-pub(crate) struct RunHandle {
-    pub tx: mpsc::UnboundedSender<Msg>,
-    pub state: watch::Receiver<Arc<RunState>>,
-}
-
-impl Inner {
-    /// The secrets a workflow declares: builder values first, then the
-    /// environment.
-    pub fn secrets_for(&self, names: &[String]) -> Secrets {
-        Secrets::new(names.iter().filter_map(|n| {
-            self.secrets
-                .get(n)
-                .cloned()
-                .or_else(|| std::env::var(n).ok())
-                .map(|v| (n.clone(), v))
-        }))
-    }
-
-    pub fn dispatcher(&self, secrets: Secrets) -> Dispatcher {
-        let sink = OutputSink {
-            dir: self.outputs.clone(),
-            secrets,
-        };
-        Dispatcher {
-            process: ProcessExecutor { sink: sink.clone() },
-            http: HttpExecutor {
-                client: self.http.clone(),
-                sink: sink.clone(),
-            },
-            function: FunctionExecutor {
-                functions: self.functions.clone(),
-                sink: Some(sink),
-            },
-        }
-    }
-
-    pub fn forget(&self, run: RunId) {
-        self.runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&run);
-    }
-
-    fn new_run_id(&self) -> RunId {
-        let now = self.clock.now();
-        let secs = now.timestamp().max(0) as u64;
-        let nanos = now.timestamp_subsec_nanos();
-        let ts = uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos);
-        match &self.ids {
-            IdSource::V7 => RunId(Uuid::new_v7(ts)),
-            IdSource::Sequential(n) => {
-                // UUID v7 layout with the counter in place of random bits.
-                let k = n.fetch_add(1, Ordering::SeqCst) + 1;
-                let mut tail = [0u8; 10];
-                tail[2..].copy_from_slice(&k.to_be_bytes());
-                let ms = (secs * 1000) + u64::from(nanos / 1_000_000);
-                RunId(uuid::Builder::from_unix_timestamp_millis(ms, &tail).into_uuid())
-            }
-        }
-    }
-
-    /// Append an agent's circuit events to its stream.
-    pub async fn append_agent(
-        &self,
-        agent: &str,
-        events: Vec<AgentEvent>,
-    ) -> Result<(), EngineError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let stream = agent_stream(agent)?;
-        let mut heads = self.agent_heads.lock().await;
-        let head = match heads.get(agent) {
-            Some(s) => *s,
-            None => self
-                .store
-                .head(&stream)?
-                .map(|h| h.last_seq)
-                .unwrap_or(Seq(0)),
-        };
-        let now = self.clock.now();
-        let evs = events
-            .iter()
-            .map(|e| NewEvent {
-                recorded_at: Some(now),
-                ..NewEvent::json(SCHEMA_VERSION, e).expect("agent events serialize")
-            })
-            .collect();
-        let out = self.store.append(stream, head, evs).await?;
-        heads.insert(agent.to_string(), out.last().map(|e| e.seq).unwrap_or(head));
-        Ok(())
-    }
-}
-
-/// Fold every agent stream (`agent:NAME`) into its circuit breaker, so an
-/// open circuit stays open across restarts.
-fn load_breakers(store: &Store, capacity: &Capacity) -> Result<(), EngineError> {
-    for head in store.streams_with_prefix("agent:")? {
-        let chronicle_store::StreamId::Named(name) = &head.stream else {
-            continue;
-        };
-        let Some(agent) = name.strip_prefix("agent:") else {
-            continue;
-        };
-        let mut breaker = crate::circuit::Breaker::default();
-        for env in store.read_stream(&head.stream, Seq(1))? {
-            breaker.apply(&env.decode::<AgentEvent>()?);
-        }
-        capacity.load_breaker(agent, breaker);
-    }
-    Ok(())
-}
-
-/// The store's decode error for an envelope whose payload is not an event.
-pub fn decode_error(env: &RawEnvelope, e: serde_json::Error) -> StoreError {
-    StoreError::Decode {
-        stream: env.stream.to_string(),
-        seq: env.seq.0,
-        message: e.to_string(),
-    }
-}
-
-/// Decode and fold one envelope into `state`.
-pub fn fold_envelope(state: RunState, env: &RawEnvelope) -> Result<RunState, EngineError> {
-    let event = RunEvent::from_json(&env.payload).map_err(|e| decode_error(env, e))?;
-    Ok(evolve(state, env.seq.0, env.recorded_at, &event)?)
-}
-
-/// Encode run events for an append, stamped with the decision time.
-pub(crate) fn encode(events: &[RunEvent], now: chrono::DateTime<chrono::Utc>) -> Vec<NewEvent> {
-    events
-        .iter()
-        .map(|e| NewEvent {
-            recorded_at: Some(now),
-            ..NewEvent::json(SCHEMA_VERSION, e).expect("run events serialize")
-        })
-        .collect()
-}
-
 /// The embedded engine. Cheap to clone.
 ///
 /// ```no_run
@@ -387,7 +56,7 @@ pub(crate) fn encode(events: &[RunEvent], now: chrono::DateTime<chrono::Utc>) ->
 /// ```
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -494,7 +163,7 @@ impl Engine {
 
     /// Decide `commands` on `state`, append them in one commit, and spawn
     /// the run's actor.
-    async fn begin(
+    pub(crate) async fn begin(
         &self,
         state: RunState,
         commands: Vec<Command>,
@@ -550,7 +219,7 @@ impl Engine {
         Ok((events, provisional))
     }
 
-    fn spawn_actor(&self, state: RunState) -> RunHandle {
+    pub(crate) fn spawn_actor(&self, state: RunState) -> RunHandle {
         let run_id = state.run_id.expect("a created run has an id");
         let (tx, rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(Arc::new(state.clone()));
@@ -847,123 +516,6 @@ impl Engine {
                 .map_err(|_| EngineError::UnknownRun(text.to_string())),
             n => Err(EngineError::AmbiguousRun(text.to_string(), n)),
         }
-    }
-
-    /// Recover every non-terminal run left by a previous process (or only
-    /// `only`): fold it, abandon attempts that never finished, and continue.
-    /// A run whose history does not fold is quarantined in the index with
-    /// the reason; it never stops the others.
-    pub async fn recover_runs(
-        &self,
-        only: Option<&[RunId]>,
-    ) -> Result<RecoveryReport, EngineError> {
-        let mut report = RecoveryReport::default();
-        let rows: Vec<RunSummary> = self
-            .list()?
-            .into_iter()
-            .filter(|row| !row.status.is_terminal() && only.is_none_or(|o| o.contains(&row.run_id)))
-            .filter(|row| {
-                !self
-                    .inner
-                    .runs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains_key(&row.run_id)
-            })
-            .collect();
-        // Runs recover concurrently so that their appends share group commits.
-        let mut tasks = tokio::task::JoinSet::new();
-        let limit = Arc::new(tokio::sync::Semaphore::new(512));
-        for row in rows {
-            let engine = self.clone();
-            let permit = limit
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
-            tasks.spawn(async move {
-                let r = engine.recover_one(row).await;
-                drop(permit);
-                r
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            let (run, outcome) =
-                joined.map_err(|e| EngineError::Stopped(RunId(Uuid::nil()), e.to_string()))??;
-            match outcome {
-                Recovered::Resumed(n) => {
-                    report.attempts_abandoned += n;
-                    report.resumed.push(run);
-                }
-                Recovered::Quarantined(n, why) => {
-                    report.attempts_abandoned += n;
-                    report.quarantined.push((run, why));
-                }
-            }
-        }
-        report.resumed.sort();
-        report.quarantined.sort();
-        Ok(report)
-    }
-
-    /// Recover one run: verify its chain, fold it, decide `Recover`. A run
-    /// whose chain breaks or whose history does not fold is quarantined in
-    /// the run index with the reason (the log cannot be extended safely).
-    async fn recover_one(&self, row: RunSummary) -> Result<(RunId, Recovered), EngineError> {
-        let run = row.run_id;
-        let chain = self.inner.store.verify_stream(&run.stream())?;
-        let folded = match chain.first_bad {
-            Some((seq, why)) => Err(format!("hash chain broken at seq {seq}: {why}")),
-            None => match self.state(run) {
-                Ok(s) => Ok(s),
-                Err(
-                    e @ (EngineError::Transition(_)
-                    | EngineError::Store(StoreError::Decode { .. })
-                    | EngineError::Store(StoreError::Corruption { .. })),
-                ) => Err(format!("history does not fold: {e}")),
-                Err(e) => return Err(e),
-            },
-        };
-        match folded {
-            Ok(state) => {
-                let (abandoned, quarantined) = self.recover_run(state).await?;
-                let outcome = match quarantined {
-                    Some(why) => Recovered::Quarantined(abandoned, why),
-                    None => Recovered::Resumed(abandoned),
-                };
-                Ok((run, outcome))
-            }
-            Err(reason) => {
-                let mut bad = row.clone();
-                bad.status = RunStatus::Quarantined;
-                bad.reason = Some(reason.clone());
-                self.inner
-                    .store
-                    .write(WriteRequest {
-                        index: vec![bad.put()],
-                        ..Default::default()
-                    })
-                    .await?;
-                Ok((run, Recovered::Quarantined(0, reason)))
-            }
-        }
-    }
-
-    /// [`Self::recover_runs`] for every run.
-    pub async fn recover(&self) -> Result<RecoveryReport, EngineError> {
-        self.recover_runs(None).await
-    }
-
-    async fn recover_run(&self, state: RunState) -> Result<(usize, Option<String>), EngineError> {
-        let was_quarantined = state.status == RunStatus::Quarantined;
-        let (events, now) = self.begin(state, vec![Command::Recover], vec![]).await?;
-        let abandoned = events
-            .iter()
-            .filter(|e| matches!(e, RunEvent::StepAbandoned { .. }))
-            .count();
-        let q = (now.status == RunStatus::Quarantined && !was_quarantined)
-            .then(|| now.quarantine.map(|q| q.reason).unwrap_or_default());
-        Ok((abandoned, q))
     }
 }
 

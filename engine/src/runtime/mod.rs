@@ -6,11 +6,17 @@
 //! (write-ahead).
 
 mod actor;
+mod builder;
 pub mod capacity;
 mod engine;
 pub mod exec;
 pub mod index;
+mod inner;
+mod recovery;
 
-pub use engine::{Engine, EngineBuilder, EngineError, IdSource, RecoveryReport, decode_error};
+pub use builder::{EngineBuilder, IdSource};
+pub use engine::{Engine, EngineError};
 pub use exec::function::{FunctionCall, FunctionError};
 pub use index::RunSummary;
+pub use inner::{decode_error, fold_envelope};
+pub use recovery::RecoveryReport;

@@ -9,181 +9,26 @@
 //! one durable commit (a step's result and the next step's start).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 use serde_json::{Value, json};
 
 use crate::backoff::delay_ms;
 use crate::circuit::CircuitState;
-use crate::event::{Captured, CarriedStep, Lineage, RunEvent};
-use crate::ids::{RunId, idempotency_key};
+use crate::event::{Captured, RunEvent};
+use crate::ids::idempotency_key;
 use crate::model::template::{Scope, resolve};
-use crate::model::{ErrorKind, OnExhausted, RetryOn, Strategy, Workflow};
-use crate::state::{RunState, RunStatus, StepStatus, TransitionError, evolve};
+use crate::model::{ErrorKind, OnExhausted, RetryOn, Workflow};
+use crate::state::{RunState, RunStatus, StepStatus, evolve};
 
-/// What an agent looks like to the decider right now.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct AgentView {
-    /// Attempts running on it, in every run.
-    pub running: u32,
-    /// Its circuit.
-    pub circuit: CircuitState,
-}
+mod fork;
+mod routing;
+mod types;
 
-/// The world as `decide` may see it.
-#[derive(Clone, Debug)]
-pub struct Ctx {
-    /// Now.
-    pub now: DateTime<Utc>,
-    /// How many new attempts this run may start now (global limit).
-    pub slots: usize,
-    /// Agents by name.
-    pub agents: BTreeMap<String, AgentView>,
-}
+pub use types::{AgentView, AttemptResult, Command, Ctx, Rejected};
 
-impl Ctx {
-    /// A context at `now` with unlimited slots and idle, closed agents.
-    pub fn at(now: DateTime<Utc>) -> Self {
-        Self {
-            now,
-            slots: usize::MAX,
-            agents: BTreeMap::new(),
-        }
-    }
-}
-
-/// How an attempt ended, as reported by an executor.
-#[derive(Clone, Debug, PartialEq)]
-pub enum AttemptResult {
-    /// Success.
-    Succeeded {
-        /// Output.
-        output: Value,
-        /// Milliseconds.
-        duration_ms: u64,
-        /// Captured stdout.
-        stdout: Option<Captured>,
-        /// Captured stderr.
-        stderr: Option<Captured>,
-    },
-    /// Failure; `kind` is the executor's view, refined by the step's
-    /// retry policy (exit codes, HTTP statuses).
-    Failed {
-        /// Kind.
-        kind: ErrorKind,
-        /// Message.
-        message: String,
-        /// Exit code.
-        exit_code: Option<i32>,
-        /// HTTP status.
-        http_status: Option<u16>,
-        /// Milliseconds.
-        duration_ms: u64,
-        /// Captured stderr.
-        stderr: Option<Captured>,
-    },
-}
-
-/// What can be asked of a run.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Command {
-    /// Create the run.
-    Create {
-        /// New id.
-        run_id: RunId,
-        /// Definition (validated).
-        workflow: Arc<Workflow>,
-        /// Input (merged over the definition's defaults).
-        input: Value,
-        /// Idempotency key.
-        idempotency_key: Option<String>,
-        /// Seed for retry jitter.
-        seed: u64,
-    },
-    /// Start executing.
-    Start,
-    /// An attempt ended.
-    Finished {
-        /// Step.
-        step: String,
-        /// Attempt.
-        attempt: u32,
-        /// Result.
-        result: AttemptResult,
-    },
-    /// Time passed or capacity freed: start due retries, time out attempts
-    /// past their deadline, re-route blocked steps.
-    Tick,
-    /// The engine restarted: abandon attempts that never finished.
-    Recover,
-    /// Cancel.
-    Cancel {
-        /// Why.
-        reason: String,
-    },
-    /// Pause.
-    Pause,
-    /// Resume after pause.
-    Resume,
-    /// Release from quarantine.
-    Release,
-}
-
-/// A command refused: nothing is appended.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-pub enum Rejected {
-    /// Create on an existing run.
-    #[error("run {0} already exists")]
-    AlreadyExists(String),
-    /// A command on a run that does not exist yet.
-    #[error("the run does not exist")]
-    NoRun,
-    /// The run has ended.
-    #[error("run {run} has ended ({status}); {command} does not apply")]
-    Ended {
-        /// Run.
-        run: String,
-        /// Its status.
-        status: &'static str,
-        /// The command.
-        command: &'static str,
-    },
-    /// The command does not apply in this status.
-    #[error("run {run} is {status}; {command} applies only to a {needs} run")]
-    WrongStatus {
-        /// Run.
-        run: String,
-        /// Its status.
-        status: &'static str,
-        /// The command.
-        command: &'static str,
-        /// The status it needs.
-        needs: &'static str,
-    },
-    /// Fork at a seq past the head or of an empty run.
-    #[error("cannot fork: {0}")]
-    BadFork(String),
-    /// `decide` produced an event `evolve` refused: a bug in the engine.
-    #[error("internal error: {0}")]
-    Internal(#[from] TransitionError),
-}
-
-impl Command {
-    fn name(&self) -> &'static str {
-        match self {
-            Self::Create { .. } => "create",
-            Self::Start => "start",
-            Self::Finished { .. } => "attempt finished",
-            Self::Tick => "tick",
-            Self::Recover => "recover",
-            Self::Cancel { .. } => "cancel",
-            Self::Pause => "pause",
-            Self::Resume => "resume",
-            Self::Release => "release",
-        }
-    }
-}
+pub use fork::decide_fork;
+use routing::{Route, route};
 
 /// Events being decided, with the state they lead to.
 struct Draft<'c> {
@@ -543,98 +388,6 @@ fn recover(d: &mut Draft<'_>) -> Result<(), Rejected> {
     Ok(())
 }
 
-/// The routing outcome for one `skills` step.
-enum Route {
-    Assigned { agent: String, why: String },
-    Blocked(String),
-    Unassigned(String),
-}
-
-fn route(d: &Draft<'_>, wf: &Workflow, step: &str, skills: &[String], strategy: Strategy) -> Route {
-    let capable: Vec<&String> = wf
-        .agents
-        .iter()
-        .filter(|(_, a)| skills.iter().all(|s| a.skills.contains(s)))
-        .map(|(n, _)| n)
-        .collect();
-    if capable.is_empty() {
-        let missing: Vec<&str> = skills
-            .iter()
-            .filter(|s| !wf.agents.values().any(|a| a.skills.contains(s)))
-            .map(String::as_str)
-            .collect();
-        return Route::Unassigned(if missing.is_empty() {
-            format!("no agent has all of the skills {}", skills.join(", "))
-        } else if missing.len() == 1 {
-            format!("no agent has skill {}", missing[0])
-        } else {
-            format!("no agent has skills {}", missing.join(", "))
-        });
-    }
-    let view = |n: &str| d.agents.get(n).cloned().unwrap_or_default();
-    let available = |n: &str| {
-        let v = view(n);
-        let limit = wf.agents[n].concurrency;
-        match v.circuit {
-            CircuitState::Closed => v.running < limit,
-            CircuitState::HalfOpen => v.running == 0,
-            CircuitState::Open { .. } => false,
-        }
-    };
-    let describe = || {
-        capable
-            .iter()
-            .map(|n| {
-                let v = view(n);
-                format!(
-                    "{n} ({}/{} running, circuit {})",
-                    v.running,
-                    wf.agents[n.as_str()].concurrency,
-                    v.circuit.as_str()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let chosen: Option<&String> = match strategy {
-        Strategy::First => capable.iter().copied().find(|n| available(n)),
-        Strategy::RoundRobin => {
-            let start = d.state.assignments as usize % capable.len();
-            (0..capable.len())
-                .map(|i| capable[(start + i) % capable.len()])
-                .find(|n| available(n))
-        }
-        Strategy::LeastLoaded => capable
-            .iter()
-            .copied()
-            .filter(|n| available(n))
-            .min_by_key(|n| (view(n).running, (*n).clone())),
-    };
-    let _ = step;
-    match chosen {
-        Some(agent) => Route::Assigned {
-            agent: agent.clone(),
-            why: format!(
-                "strategy {}: candidates {}",
-                strategy_name(strategy),
-                describe()
-            ),
-        },
-        None => Route::Blocked(format!(
-            "every agent with the skills is busy or has an open circuit: {}",
-            describe()
-        )),
-    }
-}
-
-fn strategy_name(s: Strategy) -> &'static str {
-    match s {
-        Strategy::First => "first",
-        Strategy::RoundRobin => "round_robin",
-        Strategy::LeastLoaded => "least_loaded",
-    }
-}
-
 /// Skip the dependents of failed (not continue_on_failure) or skipped steps.
 fn skip_dependents(d: &mut Draft<'_>) -> Result<(), Rejected> {
     let wf = d
@@ -825,67 +578,4 @@ fn advance(d: &mut Draft<'_>) -> Result<(), Rejected> {
         }
     }
     Ok(())
-}
-
-/// The first event of a run forked from `source` (its state at the fork
-/// seq): succeeded steps are carried with their outputs, `outputs`
-/// overrides or adds step outputs, `input` replaces the run input.
-///
-/// Errors: [`Rejected::BadFork`] for an empty source or an override that
-/// names an unknown step.
-pub fn decide_fork(
-    source: &RunState,
-    at_seq: u64,
-    new_run: RunId,
-    input: Option<Value>,
-    outputs: BTreeMap<String, Value>,
-    seed: u64,
-) -> Result<RunEvent, Rejected> {
-    let (Some(from), Some(wf)) = (source.run_id, source.workflow.as_ref()) else {
-        return Err(Rejected::BadFork(
-            "the source run has no events at that seq".into(),
-        ));
-    };
-    let mut carried: BTreeMap<String, CarriedStep> = source
-        .steps
-        .iter()
-        .filter(|(_, s)| s.status == StepStatus::Succeeded)
-        .filter_map(|(k, s)| {
-            s.output.clone().map(|o| {
-                (
-                    k.clone(),
-                    CarriedStep {
-                        output: o,
-                        overridden: false,
-                    },
-                )
-            })
-        })
-        .collect();
-    for (step, output) in outputs {
-        if wf.step(&step).is_none() {
-            return Err(Rejected::BadFork(format!(
-                "--set-output names unknown step {step}"
-            )));
-        }
-        carried.insert(
-            step,
-            CarriedStep {
-                output,
-                overridden: true,
-            },
-        );
-    }
-    Ok(RunEvent::RunForked {
-        run_id: new_run,
-        lineage: Lineage {
-            forked_from: from,
-            at_seq,
-        },
-        workflow: wf.clone(),
-        workflow_sha256: source.workflow_sha256.clone(),
-        input: input.unwrap_or_else(|| source.input.clone()),
-        carried,
-        seed,
-    })
 }

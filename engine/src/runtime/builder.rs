@@ -1,0 +1,183 @@
+//! [`EngineBuilder`]: database, clock, ids, limits, functions, secrets.
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use chronicle_store::{Clock, Seq, Store, StoreOptions, SystemClock};
+use serde_json::Value;
+
+use super::capacity::Capacity;
+use super::exec::function::{Function, FunctionCall, FunctionError, FunctionFuture};
+use crate::event::AgentEvent;
+
+use super::engine::{Engine, EngineError};
+use super::inner::Inner;
+
+/// Where run ids come from.
+#[derive(Debug)]
+pub enum IdSource {
+    /// UUID v7 from the engine's clock with random bits (production).
+    V7,
+    /// UUID v7 from the engine's clock with a counter instead of random
+    /// bits (reproducible tests).
+    Sequential(AtomicU64),
+}
+
+/// Builds an [`Engine`].
+pub struct EngineBuilder {
+    db: Option<PathBuf>,
+    clock: Arc<dyn Clock>,
+    ids: IdSource,
+    max_parallel: usize,
+    functions: BTreeMap<String, Function>,
+    workdir: Option<PathBuf>,
+    store: Option<Store>,
+    secrets: BTreeMap<String, String>,
+    snapshot_every: u64,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        Self {
+            db: None,
+            clock: Arc::new(SystemClock),
+            ids: IdSource::V7,
+            max_parallel: 256,
+            functions: BTreeMap::new(),
+            workdir: None,
+            store: None,
+            secrets: BTreeMap::new(),
+            snapshot_every: 100,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// A builder with defaults: in memory unless [`Self::db`] is set,
+    /// system clock, 256 parallel attempts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Use the redb file at `path` (created if absent).
+    pub fn db(mut self, path: impl AsRef<Path>) -> Self {
+        self.db = Some(path.as_ref().to_path_buf());
+        self
+    }
+    /// Use an already open store.
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+    /// Inject the clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+    /// Inject the id source.
+    pub fn ids(mut self, ids: IdSource) -> Self {
+        self.ids = ids;
+        self
+    }
+    /// At most `n` attempts at once in this engine (default 256).
+    pub fn max_parallel(mut self, n: usize) -> Self {
+        self.max_parallel = n.max(1);
+        self
+    }
+    /// Working directory of command and shell steps (default: current).
+    pub fn workdir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.workdir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+    /// Store a snapshot of a run's state every `n` events (default 100;
+    /// 0 disables snapshots).
+    pub fn snapshot_every(mut self, n: u64) -> Self {
+        self.snapshot_every = n;
+        self
+    }
+
+    /// Provide the value of secret `name` (otherwise it is read from the
+    /// engine's environment variable of that name).
+    pub fn secret(mut self, name: &str, value: &str) -> Self {
+        self.secrets.insert(name.to_string(), value.to_string());
+        self
+    }
+
+    /// Register `f` as the function `name` (for `function: NAME` steps).
+    pub fn function<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(FunctionCall) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Value, FunctionError>> + Send + 'static,
+    {
+        let f: Function = Arc::new(move |c| -> FunctionFuture { Box::pin(f(c)) });
+        self.functions.insert(name.to_string(), f);
+        self
+    }
+
+    /// Open the database and build the engine. Does not recover: call
+    /// [`Engine::recover`] to continue runs left by a previous process.
+    ///
+    /// Errors: [`EngineError::Store`] when the database cannot be opened.
+    pub fn build(self) -> Result<Engine, EngineError> {
+        let store = match (self.store, &self.db) {
+            (Some(s), _) => s,
+            (None, Some(p)) => Store::open(
+                p,
+                StoreOptions {
+                    clock: self.clock.clone(),
+                    ..StoreOptions::default()
+                },
+            )?,
+            (None, None) => Store::in_memory(StoreOptions {
+                clock: self.clock.clone(),
+                ..StoreOptions::default()
+            })?,
+        };
+        let outputs = self.db.as_ref().map(|p| {
+            let mut s = p.as_os_str().to_owned();
+            s.push(".outputs");
+            PathBuf::from(s)
+        });
+        let workdir = match self.workdir {
+            Some(w) => w,
+            None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        };
+        let capacity = Arc::new(Capacity::new(self.max_parallel));
+        load_breakers(&store, &capacity)?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                store,
+                clock: self.clock,
+                ids: self.ids,
+                capacity,
+                functions: self.functions,
+                outputs,
+                workdir,
+                runs: Mutex::new(HashMap::new()),
+                agent_heads: tokio::sync::Mutex::new(HashMap::new()),
+                http: reqwest::Client::new(),
+                secrets: self.secrets,
+                snapshot_every: self.snapshot_every,
+            }),
+        })
+    }
+}
+
+/// Fold every agent stream (`agent:NAME`) into its circuit breaker, so an
+/// open circuit stays open across restarts.
+fn load_breakers(store: &Store, capacity: &Capacity) -> Result<(), EngineError> {
+    for head in store.streams_with_prefix("agent:")? {
+        let chronicle_store::StreamId::Named(name) = &head.stream else {
+            continue;
+        };
+        let Some(agent) = name.strip_prefix("agent:") else {
+            continue;
+        };
+        let mut breaker = crate::circuit::Breaker::default();
+        for env in store.read_stream(&head.stream, Seq(1))? {
+            breaker.apply(&env.decode::<AgentEvent>()?);
+        }
+        capacity.load_breaker(agent, breaker);
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! What every run actor of an engine shares.
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use chronicle_store::{Clock, NewEvent, RawEnvelope, Seq, Store, StoreError};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use super::actor::Msg;
+use super::capacity::Capacity;
+use super::exec::function::{Function, FunctionExecutor};
+use super::exec::http::HttpExecutor;
+use super::exec::process::ProcessExecutor;
+use super::exec::{Dispatcher, OutputSink, Secrets};
+use crate::event::{AgentEvent, RunEvent, SCHEMA_VERSION};
+use crate::ids::{RunId, agent_stream};
+use crate::state::{RunState, evolve};
+
+use super::builder::IdSource;
+use super::engine::EngineError;
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) ids: IdSource,
+    pub(crate) capacity: Arc<Capacity>,
+    pub(crate) functions: BTreeMap<String, Function>,
+    pub(crate) outputs: Option<PathBuf>,
+    pub(crate) workdir: PathBuf,
+    pub(crate) runs: Mutex<HashMap<RunId, RunHandle>>,
+    pub(crate) agent_heads: tokio::sync::Mutex<HashMap<String, Seq>>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) secrets: BTreeMap<String, String>,
+    pub(crate) snapshot_every: u64,
+}
+
+#[derive(Clone)]
+pub(crate) struct RunHandle {
+    pub tx: mpsc::UnboundedSender<Msg>,
+    pub state: watch::Receiver<Arc<RunState>>,
+}
+
+impl Inner {
+    /// The secrets a workflow declares: builder values first, then the
+    /// environment.
+    pub fn secrets_for(&self, names: &[String]) -> Secrets {
+        Secrets::new(names.iter().filter_map(|n| {
+            self.secrets
+                .get(n)
+                .cloned()
+                .or_else(|| std::env::var(n).ok())
+                .map(|v| (n.clone(), v))
+        }))
+    }
+
+    pub fn dispatcher(&self, secrets: Secrets) -> Dispatcher {
+        let sink = OutputSink {
+            dir: self.outputs.clone(),
+            secrets,
+        };
+        Dispatcher {
+            process: ProcessExecutor { sink: sink.clone() },
+            http: HttpExecutor {
+                client: self.http.clone(),
+                sink: sink.clone(),
+            },
+            function: FunctionExecutor {
+                functions: self.functions.clone(),
+                sink: Some(sink),
+            },
+        }
+    }
+
+    pub fn forget(&self, run: RunId) {
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run);
+    }
+
+    pub(crate) fn new_run_id(&self) -> RunId {
+        let now = self.clock.now();
+        let secs = now.timestamp().max(0) as u64;
+        let nanos = now.timestamp_subsec_nanos();
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos);
+        match &self.ids {
+            IdSource::V7 => RunId(Uuid::new_v7(ts)),
+            IdSource::Sequential(n) => {
+                // UUID v7 layout with the counter in place of random bits.
+                let k = n.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut tail = [0u8; 10];
+                tail[2..].copy_from_slice(&k.to_be_bytes());
+                let ms = (secs * 1000) + u64::from(nanos / 1_000_000);
+                RunId(uuid::Builder::from_unix_timestamp_millis(ms, &tail).into_uuid())
+            }
+        }
+    }
+
+    /// Append an agent's circuit events to its stream.
+    pub async fn append_agent(
+        &self,
+        agent: &str,
+        events: Vec<AgentEvent>,
+    ) -> Result<(), EngineError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let stream = agent_stream(agent)?;
+        let mut heads = self.agent_heads.lock().await;
+        let head = match heads.get(agent) {
+            Some(s) => *s,
+            None => self
+                .store
+                .head(&stream)?
+                .map(|h| h.last_seq)
+                .unwrap_or(Seq(0)),
+        };
+        let now = self.clock.now();
+        let evs = events
+            .iter()
+            .map(|e| NewEvent {
+                recorded_at: Some(now),
+                ..NewEvent::json(SCHEMA_VERSION, e).expect("agent events serialize")
+            })
+            .collect();
+        let out = self.store.append(stream, head, evs).await?;
+        heads.insert(agent.to_string(), out.last().map(|e| e.seq).unwrap_or(head));
+        Ok(())
+    }
+}
+
+/// The store's decode error for an envelope whose payload is not an event.
+pub fn decode_error(env: &RawEnvelope, e: serde_json::Error) -> StoreError {
+    StoreError::Decode {
+        stream: env.stream.to_string(),
+        seq: env.seq.0,
+        message: e.to_string(),
+    }
+}
+
+/// Decode and fold one envelope into `state`.
+pub fn fold_envelope(state: RunState, env: &RawEnvelope) -> Result<RunState, EngineError> {
+    let event = RunEvent::from_json(&env.payload).map_err(|e| decode_error(env, e))?;
+    Ok(evolve(state, env.seq.0, env.recorded_at, &event)?)
+}
+
+/// Encode run events for an append, stamped with the decision time.
+pub(crate) fn encode(events: &[RunEvent], now: chrono::DateTime<chrono::Utc>) -> Vec<NewEvent> {
+    events
+        .iter()
+        .map(|e| NewEvent {
+            recorded_at: Some(now),
+            ..NewEvent::json(SCHEMA_VERSION, e).expect("run events serialize")
+        })
+        .collect()
+}

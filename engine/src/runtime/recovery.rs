@@ -1,0 +1,153 @@
+//! Recovery after a crash: every non-terminal run is verified, folded and
+//! continued; attempts that never finished are abandoned and retried (or
+//! failed, for `at_most_once` steps); damaged histories are quarantined.
+use std::sync::Arc;
+
+use chronicle_store::{StoreError, WriteRequest};
+use uuid::Uuid;
+
+use super::index::RunSummary;
+use crate::decide::Command;
+use crate::event::RunEvent;
+use crate::ids::RunId;
+use crate::state::{RunState, RunStatus};
+
+use super::engine::{Engine, EngineError};
+
+/// What recovery did on start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecoveryReport {
+    /// Runs continued.
+    pub resumed: Vec<RunId>,
+    /// Attempts marked `StepAbandoned`.
+    pub attempts_abandoned: usize,
+    /// Runs quarantined (crash loops, or histories that do not fold).
+    pub quarantined: Vec<(RunId, String)>,
+}
+
+enum Recovered {
+    Resumed(usize),
+    Quarantined(usize, String),
+}
+
+impl Engine {
+    /// Recover every non-terminal run left by a previous process (or only
+    /// `only`): fold it, abandon attempts that never finished, and continue.
+    /// A run whose history does not fold is quarantined in the index with
+    /// the reason; it never stops the others.
+    pub async fn recover_runs(
+        &self,
+        only: Option<&[RunId]>,
+    ) -> Result<RecoveryReport, EngineError> {
+        let mut report = RecoveryReport::default();
+        let rows: Vec<RunSummary> = self
+            .list()?
+            .into_iter()
+            .filter(|row| !row.status.is_terminal() && only.is_none_or(|o| o.contains(&row.run_id)))
+            .filter(|row| {
+                !self
+                    .inner
+                    .runs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&row.run_id)
+            })
+            .collect();
+        // Runs recover concurrently so that their appends share group commits.
+        let mut tasks = tokio::task::JoinSet::new();
+        let limit = Arc::new(tokio::sync::Semaphore::new(512));
+        for row in rows {
+            let engine = self.clone();
+            let permit = limit
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            tasks.spawn(async move {
+                let r = engine.recover_one(row).await;
+                drop(permit);
+                r
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (run, outcome) =
+                joined.map_err(|e| EngineError::Stopped(RunId(Uuid::nil()), e.to_string()))??;
+            match outcome {
+                Recovered::Resumed(n) => {
+                    report.attempts_abandoned += n;
+                    report.resumed.push(run);
+                }
+                Recovered::Quarantined(n, why) => {
+                    report.attempts_abandoned += n;
+                    report.quarantined.push((run, why));
+                }
+            }
+        }
+        report.resumed.sort();
+        report.quarantined.sort();
+        Ok(report)
+    }
+
+    /// Recover one run: verify its chain, fold it, decide `Recover`. A run
+    /// whose chain breaks or whose history does not fold is quarantined in
+    /// the run index with the reason (the log cannot be extended safely).
+    async fn recover_one(&self, row: RunSummary) -> Result<(RunId, Recovered), EngineError> {
+        let run = row.run_id;
+        let chain = self.inner.store.verify_stream(&run.stream())?;
+        let folded = match chain.first_bad {
+            Some((seq, why)) => Err(format!("hash chain broken at seq {seq}: {why}")),
+            None => match self.state(run) {
+                Ok(s) => Ok(s),
+                Err(
+                    e @ (EngineError::Transition(_)
+                    | EngineError::Store(StoreError::Decode { .. })
+                    | EngineError::Store(StoreError::Corruption { .. })),
+                ) => Err(format!("history does not fold: {e}")),
+                Err(e) => return Err(e),
+            },
+        };
+        match folded {
+            Ok(state) => {
+                let (abandoned, quarantined) = self.recover_run(state).await?;
+                let outcome = match quarantined {
+                    Some(why) => Recovered::Quarantined(abandoned, why),
+                    None => Recovered::Resumed(abandoned),
+                };
+                Ok((run, outcome))
+            }
+            Err(reason) => {
+                let mut bad = row.clone();
+                bad.status = RunStatus::Quarantined;
+                bad.reason = Some(reason.clone());
+                self.inner
+                    .store
+                    .write(WriteRequest {
+                        index: vec![bad.put()],
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok((run, Recovered::Quarantined(0, reason)))
+            }
+        }
+    }
+
+    /// [`Self::recover_runs`] for every run.
+    pub async fn recover(&self) -> Result<RecoveryReport, EngineError> {
+        self.recover_runs(None).await
+    }
+
+    pub(crate) async fn recover_run(
+        &self,
+        state: RunState,
+    ) -> Result<(usize, Option<String>), EngineError> {
+        let was_quarantined = state.status == RunStatus::Quarantined;
+        let (events, now) = self.begin(state, vec![Command::Recover], vec![]).await?;
+        let abandoned = events
+            .iter()
+            .filter(|e| matches!(e, RunEvent::StepAbandoned { .. }))
+            .count();
+        let q = (now.status == RunStatus::Quarantined && !was_quarantined)
+            .then(|| now.quarantine.map(|q| q.reason).unwrap_or_default());
+        Ok((abandoned, q))
+    }
+}

@@ -1,0 +1,307 @@
+//! [`Store`]: the handle to one event log.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::clock::{Clock, SystemClock};
+use crate::envelope::{Hash, NewEvent, RawEnvelope, hex};
+use crate::error::{StoreError, from_redb};
+use crate::ids::{Seq, StreamId};
+use crate::open::{open_backend, open_file};
+use crate::tables::POSITIONS;
+use crate::write::{Committed, Job, WriteRequest, Writer};
+
+/// Options for opening a [`Store`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Appends queued beyond this wait (backpressure). Default 4,096.
+    pub queue_capacity: usize,
+    /// Most requests written in one transaction. Default 4,096.
+    pub max_group: usize,
+    /// redb quick repair (2-phase commit + allocator state per commit).
+    /// Default `false`: see the README's "quick repair" note for the
+    /// measurement behind this choice.
+    pub quick_repair: bool,
+    /// redb page cache, bytes. Default 256 MiB.
+    pub cache_bytes: usize,
+    /// The clock that stamps `recorded_at`.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 4096,
+            max_group: 4096,
+            quick_repair: false,
+            cache_bytes: 256 << 20,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// A stream's head: its last seq and the hash of that event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StreamHead {
+    /// The stream.
+    pub stream: StreamId,
+    /// Last seq (number of events).
+    pub last_seq: Seq,
+    /// Hash of the last event.
+    #[serde(serialize_with = "ser_hex")]
+    pub hash: Hash,
+}
+
+fn ser_hex<S: serde::Serializer>(h: &Hash, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex(h))
+}
+
+/// The result of recomputing one stream's hash chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChainReport {
+    /// The stream checked.
+    pub stream: StreamId,
+    /// Events checked.
+    pub events: u64,
+    /// The first seq whose stored hash (or position in the chain) is wrong,
+    /// with the reason; `None` when the chain verifies.
+    pub first_bad: Option<(Seq, String)>,
+}
+
+impl ChainReport {
+    /// True when the chain verified.
+    pub fn ok(&self) -> bool {
+        self.first_bad.is_none()
+    }
+}
+
+/// The event log. Cheap to clone; all clones share one writer thread.
+///
+/// ```no_run
+/// use chronicle_store::{NewEvent, Seq, Store, StoreOptions, StreamId};
+/// # async fn demo() -> Result<(), chronicle_store::StoreError> {
+/// let store = Store::open("chronicle.redb", StoreOptions::default())?;
+/// let stream = StreamId::named("agent:demo")?;
+/// let ev = NewEvent::new(1, br#"{"type":"Hello"}"#.to_vec());
+/// store.append(stream.clone(), Seq(0), vec![ev]).await?;
+/// assert_eq!(store.read_stream(&stream, Seq(1))?.len(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// The redb handle: read-write (with a writer thread) or read-only.
+enum Handle {
+    Rw(Arc<Database>),
+    Ro(redb::ReadOnlyDatabase),
+}
+
+struct Inner {
+    db: Handle,
+    path: PathBuf,
+    tx: mpsc::Sender<Job>,
+    events: broadcast::Sender<Arc<[RawEnvelope]>>,
+    clock: Arc<dyn Clock>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    /// Closing: stop the writer after it has committed what is queued, and
+    /// wait for it, so the file is released when the last handle drops.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Open the database at `path`, creating it atomically if absent.
+    ///
+    /// Errors: [`StoreError::Locked`] when another process has it open,
+    /// [`StoreError::Corruption`] when it is not a readable redb file,
+    /// [`StoreError::UnsupportedFormat`] for a newer or foreign format,
+    /// [`StoreError::Io`] for file-system failures.
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let db = crate::guard::guard(&path, || open_file(&path, options.cache_bytes))?;
+        Self::start(db, path, options)
+    }
+
+    /// A store in memory (redb's `InMemoryBackend`), for tests.
+    pub fn in_memory(options: StoreOptions) -> Result<Self, StoreError> {
+        Self::with_backend(redb::backends::InMemoryBackend::new(), options)
+    }
+
+    /// A store on any redb backend (for fault injection).
+    pub fn with_backend(
+        backend: impl StorageBackend,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        let label = PathBuf::from("<backend>");
+        let db = crate::guard::guard(&label, || open_backend(backend, &label))?;
+        Self::start(db, label, options)
+    }
+
+    fn start(db: Database, path: PathBuf, options: StoreOptions) -> Result<Self, StoreError> {
+        let db = Arc::new(db);
+        let next_position = {
+            let txn = db.begin_read().map_err(|e| from_redb(&path, e))?;
+            let t = txn.open_table(POSITIONS).map_err(|e| from_redb(&path, e))?;
+            let last = t.last().map_err(|e| from_redb(&path, e))?;
+            last.map(|(k, _)| k.value() + 1).unwrap_or(1)
+        };
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let (events, _) = broadcast::channel(1024);
+        let writer = Writer {
+            db: db.clone(),
+            path: path.clone(),
+            clock: options.clock.clone(),
+            rx,
+            tx_events: events.clone(),
+            next_position,
+            max_group: options.max_group.max(1),
+            quick_repair: options.quick_repair,
+        };
+        let handle = std::thread::Builder::new()
+            .name("chronicle-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db: Handle::Rw(db),
+                path,
+                tx,
+                events,
+                clock: options.clock,
+                writer: Some(handle),
+            }),
+        })
+    }
+
+    /// Open an existing database read-only: the file is never modified
+    /// (for inspection commands). Writes fail with [`StoreError::ReadOnly`].
+    ///
+    /// Errors: as [`Store::open`]; a missing file is [`StoreError::Io`];
+    /// a file that needs crash repair cannot be opened read-only
+    /// ([`StoreError::Storage`]) — open it read-write once to repair.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let db = crate::guard::guard(&path, || crate::open::open_read_only(&path))?;
+        let (tx, _) = mpsc::channel(1);
+        let (events, _) = broadcast::channel(1);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db: Handle::Ro(db),
+                path,
+                tx,
+                events,
+                clock: Arc::new(SystemClock),
+                writer: None,
+            }),
+        })
+    }
+
+    /// True for a store opened with [`Store::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.inner.db, Handle::Ro(_))
+    }
+
+    /// The database path (`<backend>` for a non-file backend).
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The clock that stamps events.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// Append `events` to `stream` if its last seq is `expected`; returns
+    /// the stored envelopes once they are durable.
+    ///
+    /// Errors: [`StoreError::Conflict`] (naming both seqs) when the stream
+    /// has moved; storage errors when the commit fails (nothing written).
+    pub async fn append(
+        &self,
+        stream: StreamId,
+        expected: Seq,
+        events: Vec<NewEvent>,
+    ) -> Result<Committed, StoreError> {
+        self.write(WriteRequest::append(stream, expected, events))
+            .await
+    }
+
+    /// Commit one atomic [`WriteRequest`] through the group-commit writer;
+    /// returns once it is durable. Waits when the queue is full.
+    pub async fn write(&self, request: WriteRequest) -> Result<Committed, StoreError> {
+        if self.is_read_only() {
+            return Err(StoreError::ReadOnly(self.inner.path.clone()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Job { request, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`Store::write`] for callers outside an async runtime.
+    ///
+    /// Panics if called from inside a tokio runtime thread.
+    pub fn write_blocking(&self, request: WriteRequest) -> Result<Committed, StoreError> {
+        if self.is_read_only() {
+            return Err(StoreError::ReadOnly(self.inner.path.clone()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .blocking_send(Job { request, reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// A live feed of committed envelopes, one message per group commit.
+    /// A slow receiver that falls behind by more than 1,024 commits gets
+    /// `RecvError::Lagged` and should re-read from the log.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<[RawEnvelope]>> {
+        self.inner.events.subscribe()
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        let r = match &self.inner.db {
+            Handle::Rw(db) => db.begin_read(),
+            Handle::Ro(db) => db.begin_read(),
+        };
+        r.map_err(|e| from_redb(&self.inner.path, e))
+    }
+
+    fn corrupt(&self, message: String) -> StoreError {
+        StoreError::Corruption {
+            path: self.inner.path.clone(),
+            message,
+        }
+    }
+}
+
+mod read;
