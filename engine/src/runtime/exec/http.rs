@@ -89,7 +89,7 @@ impl Executor for HttpExecutor {
                     duration_ms,
                 ),
                 Ok((status, text)) => {
-                    let captured = sink.capture(text.as_bytes());
+                    let captured = sink.capture(text.as_bytes(), text.len() as u64);
                     let code = status.as_u16();
                     if status.is_success() {
                         let output = serde_json::from_str::<Value>(&captured.text)

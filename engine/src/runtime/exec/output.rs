@@ -88,12 +88,13 @@ pub struct OutputSink {
 }
 
 impl OutputSink {
-    /// Capture `bytes`: redact, cap at [`CAPTURE_LIMIT`], store the full
-    /// text under its SHA-256 when it was truncated.
-    pub fn capture(&self, bytes: &[u8]) -> Captured {
+    /// Capture `bytes` (the first bytes of an output of `total` bytes):
+    /// redact, cap at [`CAPTURE_LIMIT`], store the kept text under its
+    /// SHA-256 when it was truncated.
+    pub fn capture(&self, bytes: &[u8], total: u64) -> Captured {
         let text = self.secrets.redact(&String::from_utf8_lossy(bytes));
-        let total = text.len() as u64;
-        if text.len() <= CAPTURE_LIMIT {
+        let total = total.max(text.len() as u64);
+        if text.len() <= CAPTURE_LIMIT && total <= bytes.len() as u64 {
             return Captured {
                 text,
                 truncated: false,

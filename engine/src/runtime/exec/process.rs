@@ -53,12 +53,27 @@ fn kill_group(pgid: Option<u32>) {
     }
 }
 
-async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
+/// Most bytes of one stream kept in memory (and in the full-output file);
+/// the rest is read, counted and dropped so a chatty step cannot exhaust
+/// the engine's memory.
+pub const KEEP_LIMIT: usize = 64 << 20;
+
+/// Read a pipe to its end: the first [`KEEP_LIMIT`] bytes and the total.
+async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> (Vec<u8>, u64) {
     let mut buf = Vec::new();
+    let mut total = 0u64;
     if let Some(mut r) = r {
-        let _ = r.read_to_end(&mut buf).await;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while let Ok(n) = r.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            let room = KEEP_LIMIT.saturating_sub(buf.len());
+            buf.extend_from_slice(&chunk[..n.min(room)]);
+        }
     }
-    buf
+    (buf, total)
 }
 
 impl Executor for ProcessExecutor {
@@ -140,10 +155,10 @@ impl Executor for ProcessExecutor {
                 let _ = Box::into_pin(child.kill()).await;
             }
             writer.abort();
-            let stdout = out_task.await.unwrap_or_default();
-            let stderr = err_task.await.unwrap_or_default();
+            let (stdout, stdout_total) = out_task.await.unwrap_or_default();
+            let (stderr, stderr_total) = err_task.await.unwrap_or_default();
             let duration_ms = ms(started);
-            let stderr_c = (!stderr.is_empty()).then(|| sink.capture(&stderr));
+            let stderr_c = (!stderr.is_empty()).then(|| sink.capture(&stderr, stderr_total));
             let Some(status) = status else {
                 return AttemptResult::Failed {
                     kind: ErrorKind::Canceled,
@@ -164,7 +179,7 @@ impl Executor for ProcessExecutor {
                     );
                 }
             };
-            let stdout_c = sink.capture(&stdout);
+            let stdout_c = sink.capture(&stdout, stdout_total);
             if status.success() {
                 let output = match serde_json::from_str::<Value>(stdout_c.text.trim()) {
                     Ok(v) if !stdout_c.truncated && !stdout_c.text.trim().is_empty() => v,
