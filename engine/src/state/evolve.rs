@@ -133,7 +133,7 @@ pub fn evolve(
             }
             state.status = RunStatus::Running;
         }
-        RunEvent::StepAssigned { step, agent, .. } => {
+        RunEvent::StepAssigned { step, .. } => {
             known_step(&state, step)?;
             let st = state.steps.get_mut(step).expect("checked");
             if !matches!(
@@ -145,7 +145,6 @@ pub fn evolve(
                     st.status.as_str()
                 )));
             }
-            st.assigned = Some(agent.clone());
             state.assignments += 1;
         }
         RunEvent::StepUnassigned {
@@ -170,7 +169,6 @@ pub fn evolve(
                 StepStatus::Failed
             };
             st.reason = Some(reason.clone());
-            st.assigned = None;
         }
         RunEvent::StepStarted {
             step,
@@ -235,7 +233,6 @@ pub fn evolve(
             st.status = StepStatus::Succeeded;
             st.output = Some(output.clone());
             st.crash_streak = 0;
-            st.assigned = None;
             state.promote();
         }
         RunEvent::StepFailed {
@@ -271,7 +268,6 @@ pub fn evolve(
             }
             a.error = Some(message.clone());
             a.exit_code = *exit_code;
-            st.assigned = None;
             match next_retry_at {
                 Some(t) => {
                     st.status = StepStatus::Retrying;
@@ -301,7 +297,6 @@ pub fn evolve(
             a.error = Some(reason.clone());
             st.status = StepStatus::Ready;
             st.crash_streak += 1;
-            st.assigned = None;
         }
         RunEvent::StepSkipped { step, reason } => {
             known_step(&state, step)?;

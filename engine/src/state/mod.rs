@@ -158,9 +158,6 @@ pub struct StepState {
     /// When a retrying step's next attempt is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<DateTime<Utc>>,
-    /// Agent chosen by the last `StepAssigned` (for the next attempt).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assigned: Option<String>,
     /// Why the step is blocked, skipped or unassigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
