@@ -152,7 +152,8 @@ fn storage_problems_exit_3_with_a_clear_message() {
     for _ in 0..100 {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let out = env.run(&["list"]);
-        if out.code == 3 {
+        // Exit 3 also means "no database yet" while the child creates it.
+        if out.code == 3 && out.stderr.contains("in use") {
             locked = Some(out);
             break;
         }
