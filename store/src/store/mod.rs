@@ -100,6 +100,8 @@ pub struct Store {
 enum Handle {
     Rw(Arc<Database>),
     Ro(redb::ReadOnlyDatabase),
+    /// Taken while the store closes.
+    Closed,
 }
 
 struct Inner {
@@ -120,6 +122,13 @@ impl Drop for Inner {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+        // redb writes its allocator state when the database closes, and can
+        // panic doing so on a damaged file: close inside the guard too.
+        let handle = std::mem::replace(&mut self.db, Handle::Closed);
+        let _ = crate::guard::guard(&self.path, move || {
+            drop(handle);
+            Ok(())
+        });
     }
 }
 
@@ -140,8 +149,10 @@ impl Store {
     /// [`StoreError::Io`] for file-system failures.
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let db = crate::guard::guard(&path, || open_file(&path, options.cache_bytes))?;
-        Self::start(db, path, options)
+        crate::guard::guard(&path.clone(), move || {
+            let db = open_file(&path, options.cache_bytes)?;
+            Self::start(db, path, options)
+        })
     }
 
     /// A store in memory (redb's `InMemoryBackend`), for tests.
@@ -155,8 +166,10 @@ impl Store {
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
         let label = PathBuf::from("<backend>");
-        let db = crate::guard::guard(&label, || open_backend(backend, &label))?;
-        Self::start(db, label, options)
+        crate::guard::guard(&label.clone(), move || {
+            let db = open_backend(backend, &label)?;
+            Self::start(db, label, options)
+        })
     }
 
     fn start(db: Database, path: PathBuf, options: StoreOptions) -> Result<Self, StoreError> {
@@ -292,6 +305,7 @@ impl Store {
         let r = match &self.inner.db {
             Handle::Rw(db) => db.begin_read(),
             Handle::Ro(db) => db.begin_read(),
+            Handle::Closed => return Err(StoreError::Closed),
         };
         r.map_err(|e| from_redb(&self.inner.path, e))
     }
