@@ -40,6 +40,14 @@ struct Draft<'c> {
 }
 
 impl Draft<'_> {
+    /// The run's definition (shared, cheap to clone).
+    fn wf(&self) -> std::sync::Arc<Workflow> {
+        self.state
+            .workflow
+            .clone()
+            .expect("a created run has a workflow")
+    }
+
     fn push(&mut self, e: RunEvent) -> Result<(), Rejected> {
         let seq = self.state.seq + 1;
         self.state = evolve(std::mem::take(&mut self.state), seq, self.ctx.now, &e)?;
@@ -272,11 +280,7 @@ fn fail_attempt(
     duration_ms: u64,
     stderr: Option<Captured>,
 ) -> Result<(), Rejected> {
-    let wf = d
-        .state
-        .workflow
-        .clone()
-        .expect("a created run has a workflow");
+    let wf = d.wf();
     let def = wf.step(step).expect("a running step is in the workflow");
     let policy = wf.retry_of(def);
     let kind = classify(&policy.retry_on, kind, exit_code, http_status);
@@ -331,11 +335,7 @@ fn evidence(step: &str, st: &crate::state::StepState) -> Value {
 }
 
 fn recover(d: &mut Draft<'_>) -> Result<(), Rejected> {
-    let wf = d
-        .state
-        .workflow
-        .clone()
-        .expect("a created run has a workflow");
+    let wf = d.wf();
     let k = wf.quarantine_after_crashes();
     let running: Vec<(String, u32)> = d
         .state
@@ -390,11 +390,7 @@ fn recover(d: &mut Draft<'_>) -> Result<(), Rejected> {
 
 /// Skip the dependents of failed (not continue_on_failure) or skipped steps.
 fn skip_dependents(d: &mut Draft<'_>) -> Result<(), Rejected> {
-    let wf = d
-        .state
-        .workflow
-        .clone()
-        .expect("a created run has a workflow");
+    let wf = d.wf();
     loop {
         let mut skip: Option<(String, String)> = None;
         for s in &wf.steps {
@@ -494,11 +490,7 @@ fn start_attempt(
 }
 
 fn advance(d: &mut Draft<'_>) -> Result<(), Rejected> {
-    let wf = d
-        .state
-        .workflow
-        .clone()
-        .expect("a created run has a workflow");
+    let wf = d.wf();
     if d.state.status == RunStatus::Running && !d.state.cancel_requested {
         skip_dependents(d)?;
         for s in &wf.steps {

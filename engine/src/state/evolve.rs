@@ -23,6 +23,21 @@ fn running_step<'s>(
     running.then_some(st)
 }
 
+/// The step whose running attempt is `attempt`, or the transition error
+/// naming what is wrong (an unknown step, or an attempt that is not running).
+fn running_or_fail<'s>(
+    state: &'s mut RunState,
+    step: &str,
+    attempt: u32,
+    fail: &impl Fn(String) -> TransitionError,
+) -> Result<&'s mut StepState, TransitionError> {
+    if !state.steps.contains_key(step) {
+        return Err(fail(format!("unknown step {step}")));
+    }
+    running_step(state, step, attempt)
+        .ok_or_else(|| fail(format!("step {step} attempt {attempt} is not running")))
+}
+
 /// Fold one event into the state. `seq` and `at` come from the envelope.
 ///
 /// Errors with [`TransitionError`] (naming run, seq, event and state) when
@@ -221,12 +236,7 @@ pub fn evolve(
             output,
             ..
         } => {
-            known_step(&state, step)?;
-            let Some(st) = running_step(&mut state, step, *attempt) else {
-                return Err(fail(format!(
-                    "step {step} attempt {attempt} is not running"
-                )));
-            };
+            let st = running_or_fail(&mut state, step, *attempt, &fail)?;
             let a = st.attempts.last_mut().expect("checked");
             a.outcome = AttemptOutcome::Succeeded;
             a.ended_at = Some(at);
@@ -285,12 +295,7 @@ pub fn evolve(
             attempt,
             reason,
         } => {
-            known_step(&state, step)?;
-            let Some(st) = running_step(&mut state, step, *attempt) else {
-                return Err(fail(format!(
-                    "step {step} attempt {attempt} is not running"
-                )));
-            };
+            let st = running_or_fail(&mut state, step, *attempt, &fail)?;
             let a = st.attempts.last_mut().expect("checked");
             a.outcome = AttemptOutcome::Abandoned;
             a.ended_at = Some(at);
