@@ -45,7 +45,9 @@ pub enum StoreError {
     },
     /// The file is not a readable Chronicle database, or the log broke an
     /// invariant when read (a gap in seqs, a key/envelope mismatch).
-    #[error("database {path} is corrupt: {message}")]
+    #[error(
+        "database {path} is corrupt: {message}; restore it from a copy (chronicle export/import) or use another --db path"
+    )]
     Corruption {
         /// The database path (or `<memory>`).
         path: PathBuf,
@@ -65,7 +67,9 @@ pub enum StoreError {
         supported: u32,
     },
     /// An operating-system I/O error.
-    #[error("I/O error on {path}: {source}")]
+    #[error(
+        "I/O error on {path}: {source}; check that the path exists, is writable and its disk is not full"
+    )]
     Io {
         /// The file involved.
         path: PathBuf,
