@@ -9,23 +9,7 @@ use chronicle_engine::model::{CircuitPolicy, ErrorKind, HumanDuration};
 use chronicle_engine::state::{RunState, fold};
 use insta::assert_yaml_snapshot;
 use serde_json::json;
-use support::{Sim, brief};
-
-const DIAMOND: &str = "
-name: diamond
-steps:
-  - id: a
-    command: [echo, a]
-  - id: b
-    needs: [a]
-    command: [echo, b]
-  - id: c
-    needs: [a]
-    command: [echo, c]
-  - id: d
-    needs: [b, c]
-    command: [echo, d]
-";
+use support::{DIAMOND, Sim, brief};
 
 const AGENTS: &str = "
 name: agents

@@ -10,7 +10,7 @@ use chronicle_engine::model::ErrorKind;
 use chronicle_engine::state::RunState;
 use insta::assert_yaml_snapshot;
 use serde_json::json;
-use support::{Sim, brief};
+use support::{DIAMOND, Sim, brief};
 
 const LINEAR: &str = "
 name: linear
@@ -20,22 +20,6 @@ steps:
   - id: parse
     needs: [fetch]
     command: [echo, parse]
-";
-
-const DIAMOND: &str = "
-name: diamond
-steps:
-  - id: a
-    command: [echo, a]
-  - id: b
-    needs: [a]
-    command: [echo, b]
-  - id: c
-    needs: [a]
-    command: [echo, c]
-  - id: d
-    needs: [b, c]
-    command: [echo, d]
 ";
 
 const RETRY: &str = "

@@ -5,7 +5,7 @@ use chronicle_engine::ids::RunId;
 use chronicle_engine::runtime::RunSummary;
 use chronicle_engine::runtime::index::RUNS;
 use chronicle_engine::state::RunState;
-use chronicle_store::{GENESIS_HASH, Seq, Store, StoreError, StreamId, hex};
+use chronicle_store::{ChainCheck, Seq, Store, StoreError, StreamId};
 use serde::Serialize;
 
 use crate::ReplayError;
@@ -64,36 +64,14 @@ pub fn verify_stream(store: &Store, stream: &StreamId) -> Result<StreamVerificat
         }
         Err(e) => return Err(e.into()),
     };
-    v.events = envs.len() as u64;
-    let mut prev = GENESIS_HASH;
-    for env in &envs {
-        let want = env.compute_hash(&prev);
-        if want != env.hash {
-            v.chain_ok = false;
-            v.first_bad_seq = Some(env.seq.0);
-            v.problems.push(format!(
-                "seq {}: stored hash {} but the chain gives {}: the event or its predecessor was altered",
-                env.seq,
-                &env.hash_hex()[..16],
-                &hex(&want)[..16]
-            ));
-            break;
-        }
-        prev = env.hash;
-    }
-    if v.chain_ok {
-        let head = store.head(stream)?;
-        let (hs, hh) = head
-            .map(|h| (h.last_seq.0, h.hash))
-            .unwrap_or((0, GENESIS_HASH));
-        if hs != v.events || hh != prev {
-            v.chain_ok = false;
-            v.first_bad_seq = Some(hs.min(v.events) + 1);
-            v.problems.push(format!(
-                "stream head says seq {hs}, the log has {} events with a different head hash",
-                v.events
-            ));
-        }
+    let mut check = ChainCheck::default();
+    envs.iter().for_each(|e| check.push(e));
+    let (events, first_bad) = check.finish(store.head(stream)?.map(|h| (h.last_seq, h.hash)));
+    v.events = events;
+    if let Some((seq, why)) = first_bad {
+        v.chain_ok = false;
+        v.first_bad_seq = Some(seq.0);
+        v.problems.push(format!("seq {seq}: {why}"));
     }
     let Some(run) = stream.as_run().map(RunId) else {
         return Ok(v);

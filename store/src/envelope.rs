@@ -208,3 +208,63 @@ mod payload_json {
         Ok(raw.get().as_bytes().to_vec())
     }
 }
+
+/// Recomputes a stream's hash chain envelope by envelope, from `h_0`, and
+/// remembers the first seq that does not verify. The one implementation
+/// used by [`crate::Store::verify_stream`], verification and recovery.
+#[derive(Clone, Debug)]
+pub struct ChainCheck {
+    prev: Hash,
+    events: u64,
+    first_bad: Option<(Seq, String)>,
+}
+
+impl Default for ChainCheck {
+    fn default() -> Self {
+        Self {
+            prev: GENESIS_HASH,
+            events: 0,
+            first_bad: None,
+        }
+    }
+}
+
+impl ChainCheck {
+    /// Check the next envelope of the stream.
+    pub fn push(&mut self, env: &RawEnvelope) {
+        self.events += 1;
+        if self.first_bad.is_some() {
+            return;
+        }
+        let want = env.compute_hash(&self.prev);
+        if want != env.hash {
+            self.first_bad = Some((
+                env.seq,
+                format!(
+                    "stored hash {} but the chain gives {}: the event or its predecessor was altered",
+                    &env.hash_hex()[..16],
+                    &hex(&want)[..16]
+                ),
+            ));
+        }
+        self.prev = env.hash;
+    }
+
+    /// The verdict, given the stream's stored head (`None`: no head):
+    /// `(events checked, first bad seq with the reason)`.
+    pub fn finish(mut self, head: Option<(Seq, Hash)>) -> (u64, Option<(Seq, String)>) {
+        if self.first_bad.is_none() {
+            let (hs, hh) = head.map(|(s, h)| (s.0, h)).unwrap_or((0, GENESIS_HASH));
+            if hs != self.events || hh != self.prev {
+                self.first_bad = Some((
+                    Seq(hs.min(self.events) + 1),
+                    format!(
+                        "stream head says seq {hs}, the log has {} events with a different head hash",
+                        self.events
+                    ),
+                ));
+            }
+        }
+        (self.events, self.first_bad)
+    }
+}

@@ -44,7 +44,8 @@ mod write;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use envelope::{
-    GENESIS_HASH, Hash, NewEvent, RawEnvelope, canonical_bytes, chain_hash, hex, parse_hex_hash,
+    ChainCheck, GENESIS_HASH, Hash, NewEvent, RawEnvelope, canonical_bytes, chain_hash, hex,
+    parse_hex_hash,
 };
 pub use error::StoreError;
 pub use guard::install_panic_hook;

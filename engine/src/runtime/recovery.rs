@@ -3,7 +3,7 @@
 //! failed, for `at_most_once` steps); damaged histories are quarantined.
 use std::sync::Arc;
 
-use chronicle_store::{StoreError, WriteRequest};
+use chronicle_store::{ChainCheck, Seq, StoreError, WriteRequest};
 use uuid::Uuid;
 
 use super::index::RunSummary;
@@ -13,6 +13,7 @@ use crate::ids::RunId;
 use crate::state::{RunState, RunStatus};
 
 use super::engine::{Engine, EngineError};
+use super::inner::fold_envelope;
 
 /// What recovery did on start.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -93,18 +94,46 @@ impl Engine {
     /// the run index with the reason (the log cannot be extended safely).
     async fn recover_one(&self, row: RunSummary) -> Result<(RunId, Recovered), EngineError> {
         let run = row.run_id;
-        let chain = self.inner.store.verify_stream(&run.stream())?;
-        let folded = match chain.first_bad {
-            Some((seq, why)) => Err(format!("hash chain broken at seq {seq}: {why}")),
-            None => match self.state(run) {
-                Ok(s) => Ok(s),
-                Err(
-                    e @ (EngineError::Transition(_)
-                    | EngineError::Store(StoreError::Decode { .. })
-                    | EngineError::Store(StoreError::Corruption { .. })),
-                ) => Err(format!("history does not fold: {e}")),
-                Err(e) => return Err(e),
-            },
+        // One read: the chain is checked and the history folded from the
+        // same envelopes.
+        let folded = match self.inner.store.read_stream(&run.stream(), Seq(1)) {
+            Ok(envs) => {
+                let mut check = ChainCheck::default();
+                envs.iter().for_each(|e| check.push(e));
+                let head = self
+                    .inner
+                    .store
+                    .head(&run.stream())?
+                    .map(|h| (h.last_seq, h.hash));
+                match check.finish(head) {
+                    (_, Some((seq, why))) => Err(format!("hash chain broken at seq {seq}: {why}")),
+                    (_, None) => {
+                        let mut state = RunState::default();
+                        let mut failed = None;
+                        for env in &envs {
+                            match fold_envelope(std::mem::take(&mut state), env) {
+                                Ok(s) => state = s,
+                                Err(e) => {
+                                    failed = Some(e);
+                                    break;
+                                }
+                            }
+                        }
+                        match failed {
+                            None => Ok(state),
+                            Some(
+                                e @ (EngineError::Transition(_)
+                                | EngineError::Store(StoreError::Decode { .. })),
+                            ) => Err(format!("history does not fold: {e}")),
+                            Some(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            Err(e @ StoreError::Corruption { .. }) => {
+                Err(format!("history does not fold: {}", EngineError::Store(e)))
+            }
+            Err(e) => return Err(e.into()),
         };
         match folded {
             Ok(state) => {

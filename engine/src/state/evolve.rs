@@ -11,6 +11,30 @@ use super::{
 use crate::event::RunEvent;
 use crate::model::{ErrorKind, OnExhausted};
 
+/// What `RunCreated` and `RunForked` both set: the pinned definition, its
+/// steps (all waiting), the input and the seed.
+fn begin_run(
+    state: &mut RunState,
+    run_id: crate::ids::RunId,
+    workflow: &std::sync::Arc<crate::model::Workflow>,
+    workflow_sha256: &str,
+    input: &serde_json::Value,
+    seed: u64,
+    at: DateTime<Utc>,
+) {
+    state.run_id = Some(run_id);
+    state.steps = workflow
+        .steps
+        .iter()
+        .map(|s| (s.id.clone(), StepState::default()))
+        .collect();
+    state.workflow = Some(workflow.clone());
+    state.workflow_sha256 = workflow_sha256.to_string();
+    state.input = input.clone();
+    state.seed = seed;
+    state.created_at = Some(at);
+}
+
 /// The step whose running attempt is `attempt`, if that is so.
 fn running_step<'s>(
     state: &'s mut RunState,
@@ -97,18 +121,16 @@ pub fn evolve(
             idempotency_key,
             seed,
         } => {
-            state.run_id = Some(*run_id);
-            state.steps = workflow
-                .steps
-                .iter()
-                .map(|s| (s.id.clone(), StepState::default()))
-                .collect();
-            state.workflow = Some(workflow.clone());
-            state.workflow_sha256 = workflow_sha256.clone();
-            state.input = input.clone();
+            begin_run(
+                &mut state,
+                *run_id,
+                workflow,
+                workflow_sha256,
+                input,
+                *seed,
+                at,
+            );
             state.idempotency_key = idempotency_key.clone();
-            state.seed = *seed;
-            state.created_at = Some(at);
             state.promote();
         }
         RunEvent::RunForked {
@@ -120,12 +142,15 @@ pub fn evolve(
             carried,
             seed,
         } => {
-            state.run_id = Some(*run_id);
-            state.steps = workflow
-                .steps
-                .iter()
-                .map(|s| (s.id.clone(), StepState::default()))
-                .collect();
+            begin_run(
+                &mut state,
+                *run_id,
+                workflow,
+                workflow_sha256,
+                input,
+                *seed,
+                at,
+            );
             for (id, c) in carried {
                 let Some(st) = state.steps.get_mut(id) else {
                     return Err(fail(format!("carried step {id} is not in the workflow")));
@@ -134,12 +159,7 @@ pub fn evolve(
                 st.output = Some(c.output.clone());
                 st.carried = true;
             }
-            state.workflow = Some(workflow.clone());
-            state.workflow_sha256 = workflow_sha256.clone();
-            state.input = input.clone();
-            state.seed = *seed;
             state.lineage = Some(lineage.clone());
-            state.created_at = Some(at);
             state.promote();
         }
         RunEvent::RunStarted {} => {

@@ -15,6 +15,23 @@ use chronicle_engine::state::{RunState, evolve, fold};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
+/// A diamond: a, then b and c in parallel, then d.
+pub const DIAMOND: &str = "
+name: diamond
+steps:
+  - id: a
+    command: [echo, a]
+  - id: b
+    needs: [a]
+    command: [echo, b]
+  - id: c
+    needs: [a]
+    command: [echo, c]
+  - id: d
+    needs: [b, c]
+    command: [echo, d]
+";
+
 pub fn t0() -> DateTime<Utc> {
     DateTime::from_timestamp(1_767_225_600, 0).unwrap()
 }

@@ -5,7 +5,7 @@
 use redb::ReadTransaction;
 
 use super::{ChainReport, Store, StreamHead};
-use crate::envelope::{GENESIS_HASH, RawEnvelope, hex};
+use crate::envelope::{ChainCheck, RawEnvelope};
 use crate::error::{StoreError, from_redb};
 use crate::ids::{Position, Seq, StreamId};
 use crate::tables::{EVENTS, HEADS, INDEX, POSITIONS, SNAPSHOTS, decode_head, decode_record};
@@ -416,28 +416,13 @@ impl Store {
     /// Storage errors (unreadable file) are returned as `Err`; a broken
     /// chain is an `Ok` report with `first_bad` set.
     pub fn verify_stream(&self, stream: &StreamId) -> Result<ChainReport, StoreError> {
-        let mut prev = GENESIS_HASH;
-        let mut n = 0u64;
-        let mut first_bad: Option<(Seq, String)> = None;
+        let mut check = ChainCheck::default();
         let scan = self.for_each_in_stream(stream, Seq(1), None, |env| {
-            n += 1;
-            if first_bad.is_none() {
-                let want = env.compute_hash(&prev);
-                if want != env.hash {
-                    first_bad = Some((
-                        env.seq,
-                        format!(
-                            "stored hash {} but the chain gives {}: the event or its predecessor was altered",
-                            &env.hash_hex()[..16],
-                            &hex(&want)[..16]
-                        ),
-                    ));
-                }
-                prev = env.hash;
-            }
+            check.push(&env);
             Ok(())
         });
         if let Err(StoreError::Corruption { message, .. }) = &scan {
+            let (n, _) = check.finish(None);
             return Ok(ChainReport {
                 stream: stream.clone(),
                 events: n,
@@ -445,23 +430,11 @@ impl Store {
             });
         }
         scan?;
-        if first_bad.is_none() {
-            let head = self.head(stream)?;
-            let (hs, hh) = head
-                .map(|h| (h.last_seq.0, h.hash))
-                .unwrap_or((0, GENESIS_HASH));
-            if hs != n || hh != prev {
-                first_bad = Some((
-                    Seq(hs.min(n) + 1),
-                    format!(
-                        "stream head says seq {hs}, the log has {n} events with a different head hash"
-                    ),
-                ));
-            }
-        }
+        let head = self.head(stream)?.map(|h| (h.last_seq, h.hash));
+        let (events, first_bad) = check.finish(head);
         Ok(ChainReport {
             stream: stream.clone(),
-            events: n,
+            events,
             first_bad,
         })
     }

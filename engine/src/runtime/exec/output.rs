@@ -34,16 +34,6 @@ impl Secrets {
         }
     }
 
-    /// Read each name from the process environment (missing ones are
-    /// skipped; the step then sees the reference unresolved).
-    pub fn from_env(names: &[String]) -> Self {
-        Self::new(
-            names
-                .iter()
-                .filter_map(|n| std::env::var(n).ok().map(|v| (n.clone(), v))),
-        )
-    }
-
     /// The value map, for template substitution.
     pub fn map(&self) -> std::collections::BTreeMap<String, String> {
         self.values.iter().cloned().collect()
