@@ -66,6 +66,17 @@ pub enum StoreError {
         /// The version this build reads.
         supported: u32,
     },
+    /// A crash left committed groups in the commit journal that redb does
+    /// not hold yet; a read-only open cannot apply them.
+    #[error(
+        "database {path} has {frames} committed write group(s) in its journal not yet applied (left by a crash); open it read-write once to apply them (e.g. chronicle recover --db PATH)"
+    )]
+    Unrecovered {
+        /// The database path.
+        path: PathBuf,
+        /// Journal frames waiting.
+        frames: usize,
+    },
     /// An operating-system I/O error.
     #[error(
         "I/O error on {path}: {source}; check that the path exists, is writable and its disk is not full"
@@ -117,6 +128,7 @@ impl StoreError {
                 | Self::Corruption { .. }
                 | Self::UnsupportedFormat { .. }
                 | Self::Io { .. }
+                | Self::Unrecovered { .. }
                 | Self::Storage(_)
                 | Self::Closed
         )

@@ -10,8 +10,9 @@
 //!   [`Store::write`]): all events of a request or none; a typed
 //!   [`StoreError::Conflict`] when the stream moved.
 //! - **Group commit**: one writer thread writes every queued request in one
-//!   `Durability::Immediate` transaction and acknowledges each caller after
-//!   it is durable. The queue is bounded.
+//!   transaction, made durable by one fdatasync of its frame in the
+//!   [commit journal](journal) (redb itself is made durable by checkpoints),
+//!   and acknowledges each caller after that. The queue is bounded.
 //! - **Hash chain** per stream: `h_n = SHA-256(h_{n-1} ‖ canonical bytes)`,
 //!   `h_0` = 32 zero bytes ([`GENESIS_HASH`], [`canonical_bytes`]);
 //!   [`Store::verify_stream`] names the first bad seq.
@@ -37,6 +38,7 @@ mod envelope;
 mod error;
 mod guard;
 mod ids;
+pub mod journal;
 mod open;
 mod store;
 mod tables;
@@ -56,6 +58,8 @@ pub use store::{ChainReport, Store, StoreOptions, StreamHead};
 pub use tables::{RecordView, view_record};
 pub use write::{Append, Committed, IndexOp, WriteRequest};
 
-/// The on-disk format version this build reads and writes (in the `meta`
-/// table under `format_version`).
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version this build writes (in the `meta` table under
+/// `format_version`). Version 2 adds the commit journal (`meta.db_id`,
+/// `meta.journal_lsn`, the `DB-journal` file); version-1 files are read and
+/// are upgraded by their first read-write open.
+pub const FORMAT_VERSION: u32 = 2;

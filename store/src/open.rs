@@ -7,7 +7,13 @@ use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
 
 use crate::FORMAT_VERSION;
 use crate::error::{StoreError, from_redb};
+use crate::journal::{Journal, decode_ops, journal_path, pending};
 use crate::tables::{EVENTS, HEADS, INDEX, META, POSITIONS, SNAPSHOTS};
+use crate::write::Tables;
+
+/// Format versions this build opens: 1 (before the commit journal; upgraded
+/// to 2 by the first read-write open) and [`FORMAT_VERSION`].
+const READABLE_FORMATS: [&str; 2] = ["1", "2"];
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
@@ -20,7 +26,14 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
 /// the new database is written to `PATH.creating-PID`, fsynced, renamed
 /// into place and the directory fsynced, so a crash during creation leaves
 /// either no file or a complete one.
-pub(crate) fn open_file(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+///
+/// Then the commit journal is recovered: frames a crash left unapplied
+/// are written into redb in one `Immediate` commit, and the journal is
+/// opened for the writer.
+pub(crate) fn open_file(
+    path: &Path,
+    cache_bytes: usize,
+) -> Result<(Database, Journal), StoreError> {
     if !path.exists() {
         create_atomically(path)?;
     } else if fs::metadata(path).map_err(io(path))?.len() == 0 {
@@ -34,7 +47,77 @@ pub(crate) fn open_file(path: &Path, cache_bytes: usize) -> Result<Database, Sto
         .open(path)
         .map_err(|e| map_open_error(path, e))?;
     check_format(&db, path)?;
-    Ok(db)
+    let journal = recover_journal(&db, path)?;
+    Ok((db, journal))
+}
+
+/// `(db_id, journal_lsn)` from `meta`; `db_id` is `None` in a version-1
+/// file that never had a journal.
+fn journal_state(
+    db: &impl ReadableDatabase,
+    path: &Path,
+) -> Result<(Option<u64>, u64), StoreError> {
+    let txn = db.begin_read().map_err(|e| from_redb(path, e))?;
+    let meta = txn.open_table(META).map_err(|e| from_redb(path, e))?;
+    let read = |name: &str| -> Result<Option<u64>, StoreError> {
+        match meta.get(name).map_err(|e| from_redb(path, e))? {
+            None => Ok(None),
+            Some(v) => v
+                .value()
+                .try_into()
+                .map(|b| Some(u64::from_le_bytes(b)))
+                .map_err(|_| StoreError::Corruption {
+                    path: path.to_path_buf(),
+                    message: format!("meta.{name} is not 8 bytes"),
+                }),
+        }
+    };
+    Ok((read("db_id")?, read("journal_lsn")?.unwrap_or(0)))
+}
+
+/// Apply the journal's pending frames (if any) in one durable commit, set
+/// `db_id` and the format version if missing, and open the journal.
+fn recover_journal(db: &Database, path: &Path) -> Result<Journal, StoreError> {
+    let jpath = journal_path(path);
+    let (db_id, applied) = journal_state(db, path)?;
+    let frames = match db_id {
+        Some(id) => pending(&jpath, id, applied)?,
+        None => Vec::new(),
+    };
+    let db_id = db_id.unwrap_or_else(|| uuid::Uuid::now_v7().as_u64_pair().1);
+    let last = frames.last().map_or(applied, |f| f.lsn);
+    let txn = db.begin_write().map_err(|e| from_redb(path, e))?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| from_redb(path, e))?;
+        let mut t = Tables::open(&txn, path)?;
+        for frame in &frames {
+            let ops = decode_ops(&frame.body).map_err(|at| StoreError::Corruption {
+                path: jpath.clone(),
+                message: format!(
+                    "journal frame {} does not decode at byte {at} although its checksum holds",
+                    frame.lsn
+                ),
+            })?;
+            for op in &ops {
+                t.apply(path, op, None)?;
+            }
+        }
+        meta.insert("format_version", FORMAT_VERSION.to_string().as_bytes())
+            .map_err(|e| from_redb(path, e))?;
+        meta.insert("db_id", db_id.to_le_bytes().as_slice())
+            .map_err(|e| from_redb(path, e))?;
+        meta.insert("journal_lsn", last.to_le_bytes().as_slice())
+            .map_err(|e| from_redb(path, e))?;
+    }
+    txn.commit().map_err(|e| from_redb(path, e))?;
+    if !frames.is_empty() {
+        tracing::info!(
+            path = %path.display(),
+            frames = frames.len(),
+            "applied the commit journal left by a crash"
+        );
+    }
+    Journal::open(&jpath, db_id, last + 1)
 }
 
 /// Open (or initialise) a database on any redb backend: the in-memory one
@@ -63,6 +146,15 @@ pub(crate) fn open_read_only(path: &Path) -> Result<redb::ReadOnlyDatabase, Stor
         .open_read_only(path)
         .map_err(|e| map_open_error(path, e))?;
     check_format(&db, path)?;
+    if let (Some(id), applied) = journal_state(&db, path)? {
+        let frames = pending(&journal_path(path), id, applied)?.len();
+        if frames > 0 {
+            return Err(StoreError::Unrecovered {
+                path: path.to_path_buf(),
+                frames,
+            });
+        }
+    }
     Ok(db)
 }
 
@@ -156,7 +248,7 @@ fn check_format(db: &impl ReadableDatabase, path: &Path) -> Result<(), StoreErro
         .map_err(|e| from_redb(path, e))?
         .map(|v| String::from_utf8_lossy(v.value()).into_owned());
     match found {
-        Some(v) if v == FORMAT_VERSION.to_string() => Ok(()),
+        Some(v) if READABLE_FORMATS.contains(&v.as_str()) => Ok(()),
         Some(v) => Err(StoreError::UnsupportedFormat {
             path: path.to_path_buf(),
             found: v,

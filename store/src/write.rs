@@ -2,12 +2,21 @@
 //!
 //! One thread owns every write transaction. It blocks for the first queued
 //! request, then drains whatever else is queued (up to `max_group`), writes
-//! all of it in one `Durability::Immediate` transaction — one fdatasync —
-//! and only then acknowledges each caller. Requests are validated one by
-//! one: a request that conflicts is refused alone, the others commit.
+//! all of it in one transaction and makes that durable with one fdatasync
+//! before it acknowledges each caller. Requests are validated one by one: a
+//! request that conflicts is refused alone, the others commit.
+//!
+//! A store on a file makes a group durable through its [commit
+//! journal](crate::journal): the group's writes go into the journal as one
+//! frame (write + fdatasync), then into redb with `Durability::None`
+//! (visible to readers from that moment); every
+//! [`CHECKPOINT_BYTES`](crate::journal::CHECKPOINT_BYTES) of journal, and
+//! when the store closes, an `Immediate` redb commit (a checkpoint) makes
+//! redb durable and the journal starts again. A store on another backend
+//! (in memory, fault injection) commits each group `Immediate` instead.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{Database, ReadableTable};
@@ -17,8 +26,9 @@ use crate::clock::Clock;
 use crate::envelope::{GENESIS_HASH, NewEvent, RawEnvelope, canonical_bytes, chain_hash};
 use crate::error::{StoreError, from_redb};
 use crate::ids::{Position, Seq, StreamId};
+use crate::journal::{CHECKPOINT_BYTES, Journal, Op};
 use crate::tables::{
-    EVENTS, HEADS, INDEX, POSITIONS, SNAPSHOTS, decode_head, encode_head, encode_record,
+    EVENTS, HEADS, INDEX, META, POSITIONS, SNAPSHOTS, decode_head, encode_head, encode_record,
 };
 
 /// Events to append to one stream, with optimistic concurrency.
@@ -117,6 +127,13 @@ pub(crate) struct Writer {
     pub next_position: u64,
     pub max_group: usize,
     pub quick_repair: bool,
+    /// The commit journal (stores on a file); `None`: `Immediate` commits.
+    pub journal: Option<Journal>,
+    /// Set after a failure that leaves the journal and redb possibly out
+    /// of step: every later request fails with this message.
+    pub poisoned: Option<String>,
+    /// The frame body being built for the current group.
+    pub body: Vec<u8>,
 }
 
 impl Writer {
@@ -133,6 +150,44 @@ impl Writer {
             }
             self.commit_group(&mut group);
         }
+        // Closing: make redb durable so the journal is not needed to open.
+        if self.poisoned.is_none()
+            && let Err(e) = self.checkpoint()
+        {
+            tracing::error!(error = %e, "checkpoint at close failed; the journal will be applied at the next open");
+        }
+    }
+
+    /// Make every non-durable commit durable with one `Immediate` redb
+    /// commit that also records the last journal frame it covers, then
+    /// start the journal again. A no-op without a journal or with nothing
+    /// journaled since the last checkpoint.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let Some(journal) = self.journal.as_mut() else {
+            return Ok(());
+        };
+        if journal.written() == 0 {
+            return Ok(());
+        }
+        let lsn = journal.last_lsn();
+        let p = self.path.clone();
+        let db = self.db.clone();
+        let quick_repair = self.quick_repair;
+        crate::guard::guard(&p.clone(), move || {
+            let re = |e: redb::Error| from_redb(&p, e);
+            let mut txn = db.begin_write().map_err(|e| re(e.into()))?;
+            txn.set_durability(redb::Durability::Immediate)
+                .map_err(|e| StoreError::Storage(e.to_string()))?;
+            txn.set_quick_repair(quick_repair);
+            {
+                let mut meta = txn.open_table(META).map_err(|e| re(e.into()))?;
+                meta.insert("journal_lsn", lsn.to_le_bytes().as_slice())
+                    .map_err(|e| re(e.into()))?;
+            }
+            txn.commit().map_err(|e| re(e.into()))
+        })?;
+        journal.restart();
+        Ok(())
     }
 
     /// The next job: poll briefly before parking, because the next append
@@ -155,9 +210,30 @@ impl Writer {
     }
 
     fn commit_group(&mut self, group: &mut Vec<Job>) {
+        if let Some(why) = &self.poisoned {
+            for job in group.drain(..) {
+                let _ = job.reply.send(Err(StoreError::Storage(why.clone())));
+            }
+            return;
+        }
         let start_position = self.next_position;
         let path = self.path.clone();
         let outcome = crate::guard::guard(&path, || self.write_group(group));
+        if outcome.is_ok()
+            && self
+                .journal
+                .as_ref()
+                .is_some_and(|j| j.written() >= CHECKPOINT_BYTES)
+            && let Err(e) = self.checkpoint()
+        {
+            // The group is durable in the journal; redb is not. Stop writing
+            // and let the next open apply the journal.
+            tracing::error!(error = %e, "checkpoint failed");
+            self.poisoned = Some(format!(
+                "a checkpoint of {} failed earlier ({e}); reopen the database",
+                path.display()
+            ));
+        }
         match outcome {
             Ok(results) => {
                 let mut all: Vec<RawEnvelope> = Vec::new();
@@ -176,6 +252,14 @@ impl Writer {
             Err(e) => {
                 self.next_position = start_position;
                 tracing::error!(error = %e, "group commit failed");
+                if self.journal.is_some() {
+                    // The frame may be on disk while redb lacks it: a later
+                    // group would contradict it. Only a reopen can tell.
+                    self.poisoned = Some(format!(
+                        "a commit to {} failed earlier ({e}); reopen the database (its journal decides what committed)",
+                        path.display()
+                    ));
+                }
                 let msg = e.to_string();
                 for job in group.drain(..) {
                     let _ = job.reply.send(Err(clone_fatal(&e, &msg)));
@@ -194,22 +278,36 @@ impl Writer {
         let p = self.path.clone();
         let re = |e: redb::Error| from_redb(&p, e);
         let mut txn = self.db.begin_write().map_err(|e| re(e.into()))?;
-        txn.set_durability(redb::Durability::Immediate)
+        let durability = if self.journal.is_some() {
+            redb::Durability::None
+        } else {
+            redb::Durability::Immediate
+        };
+        txn.set_durability(durability)
             .map_err(|e| StoreError::Storage(e.to_string()))?;
         txn.set_quick_repair(self.quick_repair);
+        let mut body = std::mem::take(&mut self.body);
+        body.clear();
         let mut results = Vec::with_capacity(group.len());
         {
-            let mut t = Tables {
-                events: txn.open_table(EVENTS).map_err(|e| re(e.into()))?,
-                positions: txn.open_table(POSITIONS).map_err(|e| re(e.into()))?,
-                heads: txn.open_table(HEADS).map_err(|e| re(e.into()))?,
-                index: txn.open_table(INDEX).map_err(|e| re(e.into()))?,
-                snapshots: txn.open_table(SNAPSHOTS).map_err(|e| re(e.into()))?,
-            };
+            let mut t = Tables::open(&txn, &p)?;
+            let journaling = self.journal.is_some();
             for job in group {
-                results.push(self.write_one(&mut t, &job.request)?);
+                results.push(self.write_one(
+                    &mut t,
+                    &job.request,
+                    journaling.then_some(&mut body),
+                )?);
             }
         }
+        // Write-ahead: the frame is durable before redb makes the group
+        // visible; if it fails the transaction is dropped (aborted).
+        if let Some(journal) = self.journal.as_mut()
+            && !body.is_empty()
+        {
+            journal.append(&body)?;
+        }
+        self.body = body;
         txn.commit().map_err(|e| re(e.into()))?;
         Ok(results)
     }
@@ -218,6 +316,7 @@ impl Writer {
         &mut self,
         t: &mut Tables<'_>,
         req: &WriteRequest,
+        mut body: Option<&mut Vec<u8>>,
     ) -> Result<Result<Committed, StoreError>, StoreError> {
         let p = self.path.clone();
         let re = |e: redb::Error| from_redb(&p, e);
@@ -287,48 +386,51 @@ impl Writer {
                     payload: ev.payload.clone(),
                     hash,
                 };
-                // Invariant: seqs are contiguous; the slot must be free.
-                let prev = t
-                    .events
-                    .insert((key.as_str(), seq), encode_record(&env).as_slice())
-                    .map_err(|e| re(e.into()))?;
-                if prev.is_some() {
-                    return Err(StoreError::Corruption {
-                        path: p.clone(),
-                        message: format!(
-                            "stream {key} already has seq {seq} beyond its head {last}"
-                        ),
-                    });
-                }
-                t.positions
-                    .insert(position, (key.as_str(), seq))
-                    .map_err(|e| re(e.into()))?;
+                let record = encode_record(&env);
+                t.apply(
+                    &p,
+                    &Op::Event {
+                        stream: &key,
+                        seq,
+                        position,
+                        record: &record,
+                    },
+                    body.as_deref_mut(),
+                )?;
                 committed.push(env);
             }
             if seq != last {
-                t.heads
-                    .insert(key.as_str(), encode_head(seq, &hash).as_slice())
-                    .map_err(|e| re(e.into()))?;
+                let head = encode_head(seq, &hash);
+                t.apply(
+                    &p,
+                    &Op::Head {
+                        stream: &key,
+                        head: &head,
+                    },
+                    body.as_deref_mut(),
+                )?;
             }
         }
         for op in &req.index {
-            match op {
+            let op = match op {
                 IndexOp::Put { index, key, value } | IndexOp::Insert { index, key, value } => {
-                    t.index
-                        .insert((index.as_str(), key.as_str()), value.as_slice())
-                        .map_err(|e| re(e.into()))?;
+                    Op::IndexPut {
+                        name: index,
+                        key,
+                        value,
+                    }
                 }
-                IndexOp::Delete { index, key } => {
-                    t.index
-                        .remove((index.as_str(), key.as_str()))
-                        .map_err(|e| re(e.into()))?;
-                }
-            }
+                IndexOp::Delete { index, key } => Op::IndexDelete { name: index, key },
+            };
+            t.apply(&p, &op, body.as_deref_mut())?;
         }
         for (stream, seq, bytes) in &req.snapshots {
-            t.snapshots
-                .insert((stream.key().as_str(), seq.0), bytes.as_slice())
-                .map_err(|e| re(e.into()))?;
+            let op = Op::Snapshot {
+                stream: &stream.key(),
+                seq: seq.0,
+                bytes,
+            };
+            t.apply(&p, &op, body.as_deref_mut())?;
         }
         Ok(Ok(committed))
     }
@@ -336,11 +438,78 @@ impl Writer {
 
 /// The tables of one write transaction, opened once per group.
 pub(crate) struct Tables<'txn> {
-    events: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
-    positions: redb::Table<'txn, u64, (&'static str, u64)>,
-    heads: redb::Table<'txn, &'static str, &'static [u8]>,
-    index: redb::Table<'txn, (&'static str, &'static str), &'static [u8]>,
-    snapshots: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+    pub events: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+    pub positions: redb::Table<'txn, u64, (&'static str, u64)>,
+    pub heads: redb::Table<'txn, &'static str, &'static [u8]>,
+    pub index: redb::Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    pub snapshots: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+}
+
+impl<'txn> Tables<'txn> {
+    /// Open every table of `txn`.
+    pub(crate) fn open(txn: &'txn redb::WriteTransaction, path: &Path) -> Result<Self, StoreError> {
+        let re = |e: redb::TableError| from_redb(path, e);
+        Ok(Self {
+            events: txn.open_table(EVENTS).map_err(re)?,
+            positions: txn.open_table(POSITIONS).map_err(re)?,
+            heads: txn.open_table(HEADS).map_err(re)?,
+            index: txn.open_table(INDEX).map_err(re)?,
+            snapshots: txn.open_table(SNAPSHOTS).map_err(re)?,
+        })
+    }
+
+    /// Apply one write — the same code for a live group and for a
+    /// journal frame replayed at open — and, when `body` is given, add it
+    /// to the group's journal frame.
+    ///
+    /// Errors: `Corruption` when an event's `(stream, seq)` slot is
+    /// already taken (seqs must stay contiguous); storage errors.
+    pub(crate) fn apply(
+        &mut self,
+        path: &Path,
+        op: &Op<'_>,
+        body: Option<&mut Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let re = |e: redb::StorageError| from_redb(path, e);
+        match *op {
+            Op::Event {
+                stream,
+                seq,
+                position,
+                record,
+            } => {
+                // Invariant: seqs are contiguous; the slot must be free.
+                if self
+                    .events
+                    .insert((stream, seq), record)
+                    .map_err(re)?
+                    .is_some()
+                {
+                    return Err(StoreError::Corruption {
+                        path: path.to_path_buf(),
+                        message: format!("stream {stream} already has seq {seq} beyond its head"),
+                    });
+                }
+                self.positions.insert(position, (stream, seq)).map_err(re)?;
+            }
+            Op::Head { stream, head } => {
+                self.heads.insert(stream, head).map_err(re)?;
+            }
+            Op::IndexPut { name, key, value } => {
+                self.index.insert((name, key), value).map_err(re)?;
+            }
+            Op::IndexDelete { name, key } => {
+                self.index.remove((name, key)).map_err(re)?;
+            }
+            Op::Snapshot { stream, seq, bytes } => {
+                self.snapshots.insert((stream, seq), bytes).map_err(re)?;
+            }
+        }
+        if let Some(body) = body {
+            op.encode(body);
+        }
+        Ok(())
+    }
 }
 
 /// Every caller of a failed group gets an error; I/O errors cannot be

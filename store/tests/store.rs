@@ -2,6 +2,7 @@
 
 mod common;
 
+use chronicle_store::journal::journal_path;
 use chronicle_store::{
     IndexOp, NewEvent, Position, Seq, Store, StoreError, StoreOptions, StreamId, WriteRequest,
 };
@@ -355,7 +356,65 @@ fn creation_leaves_no_temporary_file() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("db.redb")]);
+    let mut names: Vec<_> = names
+        .into_iter()
+        .map(|n| n.into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["db.redb", "db.redb-journal"]);
+}
+
+/// A copy of the files taken while the store is open is what a crash
+/// leaves: redb holds the groups only in non-durable commits, the journal
+/// holds them durably. Opening the copy applies the journal.
+#[test]
+fn a_crash_image_is_recovered_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let store = open(&path);
+    let s = run_stream();
+    for i in 0..20u64 {
+        store
+            .write_blocking(WriteRequest::append(
+                s.clone(),
+                Seq(i),
+                vec![ev(&i.to_string())],
+            ))
+            .unwrap();
+    }
+    let image = dir.path().join("image.redb");
+    let bare = dir.path().join("bare.redb");
+    std::fs::copy(&path, &image).unwrap();
+    std::fs::copy(&path, &bare).unwrap();
+    std::fs::copy(journal_path(&path), journal_path(&image)).unwrap();
+    drop(store);
+
+    // Read-only opens refuse the image (crash repair or journal pending)
+    // and leave it as it is.
+    let before = std::fs::read(&image).unwrap();
+    assert!(Store::open_read_only(&image).is_err());
+    assert_eq!(std::fs::read(&image).unwrap(), before);
+
+    // Without its journal the image lacks acknowledged groups: the journal
+    // is what made them durable.
+    let bare = open(&bare);
+    assert!(bare.read_stream(&s, Seq(1)).unwrap().len() < 20);
+    drop(bare);
+
+    let recovered = open(&image);
+    let events = recovered.read_stream(&s, Seq(1)).unwrap();
+    assert_eq!(events.len(), 20);
+    assert!(recovered.verify_stream(&s).unwrap().ok());
+    recovered
+        .write_blocking(WriteRequest::append(s.clone(), Seq(20), vec![ev("after")]))
+        .unwrap();
+    assert_eq!(
+        recovered.last_event(&s).unwrap().unwrap().position.0,
+        events[19].position.0 + 1
+    );
+    drop(recovered);
+    let ro = Store::open_read_only(&image).unwrap();
+    assert_eq!(ro.read_stream(&s, Seq(1)).unwrap().len(), 21);
 }
 
 #[test]

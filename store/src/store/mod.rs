@@ -141,7 +141,11 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Open the database at `path`, creating it atomically if absent.
+    /// Open the database at `path`, creating it atomically if absent, and
+    /// its commit journal `PATH-journal` (see [`crate::journal`]): groups a
+    /// crash left in the journal are applied to redb before this returns.
+    /// Keep the two files together — copying the database alone after a
+    /// crash loses the groups only its journal holds.
     ///
     /// Errors: [`StoreError::Locked`] when another process has it open,
     /// [`StoreError::Corruption`] when it is not a readable redb file,
@@ -150,8 +154,8 @@ impl Store {
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         crate::guard::guard(&path.clone(), move || {
-            let db = open_file(&path, options.cache_bytes)?;
-            Self::start(db, path, options)
+            let (db, journal) = open_file(&path, options.cache_bytes)?;
+            Self::start(db, path, options, Some(journal))
         })
     }
 
@@ -168,11 +172,16 @@ impl Store {
         let label = PathBuf::from("<backend>");
         crate::guard::guard(&label.clone(), move || {
             let db = open_backend(backend, &label)?;
-            Self::start(db, label, options)
+            Self::start(db, label, options, None)
         })
     }
 
-    fn start(db: Database, path: PathBuf, options: StoreOptions) -> Result<Self, StoreError> {
+    fn start(
+        db: Database,
+        path: PathBuf,
+        options: StoreOptions,
+        journal: Option<crate::journal::Journal>,
+    ) -> Result<Self, StoreError> {
         let db = Arc::new(db);
         let next_position = {
             let txn = db.begin_read().map_err(|e| from_redb(&path, e))?;
@@ -191,6 +200,9 @@ impl Store {
             next_position,
             max_group: options.max_group.max(1),
             quick_repair: options.quick_repair,
+            journal,
+            poisoned: None,
+            body: Vec::new(),
         };
         let handle = std::thread::Builder::new()
             .name("chronicle-writer".into())
@@ -216,7 +228,9 @@ impl Store {
     ///
     /// Errors: as [`Store::open`]; a missing file is [`StoreError::Io`];
     /// a file that needs crash repair cannot be opened read-only
-    /// ([`StoreError::Storage`]) — open it read-write once to repair.
+    /// ([`StoreError::Storage`]), nor one whose commit journal holds groups
+    /// a crash left unapplied ([`StoreError::Unrecovered`]) — open it
+    /// read-write once to repair and apply them.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let db = crate::guard::guard(&path, || crate::open::open_read_only(&path))?;
