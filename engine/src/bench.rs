@@ -98,7 +98,7 @@ pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
         })?;
     rt.block_on(async {
         let path = dir.join("bench-steps.redb");
-        let _ = std::fs::remove_file(&path);
+        chronicle_store::journal::remove_database(&path);
         let engine = EngineBuilder::new()
             .db(&path)
             .workdir(dir)
@@ -140,7 +140,7 @@ pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
         }
         let shell_step_overhead = chronicle_store::bench::percentile(&mut ratios, 0.5);
         drop(engine);
-        let _ = std::fs::remove_file(&path);
+        chronicle_store::journal::remove_database(&path);
         Ok(StepsBench {
             fsync_ms,
             run_p50_ms,

@@ -141,7 +141,7 @@ pub fn run(dir: &Path) -> Result<ReplayBench, ReplayError> {
     })?;
     // 1,000,000 events: 100,000 runs of 10 events (4 steps, all succeeded).
     let path = dir.join("bench-fold.redb");
-    let _ = std::fs::remove_file(&path);
+    chronicle_store::journal::remove_database(&path);
     let ids = {
         let store = Store::open(&path, StoreOptions::default())?;
         fill(&store, 100_000, 4)?
@@ -185,11 +185,11 @@ pub fn run(dir: &Path) -> Result<ReplayBench, ReplayError> {
     );
     let verify_events_per_s = verified as f64 / t.elapsed().as_secs_f64();
     drop(store);
-    let _ = std::fs::remove_file(&path);
+    chronicle_store::journal::remove_database(&path);
 
     // 10,000 in-flight runs of 10 events (the fifth event onwards: step 4 running).
     let rpath = dir.join("bench-recover.redb");
-    let _ = std::fs::remove_file(&rpath);
+    chronicle_store::journal::remove_database(&rpath);
     {
         let store = Store::open(&rpath, StoreOptions::default())?;
         fill(&store, 10_000, 3)?;
@@ -221,7 +221,7 @@ pub fn run(dir: &Path) -> Result<ReplayBench, ReplayError> {
         Ok::<f64, ReplayError>(ms)
     })?;
     rt.shutdown_background();
-    let _ = std::fs::remove_file(&rpath);
+    chronicle_store::journal::remove_database(&rpath);
     Ok(ReplayBench {
         fold_events_per_s,
         recover_10k_ms,

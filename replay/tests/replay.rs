@@ -7,7 +7,6 @@ use chronicle_engine::model::parse_definition;
 use chronicle_engine::runtime::EngineBuilder;
 use chronicle_replay::rebuild::{Target, full_fold, state_at};
 use chronicle_store::{ManualClock, Seq, Store, StoreOptions};
-use redb::ReadableTable;
 use serde_json::json;
 
 const WF: &str = "
@@ -84,18 +83,22 @@ fn tamper(path: &std::path::Path, run: chronicle_engine::ids::RunId, seq: u64) {
     let db = redb::Database::open(path).unwrap();
     let txn = db.begin_write().unwrap();
     {
-        let def = redb::TableDefinition::<(&str, u64), &[u8]>::new("events");
+        use redb::ReadableTable;
+        let def = redb::TableDefinition::<u64, &[u8]>::new("log");
         let mut t = txn.open_table(def).unwrap();
         let key = run.to_string();
-        let mut rec = t
-            .get((key.as_str(), seq))
+        let (position, mut rec) = t
+            .iter()
             .unwrap()
-            .unwrap()
-            .value()
-            .to_vec();
+            .map(Result::unwrap)
+            .find_map(|(k, v)| {
+                let view = chronicle_store::view_record(k.value(), v.value()).unwrap();
+                (view.stream == key && view.seq == seq).then(|| (k.value(), v.value().to_vec()))
+            })
+            .unwrap();
         let i = rec.len() - 4;
         rec[i] = if rec[i] == b'a' { b'b' } else { b'a' };
-        t.insert((key.as_str(), seq), rec.as_slice()).unwrap();
+        t.insert(position, rec.as_slice()).unwrap();
     }
     txn.commit().unwrap();
 }

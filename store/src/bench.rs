@@ -15,7 +15,6 @@ use crate::envelope::NewEvent;
 use crate::error::StoreError;
 use crate::ids::{Seq, StreamId};
 use crate::store::{Store, StoreOptions};
-use crate::tables::view_record;
 use crate::write::WriteRequest;
 
 /// The figures of one run; `--json` prints exactly these keys.
@@ -170,7 +169,7 @@ pub fn concurrent_appends(
 pub fn raw_batch_inserts_per_s(dir: &Path, total: u64) -> Result<f64, StoreError> {
     const T: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
     let path = dir.join("bench-raw.redb");
-    let _ = std::fs::remove_file(&path);
+    crate::journal::remove_database(&path);
     let db = Database::create(&path).map_err(|e| crate::error::from_redb(&path, e))?;
     let map = |e: redb::Error| crate::error::from_redb(&path, e);
     let start = Instant::now();
@@ -191,7 +190,7 @@ pub fn raw_batch_inserts_per_s(dir: &Path, total: u64) -> Result<f64, StoreError
     }
     let rate = total as f64 / start.elapsed().as_secs_f64();
     drop(db);
-    let _ = std::fs::remove_file(&path);
+    crate::journal::remove_database(&path);
     Ok(rate)
 }
 
@@ -230,12 +229,8 @@ pub fn scan_events_per_s(path: &Path) -> Result<(f64, u64), StoreError> {
     let start = Instant::now();
     let store = Store::open(path, StoreOptions::default())?;
     let mut bytes = 0usize;
-    let n = store.scan_all(|stream, seq, rec| {
-        let view = view_record(rec).ok_or_else(|| StoreError::Corruption {
-            path: path.to_path_buf(),
-            message: format!("{stream}#{seq} too short"),
-        })?;
-        bytes += view.payload.len() + view.hash[0] as usize + view.position as usize;
+    let n = store.scan_all(|view| {
+        bytes += view.payload.len() + view.hash[0] as usize + view.seq as usize;
         Ok(())
     })?;
     let rate = n as f64 / start.elapsed().as_secs_f64();
@@ -250,7 +245,7 @@ pub fn run(dir: &Path) -> Result<StoreBench, StoreError> {
     let raw_fsync_per_s = raw_fsync_per_s(dir, Duration::from_secs(2))?;
 
     let path = dir.join("bench-appends.redb");
-    let _ = std::fs::remove_file(&path);
+    crate::journal::remove_database(&path);
     let store = Store::open(&path, StoreOptions::default())?;
     let (appends_per_s_1, _) = concurrent_appends(&store, 1, 2000)?;
     let (appends_per_s_256, mut lat) = concurrent_appends(&store, 256, 100)?;
@@ -258,15 +253,20 @@ pub fn run(dir: &Path) -> Result<StoreBench, StoreError> {
     let append_p99_ms_256 = percentile(&mut lat, 0.99);
     let (appends_per_s_1024, _) = concurrent_appends(&store, 1024, 100)?;
     drop(store);
-    let _ = std::fs::remove_file(&path);
+    crate::journal::remove_database(&path);
 
     let raw_batch_inserts_per_s = raw_batch_inserts_per_s(dir, 200_000)?;
 
     let scan_path = dir.join("bench-scan.redb");
-    let _ = std::fs::remove_file(&scan_path);
+    crate::journal::remove_database(&scan_path);
     fill(&scan_path, 1_000_000)?;
+    // Let the fill's writes reach the disk, so the scan is not timed
+    // against the kernel's writeback of them.
+    std::fs::File::open(&scan_path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&scan_path))?;
     let (scan_events_per_s, _) = scan_events_per_s(&scan_path)?;
-    let _ = std::fs::remove_file(&scan_path);
+    crate::journal::remove_database(&scan_path);
 
     Ok(StoreBench {
         raw_fsync_per_s,
@@ -304,7 +304,7 @@ pub fn quick_repair_study(dir: &Path) -> Result<QuickRepairStudy, StoreError> {
     let mut figures = [0f64; 4];
     for (i, quick) in [false, true].into_iter().enumerate() {
         let path = dir.join(format!("bench-qr-{quick}.redb"));
-        let _ = std::fs::remove_file(&path);
+        crate::journal::remove_database(&path);
         let store = Store::open(
             &path,
             StoreOptions {
@@ -315,10 +315,10 @@ pub fn quick_repair_study(dir: &Path) -> Result<QuickRepairStudy, StoreError> {
         figures[i] = concurrent_appends(&store, 1, 1000)?.0;
         figures[2 + i] = concurrent_appends(&store, 256, 50)?.0;
         drop(store);
-        let _ = std::fs::remove_file(&path);
+        crate::journal::remove_database(&path);
     }
     let scan_path = dir.join("bench-qr-walk.redb");
-    let _ = std::fs::remove_file(&scan_path);
+    crate::journal::remove_database(&scan_path);
     fill(&scan_path, 1_000_000)?;
     // Let the writer thread of `fill` release the file.
     std::thread::sleep(Duration::from_millis(200));
@@ -329,7 +329,7 @@ pub fn quick_repair_study(dir: &Path) -> Result<QuickRepairStudy, StoreError> {
     let full_walk_ms_1m = t.elapsed().as_secs_f64() * 1e3;
     let _ = db.begin_read().map(drop);
     drop(db);
-    let _ = std::fs::remove_file(&scan_path);
+    crate::journal::remove_database(&scan_path);
     Ok(QuickRepairStudy {
         off_appends_per_s_1: figures[0],
         on_appends_per_s_1: figures[1],

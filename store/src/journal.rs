@@ -54,6 +54,13 @@ pub fn journal_path(db: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Remove the database at `db` and its journal (missing files are fine):
+/// a database is these two files.
+pub fn remove_database(db: &Path) {
+    let _ = std::fs::remove_file(db);
+    let _ = std::fs::remove_file(journal_path(db));
+}
+
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_path_buf(),
@@ -64,15 +71,8 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
 /// One write of a group, as journaled and as applied to the tables.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Op<'a> {
-    /// `events[(stream, seq)] = record`, `positions[position] = (stream, seq)`.
-    Event {
-        stream: &'a str,
-        seq: u64,
-        position: u64,
-        record: &'a [u8],
-    },
-    /// `heads[stream] = head`.
-    Head { stream: &'a str, head: &'a [u8] },
+    /// `log[position] = record` (the record names its stream and seq).
+    Event { position: u64, record: &'a [u8] },
     /// `index[(name, key)] = value`.
     IndexPut {
         name: &'a str,
@@ -98,22 +98,10 @@ impl Op<'_> {
     /// Append this op's encoding to a frame body.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Op::Event {
-                stream,
-                seq,
-                position,
-                record,
-            } => {
+            Op::Event { position, record } => {
                 out.push(1);
-                put_bytes(out, stream.as_bytes());
-                out.extend_from_slice(&seq.to_le_bytes());
                 out.extend_from_slice(&position.to_le_bytes());
                 put_bytes(out, record);
-            }
-            Op::Head { stream, head } => {
-                out.push(2);
-                put_bytes(out, stream.as_bytes());
-                put_bytes(out, head);
             }
             Op::IndexPut { name, key, value } => {
                 out.push(3);
@@ -163,14 +151,8 @@ impl<'a> Reader<'a> {
         let tag = self.take(1)?[0];
         Some(match tag {
             1 => Op::Event {
-                stream: self.str()?,
-                seq: self.u64()?,
                 position: self.u64()?,
                 record: self.bytes()?,
-            },
-            2 => Op::Head {
-                stream: self.str()?,
-                head: self.bytes()?,
             },
             3 => Op::IndexPut {
                 name: self.str()?,
@@ -372,14 +354,8 @@ mod tests {
         let path = journal_path(&dir.path().join("db.redb"));
         let ops = [
             Op::Event {
-                stream: "s",
-                seq: 3,
                 position: 9,
                 record: b"rec",
-            },
-            Op::Head {
-                stream: "s",
-                head: &[1; 40],
             },
             Op::IndexPut {
                 name: "runs",
@@ -402,13 +378,13 @@ mod tests {
         }
         assert_eq!(decode_ops(&body).unwrap(), ops);
         // A cut body is refused at the start of the op it cuts.
-        let mut first_four = Vec::new();
-        for op in &ops[..4] {
-            op.encode(&mut first_four);
+        let mut all_but_last = Vec::new();
+        for op in &ops[..3] {
+            op.encode(&mut all_but_last);
         }
         assert_eq!(
             decode_ops(&body[..body.len() - 1]).unwrap_err(),
-            first_four.len()
+            all_but_last.len()
         );
 
         let mut j = Journal::open(&path, 7, 5).unwrap();

@@ -38,6 +38,7 @@ mod envelope;
 mod error;
 mod guard;
 mod ids;
+mod index;
 pub mod journal;
 mod open;
 mod store;
@@ -58,8 +59,10 @@ pub use store::{ChainReport, Store, StoreOptions, StreamHead};
 pub use tables::{RecordView, view_record};
 pub use write::{Append, Committed, IndexOp, WriteRequest};
 
-/// The on-disk format version this build writes (in the `meta` table under
-/// `format_version`). Version 2 adds the commit journal (`meta.db_id`,
-/// `meta.journal_lsn`, the `DB-journal` file); version-1 files are read and
-/// are upgraded by their first read-write open.
+/// The on-disk format version this build reads and writes (in the `meta`
+/// table under `format_version`). Version 2: the log keyed by global
+/// position with checkpointed stream-index segments, and the commit
+/// journal (`meta.db_id`, `meta.journal_lsn`, `meta.indexed_through`, the
+/// `DB-journal` file). Version 1 (events keyed by `(stream, seq)`, from
+/// development builds before 2026-11-21) is refused.
 pub const FORMAT_VERSION: u32 = 2;

@@ -7,13 +7,17 @@ use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
 
 use crate::FORMAT_VERSION;
 use crate::error::{StoreError, from_redb};
-use crate::journal::{Journal, decode_ops, journal_path, pending};
-use crate::tables::{EVENTS, HEADS, INDEX, META, POSITIONS, SNAPSHOTS};
+use crate::index::StreamIndex;
+use crate::journal::{Journal, Op, decode_ops, journal_path, pending};
+use crate::tables::{INDEX, LOG, META, SNAPSHOTS, STREAM_INDEX, view_record};
 use crate::write::Tables;
 
-/// Format versions this build opens: 1 (before the commit journal; upgraded
-/// to 2 by the first read-write open) and [`FORMAT_VERSION`].
-const READABLE_FORMATS: [&str; 2] = ["1", "2"];
+/// What opening a database yields besides redb's handle.
+pub(crate) struct Opened {
+    pub index: StreamIndex,
+    /// The journal (read-write opens of a file).
+    pub journal: Option<Journal>,
+}
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
@@ -30,10 +34,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
 /// Then the commit journal is recovered: frames a crash left unapplied
 /// are written into redb in one `Immediate` commit, and the journal is
 /// opened for the writer.
-pub(crate) fn open_file(
-    path: &Path,
-    cache_bytes: usize,
-) -> Result<(Database, Journal), StoreError> {
+pub(crate) fn open_file(path: &Path, cache_bytes: usize) -> Result<(Database, Opened), StoreError> {
     if !path.exists() {
         create_atomically(path)?;
     } else if fs::metadata(path).map_err(io(path))?.len() == 0 {
@@ -47,16 +48,19 @@ pub(crate) fn open_file(
         .open(path)
         .map_err(|e| map_open_error(path, e))?;
     check_format(&db, path)?;
-    let journal = recover_journal(&db, path)?;
-    Ok((db, journal))
+    let opened = recover(&db, path, true)?;
+    Ok((db, opened))
 }
 
-/// `(db_id, journal_lsn)` from `meta`; `db_id` is `None` in a version-1
-/// file that never had a journal.
-fn journal_state(
-    db: &impl ReadableDatabase,
-    path: &Path,
-) -> Result<(Option<u64>, u64), StoreError> {
+/// The journal and index state recorded in `meta`.
+struct MetaState {
+    /// `None` until the first read-write open names the database.
+    db_id: Option<u64>,
+    journal_lsn: u64,
+    indexed_through: u64,
+}
+
+fn meta_state(db: &impl ReadableDatabase, path: &Path) -> Result<MetaState, StoreError> {
     let txn = db.begin_read().map_err(|e| from_redb(path, e))?;
     let meta = txn.open_table(META).map_err(|e| from_redb(path, e))?;
     let read = |name: &str| -> Result<Option<u64>, StoreError> {
@@ -72,23 +76,49 @@ fn journal_state(
                 }),
         }
     };
-    Ok((read("db_id")?, read("journal_lsn")?.unwrap_or(0)))
+    Ok(MetaState {
+        db_id: read("db_id")?,
+        journal_lsn: read("journal_lsn")?.unwrap_or(0),
+        indexed_through: read("indexed_through")?.unwrap_or(0),
+    })
 }
 
-/// Apply the journal's pending frames (if any) in one durable commit, set
-/// `db_id` and the format version if missing, and open the journal.
-fn recover_journal(db: &Database, path: &Path) -> Result<Journal, StoreError> {
+/// Build the stream index from the segments and the log after them.
+fn load_index(
+    db: &impl ReadableDatabase,
+    path: &Path,
+    indexed_through: u64,
+) -> Result<StreamIndex, StoreError> {
+    let txn = db.begin_read().map_err(|e| from_redb(path, e))?;
+    let segments = txn
+        .open_table(STREAM_INDEX)
+        .map_err(|e| from_redb(path, e))?;
+    let log = txn.open_table(LOG).map_err(|e| from_redb(path, e))?;
+    StreamIndex::load(&segments, &log, indexed_through, path)
+}
+
+/// Recover a read-write open: build the stream index, apply the journal's
+/// pending frames (if `with_journal`), and in one durable commit save the
+/// index segments of what was recovered and name the database (`db_id`);
+/// then open the journal for the writer.
+fn recover(db: &Database, path: &Path, with_journal: bool) -> Result<Opened, StoreError> {
     let jpath = journal_path(path);
-    let (db_id, applied) = journal_state(db, path)?;
-    let frames = match db_id {
-        Some(id) => pending(&jpath, id, applied)?,
-        None => Vec::new(),
+    let state = meta_state(db, path)?;
+    let mut index = load_index(db, path, state.indexed_through)?;
+    let frames = match (with_journal, state.db_id) {
+        (true, Some(id)) => pending(&jpath, id, state.journal_lsn)?,
+        _ => Vec::new(),
     };
-    let db_id = db_id.unwrap_or_else(|| uuid::Uuid::now_v7().as_u64_pair().1);
-    let last = frames.last().map_or(applied, |f| f.lsn);
+    let db_id = state
+        .db_id
+        .unwrap_or_else(|| uuid::Uuid::now_v7().as_u64_pair().1);
+    let last = frames.last().map_or(state.journal_lsn, |f| f.lsn);
     let txn = db.begin_write().map_err(|e| from_redb(path, e))?;
     {
         let mut meta = txn.open_table(META).map_err(|e| from_redb(path, e))?;
+        let mut segments = txn
+            .open_table(STREAM_INDEX)
+            .map_err(|e| from_redb(path, e))?;
         let mut t = Tables::open(&txn, path)?;
         for frame in &frames {
             let ops = decode_ops(&frame.body).map_err(|at| StoreError::Corruption {
@@ -100,9 +130,27 @@ fn recover_journal(db: &Database, path: &Path) -> Result<Journal, StoreError> {
             })?;
             for op in &ops {
                 t.apply(path, op, None)?;
+                if let Op::Event { position, record } = op {
+                    let rec =
+                        view_record(*position, record).ok_or_else(|| StoreError::Corruption {
+                            path: jpath.clone(),
+                            message: format!(
+                                "journal frame {}: the record at position {position} is malformed",
+                                frame.lsn
+                            ),
+                        })?;
+                    let hash = rec.hash.try_into().expect("32 bytes");
+                    index
+                        .push(rec.stream, rec.seq, *position, hash)
+                        .map_err(|message| StoreError::Corruption {
+                            path: jpath.clone(),
+                            message,
+                        })?;
+                }
             }
         }
-        meta.insert("format_version", FORMAT_VERSION.to_string().as_bytes())
+        index.write_segments(&mut segments, path)?;
+        meta.insert("indexed_through", index.through.to_le_bytes().as_slice())
             .map_err(|e| from_redb(path, e))?;
         meta.insert("db_id", db_id.to_le_bytes().as_slice())
             .map_err(|e| from_redb(path, e))?;
@@ -117,25 +165,34 @@ fn recover_journal(db: &Database, path: &Path) -> Result<Journal, StoreError> {
             "applied the commit journal left by a crash"
         );
     }
-    Journal::open(&jpath, db_id, last + 1)
+    let journal = if with_journal {
+        Some(Journal::open(&jpath, db_id, last + 1)?)
+    } else {
+        None
+    };
+    Ok(Opened { index, journal })
 }
 
 /// Open (or initialise) a database on any redb backend: the in-memory one
-/// for tests, or a fault-injecting wrapper.
+/// for tests, or a fault-injecting wrapper. No journal: each group commit
+/// is an `Immediate` redb commit.
 pub(crate) fn open_backend(
     backend: impl StorageBackend,
     label: &Path,
-) -> Result<Database, StoreError> {
+) -> Result<(Database, Opened), StoreError> {
     let db = Database::builder()
         .create_with_backend(backend)
         .map_err(|e| map_open_error(label, e))?;
     init_tables(&db, label)?;
     check_format(&db, label)?;
-    Ok(db)
+    let opened = recover(&db, label, false)?;
+    Ok((db, opened))
 }
 
 /// Open an existing file read-only (never writes to it).
-pub(crate) fn open_read_only(path: &Path) -> Result<redb::ReadOnlyDatabase, StoreError> {
+pub(crate) fn open_read_only(
+    path: &Path,
+) -> Result<(redb::ReadOnlyDatabase, StreamIndex), StoreError> {
     if fs::metadata(path).map_err(io(path))?.len() == 0 {
         return Err(StoreError::Corruption {
             path: path.to_path_buf(),
@@ -146,8 +203,9 @@ pub(crate) fn open_read_only(path: &Path) -> Result<redb::ReadOnlyDatabase, Stor
         .open_read_only(path)
         .map_err(|e| map_open_error(path, e))?;
     check_format(&db, path)?;
-    if let (Some(id), applied) = journal_state(&db, path)? {
-        let frames = pending(&journal_path(path), id, applied)?.len();
+    let state = meta_state(&db, path)?;
+    if let Some(id) = state.db_id {
+        let frames = pending(&journal_path(path), id, state.journal_lsn)?.len();
         if frames > 0 {
             return Err(StoreError::Unrecovered {
                 path: path.to_path_buf(),
@@ -155,7 +213,8 @@ pub(crate) fn open_read_only(path: &Path) -> Result<redb::ReadOnlyDatabase, Stor
             });
         }
     }
-    Ok(db)
+    let index = load_index(&db, path, state.indexed_through)?;
+    Ok((db, index))
 }
 
 fn map_open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
@@ -220,9 +279,9 @@ fn init_tables(db: &Database, path: &Path) -> Result<(), StoreError> {
             meta.insert("format_version", FORMAT_VERSION.to_string().as_bytes())
                 .map_err(|e| from_redb(path, e))?;
         }
-        txn.open_table(EVENTS).map_err(|e| from_redb(path, e))?;
-        txn.open_table(POSITIONS).map_err(|e| from_redb(path, e))?;
-        txn.open_table(HEADS).map_err(|e| from_redb(path, e))?;
+        txn.open_table(LOG).map_err(|e| from_redb(path, e))?;
+        txn.open_table(STREAM_INDEX)
+            .map_err(|e| from_redb(path, e))?;
         txn.open_table(INDEX).map_err(|e| from_redb(path, e))?;
         txn.open_table(SNAPSHOTS).map_err(|e| from_redb(path, e))?;
     }
@@ -248,7 +307,7 @@ fn check_format(db: &impl ReadableDatabase, path: &Path) -> Result<(), StoreErro
         .map_err(|e| from_redb(path, e))?
         .map(|v| String::from_utf8_lossy(v.value()).into_owned());
     match found {
-        Some(v) if READABLE_FORMATS.contains(&v.as_str()) => Ok(()),
+        Some(v) if v == FORMAT_VERSION.to_string() => Ok(()),
         Some(v) => Err(StoreError::UnsupportedFormat {
             path: path.to_path_buf(),
             found: v,

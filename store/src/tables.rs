@@ -2,12 +2,18 @@
 //!
 //! | table | key | value |
 //! | --- | --- | --- |
-//! | `events` | `(stream, seq)` | [`encode_record`]: position, time, schema, hash, payload |
-//! | `positions` | global position | `(stream, seq)` |
-//! | `heads` | stream | `u64be(last seq) ‖ head hash` (40 bytes) |
+//! | `log` | global position | [`encode_record`]: stream, seq, time, schema, hash, payload |
+//! | `stream_index` | `(stream, first seq)` | a segment: [`encode_segment`] |
 //! | `index` | `(index name, key)` | opaque bytes (projections, unique keys) |
 //! | `snapshots` | `(stream, seq)` | opaque bytes (a fold result) |
-//! | `meta` | name | bytes (`format_version`) |
+//! | `meta` | name | bytes: `format_version`, `db_id`, `journal_lsn`, `indexed_through` |
+//!
+//! Events are keyed by global position, so a group commit appends to the
+//! right edge of one B-tree whatever streams it touches. Which positions
+//! hold a stream's seqs is kept in memory ([`crate::index`]) and written to
+//! `stream_index` at checkpoints as segments (the positions of a run of
+//! seqs, with the hash of the last): `meta.indexed_through` is the last
+//! position the segments cover; the log after it is read at open.
 
 use chrono::DateTime;
 use redb::TableDefinition;
@@ -15,19 +21,20 @@ use redb::TableDefinition;
 use crate::envelope::{Hash, RawEnvelope, time_to_nanos};
 use crate::ids::{Position, Seq, StreamId};
 
-pub(crate) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
-pub(crate) const POSITIONS: TableDefinition<u64, (&str, u64)> = TableDefinition::new("positions");
-pub(crate) const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads");
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(crate) const STREAM_INDEX: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("stream_index");
 pub(crate) const INDEX: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("index");
 pub(crate) const SNAPSHOTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("snapshots");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-const RECORD_HEADER: usize = 8 + 8 + 4 + 32;
-
-/// `u64be(position) ‖ i64be(recorded_at ns) ‖ u32be(schema) ‖ hash ‖ payload`.
-pub(crate) fn encode_record(env: &RawEnvelope) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RECORD_HEADER + env.payload.len());
-    out.extend_from_slice(&env.position.0.to_be_bytes());
+/// `u16be(stream len) ‖ stream ‖ u64be(seq) ‖ i64be(recorded_at ns) ‖
+/// u32be(schema) ‖ hash ‖ payload`.
+pub(crate) fn encode_record(env: &RawEnvelope, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + key.len() + 52 + env.payload.len());
+    out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&env.seq.0.to_be_bytes());
     out.extend_from_slice(&time_to_nanos(env.recorded_at).to_be_bytes());
     out.extend_from_slice(&env.schema_version.to_be_bytes());
     out.extend_from_slice(&env.hash);
@@ -35,42 +42,41 @@ pub(crate) fn encode_record(env: &RawEnvelope) -> Vec<u8> {
     out
 }
 
-/// Decode a record stored under `(stream, seq)`; `None` if it is too short.
-pub(crate) fn decode_record(stream: &StreamId, seq: u64, bytes: &[u8]) -> Option<RawEnvelope> {
-    if bytes.len() < RECORD_HEADER {
-        return None;
-    }
-    let position = u64::from_be_bytes(bytes[0..8].try_into().ok()?);
-    let nanos = i64::from_be_bytes(bytes[8..16].try_into().ok()?);
-    let schema_version = u32::from_be_bytes(bytes[16..20].try_into().ok()?);
-    let hash: Hash = bytes[20..52].try_into().ok()?;
+/// Decode the record stored at `position`; `None` if it is malformed.
+pub(crate) fn decode_record(position: u64, bytes: &[u8]) -> Option<RawEnvelope> {
+    let v = view_record(position, bytes)?;
     Some(RawEnvelope {
-        stream: stream.clone(),
-        seq: Seq(seq),
+        stream: v.stream.parse().ok()?,
+        seq: Seq(v.seq),
         position: Position(position),
-        recorded_at: DateTime::from_timestamp_nanos(nanos),
-        schema_version,
-        payload: bytes[RECORD_HEADER..].to_vec(),
-        hash,
+        recorded_at: DateTime::from_timestamp_nanos(v.recorded_at_ns),
+        schema_version: v.schema_version,
+        payload: v.payload.to_vec(),
+        hash: v.hash.try_into().ok()?,
     })
 }
 
-/// A stream's head as stored: 40 bytes.
-pub(crate) fn encode_head(seq: u64, hash: &Hash) -> [u8; 40] {
-    let mut out = [0u8; 40];
-    out[..8].copy_from_slice(&seq.to_be_bytes());
-    out[8..].copy_from_slice(hash);
+/// A segment of `stream_index`: `hash of its last seq ‖ u64le positions`.
+pub(crate) fn encode_segment(last_hash: &Hash, positions: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + 8 * positions.len());
+    out.extend_from_slice(last_hash);
+    for p in positions {
+        out.extend_from_slice(&p.to_le_bytes());
+    }
     out
 }
 
-pub(crate) fn decode_head(bytes: &[u8]) -> Option<(u64, Hash)> {
-    if bytes.len() != 40 {
+/// `(hash of the last seq, positions)` of a segment; `None` if malformed.
+pub(crate) fn decode_segment(bytes: &[u8]) -> Option<(Hash, Vec<u64>)> {
+    if bytes.len() < 40 || !(bytes.len() - 32).is_multiple_of(8) {
         return None;
     }
-    Some((
-        u64::from_be_bytes(bytes[..8].try_into().ok()?),
-        bytes[8..].try_into().ok()?,
-    ))
+    let hash: Hash = bytes[..32].try_into().ok()?;
+    let positions = bytes[32..]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    Some((hash, positions))
 }
 
 /// A stored record read in place, without copying the payload.
@@ -78,11 +84,15 @@ pub(crate) fn decode_head(bytes: &[u8]) -> Option<(u64, Hash)> {
 pub struct RecordView<'a> {
     /// Global position.
     pub position: u64,
+    /// The stream's key (as [`StreamId::key`]).
+    pub stream: &'a str,
+    /// Seq within the stream.
+    pub seq: u64,
     /// `recorded_at`, Unix nanoseconds.
     pub recorded_at_ns: i64,
     /// Payload schema version.
     pub schema_version: u32,
-    /// Stored hash.
+    /// Stored hash (32 bytes).
     pub hash: &'a [u8],
     /// Payload bytes.
     pub payload: &'a [u8],
@@ -93,19 +103,29 @@ impl RecordView<'_> {
     pub fn recorded_at(&self) -> chrono::DateTime<chrono::Utc> {
         DateTime::from_timestamp_nanos(self.recorded_at_ns)
     }
+
+    /// The stream as a [`StreamId`]; `None` if the key is not a valid id.
+    pub fn stream_id(&self) -> Option<StreamId> {
+        self.stream.parse().ok()
+    }
 }
 
-/// View a stored record (as passed to [`crate::Store::scan_all`] and
-/// [`crate::Store::for_each_view`]); `None` if it is too short.
-pub fn view_record(bytes: &[u8]) -> Option<RecordView<'_>> {
-    if bytes.len() < RECORD_HEADER {
+/// View the record stored at `position` (as passed to
+/// [`crate::Store::scan_all`]); `None` if it is malformed.
+pub fn view_record(position: u64, bytes: &[u8]) -> Option<RecordView<'_>> {
+    let n = u16::from_be_bytes(bytes.get(0..2)?.try_into().ok()?) as usize;
+    let stream = std::str::from_utf8(bytes.get(2..2 + n)?).ok()?;
+    let rest = bytes.get(2 + n..)?;
+    if rest.len() < 52 {
         return None;
     }
     Some(RecordView {
-        position: u64::from_be_bytes(bytes[0..8].try_into().ok()?),
-        recorded_at_ns: i64::from_be_bytes(bytes[8..16].try_into().ok()?),
-        schema_version: u32::from_be_bytes(bytes[16..20].try_into().ok()?),
-        hash: &bytes[20..52],
-        payload: &bytes[RECORD_HEADER..],
+        position,
+        stream,
+        seq: u64::from_be_bytes(rest[0..8].try_into().ok()?),
+        recorded_at_ns: i64::from_be_bytes(rest[8..16].try_into().ok()?),
+        schema_version: u32::from_be_bytes(rest[16..20].try_into().ok()?),
+        hash: &rest[20..52],
+        payload: &rest[52..],
     })
 }

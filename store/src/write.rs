@@ -15,21 +15,20 @@
 //! redb durable and the journal starts again. A store on another backend
 //! (in memory, fault injection) commits each group `Immediate` instead.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use redb::{Database, ReadableTable};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::Clock;
-use crate::envelope::{GENESIS_HASH, NewEvent, RawEnvelope, canonical_bytes, chain_hash};
+use crate::envelope::{Hash, NewEvent, RawEnvelope, canonical_bytes, chain_hash};
 use crate::error::{StoreError, from_redb};
 use crate::ids::{Position, Seq, StreamId};
+use crate::index::StreamIndex;
 use crate::journal::{CHECKPOINT_BYTES, Journal, Op};
-use crate::tables::{
-    EVENTS, HEADS, INDEX, META, POSITIONS, SNAPSHOTS, decode_head, encode_head, encode_record,
-};
+use crate::tables::{INDEX, LOG, META, SNAPSHOTS, STREAM_INDEX, encode_record};
 
 /// Events to append to one stream, with optimistic concurrency.
 #[derive(Clone, Debug)]
@@ -124,16 +123,27 @@ pub(crate) struct Writer {
     pub clock: Arc<dyn Clock>,
     pub rx: mpsc::Receiver<Job>,
     pub tx_events: broadcast::Sender<Arc<[RawEnvelope]>>,
+    /// The stream index shared with readers; updated after each commit.
+    pub index: Arc<RwLock<StreamIndex>>,
     pub next_position: u64,
     pub max_group: usize,
     pub quick_repair: bool,
     /// The commit journal (stores on a file); `None`: `Immediate` commits.
     pub journal: Option<Journal>,
-    /// Set after a failure that leaves the journal and redb possibly out
-    /// of step: every later request fails with this message.
+    /// Set after a failure that leaves the journal, redb and the stream
+    /// index possibly out of step: every later request fails with it.
     pub poisoned: Option<String>,
     /// The frame body being built for the current group.
     pub body: Vec<u8>,
+}
+
+/// What a group adds to the stream index once it commits.
+#[derive(Default)]
+struct Pending {
+    /// `(last seq, head hash)` of each stream appended to in this group.
+    heads: HashMap<String, (u64, Hash)>,
+    /// `(stream, seq, position, hash)` in commit order.
+    events: Vec<(String, u64, u64, Hash)>,
 }
 
 impl Writer {
@@ -149,30 +159,45 @@ impl Writer {
                 }
             }
             self.commit_group(&mut group);
+            let due = self
+                .journal
+                .as_ref()
+                .is_some_and(|j| j.written() >= CHECKPOINT_BYTES);
+            if due && self.poisoned.is_none() {
+                self.checkpoint_or_poison();
+            }
         }
-        // Closing: make redb durable so the journal is not needed to open.
+        // Closing: make redb durable and save the stream index, so the next
+        // open needs neither the journal nor a scan of the log.
         if self.poisoned.is_none()
             && let Err(e) = self.checkpoint()
         {
-            tracing::error!(error = %e, "checkpoint at close failed; the journal will be applied at the next open");
+            tracing::error!(error = %e, "checkpoint at close failed; the next open recovers from the journal and the log");
         }
     }
 
-    /// Make every non-durable commit durable with one `Immediate` redb
-    /// commit that also records the last journal frame it covers, then
-    /// start the journal again. A no-op without a journal or with nothing
-    /// journaled since the last checkpoint.
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
-        let Some(journal) = self.journal.as_mut() else {
-            return Ok(());
-        };
-        if journal.written() == 0 {
-            return Ok(());
+    fn checkpoint_or_poison(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            // The groups are durable in the journal; redb is not. Stop
+            // writing and let the next open apply the journal.
+            tracing::error!(error = %e, "checkpoint failed");
+            self.poisoned = Some(format!(
+                "a checkpoint of {} failed earlier ({e}); reopen the database",
+                self.path.display()
+            ));
         }
-        let lsn = journal.last_lsn();
+    }
+
+    /// One `Immediate` redb commit that makes every earlier non-durable
+    /// commit durable, writes the stream index segments of what changed,
+    /// and records the last journal frame and log position it covers; then
+    /// the journal starts again at offset 0.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let lsn = self.journal.as_ref().map(Journal::last_lsn);
         let p = self.path.clone();
         let db = self.db.clone();
         let quick_repair = self.quick_repair;
+        let index = self.index.clone();
         crate::guard::guard(&p.clone(), move || {
             let re = |e: redb::Error| from_redb(&p, e);
             let mut txn = db.begin_write().map_err(|e| re(e.into()))?;
@@ -180,13 +205,22 @@ impl Writer {
                 .map_err(|e| StoreError::Storage(e.to_string()))?;
             txn.set_quick_repair(quick_repair);
             {
+                let mut segments = txn.open_table(STREAM_INDEX).map_err(|e| re(e.into()))?;
                 let mut meta = txn.open_table(META).map_err(|e| re(e.into()))?;
-                meta.insert("journal_lsn", lsn.to_le_bytes().as_slice())
+                let mut index = index.write().expect("stream index lock");
+                index.write_segments(&mut segments, &p)?;
+                meta.insert("indexed_through", index.through.to_le_bytes().as_slice())
                     .map_err(|e| re(e.into()))?;
+                if let Some(lsn) = lsn {
+                    meta.insert("journal_lsn", lsn.to_le_bytes().as_slice())
+                        .map_err(|e| re(e.into()))?;
+                }
             }
             txn.commit().map_err(|e| re(e.into()))
         })?;
-        journal.restart();
+        if let Some(journal) = self.journal.as_mut() {
+            journal.restart();
+        }
         Ok(())
     }
 
@@ -218,24 +252,19 @@ impl Writer {
         }
         let start_position = self.next_position;
         let path = self.path.clone();
-        let outcome = crate::guard::guard(&path, || self.write_group(group));
-        if outcome.is_ok()
-            && self
-                .journal
-                .as_ref()
-                .is_some_and(|j| j.written() >= CHECKPOINT_BYTES)
-            && let Err(e) = self.checkpoint()
-        {
-            // The group is durable in the journal; redb is not. Stop writing
-            // and let the next open apply the journal.
-            tracing::error!(error = %e, "checkpoint failed");
-            self.poisoned = Some(format!(
-                "a checkpoint of {} failed earlier ({e}); reopen the database",
-                path.display()
-            ));
-        }
+        let mut pending = Pending::default();
+        let outcome = crate::guard::guard(&path, || self.write_group(group, &mut pending));
         match outcome {
             Ok(results) => {
+                // Committed: readers may now find these events by stream.
+                {
+                    let mut index = self.index.write().expect("stream index lock");
+                    for (key, seq, position, hash) in pending.events {
+                        if let Err(m) = index.push(&key, seq, position, hash) {
+                            self.poisoned = Some(format!("stream index out of step: {m}"));
+                        }
+                    }
+                }
                 let mut all: Vec<RawEnvelope> = Vec::new();
                 for (job, result) in group.drain(..).zip(results) {
                     if let Ok(envs) = &result
@@ -274,6 +303,7 @@ impl Writer {
     fn write_group(
         &mut self,
         group: &[Job],
+        pending: &mut Pending,
     ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
         let p = self.path.clone();
         let re = |e: redb::Error| from_redb(&p, e);
@@ -296,6 +326,7 @@ impl Writer {
                 results.push(self.write_one(
                     &mut t,
                     &job.request,
+                    pending,
                     journaling.then_some(&mut body),
                 )?);
             }
@@ -316,6 +347,7 @@ impl Writer {
         &mut self,
         t: &mut Tables<'_>,
         req: &WriteRequest,
+        pending: &mut Pending,
         mut body: Option<&mut Vec<u8>>,
     ) -> Result<Result<Committed, StoreError>, StoreError> {
         let p = self.path.clone();
@@ -323,28 +355,28 @@ impl Writer {
         // Validate first: nothing is written unless the whole request holds.
         let mut seen = HashSet::new();
         let mut heads = Vec::with_capacity(req.appends.len());
-        for a in &req.appends {
-            let key = a.stream.key();
-            if !seen.insert(key.clone()) {
-                return Ok(Err(StoreError::InvalidRequest(format!(
-                    "stream {key} appears twice in one request"
-                ))));
+        {
+            let index = self.index.read().expect("stream index lock");
+            for a in &req.appends {
+                let key = a.stream.key();
+                if !seen.insert(key.clone()) {
+                    return Ok(Err(StoreError::InvalidRequest(format!(
+                        "stream {key} appears twice in one request"
+                    ))));
+                }
+                let (last, hash) = match pending.heads.get(&key) {
+                    Some(h) => *h,
+                    None => index.head(&key),
+                };
+                if last != a.expected.0 {
+                    return Ok(Err(StoreError::Conflict {
+                        stream: key,
+                        expected: a.expected.0,
+                        actual: last,
+                    }));
+                }
+                heads.push((key, last, hash));
             }
-            let (last, hash) = match t.heads.get(key.as_str()).map_err(|e| re(e.into()))? {
-                Some(v) => decode_head(v.value()).ok_or_else(|| StoreError::Corruption {
-                    path: p.clone(),
-                    message: format!("head of stream {key} is malformed"),
-                })?,
-                None => (0, GENESIS_HASH),
-            };
-            if last != a.expected.0 {
-                return Ok(Err(StoreError::Conflict {
-                    stream: key,
-                    expected: a.expected.0,
-                    actual: last,
-                }));
-            }
-            heads.push((key, last, hash));
         }
         for op in &req.index {
             if let IndexOp::Insert { index, key, .. } = op
@@ -386,30 +418,19 @@ impl Writer {
                     payload: ev.payload.clone(),
                     hash,
                 };
-                let record = encode_record(&env);
+                let record = encode_record(&env, &key);
                 t.apply(
                     &p,
                     &Op::Event {
-                        stream: &key,
-                        seq,
                         position,
                         record: &record,
                     },
                     body.as_deref_mut(),
                 )?;
+                pending.events.push((key.clone(), seq, position, hash));
                 committed.push(env);
             }
-            if seq != last {
-                let head = encode_head(seq, &hash);
-                t.apply(
-                    &p,
-                    &Op::Head {
-                        stream: &key,
-                        head: &head,
-                    },
-                    body.as_deref_mut(),
-                )?;
-            }
+            pending.heads.insert(key, (seq, hash));
         }
         for op in &req.index {
             let op = match op {
@@ -438,21 +459,17 @@ impl Writer {
 
 /// The tables of one write transaction, opened once per group.
 pub(crate) struct Tables<'txn> {
-    pub events: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
-    pub positions: redb::Table<'txn, u64, (&'static str, u64)>,
-    pub heads: redb::Table<'txn, &'static str, &'static [u8]>,
+    pub log: redb::Table<'txn, u64, &'static [u8]>,
     pub index: redb::Table<'txn, (&'static str, &'static str), &'static [u8]>,
     pub snapshots: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
-    /// Open every table of `txn`.
+    /// Open the tables a group writes in `txn`.
     pub(crate) fn open(txn: &'txn redb::WriteTransaction, path: &Path) -> Result<Self, StoreError> {
         let re = |e: redb::TableError| from_redb(path, e);
         Ok(Self {
-            events: txn.open_table(EVENTS).map_err(re)?,
-            positions: txn.open_table(POSITIONS).map_err(re)?,
-            heads: txn.open_table(HEADS).map_err(re)?,
+            log: txn.open_table(LOG).map_err(re)?,
             index: txn.open_table(INDEX).map_err(re)?,
             snapshots: txn.open_table(SNAPSHOTS).map_err(re)?,
         })
@@ -462,8 +479,8 @@ impl<'txn> Tables<'txn> {
     /// journal frame replayed at open — and, when `body` is given, add it
     /// to the group's journal frame.
     ///
-    /// Errors: `Corruption` when an event's `(stream, seq)` slot is
-    /// already taken (seqs must stay contiguous); storage errors.
+    /// Errors: `Corruption` when an event's position is already taken;
+    /// storage errors.
     pub(crate) fn apply(
         &mut self,
         path: &Path,
@@ -472,28 +489,14 @@ impl<'txn> Tables<'txn> {
     ) -> Result<(), StoreError> {
         let re = |e: redb::StorageError| from_redb(path, e);
         match *op {
-            Op::Event {
-                stream,
-                seq,
-                position,
-                record,
-            } => {
-                // Invariant: seqs are contiguous; the slot must be free.
-                if self
-                    .events
-                    .insert((stream, seq), record)
-                    .map_err(re)?
-                    .is_some()
-                {
+            Op::Event { position, record } => {
+                // Invariant: a position is written once.
+                if self.log.insert(position, record).map_err(re)?.is_some() {
                     return Err(StoreError::Corruption {
                         path: path.to_path_buf(),
-                        message: format!("stream {stream} already has seq {seq} beyond its head"),
+                        message: format!("log position {position} is already taken"),
                     });
                 }
-                self.positions.insert(position, (stream, seq)).map_err(re)?;
-            }
-            Op::Head { stream, head } => {
-                self.heads.insert(stream, head).map_err(re)?;
             }
             Op::IndexPut { name, key, value } => {
                 self.index.insert((name, key), value).map_err(re)?;

@@ -194,12 +194,13 @@ fn a_flipped_payload_byte_is_named_by_seq() {
         let db = redb::Database::open(&path).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let def = redb::TableDefinition::<(&str, u64), &[u8]>::new("events");
+            // The only stream: seq 7 is at global position 7.
+            let def = redb::TableDefinition::<u64, &[u8]>::new("log");
             let mut t = txn.open_table(def).unwrap();
-            let mut rec = t.get(("s", 7)).unwrap().unwrap().value().to_vec();
+            let mut rec = t.get(7).unwrap().unwrap().value().to_vec();
             let last = rec.len() - 3;
             rec[last] ^= 0x01;
-            t.insert(("s", 7), rec.as_slice()).unwrap();
+            t.insert(7, rec.as_slice()).unwrap();
         }
         txn.commit().unwrap();
     }

@@ -1,9 +1,9 @@
 //! [`Store`]: the handle to one event log.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend};
+use redb::{Database, ReadTransaction, ReadableDatabase, StorageBackend};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -11,8 +11,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::envelope::{Hash, NewEvent, RawEnvelope, hex};
 use crate::error::{StoreError, from_redb};
 use crate::ids::{Seq, StreamId};
-use crate::open::{open_backend, open_file};
-use crate::tables::POSITIONS;
+use crate::index::StreamIndex;
+use crate::open::{Opened, open_backend, open_file};
 use crate::write::{Committed, Job, WriteRequest, Writer};
 
 /// Options for opening a [`Store`].
@@ -106,6 +106,8 @@ enum Handle {
 
 struct Inner {
     db: Handle,
+    /// Which positions hold each stream's seqs (see `crate::index`).
+    index: Arc<RwLock<StreamIndex>>,
     path: PathBuf,
     tx: mpsc::Sender<Job>,
     events: broadcast::Sender<Arc<[RawEnvelope]>>,
@@ -154,8 +156,8 @@ impl Store {
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         crate::guard::guard(&path.clone(), move || {
-            let (db, journal) = open_file(&path, options.cache_bytes)?;
-            Self::start(db, path, options, Some(journal))
+            let (db, opened) = open_file(&path, options.cache_bytes)?;
+            Self::start(db, path, options, opened)
         })
     }
 
@@ -171,8 +173,8 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let label = PathBuf::from("<backend>");
         crate::guard::guard(&label.clone(), move || {
-            let db = open_backend(backend, &label)?;
-            Self::start(db, label, options, None)
+            let (db, opened) = open_backend(backend, &label)?;
+            Self::start(db, label, options, opened)
         })
     }
 
@@ -180,15 +182,11 @@ impl Store {
         db: Database,
         path: PathBuf,
         options: StoreOptions,
-        journal: Option<crate::journal::Journal>,
+        opened: Opened,
     ) -> Result<Self, StoreError> {
         let db = Arc::new(db);
-        let next_position = {
-            let txn = db.begin_read().map_err(|e| from_redb(&path, e))?;
-            let t = txn.open_table(POSITIONS).map_err(|e| from_redb(&path, e))?;
-            let last = t.last().map_err(|e| from_redb(&path, e))?;
-            last.map(|(k, _)| k.value() + 1).unwrap_or(1)
-        };
+        let next_position = opened.index.through + 1;
+        let index = Arc::new(RwLock::new(opened.index));
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let (events, _) = broadcast::channel(1024);
         let writer = Writer {
@@ -197,10 +195,11 @@ impl Store {
             clock: options.clock.clone(),
             rx,
             tx_events: events.clone(),
+            index: index.clone(),
             next_position,
             max_group: options.max_group.max(1),
             quick_repair: options.quick_repair,
-            journal,
+            journal: opened.journal,
             poisoned: None,
             body: Vec::new(),
         };
@@ -214,6 +213,7 @@ impl Store {
         Ok(Self {
             inner: Arc::new(Inner {
                 db: Handle::Rw(db),
+                index,
                 path,
                 tx,
                 events,
@@ -233,12 +233,13 @@ impl Store {
     /// read-write once to repair and apply them.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let db = crate::guard::guard(&path, || crate::open::open_read_only(&path))?;
+        let (db, index) = crate::guard::guard(&path, || crate::open::open_read_only(&path))?;
         let (tx, _) = mpsc::channel(1);
         let (events, _) = broadcast::channel(1);
         Ok(Self {
             inner: Arc::new(Inner {
                 db: Handle::Ro(db),
+                index: Arc::new(RwLock::new(index)),
                 path,
                 tx,
                 events,

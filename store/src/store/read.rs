@@ -2,13 +2,14 @@
 //! snapshots, chain verification. Every redb call runs inside `guard`, and
 //! every read checks that seqs are contiguous.
 
-use redb::ReadTransaction;
+use chrono::DateTime;
+use redb::{ReadTransaction, ReadableTable};
 
 use super::{ChainReport, Store, StreamHead};
 use crate::envelope::{ChainCheck, RawEnvelope};
 use crate::error::{StoreError, from_redb};
 use crate::ids::{Position, Seq, StreamId};
-use crate::tables::{EVENTS, HEADS, INDEX, POSITIONS, SNAPSHOTS, decode_head, decode_record};
+use crate::tables::{INDEX, LOG, RecordView, SNAPSHOTS, decode_record, view_record};
 use crate::write::WriteRequest;
 
 impl Store {
@@ -29,8 +30,64 @@ impl Store {
         })
     }
 
+    /// The positions of `stream`'s seqs `from..=to` (clipped to its head),
+    /// from the stream index.
+    fn positions(&self, stream: &StreamId, from: u64, to: u64) -> Vec<u64> {
+        let index = self.inner.index.read().expect("stream index lock");
+        match index.streams.get(&stream.key()) {
+            Some(e) => {
+                let end = (to.min(e.positions.len() as u64)) as usize;
+                let start = (from.max(1) - 1) as usize;
+                e.positions
+                    .get(start..end)
+                    .map(<[u64]>::to_vec)
+                    .unwrap_or_default()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The envelope of `stream`'s `seq` at `position`, checking that the
+    /// record there says the same stream and seq (the read side of the
+    /// invariant that an envelope matches its key).
+    fn envelope_at(
+        &self,
+        log: &impl ReadableTable<u64, &'static [u8]>,
+        stream: &StreamId,
+        key: &str,
+        seq: u64,
+        position: u64,
+    ) -> Result<RawEnvelope, StoreError> {
+        let p = &self.inner.path;
+        let rec = log.get(position).map_err(|e| from_redb(p, e))?.ok_or_else(|| {
+            self.corrupt(format!(
+                "stream {key}: seq {seq} is indexed at position {position}, which is missing: the log has a gap from seq {seq}"
+            ))
+        })?;
+        let v = view_record(position, rec.value()).ok_or_else(|| {
+            self.corrupt(format!(
+                "stream {key} seq {seq}: the record at position {position} is malformed"
+            ))
+        })?;
+        if v.stream != key || v.seq != seq {
+            return Err(self.corrupt(format!(
+                "stream {key}: seq {seq} is indexed at position {position}, which holds {}#{}",
+                v.stream, v.seq
+            )));
+        }
+        Ok(RawEnvelope {
+            stream: stream.clone(),
+            seq: Seq(seq),
+            position: Position(position),
+            recorded_at: DateTime::from_timestamp_nanos(v.recorded_at_ns),
+            schema_version: v.schema_version,
+            payload: v.payload.to_vec(),
+            hash: v.hash.try_into().expect("32 bytes"),
+        })
+    }
+
     /// Envelopes of `stream` with seq in `from..=to` inside `txn`, checking
-    /// that seqs are contiguous from `from` (the read side of the invariant).
+    /// each against its index entry.
     fn events_in(
         &self,
         txn: &ReadTransaction,
@@ -44,22 +101,14 @@ impl Store {
         if to < from {
             return Ok(());
         }
+        let positions = self.positions(stream, from, to);
+        if positions.is_empty() {
+            return Ok(());
+        }
         let key = stream.key();
-        let t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
-        let range = t
-            .range((key.as_str(), from)..=(key.as_str(), to))
-            .map_err(|e| from_redb(p, e))?;
-        for (expect, item) in (from..).zip(range) {
-            let (k, v) = item.map_err(|e| from_redb(p, e))?;
-            let seq = k.value().1;
-            if seq != expect {
-                return Err(self.corrupt(format!(
-                    "stream {key}: expected seq {expect}, found {seq}: the log has a gap from seq {expect}"
-                )));
-            }
-            let env = decode_record(stream, seq, v.value())
-                .ok_or_else(|| self.corrupt(format!("stream {key} seq {seq}: record too short")))?;
-            f(env)?;
+        let log = txn.open_table(LOG).map_err(|e| from_redb(p, e))?;
+        for (seq, position) in (from..).zip(positions) {
+            f(self.envelope_at(&log, stream, &key, seq, position)?)?;
         }
         Ok(())
     }
@@ -78,54 +127,28 @@ impl Store {
         Ok(out)
     }
 
-    /// The last envelope of `stream`, if any (one B-tree seek).
+    /// The last envelope of `stream`, if any (one index lookup, one read).
     pub fn last_event(&self, stream: &StreamId) -> Result<Option<RawEnvelope>, StoreError> {
-        let path = self.inner.path.clone();
-        crate::guard::guard(&path, move || {
-            let p = &self.inner.path;
-            let key = stream.key();
-            let txn = self.read()?;
-            let t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
-            let mut range = t
-                .range((key.as_str(), 1)..=(key.as_str(), u64::MAX))
-                .map_err(|e| from_redb(p, e))?;
-            match range.next_back() {
-                Some(item) => {
-                    let (k, v) = item.map_err(|e| from_redb(p, e))?;
-                    let seq = k.value().1;
-                    decode_record(stream, seq, v.value())
-                        .map(Some)
-                        .ok_or_else(|| {
-                            self.corrupt(format!("stream {key} seq {seq}: record too short"))
-                        })
-                }
-                None => Ok(None),
-            }
-        })
+        let Some(head) = self.head(stream)? else {
+            return Ok(None);
+        };
+        let mut last = None;
+        self.for_each_in_stream(stream, head.last_seq, Some(head.last_seq), |e| {
+            last = Some(e);
+            Ok(())
+        })?;
+        Ok(last)
     }
 
-    /// The head of `stream` (`None` if it has no events).
+    /// The head of `stream` (`None` if it has no events), from the stream
+    /// index.
     pub fn head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError> {
-        let path = self.inner.path.clone();
-        crate::guard::guard(&path, move || {
-            let p = &self.inner.path;
-            let txn = self.read()?;
-            let t = txn.open_table(HEADS).map_err(|e| from_redb(p, e))?;
-            let key = stream.key();
-            match t.get(key.as_str()).map_err(|e| from_redb(p, e))? {
-                Some(v) => {
-                    let (seq, hash) = decode_head(v.value()).ok_or_else(|| {
-                        self.corrupt(format!("head of stream {key} is malformed"))
-                    })?;
-                    Ok(Some(StreamHead {
-                        stream: stream.clone(),
-                        last_seq: Seq(seq),
-                        hash,
-                    }))
-                }
-                None => Ok(None),
-            }
-        })
+        let index = self.inner.index.read().expect("stream index lock");
+        Ok(index.streams.get(&stream.key()).map(|e| StreamHead {
+            stream: stream.clone(),
+            last_seq: Seq(e.positions.len() as u64),
+            hash: e.hash,
+        }))
     }
 
     /// Every stream with its head, ordered by stream id.
@@ -136,31 +159,22 @@ impl Store {
     /// The streams whose id starts with `prefix` (e.g. `agent:`), with
     /// their heads, ordered by stream id.
     pub fn streams_with_prefix(&self, prefix: &str) -> Result<Vec<StreamHead>, StoreError> {
-        let path = self.inner.path.clone();
-        crate::guard::guard(&path, move || {
-            let p = &self.inner.path;
-            let txn = self.read()?;
-            let t = txn.open_table(HEADS).map_err(|e| from_redb(p, e))?;
-            let mut out = Vec::new();
-            for item in t.range(prefix..).map_err(|e| from_redb(p, e))? {
-                let (k, v) = item.map_err(|e| from_redb(p, e))?;
-                let key = k.value();
-                if !key.starts_with(prefix) {
-                    break;
-                }
-                let stream: StreamId = key
-                    .parse()
-                    .map_err(|_| self.corrupt(format!("bad stream key {key:?}")))?;
-                let (seq, hash) = decode_head(v.value())
-                    .ok_or_else(|| self.corrupt(format!("head of stream {key} is malformed")))?;
-                out.push(StreamHead {
-                    stream,
-                    last_seq: Seq(seq),
-                    hash,
-                });
+        let index = self.inner.index.read().expect("stream index lock");
+        let mut out = Vec::new();
+        for (key, e) in index.streams.range(prefix.to_string()..) {
+            if !key.starts_with(prefix) {
+                break;
             }
-            Ok(out)
-        })
+            let stream: StreamId = key
+                .parse()
+                .map_err(|_| self.corrupt(format!("bad stream key {key:?}")))?;
+            out.push(StreamHead {
+                stream,
+                last_seq: Seq(e.positions.len() as u64),
+                hash: e.hash,
+            });
+        }
+        Ok(out)
     }
 
     /// Up to `limit` envelopes of the whole database from global position
@@ -170,102 +184,71 @@ impl Store {
         crate::guard::guard(&path, move || {
             let p = &self.inner.path;
             let txn = self.read()?;
-            let pos_t = txn.open_table(POSITIONS).map_err(|e| from_redb(p, e))?;
-            let ev_t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
+            let log = txn.open_table(LOG).map_err(|e| from_redb(p, e))?;
             let mut out = Vec::new();
-            for item in pos_t
+            for item in log
                 .range(from.0..)
                 .map_err(|e| from_redb(p, e))?
                 .take(limit)
             {
                 let (k, v) = item.map_err(|e| from_redb(p, e))?;
                 let position = k.value();
-                let (key, seq) = v.value();
-                let stream: StreamId = key
-                    .parse()
-                    .map_err(|_| self.corrupt(format!("bad stream key {key:?}")))?;
-                let rec = ev_t
-                    .get((key, seq))
-                    .map_err(|e| from_redb(p, e))?
-                    .ok_or_else(|| {
-                        self.corrupt(format!(
-                            "position {position} names {key}#{seq}, which is missing"
-                        ))
-                    })?;
-                let env = decode_record(&stream, seq, rec.value()).ok_or_else(|| {
-                    self.corrupt(format!("stream {key} seq {seq}: record too short"))
+                let env = decode_record(position, v.value()).ok_or_else(|| {
+                    self.corrupt(format!("the record at position {position} is malformed"))
                 })?;
-                if env.position.0 != position {
-                    return Err(self.corrupt(format!(
-                        "{key}#{seq} says position {}, the position index says {position}",
-                        env.position
-                    )));
-                }
                 out.push(env);
             }
             Ok(out)
         })
     }
 
-    /// Call `f` on every envelope of the database in (stream, seq) order —
-    /// the fastest full scan.
+    /// Call `f` on every record of the database in global-position order,
+    /// read in place — the fastest full scan. Checks each record against
+    /// the stream index (its stream's seq is at this position).
     pub fn scan_all(
         &self,
-        f: impl FnMut(&StreamId, u64, &[u8]) -> Result<(), StoreError>,
-    ) -> Result<u64, StoreError> {
-        self.scan_streams(None, None, f)
-    }
-
-    /// Call `f` on every envelope of the streams with keys in
-    /// `from..to` (`None`: unbounded), in (stream, seq) order, in one read
-    /// transaction. Threads scanning disjoint key ranges share the work of
-    /// a full scan. Checks that each stream's seqs run 1, 2, 3…
-    pub fn scan_streams(
-        &self,
-        from: Option<&StreamId>,
-        to: Option<&StreamId>,
-        mut f: impl FnMut(&StreamId, u64, &[u8]) -> Result<(), StoreError>,
+        mut f: impl FnMut(RecordView<'_>) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
-            use std::ops::Bound;
             let p = &self.inner.path;
+            let index = self.inner.index.read().expect("stream index lock");
             let txn = self.read()?;
-            let t = txn.open_table(EVENTS).map_err(|e| from_redb(p, e))?;
-            let from_key = from.map(StreamId::key);
-            let to_key = to.map(StreamId::key);
-            let lo = match &from_key {
-                Some(k) => Bound::Included((k.as_str(), 0u64)),
-                None => Bound::Unbounded,
-            };
-            let hi = match &to_key {
-                Some(k) => Bound::Excluded((k.as_str(), 0u64)),
-                None => Bound::Unbounded,
-            };
+            let log = txn.open_table(LOG).map_err(|e| from_redb(p, e))?;
             let mut n = 0u64;
-            let mut current: Option<(String, StreamId)> = None;
-            let mut expect = 1u64;
-            for item in t
-                .range::<(&str, u64)>((lo, hi))
-                .map_err(|e| from_redb(p, e))?
-            {
+            // The entry of the last stream seen: runs of one stream are common.
+            let mut current: Option<(&str, &crate::index::Entry)> = None;
+            for item in log.iter().map_err(|e| from_redb(p, e))? {
                 let (k, v) = item.map_err(|e| from_redb(p, e))?;
-                let (key, seq) = k.value();
-                if current.as_ref().map(|(c, _)| c.as_str()) != Some(key) {
-                    let s: StreamId = key
-                        .parse()
-                        .map_err(|_| self.corrupt(format!("bad stream key {key:?}")))?;
-                    current = Some((key.to_string(), s));
-                    expect = 1;
-                }
-                if seq != expect {
+                let position = k.value();
+                let rec = view_record(position, v.value()).ok_or_else(|| {
+                    self.corrupt(format!("the record at position {position} is malformed"))
+                })?;
+                let entry = match current {
+                    Some((key, e)) if key == rec.stream => e,
+                    _ => {
+                        let (key, e) =
+                            index.streams.get_key_value(rec.stream).ok_or_else(|| {
+                                self.corrupt(format!(
+                                "position {position} holds {}#{}, a stream the index does not know",
+                                rec.stream, rec.seq
+                            ))
+                            })?;
+                        current = Some((key.as_str(), e));
+                        e
+                    }
+                };
+                let indexed = rec
+                    .seq
+                    .checked_sub(1)
+                    .and_then(|i| entry.positions.get(i as usize));
+                if indexed != Some(&position) {
                     return Err(self.corrupt(format!(
-                    "stream {key}: expected seq {expect}, found {seq}: the log has a gap from seq {expect}"
-                )));
+                        "position {position} holds {}#{}, which the index places at {indexed:?}",
+                        rec.stream, rec.seq
+                    )));
                 }
-                expect += 1;
-                let stream = &current.as_ref().expect("set just above").1;
-                f(stream, seq, v.value())?;
+                f(rec)?;
                 n += 1;
             }
             Ok(n)
