@@ -145,6 +145,30 @@ pub fn chain_hash(prev: &Hash, canonical: &[u8]) -> Hash {
     h.finalize().into()
 }
 
+/// `chain_hash(prev, canonical_bytes(..))` computed without building the
+/// canonical bytes (the writer's hot path); `key` is the stream's
+/// [`StreamId::key`]. Same bytes, same hash: a test holds the two equal.
+pub(crate) fn chain_hash_of(
+    prev: &Hash,
+    key: &str,
+    seq: Seq,
+    recorded_at: DateTime<Utc>,
+    schema_version: u32,
+    payload: &[u8],
+) -> Hash {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(b"CHR1");
+    h.update((key.len() as u32).to_be_bytes());
+    h.update(key.as_bytes());
+    h.update(seq.0.to_be_bytes());
+    h.update(time_to_nanos(recorded_at).to_be_bytes());
+    h.update(schema_version.to_be_bytes());
+    h.update((payload.len() as u64).to_be_bytes());
+    h.update(payload);
+    h.finalize().into()
+}
+
 /// A time as Unix nanoseconds (saturating outside ±292 years of 1970).
 pub(crate) fn time_to_nanos(t: DateTime<Utc>) -> i64 {
     t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
@@ -266,5 +290,28 @@ impl ChainCheck {
             }
         }
         (self.events, self.first_bad)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_chain_hash_equals_the_documented_one() {
+        let t = DateTime::from_timestamp_nanos(1_700_000_000_123_456_789);
+        for stream in [
+            StreamId::named("agent:x").unwrap(),
+            StreamId::Run(uuid::Uuid::from_u128(
+                0x0190_a1b2_c3d4_7e5f_8a9b_0c1d_2e3f_4a5b,
+            )),
+        ] {
+            let prev = [9u8; 32];
+            let payload = br#"{"type":"StepStarted"}"#;
+            assert_eq!(
+                chain_hash_of(&prev, &stream.key(), Seq(7), t, 3, payload),
+                chain_hash(&prev, &canonical_bytes(&stream, Seq(7), t, 3, payload))
+            );
+        }
     }
 }

@@ -23,7 +23,7 @@ use redb::{Database, ReadableTable};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::Clock;
-use crate::envelope::{Hash, NewEvent, RawEnvelope, canonical_bytes, chain_hash};
+use crate::envelope::{Hash, NewEvent, RawEnvelope, chain_hash_of};
 use crate::error::{StoreError, from_redb};
 use crate::ids::{Position, Seq, StreamId};
 use crate::index::StreamIndex;
@@ -142,8 +142,10 @@ pub(crate) struct Writer {
 struct Pending {
     /// `(last seq, head hash)` of each stream appended to in this group.
     heads: HashMap<String, (u64, Hash)>,
-    /// `(stream, seq, position, hash)` in commit order.
-    events: Vec<(String, u64, u64, Hash)>,
+    /// The streams appended to, in order.
+    keys: Vec<String>,
+    /// `(index into keys, seq, position, hash)` in commit order.
+    events: Vec<(usize, u64, u64, Hash)>,
 }
 
 impl Writer {
@@ -259,8 +261,8 @@ impl Writer {
                 // Committed: readers may now find these events by stream.
                 {
                     let mut index = self.index.write().expect("stream index lock");
-                    for (key, seq, position, hash) in pending.events {
-                        if let Err(m) = index.push(&key, seq, position, hash) {
+                    for (k, seq, position, hash) in pending.events {
+                        if let Err(m) = index.push(&pending.keys[k], seq, position, hash) {
                             self.poisoned = Some(format!("stream index out of step: {m}"));
                         }
                     }
@@ -396,17 +398,18 @@ impl Writer {
         let mut committed = Vec::with_capacity(req.appends.iter().map(|a| a.events.len()).sum());
         for (a, (key, last, mut hash)) in req.appends.iter().zip(heads) {
             let mut seq = last;
+            let k = pending.keys.len();
             for ev in &a.events {
                 seq += 1;
                 let recorded_at = ev.recorded_at.unwrap_or_else(|| self.clock.now());
-                let canonical = canonical_bytes(
-                    &a.stream,
+                hash = chain_hash_of(
+                    &hash,
+                    &key,
                     Seq(seq),
                     recorded_at,
                     ev.schema_version,
                     &ev.payload,
                 );
-                hash = chain_hash(&hash, &canonical);
                 let position = self.next_position;
                 self.next_position += 1;
                 let env = RawEnvelope {
@@ -427,10 +430,11 @@ impl Writer {
                     },
                     body.as_deref_mut(),
                 )?;
-                pending.events.push((key.clone(), seq, position, hash));
+                pending.events.push((k, seq, position, hash));
                 committed.push(env);
             }
-            pending.heads.insert(key, (seq, hash));
+            pending.heads.insert(key.clone(), (seq, hash));
+            pending.keys.push(key);
         }
         for op in &req.index {
             let op = match op {
