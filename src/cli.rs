@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "chronicle", version, about, long_about = None)]
 pub struct Cli {
-    /// The database file.
+    /// The database file (its commit journal is PATH-journal, beside it).
     #[arg(
         long,
         global = true,

@@ -317,7 +317,9 @@ impl Writer {
         };
         txn.set_durability(durability)
             .map_err(|e| StoreError::Storage(e.to_string()))?;
-        txn.set_quick_repair(self.quick_repair);
+        // Quick repair only concerns durable commits (checkpoints, or every
+        // group without a journal).
+        txn.set_quick_repair(self.quick_repair && self.journal.is_none());
         let mut body = std::mem::take(&mut self.body);
         body.clear();
         let mut results = Vec::with_capacity(group.len());

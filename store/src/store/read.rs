@@ -64,7 +64,20 @@ impl Store {
                 "stream {key}: seq {seq} is indexed at position {position}, which is missing: the log has a gap from seq {seq}"
             ))
         })?;
-        let v = view_record(position, rec.value()).ok_or_else(|| {
+        self.decode_at(stream, key, seq, position, rec.value())
+    }
+
+    /// Decode the record `bytes` found at `position` as `stream`'s `seq`,
+    /// checking that it says the same stream and seq.
+    fn decode_at(
+        &self,
+        stream: &StreamId,
+        key: &str,
+        seq: u64,
+        position: u64,
+        bytes: &[u8],
+    ) -> Result<RawEnvelope, StoreError> {
+        let v = view_record(position, bytes).ok_or_else(|| {
             self.corrupt(format!(
                 "stream {key} seq {seq}: the record at position {position} is malformed"
             ))
@@ -107,8 +120,31 @@ impl Store {
         }
         let key = stream.key();
         let log = txn.open_table(LOG).map_err(|e| from_redb(p, e))?;
-        for (seq, position) in (from..).zip(positions) {
-            f(self.envelope_at(&log, stream, &key, seq, position)?)?;
+        let (first, last) = (positions[0], positions[positions.len() - 1]);
+        if last - first < 4 * positions.len() as u64 {
+            // Dense (a run written in few groups, or a quiet database): one
+            // descent and a sequential walk, skipping other streams' events.
+            let mut want = (from..).zip(positions).peekable();
+            for item in log.range(first..=last).map_err(|e| from_redb(p, e))? {
+                let Some(&(seq, position)) = want.peek() else {
+                    break;
+                };
+                let (k, v) = item.map_err(|e| from_redb(p, e))?;
+                if k.value() != position {
+                    continue;
+                }
+                f(self.decode_at(stream, &key, seq, position, v.value())?)?;
+                want.next();
+            }
+            if let Some((seq, position)) = want.next() {
+                return Err(self.corrupt(format!(
+                    "stream {key}: seq {seq} is indexed at position {position}, which is missing: the log has a gap from seq {seq}"
+                )));
+            }
+        } else {
+            for (seq, position) in (from..).zip(positions) {
+                f(self.envelope_at(&log, stream, &key, seq, position)?)?;
+            }
         }
         Ok(())
     }
