@@ -167,7 +167,7 @@ pub enum Cmd {
     /// Benchmarks (figures, not tests).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["store", "steps", "replay"])]
+        #[arg(value_parser = ["store", "steps", "replay", "scheduler"])]
         which: String,
         /// One JSON object with the figures.
         #[arg(long)]

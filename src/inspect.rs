@@ -378,6 +378,10 @@ pub fn bench(db: &Path, which: &str, json: bool, dir: Option<&Path>) -> Result<u
         "store" => serde_json::to_value(chronicle_store::bench::run(&dir)?),
         "steps" => serde_json::to_value(chronicle_engine::bench::run(&dir)?),
         "replay" => serde_json::to_value(chronicle_replay::bench::run(&dir)?),
+        "scheduler" => serde_json::to_value(
+            chronicle_engine::sched_bench::run()
+                .map_err(|e| CliError::storage(format!("cannot start the runtime: {e}")))?,
+        ),
         other => return Err(CliError::input(format!("unknown benchmark {other}"))),
     }
     .expect("figures serialize");

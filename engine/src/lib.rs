@@ -40,4 +40,5 @@ pub mod event;
 pub mod ids;
 pub mod model;
 pub mod runtime;
+pub mod sched_bench;
 pub mod state;
