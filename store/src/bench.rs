@@ -302,7 +302,10 @@ pub struct QuickRepairStudy {
 pub fn quick_repair_study(dir: &Path) -> Result<QuickRepairStudy, StoreError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut figures = [0f64; 4];
-    for (i, quick) in [false, true].into_iter().enumerate() {
+    // Off, on, on, off: whichever goes second runs while the disk settles
+    // from the first (measured: that alone cost the second 40%), so each
+    // setting goes once first and once second, and its best run counts.
+    for (i, quick) in [(0, false), (1, true), (1, true), (0, false)] {
         let path = dir.join(format!("bench-qr-{quick}.redb"));
         crate::journal::remove_database(&path);
         let store = Store::open(
@@ -312,8 +315,8 @@ pub fn quick_repair_study(dir: &Path) -> Result<QuickRepairStudy, StoreError> {
                 ..StoreOptions::default()
             },
         )?;
-        figures[i] = concurrent_appends(&store, 1, 1000)?.0;
-        figures[2 + i] = concurrent_appends(&store, 256, 50)?.0;
+        figures[i] = figures[i].max(concurrent_appends(&store, 1, 1000)?.0);
+        figures[2 + i] = figures[2 + i].max(concurrent_appends(&store, 256, 50)?.0);
         drop(store);
         crate::journal::remove_database(&path);
     }
