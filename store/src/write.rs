@@ -112,9 +112,16 @@ pub type Committed = Vec<RawEnvelope>;
 /// How long the writer polls for the next job before parking, µs.
 const SPIN_MICROS: u64 = 50;
 
+/// What the writer sends back for a job.
+pub(crate) type Reply = (Result<Committed, StoreError>, WriteRequest);
+
 pub(crate) struct Job {
     pub request: WriteRequest,
-    pub reply: oneshot::Sender<Result<Committed, StoreError>>,
+    /// The outcome, and the request handed back so that the caller's
+    /// thread frees it: freeing on the writer thread memory that other
+    /// threads allocated contends on the allocator's lock (glibc: ~20 % of
+    /// the writer's time with 1,024 appenders, measured with `perf`).
+    pub reply: oneshot::Sender<Reply>,
 }
 
 pub(crate) struct Writer {
@@ -248,7 +255,9 @@ impl Writer {
     fn commit_group(&mut self, group: &mut Vec<Job>) {
         if let Some(why) = &self.poisoned {
             for job in group.drain(..) {
-                let _ = job.reply.send(Err(StoreError::Storage(why.clone())));
+                let _ = job
+                    .reply
+                    .send((Err(StoreError::Storage(why.clone())), job.request));
             }
             return;
         }
@@ -274,7 +283,7 @@ impl Writer {
                     {
                         all.extend(envs.iter().cloned());
                     }
-                    let _ = job.reply.send(result);
+                    let _ = job.reply.send((result, job.request));
                 }
                 if !all.is_empty() {
                     let _ = self.tx_events.send(all.into());
@@ -293,7 +302,7 @@ impl Writer {
                 }
                 let msg = e.to_string();
                 for job in group.drain(..) {
-                    let _ = job.reply.send(Err(clone_fatal(&e, &msg)));
+                    let _ = job.reply.send((Err(clone_fatal(&e, &msg)), job.request));
                 }
             }
         }
@@ -304,7 +313,7 @@ impl Writer {
     #[allow(clippy::type_complexity)]
     fn write_group(
         &mut self,
-        group: &[Job],
+        group: &mut [Job],
         pending: &mut Pending,
     ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
         let p = self.path.clone();
@@ -326,10 +335,10 @@ impl Writer {
         {
             let mut t = Tables::open(&txn, &p)?;
             let journaling = self.journal.is_some();
-            for job in group {
+            for job in group.iter_mut() {
                 results.push(self.write_one(
                     &mut t,
-                    &job.request,
+                    &mut job.request,
                     pending,
                     journaling.then_some(&mut body),
                 )?);
@@ -350,7 +359,7 @@ impl Writer {
     fn write_one(
         &mut self,
         t: &mut Tables<'_>,
-        req: &WriteRequest,
+        req: &mut WriteRequest,
         pending: &mut Pending,
         mut body: Option<&mut Vec<u8>>,
     ) -> Result<Result<Committed, StoreError>, StoreError> {
@@ -398,10 +407,11 @@ impl Writer {
         }
         // Write.
         let mut committed = Vec::with_capacity(req.appends.iter().map(|a| a.events.len()).sum());
-        for (a, (key, last, mut hash)) in req.appends.iter().zip(heads) {
+        for (a, (key, last, mut hash)) in req.appends.iter_mut().zip(heads) {
             let mut seq = last;
             let k = pending.keys.len();
-            for ev in &a.events {
+            let n = a.events.len();
+            for (i, ev) in a.events.iter_mut().enumerate() {
                 seq += 1;
                 let recorded_at = ev.recorded_at.unwrap_or_else(|| self.clock.now());
                 hash = chain_hash_of(
@@ -414,13 +424,22 @@ impl Writer {
                 );
                 let position = self.next_position;
                 self.next_position += 1;
+                // The last envelope takes the request's stream id (the
+                // caller's allocation, freed on the caller's thread).
+                let stream = if i + 1 == n {
+                    std::mem::replace(&mut a.stream, StreamId::Run(uuid::Uuid::nil()))
+                } else {
+                    a.stream.clone()
+                };
                 let env = RawEnvelope {
-                    stream: a.stream.clone(),
+                    stream,
                     seq: Seq(seq),
                     position: Position(position),
                     recorded_at,
                     schema_version: ev.schema_version,
-                    payload: ev.payload.clone(),
+                    // Moved, not copied: the caller gets its own allocation
+                    // back in the envelope (and frees it on its thread).
+                    payload: std::mem::take(&mut ev.payload),
                     hash,
                 };
                 let record = encode_record(&env, &key);

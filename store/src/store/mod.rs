@@ -291,7 +291,7 @@ impl Store {
             .send(Job { request, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        rx.await.map_err(|_| StoreError::Closed)?.0
     }
 
     /// [`Store::write`] for callers outside an async runtime.
@@ -306,7 +306,7 @@ impl Store {
             .tx
             .blocking_send(Job { request, reply })
             .map_err(|_| StoreError::Closed)?;
-        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?.0
     }
 
     /// A live feed of committed envelopes, one message per group commit.
