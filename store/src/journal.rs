@@ -35,9 +35,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::StoreError;
 
-/// Journal bytes after which the writer checkpoints redb and starts the
-/// journal again at offset 0 (16 MiB: bounds recovery reading and the
-/// file's size; a checkpoint of this much costs ~10–100 ms).
+/// Default journal bytes after which the writer checkpoints redb and
+/// starts the journal again at offset 0 ([`crate::StoreOptions`]'s
+/// `checkpoint_bytes`): 16 MiB bounds recovery reading and the file's size;
+/// a checkpoint of this much costs ~10–100 ms here.
 pub const CHECKPOINT_BYTES: u64 = 16 << 20;
 
 /// The journal grows (zero-filled, then fsynced with its size) by this

@@ -27,7 +27,7 @@ use crate::envelope::{Hash, NewEvent, RawEnvelope, chain_hash_of};
 use crate::error::{StoreError, from_redb};
 use crate::ids::{Position, Seq, StreamId};
 use crate::index::StreamIndex;
-use crate::journal::{CHECKPOINT_BYTES, Journal, Op};
+use crate::journal::{Journal, Op};
 use crate::tables::{INDEX, LOG, META, SNAPSHOTS, STREAM_INDEX, encode_record};
 
 /// Events to append to one stream, with optimistic concurrency.
@@ -135,6 +135,8 @@ pub(crate) struct Writer {
     pub next_position: u64,
     pub max_group: usize,
     pub quick_repair: bool,
+    /// Journal bytes between checkpoints.
+    pub checkpoint_bytes: u64,
     /// The commit journal (stores on a file); `None`: `Immediate` commits.
     pub journal: Option<Journal>,
     /// Set after a failure that leaves the journal, redb and the stream
@@ -171,7 +173,7 @@ impl Writer {
             let due = self
                 .journal
                 .as_ref()
-                .is_some_and(|j| j.written() >= CHECKPOINT_BYTES);
+                .is_some_and(|j| j.written() >= self.checkpoint_bytes);
             if due && self.poisoned.is_none() {
                 self.checkpoint_or_poison();
             }

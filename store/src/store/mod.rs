@@ -28,6 +28,9 @@ pub struct StoreOptions {
     pub quick_repair: bool,
     /// redb page cache, bytes. Default 256 MiB.
     pub cache_bytes: usize,
+    /// Journal bytes between checkpoints (see [`crate::journal`]).
+    /// Default [`crate::journal::CHECKPOINT_BYTES`] (16 MiB).
+    pub checkpoint_bytes: u64,
     /// The clock that stamps `recorded_at`.
     pub clock: Arc<dyn Clock>,
 }
@@ -39,6 +42,7 @@ impl Default for StoreOptions {
             max_group: 4096,
             quick_repair: false,
             cache_bytes: 256 << 20,
+            checkpoint_bytes: crate::journal::CHECKPOINT_BYTES,
             clock: Arc::new(SystemClock),
         }
     }
@@ -199,6 +203,7 @@ impl Store {
             next_position,
             max_group: options.max_group.max(1),
             quick_repair: options.quick_repair,
+            checkpoint_bytes: options.checkpoint_bytes.max(1),
             journal: opened.journal,
             poisoned: None,
             body: Vec::new(),
