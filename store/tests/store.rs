@@ -467,7 +467,7 @@ fn many_checkpoints_segments_and_a_crash_image_between_them() {
     // The durable state of the image shows checkpoints during the run: a
     // journal frame number recorded, and streams indexed in several segments.
     {
-        use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+        use redb::{ReadableDatabase, ReadableTableMetadata};
         let db = redb::Database::open(&probe).unwrap();
         let txn = db.begin_read().unwrap();
         let meta = txn
