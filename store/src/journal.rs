@@ -224,7 +224,19 @@ pub(crate) fn pending(path: &Path, db_id: u64, applied_lsn: u64) -> Result<Vec<F
         let Some(body) = data.get(at + HEADER..at + HEADER + len) else {
             break;
         };
-        if id != db_id || lsn != expect || crc(id, lsn, body) != sum {
+        if crc(id, lsn, body) != sum {
+            break;
+        }
+        if id != db_id {
+            // Whole, but written for another database (a journal copied or
+            // left beside the wrong file): not ours to apply.
+            tracing::warn!(
+                journal = %path.display(),
+                "the journal's frames belong to another database; ignoring them"
+            );
+            break;
+        }
+        if lsn != expect {
             break;
         }
         frames.push(Frame {
