@@ -45,15 +45,8 @@ pub(crate) fn encode_record(env: &RawEnvelope, key: &str) -> Vec<u8> {
 /// Decode the record stored at `position`; `None` if it is malformed.
 pub(crate) fn decode_record(position: u64, bytes: &[u8]) -> Option<RawEnvelope> {
     let v = view_record(position, bytes)?;
-    Some(RawEnvelope {
-        stream: v.stream.parse().ok()?,
-        seq: Seq(v.seq),
-        position: Position(position),
-        recorded_at: DateTime::from_timestamp_nanos(v.recorded_at_ns),
-        schema_version: v.schema_version,
-        payload: v.payload.to_vec(),
-        hash: v.hash.try_into().ok()?,
-    })
+    let stream = v.stream_id()?;
+    Some(v.to_envelope(stream))
 }
 
 /// A segment of `stream_index`: `hash of its last seq ‖ u64le positions`.
@@ -107,6 +100,20 @@ impl RecordView<'_> {
     /// The stream as a [`StreamId`]; `None` if the key is not a valid id.
     pub fn stream_id(&self) -> Option<StreamId> {
         self.stream.parse().ok()
+    }
+
+    /// An owned envelope of this record, whose stream is `stream` (the
+    /// caller's id for [`RecordView::stream`]).
+    pub fn to_envelope(&self, stream: StreamId) -> RawEnvelope {
+        RawEnvelope {
+            stream,
+            seq: Seq(self.seq),
+            position: Position(self.position),
+            recorded_at: DateTime::from_timestamp_nanos(self.recorded_at_ns),
+            schema_version: self.schema_version,
+            payload: self.payload.to_vec(),
+            hash: self.hash.try_into().expect("view_record checks 32 bytes"),
+        }
     }
 }
 

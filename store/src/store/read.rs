@@ -2,7 +2,6 @@
 //! snapshots, chain verification. Every redb call runs inside `guard`, and
 //! every read checks that seqs are contiguous.
 
-use chrono::DateTime;
 use redb::{ReadTransaction, ReadableTable};
 
 use super::{ChainReport, Store, StreamHead};
@@ -88,15 +87,7 @@ impl Store {
                 v.stream, v.seq
             )));
         }
-        Ok(RawEnvelope {
-            stream: stream.clone(),
-            seq: Seq(seq),
-            position: Position(position),
-            recorded_at: DateTime::from_timestamp_nanos(v.recorded_at_ns),
-            schema_version: v.schema_version,
-            payload: v.payload.to_vec(),
-            hash: v.hash.try_into().expect("32 bytes"),
-        })
+        Ok(v.to_envelope(stream.clone()))
     }
 
     /// Envelopes of `stream` with seq in `from..=to` inside `txn`, checking
