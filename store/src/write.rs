@@ -269,15 +269,6 @@ impl Writer {
         let outcome = crate::guard::guard(&path, || self.write_group(group, &mut pending));
         match outcome {
             Ok(results) => {
-                // Committed: readers may now find these events by stream.
-                {
-                    let mut index = self.index.write().expect("stream index lock");
-                    for (k, seq, position, hash) in pending.events {
-                        if let Err(m) = index.push(&pending.keys[k], seq, position, hash) {
-                            self.poisoned = Some(format!("stream index out of step: {m}"));
-                        }
-                    }
-                }
                 let mut all: Vec<RawEnvelope> = Vec::new();
                 for (job, result) in group.drain(..).zip(results) {
                     if let Ok(envs) = &result
@@ -354,7 +345,16 @@ impl Writer {
             journal.append(&body)?;
         }
         self.body = body;
+        // Commit and index under the index's write lock: a reader holding
+        // the read lock sees a group in both or in neither.
+        let index = self.index.clone();
+        let mut index = index.write().expect("stream index lock");
         txn.commit().map_err(|e| re(e.into()))?;
+        for &(k, seq, position, hash) in &pending.events {
+            if let Err(m) = index.push(&pending.keys[k], seq, position, hash) {
+                self.poisoned = Some(format!("stream index out of step: {m}"));
+            }
+        }
         Ok(results)
     }
 

@@ -505,3 +505,46 @@ fn many_checkpoints_segments_and_a_crash_image_between_them() {
         );
     }
 }
+
+/// Full scans running while groups commit never see an event the stream
+/// index does not hold (the writer commits and indexes under one lock).
+#[test]
+fn scans_during_appends_see_a_consistent_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("db.redb"));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scanner = {
+        let store = store.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut scans = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                store.scan_all(|_| Ok(())).expect("a scan during appends");
+                scans += 1;
+            }
+            scans
+        })
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let s = run_stream();
+                for i in 0..25u64 {
+                    store
+                        .append(s.clone(), Seq(i), vec![ev("x")])
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(scanner.join().unwrap() > 0);
+    assert_eq!(store.scan_all(|_| Ok(())).unwrap(), 16 * 25);
+}

@@ -231,7 +231,8 @@ impl Store {
 
     /// Call `f` on every record of the database in global-position order,
     /// read in place — the fastest full scan. Checks each record against
-    /// the stream index (its stream's seq is at this position).
+    /// the stream index (its stream's seq is at this position). Appends
+    /// wait until it returns.
     pub fn scan_all(
         &self,
         mut f: impl FnMut(RecordView<'_>) -> Result<(), StoreError>,
@@ -239,8 +240,12 @@ impl Store {
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
             let p = &self.inner.path;
-            let index = self.inner.index.read().expect("stream index lock");
+            // The snapshot first, then the index: the writer commits and
+            // indexes a group under the index's write lock, so the index
+            // holds at least every event of the snapshot. Appends wait
+            // while the scan holds the read lock.
             let txn = self.read()?;
+            let index = self.inner.index.read().expect("stream index lock");
             let log = txn.open_table(LOG).map_err(|e| from_redb(p, e))?;
             let mut n = 0u64;
             // The entry of the last stream seen: runs of one stream are common.
