@@ -21,7 +21,7 @@
 //! | 4 | CRC-32 (IEEE) of `db_id ‖ lsn ‖ body` |
 //! | 8 | `db_id`, u64 LE (the database's `meta.db_id`) |
 //! | 8 | `lsn`, u64 LE: frame number, 1, 2, … for the life of the database |
-//! | n | body: the group's writes ([`Op`]s) |
+//! | n | body: the group's writes (events as `position ‖ record`, index puts and deletes, snapshots; see `Op` in the source) |
 //!
 //! After a checkpoint the next frame is written at offset 0 again, over
 //! frames redb already holds. Recovery reads frames from offset 0 while

@@ -1,9 +1,14 @@
 //! # chronicle-store
 //!
 //! Chronicle's event log: durable, append-only, hash-chained streams of
-//! events in one [redb](https://docs.rs/redb) file. It knows streams,
-//! sequence numbers, envelopes and bytes — not workflows.
+//! events in one [redb](https://docs.rs/redb) file (`PATH`) and its commit
+//! journal (`PATH-journal`). It knows streams, sequence numbers, envelopes
+//! and bytes — not workflows.
 //!
+//! - **Layout**: events keyed by global position in one table, so a group
+//!   commit writes at one edge of one B-tree; the positions of each stream's
+//!   seqs are an in-memory index checkpointed as segments (see the table
+//!   list in the source's `tables.rs`).
 //! - **Streams** ([`StreamId`]): a run (UUID v7) or a named stream; events
 //!   numbered [`Seq`] 1..n with no gap, and a database-wide [`Position`].
 //! - **Append with optimistic concurrency** ([`Store::append`],
