@@ -69,7 +69,7 @@ pub enum StoreError {
     /// A crash left committed groups in the commit journal that redb does
     /// not hold yet; a read-only open cannot apply them.
     #[error(
-        "database {path} has {frames} committed write group(s) in its journal not yet applied (left by a crash); open it read-write once to apply them (e.g. chronicle recover --db PATH)"
+        "database {path} has {frames} committed write group(s) in its journal not yet applied (left by a crash); open it read-write once to apply them (Store::open; chronicle commands do this by themselves)"
     )]
     Unrecovered {
         /// The database path.
