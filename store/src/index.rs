@@ -31,6 +31,16 @@ pub(crate) struct Entry {
     saved: usize,
 }
 
+impl Entry {
+    fn empty() -> Self {
+        Self {
+            positions: Vec::new(),
+            hash: GENESIS_HASH,
+            saved: 0,
+        }
+    }
+}
+
 /// Every stream of the database, ordered by key.
 #[derive(Debug, Default)]
 pub(crate) struct StreamIndex {
@@ -55,11 +65,10 @@ impl StreamIndex {
     pub fn push(&mut self, key: &str, seq: u64, position: u64, hash: Hash) -> Result<(), String> {
         let entry = match self.streams.get_mut(key) {
             Some(e) => e,
-            None => self.streams.entry(key.to_string()).or_insert(Entry {
-                positions: Vec::new(),
-                hash: GENESIS_HASH,
-                saved: 0,
-            }),
+            None => self
+                .streams
+                .entry(key.to_string())
+                .or_insert_with(Entry::empty),
         };
         let last = entry.positions.len() as u64;
         if seq != last + 1 {
@@ -77,6 +86,21 @@ impl StreamIndex {
         Ok(())
     }
 
+    /// Record the stored record `bytes` at `position` (its stream, seq and
+    /// hash read from it). `Err` (a message) for a malformed record or a
+    /// seq that does not follow its stream's last.
+    pub fn push_record(&mut self, position: u64, bytes: &[u8]) -> Result<(), String> {
+        let rec = view_record(position, bytes)
+            .ok_or_else(|| format!("the record at position {position} is malformed"))?;
+        let hash: Hash = rec.hash.try_into().expect("view_record checks 32 bytes");
+        self.push(rec.stream, rec.seq, position, hash)
+    }
+
+    /// True when some stream has seqs not yet written to segments.
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
     /// Add the log's records after `self.through` (a tail the segments do
     /// not cover), checking contiguity.
     pub fn add_log_tail(
@@ -88,12 +112,7 @@ impl StreamIndex {
         let from = self.through + 1;
         for item in log.range(from..).map_err(|e| from_redb(path, e))? {
             let (k, v) = item.map_err(|e| from_redb(path, e))?;
-            let position = k.value();
-            let rec = view_record(position, v.value()).ok_or_else(|| {
-                corrupt(path, format!("record at position {position} is malformed"))
-            })?;
-            let hash: Hash = rec.hash.try_into().expect("32 bytes");
-            self.push(rec.stream, rec.seq, position, hash)
+            self.push_record(k.value(), v.value())
                 .map_err(|m| corrupt(path, m))?;
             n += 1;
         }
@@ -121,11 +140,10 @@ impl StreamIndex {
                     format!("stream index segment {key}#{first} is malformed"),
                 )
             })?;
-            let entry = index.streams.entry(key.to_string()).or_insert(Entry {
-                positions: Vec::new(),
-                hash: GENESIS_HASH,
-                saved: 0,
-            });
+            let entry = index
+                .streams
+                .entry(key.to_string())
+                .or_insert_with(Entry::empty);
             if first != entry.positions.len() as u64 + 1 {
                 return Err(corrupt(
                     path,

@@ -9,7 +9,7 @@ use crate::FORMAT_VERSION;
 use crate::error::{StoreError, from_redb};
 use crate::index::StreamIndex;
 use crate::journal::{Journal, Op, decode_ops, journal_path, pending};
-use crate::tables::{INDEX, LOG, META, SNAPSHOTS, STREAM_INDEX, view_record};
+use crate::tables::{INDEX, LOG, META, SNAPSHOTS, STREAM_INDEX};
 use crate::write::Tables;
 
 /// What opening a database yields besides redb's handle.
@@ -98,9 +98,9 @@ fn load_index(
 }
 
 /// Recover a read-write open: build the stream index, apply the journal's
-/// pending frames (if `with_journal`), and in one durable commit save the
-/// index segments of what was recovered and name the database (`db_id`);
-/// then open the journal for the writer.
+/// pending frames (if `with_journal`), and — only when something changed —
+/// in one durable commit save the index segments of what was recovered and
+/// name the database (`db_id`); then open the journal for the writer.
 fn recover(db: &Database, path: &Path, with_journal: bool) -> Result<Opened, StoreError> {
     let jpath = journal_path(path);
     let state = meta_state(db, path)?;
@@ -109,10 +109,24 @@ fn recover(db: &Database, path: &Path, with_journal: bool) -> Result<Opened, Sto
         (true, Some(id)) => pending(&jpath, id, state.journal_lsn)?,
         _ => Vec::new(),
     };
+    // A random id (no clock read): it tells this database's journal frames
+    // from another's.
     let db_id = state
         .db_id
-        .unwrap_or_else(|| uuid::Uuid::now_v7().as_u64_pair().1);
+        .unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().1);
     let last = frames.last().map_or(state.journal_lsn, |f| f.lsn);
+    let open_journal = || -> Result<Option<Journal>, StoreError> {
+        with_journal
+            .then(|| Journal::open(&jpath, db_id, last + 1))
+            .transpose()
+    };
+    // Nothing to save (a clean open): no commit, no fsync at start-up.
+    if frames.is_empty() && state.db_id.is_some() && !index.is_dirty() {
+        return Ok(Opened {
+            index,
+            journal: open_journal()?,
+        });
+    }
     let txn = db.begin_write().map_err(|e| from_redb(path, e))?;
     {
         let mut meta = txn.open_table(META).map_err(|e| from_redb(path, e))?;
@@ -131,21 +145,12 @@ fn recover(db: &Database, path: &Path, with_journal: bool) -> Result<Opened, Sto
             for op in &ops {
                 t.apply(path, op, None)?;
                 if let Op::Event { position, record } = op {
-                    let rec =
-                        view_record(*position, record).ok_or_else(|| StoreError::Corruption {
+                    index.push_record(*position, record).map_err(|message| {
+                        StoreError::Corruption {
                             path: jpath.clone(),
-                            message: format!(
-                                "journal frame {}: the record at position {position} is malformed",
-                                frame.lsn
-                            ),
-                        })?;
-                    let hash = rec.hash.try_into().expect("32 bytes");
-                    index
-                        .push(rec.stream, rec.seq, *position, hash)
-                        .map_err(|message| StoreError::Corruption {
-                            path: jpath.clone(),
-                            message,
-                        })?;
+                            message: format!("journal frame {}: {message}", frame.lsn),
+                        }
+                    })?;
                 }
             }
         }
@@ -165,12 +170,10 @@ fn recover(db: &Database, path: &Path, with_journal: bool) -> Result<Opened, Sto
             "applied the commit journal left by a crash"
         );
     }
-    let journal = if with_journal {
-        Some(Journal::open(&jpath, db_id, last + 1)?)
-    } else {
-        None
-    };
-    Ok(Opened { index, journal })
+    Ok(Opened {
+        index,
+        journal: open_journal()?,
+    })
 }
 
 /// Open (or initialise) a database on any redb backend: the in-memory one

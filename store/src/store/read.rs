@@ -346,22 +346,31 @@ impl Store {
     ) -> Result<Option<(Seq, Vec<u8>)>, StoreError> {
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
-            let p = &self.inner.path;
-            let key = stream.key();
             let txn = self.read()?;
-            let t = txn.open_table(SNAPSHOTS).map_err(|e| from_redb(p, e))?;
-            let to = at.map(|s| s.0).unwrap_or(u64::MAX);
-            let mut r = t
-                .range((key.as_str(), 0)..=(key.as_str(), to))
-                .map_err(|e| from_redb(p, e))?;
-            match r.next_back() {
-                Some(item) => {
-                    let (k, v) = item.map_err(|e| from_redb(p, e))?;
-                    Ok(Some((Seq(k.value().1), v.value().to_vec())))
-                }
-                None => Ok(None),
-            }
+            self.latest_snapshot(&txn, stream, at.map_or(u64::MAX, |s| s.0))
         })
+    }
+
+    /// The latest snapshot of `stream` with seq ≤ `to` inside `txn`.
+    fn latest_snapshot(
+        &self,
+        txn: &ReadTransaction,
+        stream: &StreamId,
+        to: u64,
+    ) -> Result<Option<(Seq, Vec<u8>)>, StoreError> {
+        let p = &self.inner.path;
+        let key = stream.key();
+        let t = txn.open_table(SNAPSHOTS).map_err(|e| from_redb(p, e))?;
+        let mut r = t
+            .range((key.as_str(), 0)..=(key.as_str(), to))
+            .map_err(|e| from_redb(p, e))?;
+        match r.next_back() {
+            Some(item) => {
+                let (k, v) = item.map_err(|e| from_redb(p, e))?;
+                Ok(Some((Seq(k.value().1), v.value().to_vec())))
+            }
+            None => Ok(None),
+        }
     }
 
     /// In one read transaction: the latest snapshot of `stream` with seq
@@ -377,22 +386,10 @@ impl Store {
     ) -> Result<(Option<(Seq, Vec<u8>)>, Vec<RawEnvelope>), StoreError> {
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
-            let p = &self.inner.path;
-            let key = stream.key();
             let txn = self.read()?;
             let to = to.map(|s| s.0).unwrap_or(u64::MAX);
             let snapshot = if use_snapshot {
-                let t = txn.open_table(SNAPSHOTS).map_err(|e| from_redb(p, e))?;
-                let mut r = t
-                    .range((key.as_str(), 0)..=(key.as_str(), to))
-                    .map_err(|e| from_redb(p, e))?;
-                match r.next_back() {
-                    Some(item) => {
-                        let (k, v) = item.map_err(|e| from_redb(p, e))?;
-                        Some((Seq(k.value().1), v.value().to_vec()))
-                    }
-                    None => None,
-                }
+                self.latest_snapshot(&txn, stream, to)?
             } else {
                 None
             };
