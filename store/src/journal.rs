@@ -1,5 +1,6 @@
 //! The commit journal: a write-ahead file beside the database that makes a
-//! group commit durable with one small sequential write and one fdatasync.
+//! group commit durable with one small sequential write (`O_DIRECT | O_DSYNC`, or
+//! a buffered write and an fdatasync).
 //!
 //! Why: a durable redb commit rewrites every B-tree page on the path of
 //! each changed key plus redb's own system pages and header — about eight
@@ -249,17 +250,43 @@ pub(crate) fn pending(path: &Path, db_id: u64, applied_lsn: u64) -> Result<Vec<F
     Ok(frames)
 }
 
+/// Direct writes go in whole blocks of this many bytes, at offsets that are
+/// multiples of it (`O_DIRECT` needs the device's logical block size, 512
+/// or 4,096 bytes; 4,096 satisfies both).
+const BLOCK: usize = 4096;
+
 /// The open journal of a read-write store (owned by the writer thread).
+///
+/// Frames are written with `O_DIRECT | O_DSYNC` where the file system
+/// allows it: one `pwrite` that returns once the bytes are on the device,
+/// without the page cache — measured ~1.0× one buffered 200-byte write +
+/// fdatasync at offset 0 (`chronicle bench store`'s baseline), against
+/// ~0.9× for buffered sequential writes + fdatasync (README, "The commit
+/// journal"). Direct writes cover whole blocks, so the block holding the
+/// end of the previous frame is written again with the same leading bytes
+/// (as a database's write-ahead log rewrites its partial last page); a
+/// device that writes a block's sectors partly writes each of them either
+/// before or after, and the leading sectors hold the same bytes in both.
+/// Elsewhere (tmpfs, some network file systems) frames are written
+/// through the page cache and fdatasynced.
 pub(crate) struct Journal {
     path: PathBuf,
+    /// Buffered handle: zero fill and the size's fsync.
     file: File,
+    /// `O_DIRECT | O_DSYNC` handle, if the file system takes direct writes.
+    direct: Option<File>,
     db_id: u64,
     /// Where the next frame goes.
     write_at: u64,
     /// Bytes of the file already written (zero fill included).
     allocated: u64,
     next_lsn: u64,
+    /// The frame being written.
     buf: Vec<u8>,
+    /// The bytes of the block holding `write_at`, before `write_at`.
+    tail: Vec<u8>,
+    /// Room for an aligned copy of the blocks of one direct write.
+    aligned: Vec<u8>,
 }
 
 impl Journal {
@@ -267,6 +294,12 @@ impl Journal {
     /// the next frame gets `next_lsn`. Call only once [`pending`] frames
     /// are checkpointed into redb.
     pub(crate) fn open(path: &Path, db_id: u64, next_lsn: u64) -> Result<Self, StoreError> {
+        Self::open_with(path, db_id, next_lsn, true)
+    }
+
+    /// [`Journal::open`], with direct writes only if `direct` (tests use
+    /// `false` for the buffered path).
+    fn open_with(path: &Path, db_id: u64, next_lsn: u64, direct: bool) -> Result<Self, StoreError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -278,16 +311,43 @@ impl Journal {
         let mut j = Self {
             path: path.to_path_buf(),
             file,
+            direct: None,
             db_id,
             write_at: 0,
             allocated,
             next_lsn,
             buf: Vec::new(),
+            tail: Vec::new(),
+            aligned: Vec::new(),
         };
         if j.allocated < GROW_BYTES {
             j.grow(GROW_BYTES)?;
         }
+        if direct {
+            j.direct = j.open_direct();
+        }
         Ok(j)
+    }
+
+    /// The `O_DIRECT | O_DSYNC` handle, if opening it and one aligned write
+    /// of a zero block at offset 0 (where the next frame goes anyway)
+    /// succeed.
+    fn open_direct(&mut self) -> Option<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+            .open(&self.path)
+            .ok()?;
+        let zero = aligned_slice(&mut self.aligned, BLOCK);
+        zero.fill(0);
+        match f.write_all_at(zero, 0) {
+            Ok(()) => Some(f),
+            Err(e) => {
+                tracing::debug!(journal = %self.path.display(), error = %e, "direct writes refused; using buffered writes and fdatasync");
+                None
+            }
+        }
     }
 
     /// Bytes written since the last checkpoint.
@@ -318,9 +378,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Write one frame with `body` and fdatasync; returns its lsn. On
-    /// error the frame may or may not be on disk: the caller must stop
-    /// writing (the store poisons itself) and let recovery decide.
+    /// Write one frame with `body`, durably; returns its lsn. On error the
+    /// frame may or may not be on disk: the caller must stop writing (the
+    /// store poisons itself) and let recovery decide.
     pub(crate) fn append(&mut self, body: &[u8]) -> Result<u64, StoreError> {
         let lsn = self.next_lsn;
         let len = u32::try_from(body.len()).map_err(|_| {
@@ -338,28 +398,106 @@ impl Journal {
         self.buf.extend_from_slice(&lsn.to_le_bytes());
         self.buf.extend_from_slice(body);
         let end = self.write_at + self.buf.len() as u64;
-        if end > self.allocated {
-            self.grow(end + GROW_BYTES)?;
+        // Room for the frame and the rest of its last block.
+        let end_block = end.div_ceil(BLOCK as u64) * BLOCK as u64;
+        if end_block > self.allocated {
+            self.grow(end_block + GROW_BYTES)?;
         }
-        self.file
-            .write_all_at(&self.buf, self.write_at)
-            .map_err(io(&self.path))?;
-        self.file.sync_data().map_err(io(&self.path))?;
+        match &self.direct {
+            Some(direct) => {
+                let start = self.write_at - self.tail.len() as u64;
+                let n = (end_block - start) as usize;
+                let out = aligned_slice(&mut self.aligned, n);
+                out[..self.tail.len()].copy_from_slice(&self.tail);
+                out[self.tail.len()..self.tail.len() + self.buf.len()].copy_from_slice(&self.buf);
+                out[self.tail.len() + self.buf.len()..].fill(0);
+                direct.write_all_at(out, start).map_err(io(&self.path))?;
+                let keep = (end % BLOCK as u64) as usize;
+                let last_block = n - n.min(BLOCK);
+                self.tail.clear();
+                if keep != 0 {
+                    self.tail
+                        .extend_from_slice(&out[last_block..last_block + keep]);
+                }
+            }
+            None => {
+                self.file
+                    .write_all_at(&self.buf, self.write_at)
+                    .map_err(io(&self.path))?;
+                self.file.sync_data().map_err(io(&self.path))?;
+            }
+        }
         self.write_at = end;
         self.next_lsn += 1;
         Ok(lsn)
+    }
+
+    /// Whether frames are written with `O_DIRECT | O_DSYNC`.
+    #[cfg(test)]
+    pub(crate) fn is_direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// After a checkpoint: the next frame goes to offset 0. Frames left
     /// behind it carry older lsns and end any later recovery read.
     pub(crate) fn restart(&mut self) {
         self.write_at = 0;
+        self.tail.clear();
     }
+}
+
+/// `n` bytes of `room` starting at a multiple of [`BLOCK`] in memory (as
+/// `O_DIRECT` needs), growing `room` as needed.
+fn aligned_slice(room: &mut Vec<u8>, n: usize) -> &mut [u8] {
+    if room.len() < n + BLOCK {
+        room.resize(n + BLOCK, 0);
+    }
+    let at = (BLOCK - room.as_ptr() as usize % BLOCK) % BLOCK;
+    &mut room[at..at + n]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_of_every_size_read_back_across_blocks_and_restarts() {
+        // Direct writes where the file system takes them, and buffered ones.
+        for direct in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            frames_read_back(dir.path(), direct);
+        }
+    }
+
+    fn frames_read_back(dir: &Path, direct: bool) {
+        let path = journal_path(&dir.join("db.redb"));
+        let mut j = Journal::open_with(&path, 3, 1, direct).unwrap();
+        eprintln!("direct writes asked {direct}, used {}", j.is_direct());
+        let bodies: Vec<Vec<u8>> = (0..300u32)
+            .map(|i| {
+                let n = (i as usize * 977) % 9_000;
+                (0..n).map(|b| (b as u32 ^ i) as u8).collect()
+            })
+            .collect();
+        for b in &bodies {
+            j.append(b).unwrap();
+        }
+        let frames = pending(&path, 3, 0).unwrap();
+        assert_eq!(frames.len(), bodies.len());
+        for (f, b) in frames.iter().zip(&bodies) {
+            assert_eq!(&f.body, b);
+        }
+        // After a restart the new frames overwrite the old ones from offset
+        // 0, and the first older frame behind them ends the journal.
+        j.restart();
+        for b in &bodies[..5] {
+            j.append(b).unwrap();
+        }
+        let frames = pending(&path, 3, 300).unwrap();
+        assert_eq!(frames.len(), 5);
+        assert_eq!(frames[4].lsn, 305);
+        assert_eq!(frames[4].body, bodies[4]);
+    }
 
     #[test]
     fn ops_round_trip_and_torn_frames_end_the_journal() {
