@@ -20,6 +20,7 @@ use redb::ReadableTable;
 
 use crate::envelope::{GENESIS_HASH, Hash};
 use crate::error::{StoreError, from_redb};
+use crate::memtable::Memtable;
 use crate::tables::{decode_segment, encode_segment, view_record};
 
 /// One stream: the positions of seqs 1..=n and the hash of seq n.
@@ -41,7 +42,8 @@ impl Entry {
     }
 }
 
-/// Every stream of the database, ordered by key.
+/// Every stream of the database, ordered by key, and the writes not yet
+/// in redb (kept together under one lock: see [`crate::memtable`]).
 #[derive(Debug, Default)]
 pub(crate) struct StreamIndex {
     pub streams: BTreeMap<String, Entry>,
@@ -49,6 +51,8 @@ pub(crate) struct StreamIndex {
     pub through: u64,
     /// Streams with seqs not yet in segments.
     dirty: Vec<String>,
+    /// Acknowledged writes not yet committed to redb.
+    pub memtable: Memtable,
 }
 
 impl StreamIndex {

@@ -45,6 +45,7 @@ mod guard;
 mod ids;
 mod index;
 pub mod journal;
+mod memtable;
 mod open;
 mod store;
 mod tables;
@@ -60,7 +61,7 @@ pub use guard::install_panic_hook;
 pub use ids::{MAX_STREAM_NAME, Position, Seq, StreamId};
 pub use redb::StorageBackend;
 pub use redb::backends::{FileBackend, InMemoryBackend};
-pub use store::{ChainReport, Store, StoreOptions, StreamHead};
+pub use store::{ChainReport, MEMTABLE_BYTES, Store, StoreOptions, StreamHead};
 pub use tables::{RecordView, view_record};
 pub use write::{Append, Committed, IndexOp, WriteRequest};
 

@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use redb::{Database, ReadableTable};
+use redb::{Database, ReadableDatabase};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::Clock;
@@ -28,6 +28,7 @@ use crate::error::{StoreError, from_redb};
 use crate::ids::{Position, Seq, StreamId};
 use crate::index::StreamIndex;
 use crate::journal::{Journal, Op};
+use crate::memtable::Bytes;
 use crate::tables::{INDEX, LOG, META, SNAPSHOTS, STREAM_INDEX, encode_record};
 
 /// Events to append to one stream, with optimistic concurrency.
@@ -137,6 +138,8 @@ pub(crate) struct Writer {
     pub quick_repair: bool,
     /// Journal bytes between checkpoints.
     pub checkpoint_bytes: u64,
+    /// Memtable bytes that trigger a flush to redb.
+    pub memtable_limit: usize,
     /// The commit journal (stores on a file); `None`: `Immediate` commits.
     pub journal: Option<Journal>,
     /// Set after a failure that leaves the journal, redb and the stream
@@ -146,7 +149,7 @@ pub(crate) struct Writer {
     pub body: Vec<u8>,
 }
 
-/// What a group adds to the stream index once it commits.
+/// What a group writes, gathered before it commits.
 #[derive(Default)]
 struct Pending {
     /// `(last seq, head hash)` of each stream appended to in this group.
@@ -155,6 +158,14 @@ struct Pending {
     keys: Vec<String>,
     /// `(index into keys, seq, position, hash)` in commit order.
     events: Vec<(usize, u64, u64, Hash)>,
+    /// `(position, record)` in position order.
+    records: Vec<(u64, Bytes)>,
+    /// Index writes, the last one per key (`None`: deleted).
+    index: HashMap<(String, String), Option<Bytes>>,
+    /// Snapshots `(stream key, seq, bytes)` in request order.
+    snapshots: Vec<(String, u64, Bytes)>,
+    /// A read transaction for index lookups, begun at the group's first.
+    read: Option<redb::ReadTransaction>,
 }
 
 impl Writer {
@@ -170,12 +181,17 @@ impl Writer {
                 }
             }
             self.commit_group(&mut group);
+            if self.poisoned.is_some() {
+                continue;
+            }
             let due = self
                 .journal
                 .as_ref()
                 .is_some_and(|j| j.written() >= self.checkpoint_bytes);
-            if due && self.poisoned.is_none() {
+            if due {
                 self.checkpoint_or_poison();
+            } else if self.memtable_bytes() >= self.memtable_limit {
+                self.flush_or_poison();
             }
         }
         // Closing: make redb durable and save the stream index, so the next
@@ -184,6 +200,23 @@ impl Writer {
             && let Err(e) = self.checkpoint()
         {
             tracing::error!(error = %e, "checkpoint at close failed; the next open recovers from the journal and the log");
+        }
+    }
+
+    fn memtable_bytes(&self) -> usize {
+        self.index.read().expect("stream index lock").memtable.bytes
+    }
+
+    fn flush_or_poison(&mut self) {
+        if let Err(e) = self.flush(false) {
+            // The groups are durable in the journal and readable from the
+            // memtable; redb lacks them. Stop writing; the next open
+            // applies the journal.
+            tracing::error!(error = %e, "memtable flush failed");
+            self.poisoned = Some(format!(
+                "a flush of the memtable to {} failed earlier ({e}); reopen the database",
+                self.path.display()
+            ));
         }
     }
 
@@ -199,11 +232,26 @@ impl Writer {
         }
     }
 
-    /// One `Immediate` redb commit that makes every earlier non-durable
-    /// commit durable, writes the stream index segments of what changed,
-    /// and records the last journal frame and log position it covers; then
-    /// the journal starts again at offset 0.
+    /// A checkpoint: one `Immediate` redb commit with the memtable, which
+    /// makes every earlier non-durable commit durable too, the stream
+    /// index segments of what changed, and the last journal frame and log
+    /// position it covers; then the journal starts again at offset 0.
     fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.flush(true)?;
+        if let Some(journal) = self.journal.as_mut() {
+            journal.restart();
+        }
+        Ok(())
+    }
+
+    /// Commit the memtable to redb (non-durable, or `Immediate` with the
+    /// checkpoint's index segments and meta when `checkpoint`), then empty
+    /// it. Readers see every write throughout: the memtable is emptied only
+    /// after redb holds its writes (see [`crate::memtable`]).
+    ///
+    /// Errors: storage errors (the memtable keeps its writes; the caller
+    /// poisons the writer, and the next open applies the journal).
+    fn flush(&mut self, checkpoint: bool) -> Result<(), StoreError> {
         let lsn = self.journal.as_ref().map(Journal::last_lsn);
         let p = self.path.clone();
         let db = self.db.clone();
@@ -212,10 +260,40 @@ impl Writer {
         crate::guard::guard(&p.clone(), move || {
             let re = |e: redb::Error| from_redb(&p, e);
             let mut txn = db.begin_write().map_err(|e| re(e.into()))?;
-            txn.set_durability(redb::Durability::Immediate)
+            let durability = if checkpoint {
+                redb::Durability::Immediate
+            } else {
+                redb::Durability::None
+            };
+            txn.set_durability(durability)
                 .map_err(|e| StoreError::Storage(e.to_string()))?;
-            txn.set_quick_repair(quick_repair);
+            txn.set_quick_repair(checkpoint && quick_repair);
             {
+                // Only this thread changes the memtable: a read lock is
+                // enough to copy it into the transaction.
+                let index = index.read().expect("stream index lock");
+                let mem = &index.memtable;
+                let mut t = Tables::open(&txn, &p)?;
+                for (position, record) in mem.records_from(0) {
+                    t.apply(&p, &Op::Event { position, record }, None)?;
+                }
+                for ((name, key), value) in &mem.kv {
+                    let op = match value {
+                        Some(value) => Op::IndexPut { name, key, value },
+                        None => Op::IndexDelete { name, key },
+                    };
+                    t.apply(&p, &op, None)?;
+                }
+                for ((stream, seq), bytes) in &mem.snapshots {
+                    let op = Op::Snapshot {
+                        stream,
+                        seq: *seq,
+                        bytes,
+                    };
+                    t.apply(&p, &op, None)?;
+                }
+            }
+            if checkpoint {
                 let mut segments = txn.open_table(STREAM_INDEX).map_err(|e| re(e.into()))?;
                 let mut meta = txn.open_table(META).map_err(|e| re(e.into()))?;
                 let mut index = index.write().expect("stream index lock");
@@ -227,12 +305,10 @@ impl Writer {
                         .map_err(|e| re(e.into()))?;
                 }
             }
-            txn.commit().map_err(|e| re(e.into()))
-        })?;
-        if let Some(journal) = self.journal.as_mut() {
-            journal.restart();
-        }
-        Ok(())
+            txn.commit().map_err(|e| re(e.into()))?;
+            index.write().expect("stream index lock").memtable.clear();
+            Ok(())
+        })
     }
 
     /// The next job: poll briefly before parking, because the next append
@@ -301,8 +377,11 @@ impl Writer {
         }
     }
 
-    /// Write every job of the group in one transaction. The outer error is
-    /// fatal to the whole group (storage); the inner results are per job.
+    /// Validate and encode every job of the group, then commit them
+    /// together: one journal frame (stores on a file; the writes then go
+    /// into the memtable) or one `Immediate` redb transaction (other
+    /// backends). The outer error is fatal to the whole group (storage);
+    /// the inner results are per job.
     #[allow(clippy::type_complexity)]
     fn write_group(
         &mut self,
@@ -311,62 +390,133 @@ impl Writer {
     ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
         let p = self.path.clone();
         let re = |e: redb::Error| from_redb(&p, e);
-        let mut txn = self.db.begin_write().map_err(|e| re(e.into()))?;
-        let durability = if self.journal.is_some() {
-            redb::Durability::None
-        } else {
-            redb::Durability::Immediate
-        };
-        txn.set_durability(durability)
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
-        // Quick repair only concerns durable commits (checkpoints, or every
-        // group without a journal).
-        txn.set_quick_repair(self.quick_repair && self.journal.is_none());
         let mut body = std::mem::take(&mut self.body);
         body.clear();
+        let journaling = self.journal.is_some();
         let mut results = Vec::with_capacity(group.len());
-        {
-            let mut t = Tables::open(&txn, &p)?;
-            let journaling = self.journal.is_some();
-            for job in group.iter_mut() {
-                results.push(self.write_one(
-                    &mut t,
-                    &mut job.request,
-                    pending,
-                    journaling.then_some(&mut body),
-                )?);
+        for job in group.iter_mut() {
+            results.push(self.write_one(
+                &mut job.request,
+                pending,
+                journaling.then_some(&mut body),
+            )?);
+        }
+        pending.read = None;
+        match self.journal.as_mut() {
+            Some(journal) => {
+                // Write-ahead: the frame is durable before any reader can
+                // see the group.
+                if !body.is_empty() {
+                    journal.append(&body)?;
+                }
+                self.body = body;
+                // Into the memtable and the index together: a reader
+                // holding the read lock sees a group in both or in neither.
+                let index = self.index.clone();
+                let mut index = index.write().expect("stream index lock");
+                let mem = &mut index.memtable;
+                for (position, record) in pending.records.drain(..) {
+                    mem.push_record(position, record);
+                }
+                for ((name, key), value) in pending.index.drain() {
+                    mem.put_index(name, key, value);
+                }
+                for (stream, seq, bytes) in pending.snapshots.drain(..) {
+                    mem.put_snapshot(stream, seq, bytes);
+                }
+                self.push_index(&mut index, pending);
             }
-        }
-        // Write-ahead: the frame is durable before redb makes the group
-        // visible; if it fails the transaction is dropped (aborted).
-        if let Some(journal) = self.journal.as_mut()
-            && !body.is_empty()
-        {
-            journal.append(&body)?;
-        }
-        self.body = body;
-        // Commit and index under the index's write lock: a reader holding
-        // the read lock sees a group in both or in neither.
-        let index = self.index.clone();
-        let mut index = index.write().expect("stream index lock");
-        txn.commit().map_err(|e| re(e.into()))?;
-        for &(k, seq, position, hash) in &pending.events {
-            if let Err(m) = index.push(&pending.keys[k], seq, position, hash) {
-                self.poisoned = Some(format!("stream index out of step: {m}"));
+            None => {
+                let mut txn = self.db.begin_write().map_err(|e| re(e.into()))?;
+                txn.set_durability(redb::Durability::Immediate)
+                    .map_err(|e| StoreError::Storage(e.to_string()))?;
+                txn.set_quick_repair(self.quick_repair);
+                {
+                    let mut t = Tables::open(&txn, &p)?;
+                    for (position, record) in &pending.records {
+                        let op = Op::Event {
+                            position: *position,
+                            record,
+                        };
+                        t.apply(&p, &op, None)?;
+                    }
+                    for ((name, key), value) in &pending.index {
+                        let op = match value {
+                            Some(value) => Op::IndexPut { name, key, value },
+                            None => Op::IndexDelete { name, key },
+                        };
+                        t.apply(&p, &op, None)?;
+                    }
+                    for (stream, seq, bytes) in &pending.snapshots {
+                        let op = Op::Snapshot {
+                            stream,
+                            seq: *seq,
+                            bytes,
+                        };
+                        t.apply(&p, &op, None)?;
+                    }
+                }
+                // Commit and index under the index's write lock, for the
+                // same reason.
+                let index = self.index.clone();
+                let mut index = index.write().expect("stream index lock");
+                txn.commit().map_err(|e| re(e.into()))?;
+                self.push_index(&mut index, pending);
             }
         }
         Ok(results)
     }
 
+    /// Add a committed group's events to the stream index.
+    fn push_index(&mut self, index: &mut StreamIndex, pending: &Pending) {
+        for &(k, seq, position, hash) in &pending.events {
+            if let Err(m) = index.push(&pending.keys[k], seq, position, hash) {
+                self.poisoned = Some(format!("stream index out of step: {m}"));
+            }
+        }
+    }
+
+    /// The current value of `index[key]` as this group sees it: the
+    /// group's own earlier writes, then the memtable, then redb.
+    fn index_value(
+        &self,
+        pending: &mut Pending,
+        index: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = pending.index.get(&(index.to_string(), key.to_string())) {
+            return Ok(v.as_ref().map(|b| b.to_vec()));
+        }
+        if let Some(v) = self
+            .index
+            .read()
+            .expect("stream index lock")
+            .memtable
+            .index_get(index, key)
+        {
+            return Ok(v.map(|b| b.to_vec()));
+        }
+        let p = &self.path;
+        if pending.read.is_none() {
+            pending.read = Some(self.db.begin_read().map_err(|e| from_redb(p, e))?);
+        }
+        let txn = pending.read.as_ref().expect("just begun");
+        let t = match txn.open_table(INDEX) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(from_redb(p, e)),
+        };
+        Ok(t.get((index, key))
+            .map_err(|e| from_redb(p, e))?
+            .map(|v| v.value().to_vec()))
+    }
+
     fn write_one(
         &mut self,
-        t: &mut Tables<'_>,
         req: &mut WriteRequest,
         pending: &mut Pending,
         mut body: Option<&mut Vec<u8>>,
     ) -> Result<Result<Committed, StoreError>, StoreError> {
-        let p = self.path.clone();
-        let re = |e: redb::Error| from_redb(&p, e);
         // Validate first: nothing is written unless the whole request holds.
         let mut seen = HashSet::new();
         let mut heads = Vec::with_capacity(req.appends.len());
@@ -395,15 +545,12 @@ impl Writer {
         }
         for op in &req.index {
             if let IndexOp::Insert { index, key, .. } = op
-                && let Some(v) = t
-                    .index
-                    .get((index.as_str(), key.as_str()))
-                    .map_err(|e| re(e.into()))?
+                && let Some(existing) = self.index_value(pending, index, key)?
             {
                 return Ok(Err(StoreError::IndexConflict {
                     index: index.clone(),
                     key: key.clone(),
-                    existing: v.value().to_vec(),
+                    existing,
                 }));
             }
         }
@@ -444,15 +591,15 @@ impl Writer {
                     payload: std::mem::take(&mut ev.payload),
                     hash,
                 };
-                let record = encode_record(&env, &key);
-                t.apply(
-                    &p,
-                    &Op::Event {
+                let record: Bytes = encode_record(&env, &key).into();
+                if let Some(body) = body.as_deref_mut() {
+                    Op::Event {
                         position,
                         record: &record,
-                    },
-                    body.as_deref_mut(),
-                )?;
+                    }
+                    .encode(body);
+                }
+                pending.records.push((position, record));
                 pending.events.push((k, seq, position, hash));
                 committed.push(env);
             }
@@ -460,25 +607,40 @@ impl Writer {
             pending.keys.push(key);
         }
         for op in &req.index {
-            let op = match op {
+            let (index, key, value) = match op {
                 IndexOp::Put { index, key, value } | IndexOp::Insert { index, key, value } => {
-                    Op::IndexPut {
+                    (index, key, Some(value.as_slice()))
+                }
+                IndexOp::Delete { index, key } => (index, key, None),
+            };
+            if let Some(body) = body.as_deref_mut() {
+                match value {
+                    Some(value) => Op::IndexPut {
                         name: index,
                         key,
                         value,
-                    }
+                    },
+                    None => Op::IndexDelete { name: index, key },
                 }
-                IndexOp::Delete { index, key } => Op::IndexDelete { name: index, key },
-            };
-            t.apply(&p, &op, body.as_deref_mut())?;
+                .encode(body);
+            }
+            pending
+                .index
+                .insert((index.clone(), key.clone()), value.map(Bytes::from));
         }
         for (stream, seq, bytes) in &req.snapshots {
-            let op = Op::Snapshot {
-                stream: &stream.key(),
-                seq: seq.0,
-                bytes,
-            };
-            t.apply(&p, &op, body.as_deref_mut())?;
+            let key = stream.key();
+            if let Some(body) = body.as_deref_mut() {
+                Op::Snapshot {
+                    stream: &key,
+                    seq: seq.0,
+                    bytes,
+                }
+                .encode(body);
+            }
+            pending
+                .snapshots
+                .push((key, seq.0, Bytes::from(bytes.as_slice())));
         }
         Ok(Ok(committed))
     }

@@ -2,12 +2,17 @@
 //! snapshots, chain verification. Every redb call runs inside `guard`, and
 //! every read checks that seqs are contiguous.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::RwLockReadGuard;
+
 use redb::{ReadTransaction, ReadableTable};
 
 use super::{ChainReport, Store, StreamHead};
 use crate::envelope::{ChainCheck, RawEnvelope};
 use crate::error::{StoreError, from_redb};
 use crate::ids::{Position, Seq, StreamId};
+use crate::index::StreamIndex;
+use crate::memtable::Bytes;
 use crate::tables::{INDEX, LOG, RecordView, SNAPSHOTS, decode_record, view_record};
 use crate::write::WriteRequest;
 
@@ -24,26 +29,52 @@ impl Store {
     ) -> Result<(), StoreError> {
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
-            let txn = self.read()?;
-            self.events_in(&txn, stream, from.0, to.map(|s| s.0).unwrap_or(u64::MAX), f)
+            self.events_in(stream, from.0, to.map(|s| s.0).unwrap_or(u64::MAX), f)
         })
     }
 
-    /// The positions of `stream`'s seqs `from..=to` (clipped to its head),
-    /// from the stream index.
-    fn positions(&self, stream: &StreamId, from: u64, to: u64) -> Vec<u64> {
+    /// A redb read transaction begun under the index's read lock, with the
+    /// lock: together with the memtable behind the guard it holds every
+    /// acknowledged write exactly once (see [`crate::memtable`]). Copy
+    /// what is needed of the memtable and drop the guard soon: appends wait
+    /// for it.
+    fn view(&self) -> Result<(RwLockReadGuard<'_, StreamIndex>, ReadTransaction), StoreError> {
         let index = self.inner.index.read().expect("stream index lock");
-        match index.streams.get(&stream.key()) {
-            Some(e) => {
-                let end = (to.min(e.positions.len() as u64)) as usize;
-                let start = (from.max(1) - 1) as usize;
-                e.positions
-                    .get(start..end)
-                    .map(<[u64]>::to_vec)
-                    .unwrap_or_default()
-            }
-            None => Vec::new(),
+        let txn = self.read()?;
+        Ok((index, txn))
+    }
+
+    /// A view for reading `stream`'s seqs `from..=to` (clipped to its
+    /// head): the transaction, the positions of the seqs found in redb
+    /// (first seq `from`), and the records of the following seqs that are
+    /// still in the memtable.
+    #[allow(clippy::type_complexity)]
+    fn stream_view(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+    ) -> Result<(ReadTransaction, Vec<u64>, Vec<(u64, Bytes)>), StoreError> {
+        let (index, txn) = self.view()?;
+        let Some(e) = index.streams.get(&stream.key()) else {
+            return Ok((txn, Vec::new(), Vec::new()));
+        };
+        let end = (to.min(e.positions.len() as u64)) as usize;
+        let start = (from.max(1) - 1) as usize;
+        let positions = e.positions.get(start..end).unwrap_or_default();
+        let split = index.memtable.split();
+        let in_redb = positions.partition_point(|&p| p < split);
+        let mut mem = Vec::with_capacity(positions.len() - in_redb);
+        for &position in &positions[in_redb..] {
+            let record = index.memtable.record(position).ok_or_else(|| {
+                self.corrupt(format!(
+                    "stream {}: a seq is indexed at position {position}, which the memtable lacks",
+                    stream.key()
+                ))
+            })?;
+            mem.push((position, record.clone()));
         }
+        Ok((txn, positions[..in_redb].to_vec(), mem))
     }
 
     /// The envelope of `stream`'s `seq` at `position`, checking that the
@@ -90,11 +121,10 @@ impl Store {
         Ok(v.to_envelope(stream.clone()))
     }
 
-    /// Envelopes of `stream` with seq in `from..=to` inside `txn`, checking
-    /// each against its index entry.
+    /// Envelopes of `stream` with seq in `from..=to`, checking each
+    /// against its index entry.
     fn events_in(
         &self,
-        txn: &ReadTransaction,
         stream: &StreamId,
         from: u64,
         to: u64,
@@ -105,37 +135,40 @@ impl Store {
         if to < from {
             return Ok(());
         }
-        let positions = self.positions(stream, from, to);
-        if positions.is_empty() {
-            return Ok(());
-        }
+        let (txn, positions, mem) = self.stream_view(stream, from, to)?;
         let key = stream.key();
-        let log = txn.open_table(LOG).map_err(|e| from_redb(p, e))?;
-        let (first, last) = (positions[0], positions[positions.len() - 1]);
-        if last - first < 4 * positions.len() as u64 {
-            // Dense (a run written in few groups, or a quiet database): one
-            // descent and a sequential walk, skipping other streams' events.
-            let mut want = (from..).zip(positions).peekable();
-            for item in log.range(first..=last).map_err(|e| from_redb(p, e))? {
-                let Some(&(seq, position)) = want.peek() else {
-                    break;
-                };
-                let (k, v) = item.map_err(|e| from_redb(p, e))?;
-                if k.value() != position {
-                    continue;
+        let after_redb = from + positions.len() as u64;
+        if let (Some(&first), Some(&last)) = (positions.first(), positions.last()) {
+            let log = txn.open_table(LOG).map_err(|e| from_redb(p, e))?;
+            if last - first < 4 * positions.len() as u64 {
+                // Dense (a run written in few groups, or a quiet database):
+                // one descent and a sequential walk, skipping other
+                // streams' events.
+                let mut want = (from..).zip(positions).peekable();
+                for item in log.range(first..=last).map_err(|e| from_redb(p, e))? {
+                    let Some(&(seq, position)) = want.peek() else {
+                        break;
+                    };
+                    let (k, v) = item.map_err(|e| from_redb(p, e))?;
+                    if k.value() != position {
+                        continue;
+                    }
+                    f(self.decode_at(stream, &key, seq, position, v.value())?)?;
+                    want.next();
                 }
-                f(self.decode_at(stream, &key, seq, position, v.value())?)?;
-                want.next();
+                if let Some((seq, position)) = want.next() {
+                    return Err(self.corrupt(format!(
+                        "stream {key}: seq {seq} is indexed at position {position}, which is missing: the log has a gap from seq {seq}"
+                    )));
+                }
+            } else {
+                for (seq, position) in (from..).zip(positions) {
+                    f(self.envelope_at(&log, stream, &key, seq, position)?)?;
+                }
             }
-            if let Some((seq, position)) = want.next() {
-                return Err(self.corrupt(format!(
-                    "stream {key}: seq {seq} is indexed at position {position}, which is missing: the log has a gap from seq {seq}"
-                )));
-            }
-        } else {
-            for (seq, position) in (from..).zip(positions) {
-                f(self.envelope_at(&log, stream, &key, seq, position)?)?;
-            }
+        }
+        for (seq, (position, record)) in (after_redb..).zip(mem) {
+            f(self.decode_at(stream, &key, seq, position, &record)?)?;
         }
         Ok(())
     }
@@ -210,20 +243,38 @@ impl Store {
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
             let p = &self.inner.path;
-            let txn = self.read()?;
+            let (txn, split, mem) = {
+                let (index, txn) = self.view()?;
+                let mem: Vec<(u64, Bytes)> = index
+                    .memtable
+                    .records_from(from.0)
+                    .take(limit)
+                    .map(|(position, r)| (position, r.clone()))
+                    .collect();
+                (txn, index.memtable.split(), mem)
+            };
+            let decode = |position: u64, bytes: &[u8]| {
+                decode_record(position, bytes).ok_or_else(|| {
+                    self.corrupt(format!("the record at position {position} is malformed"))
+                })
+            };
             let log = txn.open_table(LOG).map_err(|e| from_redb(p, e))?;
             let mut out = Vec::new();
-            for item in log
-                .range(from.0..)
-                .map_err(|e| from_redb(p, e))?
-                .take(limit)
-            {
-                let (k, v) = item.map_err(|e| from_redb(p, e))?;
-                let position = k.value();
-                let env = decode_record(position, v.value()).ok_or_else(|| {
-                    self.corrupt(format!("the record at position {position} is malformed"))
-                })?;
-                out.push(env);
+            if from.0 < split {
+                for item in log
+                    .range(from.0..split)
+                    .map_err(|e| from_redb(p, e))?
+                    .take(limit)
+                {
+                    let (k, v) = item.map_err(|e| from_redb(p, e))?;
+                    out.push(decode(k.value(), v.value())?);
+                }
+            }
+            for (position, record) in mem {
+                if out.len() >= limit {
+                    break;
+                }
+                out.push(decode(position, &record)?);
             }
             Ok(out)
         })
@@ -240,20 +291,17 @@ impl Store {
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
             let p = &self.inner.path;
-            // The snapshot first, then the index: the writer commits and
-            // indexes a group under the index's write lock, so the index
-            // holds at least every event of the snapshot. Appends wait
-            // while the scan holds the read lock.
-            let txn = self.read()?;
-            let index = self.inner.index.read().expect("stream index lock");
+            // The index's read lock for the whole scan (appends wait), and
+            // redb's snapshot taken under it: redb below the memtable's
+            // split, then the memtable, hold every record once.
+            let (index, txn) = self.view()?;
             let log = txn.open_table(LOG).map_err(|e| from_redb(p, e))?;
+            let split = index.memtable.split();
             let mut n = 0u64;
             // The entry of the last stream seen: runs of one stream are common.
             let mut current: Option<(&str, &crate::index::Entry)> = None;
-            for item in log.iter().map_err(|e| from_redb(p, e))? {
-                let (k, v) = item.map_err(|e| from_redb(p, e))?;
-                let position = k.value();
-                let rec = view_record(position, v.value()).ok_or_else(|| {
+            let mut check = |position: u64, bytes: &[u8]| -> Result<(), StoreError> {
+                let rec = view_record(position, bytes).ok_or_else(|| {
                     self.corrupt(format!("the record at position {position} is malformed"))
                 })?;
                 let entry = match current {
@@ -282,6 +330,14 @@ impl Store {
                 }
                 f(rec)?;
                 n += 1;
+                Ok(())
+            };
+            for item in log.range(..split).map_err(|e| from_redb(p, e))? {
+                let (k, v) = item.map_err(|e| from_redb(p, e))?;
+                check(k.value(), v.value())?;
+            }
+            for (position, record) in index.memtable.records_from(0) {
+                check(position, record)?;
             }
             Ok(n)
         })
@@ -292,7 +348,13 @@ impl Store {
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
             let p = &self.inner.path;
-            let txn = self.read()?;
+            let txn = {
+                let (guard, txn) = self.view()?;
+                if let Some(v) = guard.memtable.index_get(index, key) {
+                    return Ok(v.map(|b| b.to_vec()));
+                }
+                txn
+            };
             let t = txn.open_table(INDEX).map_err(|e| from_redb(p, e))?;
             Ok(t.get((index, key))
                 .map_err(|e| from_redb(p, e))?
@@ -300,7 +362,8 @@ impl Store {
         })
     }
 
-    /// Every `(key, value)` of `index` whose key starts with `prefix`.
+    /// Every `(key, value)` of `index` whose key starts with `prefix`, in
+    /// key order.
     pub fn index_scan(
         &self,
         index: &str,
@@ -309,18 +372,27 @@ impl Store {
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
             let p = &self.inner.path;
-            let txn = self.read()?;
+            let (txn, mem) = {
+                let (guard, txn) = self.view()?;
+                (txn, guard.memtable.index_range(index, prefix))
+            };
             let t = txn.open_table(INDEX).map_err(|e| from_redb(p, e))?;
-            let mut out = Vec::new();
+            let mut out = BTreeMap::new();
             for item in t.range((index, prefix)..).map_err(|e| from_redb(p, e))? {
                 let (k, v) = item.map_err(|e| from_redb(p, e))?;
                 let (i, key) = k.value();
                 if i != index || !key.starts_with(prefix) {
                     break;
                 }
-                out.push((key.to_string(), v.value().to_vec()));
+                out.insert(key.to_string(), v.value().to_vec());
             }
-            Ok(out)
+            for (key, value) in mem {
+                match value {
+                    Some(v) => out.insert(key, v.to_vec()),
+                    None => out.remove(&key),
+                };
+            }
+            Ok(out.into_iter().collect())
         })
     }
 
@@ -346,31 +418,41 @@ impl Store {
     ) -> Result<Option<(Seq, Vec<u8>)>, StoreError> {
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
-            let txn = self.read()?;
-            self.latest_snapshot(&txn, stream, at.map_or(u64::MAX, |s| s.0))
+            self.latest_snapshot(stream, at.map_or(u64::MAX, |s| s.0))
         })
     }
 
-    /// The latest snapshot of `stream` with seq ≤ `to` inside `txn`.
+    /// The latest snapshot of `stream` with seq ≤ `to`, from the memtable
+    /// or redb.
     fn latest_snapshot(
         &self,
-        txn: &ReadTransaction,
         stream: &StreamId,
         to: u64,
     ) -> Result<Option<(Seq, Vec<u8>)>, StoreError> {
         let p = &self.inner.path;
         let key = stream.key();
+        let (txn, mem) = {
+            let (guard, txn) = self.view()?;
+            (txn, guard.memtable.snapshots_of(&key, to).pop())
+        };
         let t = txn.open_table(SNAPSHOTS).map_err(|e| from_redb(p, e))?;
         let mut r = t
             .range((key.as_str(), 0)..=(key.as_str(), to))
             .map_err(|e| from_redb(p, e))?;
-        match r.next_back() {
+        let stored = match r.next_back() {
             Some(item) => {
                 let (k, v) = item.map_err(|e| from_redb(p, e))?;
-                Ok(Some((Seq(k.value().1), v.value().to_vec())))
+                Some((k.value().1, v))
             }
-            None => Ok(None),
-        }
+            None => None,
+        };
+        // The memtable's write of a seq is the later one.
+        Ok(match (mem, stored) {
+            (Some((m, bytes)), Some((s, _))) if m >= s => Some((Seq(m), bytes.to_vec())),
+            (Some((m, bytes)), None) => Some((Seq(m), bytes.to_vec())),
+            (_, Some((s, v))) => Some((Seq(s), v.value().to_vec())),
+            (None, None) => None,
+        })
     }
 
     /// In one read transaction: the latest snapshot of `stream` with seq
@@ -386,16 +468,17 @@ impl Store {
     ) -> Result<(Option<(Seq, Vec<u8>)>, Vec<RawEnvelope>), StoreError> {
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
-            let txn = self.read()?;
             let to = to.map(|s| s.0).unwrap_or(u64::MAX);
             let snapshot = if use_snapshot {
-                self.latest_snapshot(&txn, stream, to)?
+                self.latest_snapshot(stream, to)?
             } else {
                 None
             };
+            // A later view than the snapshot's: the log only grows, so it
+            // holds every event after the snapshot.
             let from = snapshot.as_ref().map(|(s, _)| s.0 + 1).unwrap_or(1);
             let mut out = Vec::new();
-            self.events_in(&txn, stream, from, to, |env| {
+            self.events_in(stream, from, to, |env| {
                 out.push(env);
                 Ok(())
             })?;
@@ -409,17 +492,20 @@ impl Store {
         crate::guard::guard(&path, move || {
             let p = &self.inner.path;
             let key = stream.key();
-            let txn = self.read()?;
+            let (txn, mem) = {
+                let (guard, txn) = self.view()?;
+                (txn, guard.memtable.snapshots_of(&key, u64::MAX))
+            };
             let t = txn.open_table(SNAPSHOTS).map_err(|e| from_redb(p, e))?;
-            let mut out = Vec::new();
+            let mut out: BTreeSet<u64> = mem.into_iter().map(|(seq, _)| seq).collect();
             for item in t
                 .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
                 .map_err(|e| from_redb(p, e))?
             {
                 let (k, _) = item.map_err(|e| from_redb(p, e))?;
-                out.push(Seq(k.value().1));
+                out.insert(k.value().1);
             }
-            Ok(out)
+            Ok(out.into_iter().map(Seq).collect())
         })
     }
 
