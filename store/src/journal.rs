@@ -7,11 +7,12 @@
 //! scattered 4 KiB pages for one event — and an fdatasync of eight pages
 //! costs ~1.7× one of a single page on this kind of disk (figures in the
 //! README, "The commit journal"). The journal writes a group as one frame
-//! into space already written once (no file-size change, so fdatasync
-//! flushes data only); the same group goes into redb with
-//! `Durability::None` (visible to readers at once) and redb is made
-//! durable by a checkpoint — an `Immediate` commit — every
-//! [`CHECKPOINT_BYTES`] of journal and when the store closes.
+//! into space already written once (no file-size change, so the write
+//! flushes data only); the group's writes then go into the
+//! [memtable](crate::memtable), readable at once, and reach redb in
+//! non-durable flushes of many groups. redb is made durable by a
+//! checkpoint — an `Immediate` commit — every [`CHECKPOINT_BYTES`] of
+//! journal and when the store closes.
 //!
 //! File `DB-journal`, frames from offset 0:
 //!

@@ -8,12 +8,16 @@
 //!
 //! A store on a file makes a group durable through its [commit
 //! journal](crate::journal): the group's writes go into the journal as one
-//! frame (write + fdatasync), then into redb with `Durability::None`
-//! (visible to readers from that moment); every
+//! frame (one durable write), then into the [memtable](crate::memtable)
+//! with the stream index (visible to readers from that moment), and the
+//! callers are acknowledged. Every
+//! [`StoreOptions::memtable_bytes`](crate::StoreOptions) the memtable is
+//! flushed to redb in one `Durability::None` commit; every
 //! [`CHECKPOINT_BYTES`](crate::journal::CHECKPOINT_BYTES) of journal, and
-//! when the store closes, an `Immediate` redb commit (a checkpoint) makes
-//! redb durable and the journal starts again. A store on another backend
-//! (in memory, fault injection) commits each group `Immediate` instead.
+//! when the store closes, a checkpoint flushes it with an `Immediate` redb
+//! commit, which makes redb durable, and the journal starts again. A store
+//! on another backend (in memory, fault injection) commits each group
+//! `Immediate` instead, with no memtable.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
