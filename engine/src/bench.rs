@@ -15,7 +15,8 @@ use crate::state::RunStatus;
 /// The figures; `--json` prints exactly these keys.
 #[derive(Clone, Debug, Serialize)]
 pub struct StepsBench {
-    /// Median of one 200-byte write + fdatasync, milliseconds.
+    /// Median of one 200-byte write + fdatasync at offset 0 of a file in
+    /// the database's directory, milliseconds (sampled between the runs).
     pub fsync_ms: f64,
     /// Median latency of a 3-step no-op run, one after another, ms.
     pub run_p50_ms: f64,
@@ -88,7 +89,6 @@ async fn in_flight(
 
 /// Run the benchmark in `dir`.
 pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
-    let fsync_ms = chronicle_store::bench::fsync_median_ms(dir, 300)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -107,13 +107,22 @@ pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
             .function("noop", |_c| async { Ok(json!(null)) })
             .build()?;
         let wf = noop_workflow();
+        // The fsync baseline and the runs in interleaved slices: this
+        // disk's speed drifts by ±20 % within a minute.
         let mut lat = Vec::with_capacity(200);
-        for _ in 0..200 {
-            let t = Instant::now();
-            let run = engine.start(wf.clone(), json!({}), None).await?;
-            engine.wait(run).await?;
-            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        let mut fsyncs = Vec::with_capacity(300);
+        let probe = chronicle_store::bench::FsyncProbe::new(dir)?;
+        for _ in 0..4 {
+            fsyncs.extend(probe.sample(75)?);
+            for _ in 0..50 {
+                let t = Instant::now();
+                let run = engine.start(wf.clone(), json!({}), None).await?;
+                engine.wait(run).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
         }
+        drop(probe);
+        let fsync_ms = chronicle_store::bench::percentile(&mut fsyncs, 0.5);
         let run_p50_ms = chronicle_store::bench::percentile(&mut lat, 0.5);
         let run_p99_ms = chronicle_store::bench::percentile(&mut lat, 0.99);
         let n32 = 2000;
