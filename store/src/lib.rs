@@ -47,7 +47,7 @@ mod guard;
 mod ids;
 mod index;
 pub mod journal;
-mod memtable;
+pub mod memtable;
 mod open;
 mod store;
 mod tables;

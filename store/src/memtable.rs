@@ -18,7 +18,7 @@
 //! read lock, begins its redb read transaction, copies what it needs of the
 //! memtable and lets go: whatever flush runs afterwards, the two together
 //! hold every acknowledged write exactly once — positions from
-//! [`Memtable::base`] on are read from the memtable, earlier ones from
+//! the memtable's first on are read from the memtable, earlier ones from
 //! redb; an index key or snapshot in the memtable overrides redb's.
 
 use std::collections::{BTreeMap, VecDeque};

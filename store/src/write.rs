@@ -194,7 +194,7 @@ impl Writer {
                 .is_some_and(|j| j.written() >= self.checkpoint_bytes);
             if due {
                 self.checkpoint_or_poison();
-            } else if self.memtable_bytes() >= self.memtable_limit {
+            } else if self.journal.is_some() && self.memtable_bytes() >= self.memtable_limit {
                 self.flush_or_poison();
             }
         }

@@ -1,5 +1,5 @@
 //! The runtime: a thin loop around the pure core. Each active run is
-//! driven by one actor task ([`actor`]): it takes commands (control
+//! driven by one actor task (`actor.rs`): it takes commands (control
 //! commands, attempt results, timers), calls `decide`, appends the events
 //! through the store's group commit and waits until they are durable,
 //! folds them, and only then performs the effects the new state asks for
