@@ -20,7 +20,7 @@ use redb::ReadableTable;
 
 use crate::envelope::{GENESIS_HASH, Hash};
 use crate::error::{StoreError, from_redb};
-use crate::memtable::Memtable;
+use crate::memtable::Unflushed;
 use crate::tables::{decode_segment, encode_segment, view_record};
 
 /// One stream: the positions of seqs 1..=n and the hash of seq n.
@@ -52,7 +52,7 @@ pub(crate) struct StreamIndex {
     /// Streams with seqs not yet in segments.
     dirty: Vec<String>,
     /// Acknowledged writes not yet committed to redb.
-    pub memtable: Memtable,
+    pub memtable: Unflushed,
 }
 
 impl StreamIndex {

@@ -17,9 +17,9 @@
 //! - **Group commit**: one writer thread writes every queued request as one
 //!   atomic group, made durable by one write of its frame in the
 //!   [commit journal](journal), and acknowledges each caller after that;
-//!   acknowledged writes are read from a memtable until a flush commits
-//!   many groups to redb at once (redb itself is made durable by
-//!   checkpoints). The queue is bounded.
+//!   acknowledged writes are read from a [memtable] until a
+//!   flush thread commits many groups to redb at once (redb itself is
+//!   made durable by checkpoints). The queue is bounded.
 //! - **Hash chain** per stream: `h_n = SHA-256(h_{n-1} ‖ canonical bytes)`,
 //!   `h_0` = 32 zero bytes ([`GENESIS_HASH`], [`canonical_bytes`]);
 //!   [`Store::verify_stream`] names the first bad seq.

@@ -4,25 +4,93 @@
 //! A store on a file acknowledges a group once its journal frame is
 //! durable; the group's records, index writes and snapshots go into the
 //! memtable (readable at once) and reach redb later, many groups in one
-//! non-durable transaction (a *flush*: every
-//! [`StoreOptions::memtable_bytes`](crate::StoreOptions) of memtable, and
-//! at every checkpoint). So a group's acknowledgement waits for one
-//! journal write and nothing of redb — ~20 µs less per commit than a redb
-//! commit per group, timed inside the writer — and redb's per-commit cost
-//! is paid once per flush.
+//! non-durable transaction (a *flush*) committed by the flush thread while
+//! the writer goes on: every
+//! [`StoreOptions::memtable_bytes`](crate::StoreOptions) the writer
+//! freezes the memtable, hands it to the flush thread and starts a new
+//! one; checkpoints commit the rest. So a group's acknowledgement waits
+//! for one journal write and nothing of redb — ~20 µs less per commit than
+//! a redb commit per group, timed inside the writer — and redb's work runs
+//! on another core.
 //!
-//! The memtable lives beside the stream index, under the same lock. The
+//! The memtables live beside the stream index, under the same lock
+//! (`Unflushed`: the active one and the frozen one being flushed). The
 //! writer inserts a group's writes and its index entries together (readers
-//! see both or neither); a flush commits the memtable's writes to redb and
-//! only then empties the memtable, under the write lock. A reader takes the
-//! read lock, begins its redb read transaction, copies what it needs of the
-//! memtable and lets go: whatever flush runs afterwards, the two together
-//! hold every acknowledged write exactly once — positions from
-//! the memtable's first on are read from the memtable, earlier ones from
-//! redb; an index key or snapshot in the memtable overrides redb's.
+//! see both or neither); the flush thread commits a frozen memtable to
+//! redb and only then drops it, under the write lock. A reader takes the
+//! read lock, begins its redb read transaction, copies what it needs of
+//! the memtables and lets go: whatever flush ends afterwards, the three
+//! together hold every acknowledged write exactly once — positions from
+//! the memtables' first on are read from them, earlier ones from redb; an
+//! index key or snapshot in a memtable overrides redb's, the active
+//! memtable's the frozen one's.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+
+/// The writes not yet in redb: the memtable being filled and, while the
+/// flush thread commits it, the one before (`frozen`). Positions of
+/// `frozen` come before those of `active`; for an index key or snapshot,
+/// `active`'s write is the later one.
+#[derive(Debug, Default)]
+pub(crate) struct Unflushed {
+    /// Filled by the writer.
+    pub active: Memtable,
+    /// Being committed to redb by the flush thread.
+    pub frozen: Option<Arc<Memtable>>,
+}
+
+impl Unflushed {
+    /// Oldest first.
+    fn parts(&self) -> impl Iterator<Item = &Memtable> {
+        self.frozen
+            .as_deref()
+            .into_iter()
+            .chain(std::iter::once(&self.active))
+    }
+
+    /// Where redb's records end: positions below are read from redb
+    /// (`u64::MAX` when no record waits for a flush).
+    pub fn split(&self) -> u64 {
+        self.parts().map(Memtable::split).min().unwrap_or(u64::MAX)
+    }
+
+    /// The record at `position`, if it waits for a flush.
+    pub fn record(&self, position: u64) -> Option<&Bytes> {
+        self.parts().find_map(|m| m.record(position))
+    }
+
+    /// Records from `from` on, with their positions, in position order.
+    pub fn records_from(&self, from: u64) -> impl Iterator<Item = (u64, &Bytes)> {
+        self.parts().flat_map(move |m| m.records_from(from))
+    }
+
+    /// `index[key]` as the unflushed writes know it (see
+    /// [`Memtable::index_get`]).
+    pub fn index_get(&self, index: &str, key: &str) -> Option<Option<&Bytes>> {
+        self.active
+            .index_get(index, key)
+            .or_else(|| self.frozen.as_ref()?.index_get(index, key))
+    }
+
+    /// Index writes of `index` whose key starts with `prefix`, oldest
+    /// first (apply them in order).
+    pub fn index_range(&self, index: &str, prefix: &str) -> Vec<(String, Option<Bytes>)> {
+        self.parts()
+            .flat_map(|m| m.index_range(index, prefix))
+            .collect()
+    }
+
+    /// Snapshots of `stream` with seq ≤ `to`, ascending, the later write
+    /// of a seq winning.
+    pub fn snapshots_of(&self, stream: &str, to: u64) -> Vec<(u64, Bytes)> {
+        let mut all = BTreeMap::new();
+        for m in self.parts() {
+            all.extend(m.snapshots_of(stream, to));
+        }
+        all.into_iter().collect()
+    }
+}
 
 /// Stored bytes shared between the memtable and readers.
 pub(crate) type Bytes = Arc<[u8]>;

@@ -11,8 +11,9 @@
 //! frame (one durable write), then into the [memtable](crate::memtable)
 //! with the stream index (visible to readers from that moment), and the
 //! callers are acknowledged. Every
-//! [`StoreOptions::memtable_bytes`](crate::StoreOptions) the memtable is
-//! flushed to redb in one `Durability::None` commit; every
+//! [`StoreOptions::memtable_bytes`](crate::StoreOptions) the memtable goes
+//! to the flush thread, which commits it to redb with `Durability::None`
+//! while the writer goes on; every
 //! [`CHECKPOINT_BYTES`](crate::journal::CHECKPOINT_BYTES) of journal, and
 //! when the store closes, a checkpoint flushes it with an `Immediate` redb
 //! commit, which makes redb durable, and the journal starts again. A store
@@ -32,7 +33,7 @@ use crate::error::{StoreError, from_redb};
 use crate::ids::{Position, Seq, StreamId};
 use crate::index::StreamIndex;
 use crate::journal::{Journal, Op};
-use crate::memtable::Bytes;
+use crate::memtable::{Bytes, Memtable};
 use crate::tables::{INDEX, LOG, META, SNAPSHOTS, STREAM_INDEX, encode_record};
 
 /// Events to append to one stream, with optimistic concurrency.
@@ -144,6 +145,8 @@ pub(crate) struct Writer {
     pub checkpoint_bytes: u64,
     /// Memtable bytes that trigger a flush to redb.
     pub memtable_limit: usize,
+    /// The flush thread (stores with a journal).
+    pub flusher: Option<Flusher>,
     /// The commit journal (stores on a file); `None`: `Immediate` commits.
     pub journal: Option<Journal>,
     /// Set after a failure that leaves the journal, redb and the stream
@@ -175,6 +178,14 @@ struct Pending {
 impl Writer {
     /// The writer loop; returns when every sender is dropped.
     pub fn run(mut self) {
+        if self.journal.is_some() {
+            match Flusher::start(self.db.clone(), self.path.clone(), self.index.clone()) {
+                Ok(f) => self.flusher = Some(f),
+                Err(e) => {
+                    self.poisoned = Some(format!("cannot start the flush thread: {e}"));
+                }
+            }
+        }
         let mut group: Vec<Job> = Vec::with_capacity(self.max_group);
         while let Some(first) = self.next_job() {
             group.push(first);
@@ -194,8 +205,8 @@ impl Writer {
                 .is_some_and(|j| j.written() >= self.checkpoint_bytes);
             if due {
                 self.checkpoint_or_poison();
-            } else if self.journal.is_some() && self.memtable_bytes() >= self.memtable_limit {
-                self.flush_or_poison();
+            } else if self.flusher.is_some() && self.memtable_bytes() >= self.memtable_limit {
+                self.start_flush();
             }
         }
         // Closing: make redb durable and save the stream index, so the next
@@ -205,22 +216,80 @@ impl Writer {
         {
             tracing::error!(error = %e, "checkpoint at close failed; the next open recovers from the journal and the log");
         }
+        if let Some(f) = self.flusher.take() {
+            f.stop();
+        }
     }
 
     fn memtable_bytes(&self) -> usize {
-        self.index.read().expect("stream index lock").memtable.bytes
+        self.index
+            .read()
+            .expect("stream index lock")
+            .memtable
+            .active
+            .bytes
     }
 
-    fn flush_or_poison(&mut self) {
-        if let Err(e) = self.flush(false) {
-            // The groups are durable in the journal and readable from the
-            // memtable; redb lacks them. Stop writing; the next open
-            // applies the journal.
-            tracing::error!(error = %e, "memtable flush failed");
-            self.poisoned = Some(format!(
-                "a flush of the memtable to {} failed earlier ({e}); reopen the database",
-                self.path.display()
-            ));
+    fn poison_flush(&mut self, e: &str) {
+        // The groups are durable in the journal and readable from the
+        // memtable; redb lacks them. Stop writing; the next open applies
+        // the journal.
+        tracing::error!(error = %e, "memtable flush failed");
+        self.poisoned = Some(format!(
+            "a flush of the memtable to {} failed earlier ({e}); reopen the database",
+            self.path.display()
+        ));
+    }
+
+    /// Hand the active memtable to the flush thread, unless it is still
+    /// flushing the one before: then keep filling this one, and wait only
+    /// once it holds [`BACKLOG`] times the limit (backpressure).
+    fn start_flush(&mut self) {
+        let Some(f) = self.flusher.as_mut() else {
+            return;
+        };
+        if f.busy {
+            let over = self.memtable_bytes() >= BACKLOG * self.memtable_limit.max(1);
+            let Some(f) = self.flusher.as_mut() else {
+                return;
+            };
+            match f.finished(over) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return self.poison_flush(&e),
+                None => return,
+            }
+        }
+        let frozen = {
+            let mut index = self.index.write().expect("stream index lock");
+            let m = &mut index.memtable;
+            let frozen = Arc::new(std::mem::take(&mut m.active));
+            m.frozen = Some(frozen.clone());
+            frozen
+        };
+        let Some(f) = self.flusher.as_mut() else {
+            return;
+        };
+        if f.tx.send(frozen).is_err() {
+            self.poison_flush("the flush thread stopped");
+        } else if let Some(f) = self.flusher.as_mut() {
+            f.busy = true;
+        }
+    }
+
+    /// Wait for the flush thread's current flush, if any.
+    fn wait_flush(&mut self) -> Result<(), StoreError> {
+        let Some(f) = self.flusher.as_mut() else {
+            return Ok(());
+        };
+        if !f.busy {
+            return Ok(());
+        }
+        match f.finished(true) {
+            Some(Ok(())) | None => Ok(()),
+            Some(Err(e)) => {
+                self.poison_flush(&e);
+                Err(StoreError::Storage(e))
+            }
         }
     }
 
@@ -236,26 +305,17 @@ impl Writer {
         }
     }
 
-    /// A checkpoint: one `Immediate` redb commit with the memtable, which
-    /// makes every earlier non-durable commit durable too, the stream
-    /// index segments of what changed, and the last journal frame and log
-    /// position it covers; then the journal starts again at offset 0.
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
-        self.flush(true)?;
-        if let Some(journal) = self.journal.as_mut() {
-            journal.restart();
-        }
-        Ok(())
-    }
-
-    /// Commit the memtable to redb (non-durable, or `Immediate` with the
-    /// checkpoint's index segments and meta when `checkpoint`), then empty
-    /// it. Readers see every write throughout: the memtable is emptied only
-    /// after redb holds its writes (see [`crate::memtable`]).
+    /// A checkpoint: once the flush thread is idle, one `Immediate` redb
+    /// commit with the active memtable — which makes every earlier
+    /// non-durable commit durable too — the stream index segments of what
+    /// changed, and the last journal frame and log position it covers;
+    /// then the memtable is emptied (readers see every write throughout:
+    /// redb holds them first) and the journal starts again at offset 0.
     ///
     /// Errors: storage errors (the memtable keeps its writes; the caller
     /// poisons the writer, and the next open applies the journal).
-    fn flush(&mut self, checkpoint: bool) -> Result<(), StoreError> {
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.wait_flush()?;
         let lsn = self.journal.as_ref().map(Journal::last_lsn);
         let p = self.path.clone();
         let db = self.db.clone();
@@ -264,40 +324,17 @@ impl Writer {
         crate::guard::guard(&p.clone(), move || {
             let re = |e: redb::Error| from_redb(&p, e);
             let mut txn = db.begin_write().map_err(|e| re(e.into()))?;
-            let durability = if checkpoint {
-                redb::Durability::Immediate
-            } else {
-                redb::Durability::None
-            };
-            txn.set_durability(durability)
+            txn.set_durability(redb::Durability::Immediate)
                 .map_err(|e| StoreError::Storage(e.to_string()))?;
-            txn.set_quick_repair(checkpoint && quick_repair);
+            txn.set_quick_repair(quick_repair);
             {
-                // Only this thread changes the memtable: a read lock is
-                // enough to copy it into the transaction.
+                // Only this thread changes the memtable (and no flush runs):
+                // a read lock is enough to copy it into the transaction.
                 let index = index.read().expect("stream index lock");
-                let mem = &index.memtable;
                 let mut t = Tables::open(&txn, &p)?;
-                for (position, record) in mem.records_from(0) {
-                    t.apply(&p, &Op::Event { position, record }, None)?;
-                }
-                for ((name, key), value) in &mem.kv {
-                    let op = match value {
-                        Some(value) => Op::IndexPut { name, key, value },
-                        None => Op::IndexDelete { name, key },
-                    };
-                    t.apply(&p, &op, None)?;
-                }
-                for ((stream, seq), bytes) in &mem.snapshots {
-                    let op = Op::Snapshot {
-                        stream,
-                        seq: *seq,
-                        bytes,
-                    };
-                    t.apply(&p, &op, None)?;
-                }
+                t.apply_memtable(&p, &index.memtable.active)?;
             }
-            if checkpoint {
+            {
                 let mut segments = txn.open_table(STREAM_INDEX).map_err(|e| re(e.into()))?;
                 let mut meta = txn.open_table(META).map_err(|e| re(e.into()))?;
                 let mut index = index.write().expect("stream index lock");
@@ -310,9 +347,18 @@ impl Writer {
                 }
             }
             txn.commit().map_err(|e| re(e.into()))?;
-            index.write().expect("stream index lock").memtable.clear();
+            index
+                .write()
+                .expect("stream index lock")
+                .memtable
+                .active
+                .clear();
             Ok(())
-        })
+        })?;
+        if let Some(journal) = self.journal.as_mut() {
+            journal.restart();
+        }
+        Ok(())
     }
 
     /// The next job: poll briefly before parking, because the next append
@@ -418,7 +464,7 @@ impl Writer {
                 // holding the read lock sees a group in both or in neither.
                 let index = self.index.clone();
                 let mut index = index.write().expect("stream index lock");
-                let mem = &mut index.memtable;
+                let mem = &mut index.memtable.active;
                 for (position, record) in pending.records.drain(..) {
                     mem.push_record(position, record);
                 }
@@ -668,6 +714,29 @@ impl<'txn> Tables<'txn> {
         })
     }
 
+    /// Apply every write of `mem` (a flush).
+    pub(crate) fn apply_memtable(&mut self, path: &Path, mem: &Memtable) -> Result<(), StoreError> {
+        for (position, record) in mem.records_from(0) {
+            self.apply(path, &Op::Event { position, record }, None)?;
+        }
+        for ((name, key), value) in &mem.kv {
+            let op = match value {
+                Some(value) => Op::IndexPut { name, key, value },
+                None => Op::IndexDelete { name, key },
+            };
+            self.apply(path, &op, None)?;
+        }
+        for ((stream, seq), bytes) in &mem.snapshots {
+            let op = Op::Snapshot {
+                stream,
+                seq: *seq,
+                bytes,
+            };
+            self.apply(path, &op, None)?;
+        }
+        Ok(())
+    }
+
     /// Apply one write — the same code for a live group and for a
     /// journal frame replayed at open — and, when `body` is given, add it
     /// to the group's journal frame.
@@ -705,6 +774,94 @@ impl<'txn> Tables<'txn> {
             op.encode(body);
         }
         Ok(())
+    }
+}
+
+/// A memtable that reaches this many times
+/// [`StoreOptions::memtable_bytes`](crate::StoreOptions) while the flush
+/// thread is still busy makes the writer wait for it.
+const BACKLOG: usize = 16;
+
+/// The flush thread: commits frozen memtables to redb (`Durability::None`),
+/// one at a time, off the writer's path; then drops them from the readers'
+/// view (see [`crate::memtable`]).
+pub(crate) struct Flusher {
+    tx: std::sync::mpsc::Sender<Arc<Memtable>>,
+    done: std::sync::mpsc::Receiver<Result<(), String>>,
+    /// A memtable was sent and its outcome not yet received.
+    busy: bool,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Flusher {
+    fn start(
+        db: Arc<Database>,
+        path: PathBuf,
+        index: Arc<RwLock<StreamIndex>>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<Memtable>>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("chronicle-flush".into())
+            .spawn(move || {
+                while let Ok(mem) = rx.recv() {
+                    let outcome = crate::guard::guard(&path, || {
+                        let re = |e: redb::Error| from_redb(&path, e);
+                        let mut txn = db.begin_write().map_err(|e| re(e.into()))?;
+                        txn.set_durability(redb::Durability::None)
+                            .map_err(|e| StoreError::Storage(e.to_string()))?;
+                        txn.set_quick_repair(false);
+                        Tables::open(&txn, &path)?.apply_memtable(&path, &mem)?;
+                        txn.commit().map_err(|e| re(e.into()))
+                    });
+                    let msg = match outcome {
+                        Ok(()) => {
+                            // redb holds it now: readers may stop looking.
+                            index.write().expect("stream index lock").memtable.frozen = None;
+                            Ok(())
+                        }
+                        // The frozen memtable stays readable.
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if done_tx.send(msg).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            tx,
+            done,
+            busy: false,
+            handle,
+        })
+    }
+
+    /// The outcome of the flush in progress: waits for it if `wait`,
+    /// otherwise `None` while it runs. A stopped thread is an error.
+    fn finished(&mut self, wait: bool) -> Option<Result<(), String>> {
+        let r = if wait {
+            self.done
+                .recv()
+                .map_err(|_| "the flush thread stopped".to_string())
+        } else {
+            match self.done.try_recv() {
+                Ok(r) => Ok(r),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    Err("the flush thread stopped".to_string())
+                }
+            }
+        };
+        self.busy = false;
+        Some(r.and_then(|r| r))
+    }
+
+    /// Let the thread finish what it was given and end.
+    fn stop(self) {
+        drop(self.tx);
+        if self.handle.join().is_err() {
+            tracing::error!("the flush thread panicked");
+        }
     }
 }
 
