@@ -245,19 +245,24 @@ impl Writer {
     /// flushing the one before: then keep filling this one, and wait only
     /// once it holds [`BACKLOG`] times the limit (backpressure).
     fn start_flush(&mut self) {
+        let bytes = self.memtable_bytes();
+        if bytes == 0 {
+            return;
+        }
+        let over = bytes >= BACKLOG * self.memtable_limit.max(1);
         let Some(f) = self.flusher.as_mut() else {
             return;
         };
-        if f.busy {
-            let over = self.memtable_bytes() >= BACKLOG * self.memtable_limit.max(1);
-            let Some(f) = self.flusher.as_mut() else {
-                return;
-            };
-            match f.finished(over) {
-                Some(Ok(())) => {}
-                Some(Err(e)) => return self.poison_flush(&e),
-                None => return,
-            }
+        let previous = if f.busy {
+            f.finished(over)
+        } else {
+            Some(Ok(()))
+        };
+        match previous {
+            // Still flushing the one before: keep filling this one.
+            None => return,
+            Some(Err(e)) => return self.poison_flush(&e),
+            Some(Ok(())) => {}
         }
         let frozen = {
             let mut index = self.index.write().expect("stream index lock");
@@ -266,13 +271,9 @@ impl Writer {
             m.frozen = Some(frozen.clone());
             frozen
         };
-        let Some(f) = self.flusher.as_mut() else {
-            return;
-        };
-        if f.tx.send(frozen).is_err() {
+        if !self.flusher.as_mut().is_some_and(|f| f.send(frozen)) {
+            // The frozen memtable stays readable; the journal has it all.
             self.poison_flush("the flush thread stopped");
-        } else if let Some(f) = self.flusher.as_mut() {
-            f.busy = true;
         }
     }
 
@@ -834,6 +835,12 @@ impl Flusher {
             busy: false,
             handle,
         })
+    }
+
+    /// Give the thread a frozen memtable; `false` if it has stopped.
+    fn send(&mut self, mem: Arc<Memtable>) -> bool {
+        self.busy = self.tx.send(mem).is_ok();
+        self.busy
     }
 
     /// The outcome of the flush in progress: waits for it if `wait`,
