@@ -157,9 +157,9 @@ pub fn percentile(v: &mut [f64], q: f64) -> f64 {
 /// Several appenders are tasks spawned on a multi-thread runtime. One
 /// appender is the runtime's main future, on the calling thread — as the
 /// baseline's loop is — so the figure is the store's cost and not that of
-/// waking an idle runtime worker from another thread (a spawned single
-/// appender measures ~0.75 × the baseline against ~0.9 × this way: README,
-/// "Benchmarks").
+/// waking an idle runtime worker from another thread (in one probe's
+/// same runs, a spawned appender made 0.69–0.77 × the baseline and one on
+/// the calling thread 0.88–0.98 ×; README, "Benchmarks").
 pub fn concurrent_appends(
     store: &Store,
     appenders: usize,
