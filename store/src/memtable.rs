@@ -170,6 +170,21 @@ impl Memtable {
         self.snapshots.insert((stream, seq), bytes);
     }
 
+    /// Add `later`'s writes (a committed group's), which follow this
+    /// memtable's: its records come next, its index writes and snapshots
+    /// override.
+    pub fn absorb(&mut self, later: Memtable) {
+        for (position, record) in (later.base..).zip(later.log) {
+            self.push_record(position, record);
+        }
+        for ((index, key), value) in later.kv {
+            self.put_index(index, key, value);
+        }
+        for ((stream, seq), bytes) in later.snapshots {
+            self.put_snapshot(stream, seq, bytes);
+        }
+    }
+
     /// Forget everything (after a flush committed it to redb).
     pub fn clear(&mut self) {
         *self = Self::default();
@@ -239,6 +254,15 @@ mod tests {
         let seqs: Vec<u64> = m.snapshots_of("s", 8).into_iter().map(|(s, _)| s).collect();
         assert_eq!(seqs, vec![5]);
         assert!(!m.is_empty());
+        let mut later = Memtable::default();
+        later.push_record(12, Arc::from(&b"c"[..]));
+        later.put_index("runs".into(), "a".into(), Some(Arc::from(&b"3"[..])));
+        m.absorb(later);
+        assert_eq!(m.record(12).map(|b| &b[..]), Some(&b"c"[..]));
+        assert_eq!(
+            m.index_get("runs", "a").flatten().map(|b| &b[..]),
+            Some(&b"3"[..])
+        );
         m.clear();
         assert!(m.is_empty());
         assert_eq!(m.split(), u64::MAX);

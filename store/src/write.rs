@@ -165,12 +165,8 @@ struct Pending {
     keys: Vec<String>,
     /// `(index into keys, seq, position, hash)` in commit order.
     events: Vec<(usize, u64, u64, Hash)>,
-    /// `(position, record)` in position order.
-    records: Vec<(u64, Bytes)>,
-    /// Index writes, the last one per key (`None`: deleted).
-    index: HashMap<(String, String), Option<Bytes>>,
-    /// Snapshots `(stream key, seq, bytes)` in request order.
-    snapshots: Vec<(String, u64, Bytes)>,
+    /// The group's records, index writes and snapshots.
+    writes: Memtable,
     /// A read transaction for index lookups, begun at the group's first.
     read: Option<redb::ReadTransaction>,
 }
@@ -465,16 +461,10 @@ impl Writer {
                 // holding the read lock sees a group in both or in neither.
                 let index = self.index.clone();
                 let mut index = index.write().expect("stream index lock");
-                let mem = &mut index.memtable.active;
-                for (position, record) in pending.records.drain(..) {
-                    mem.push_record(position, record);
-                }
-                for ((name, key), value) in pending.index.drain() {
-                    mem.put_index(name, key, value);
-                }
-                for (stream, seq, bytes) in pending.snapshots.drain(..) {
-                    mem.put_snapshot(stream, seq, bytes);
-                }
+                index
+                    .memtable
+                    .active
+                    .absorb(std::mem::take(&mut pending.writes));
                 self.push_index(&mut index, pending);
             }
             None => {
@@ -482,31 +472,7 @@ impl Writer {
                 txn.set_durability(redb::Durability::Immediate)
                     .map_err(|e| StoreError::Storage(e.to_string()))?;
                 txn.set_quick_repair(self.quick_repair);
-                {
-                    let mut t = Tables::open(&txn, &p)?;
-                    for (position, record) in &pending.records {
-                        let op = Op::Event {
-                            position: *position,
-                            record,
-                        };
-                        t.apply(&p, &op, None)?;
-                    }
-                    for ((name, key), value) in &pending.index {
-                        let op = match value {
-                            Some(value) => Op::IndexPut { name, key, value },
-                            None => Op::IndexDelete { name, key },
-                        };
-                        t.apply(&p, &op, None)?;
-                    }
-                    for (stream, seq, bytes) in &pending.snapshots {
-                        let op = Op::Snapshot {
-                            stream,
-                            seq: *seq,
-                            bytes,
-                        };
-                        t.apply(&p, &op, None)?;
-                    }
-                }
+                Tables::open(&txn, &p)?.apply_memtable(&p, &pending.writes)?;
                 // Commit and index under the index's write lock, for the
                 // same reason.
                 let index = self.index.clone();
@@ -535,8 +501,8 @@ impl Writer {
         index: &str,
         key: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(v) = pending.index.get(&(index.to_string(), key.to_string())) {
-            return Ok(v.as_ref().map(|b| b.to_vec()));
+        if let Some(v) = pending.writes.index_get(index, key) {
+            return Ok(v.map(|b| b.to_vec()));
         }
         if let Some(v) = self
             .index
@@ -650,7 +616,7 @@ impl Writer {
                     }
                     .encode(body);
                 }
-                pending.records.push((position, record));
+                pending.writes.push_record(position, record);
                 pending.events.push((k, seq, position, hash));
                 committed.push(env);
             }
@@ -676,8 +642,8 @@ impl Writer {
                 .encode(body);
             }
             pending
-                .index
-                .insert((index.clone(), key.clone()), value.map(Bytes::from));
+                .writes
+                .put_index(index.clone(), key.clone(), value.map(Bytes::from));
         }
         for (stream, seq, bytes) in &req.snapshots {
             let key = stream.key();
@@ -690,8 +656,8 @@ impl Writer {
                 .encode(body);
             }
             pending
-                .snapshots
-                .push((key, seq.0, Bytes::from(bytes.as_slice())));
+                .writes
+                .put_snapshot(key, seq.0, Bytes::from(bytes.as_slice()));
         }
         Ok(Ok(committed))
     }
