@@ -66,29 +66,17 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
     }
 }
 
-/// Writes of 200 bytes + fdatasync per second, for `budget`.
+/// Writes of 200 bytes + fdatasync per second (at offset 0 of a new file in
+/// `dir`, see [`FsyncProbe`]), for `budget` and at least 20 writes.
 pub fn raw_fsync_per_s(dir: &Path, budget: Duration) -> Result<f64, StoreError> {
-    use std::io::{Seek, SeekFrom, Write};
-    let path = dir.join("bench-fsync.bin");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    let buf = [7u8; 200];
+    let probe = FsyncProbe::new(dir)?;
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < budget || n < 20 {
-        f.seek(SeekFrom::Start(0)).map_err(io_err(&path))?;
-        f.write_all(&buf).map_err(io_err(&path))?;
-        f.sync_data().map_err(io_err(&path))?;
+        probe.write_once()?;
         n += 1;
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&path);
-    Ok(rate)
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 /// A file for timing 200-byte writes + fdatasync (`bench steps`'
@@ -105,9 +93,9 @@ pub struct FsyncProbe {
 }
 
 impl FsyncProbe {
-    /// Create the file `bench-fsync-lat.bin` in `dir`.
+    /// Create the file `bench-fsync.bin` in `dir`.
     pub fn new(dir: &Path) -> Result<Self, StoreError> {
-        let path = dir.join("bench-fsync-lat.bin");
+        let path = dir.join("bench-fsync.bin");
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -117,17 +105,21 @@ impl FsyncProbe {
         Ok(Self { path, file })
     }
 
+    /// One 200-byte write at offset 0 + fdatasync.
+    pub fn write_once(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(&[7u8; 200], 0)
+            .map_err(io_err(&self.path))?;
+        self.file.sync_data().map_err(io_err(&self.path))
+    }
+
     /// Latencies of `samples` write + fdatasync, milliseconds.
     pub fn sample(&self, samples: usize) -> Result<Vec<f64>, StoreError> {
-        use std::os::unix::fs::FileExt;
-        let buf = [7u8; 200];
         let mut lat = Vec::with_capacity(samples);
         for _ in 0..samples.max(1) {
             let t = Instant::now();
-            self.file
-                .write_all_at(&buf, 0)
-                .map_err(io_err(&self.path))?;
-            self.file.sync_data().map_err(io_err(&self.path))?;
+            self.write_once()?;
             lat.push(t.elapsed().as_secs_f64() * 1e3);
         }
         Ok(lat)
