@@ -14,8 +14,8 @@ use serde::Serialize;
 use crate::envelope::NewEvent;
 use crate::error::StoreError;
 use crate::ids::{Seq, StreamId};
+use crate::request::WriteRequest;
 use crate::store::{Store, StoreOptions};
-use crate::write::WriteRequest;
 
 /// The figures of one run; `--json` prints exactly these keys.
 #[derive(Clone, Debug, Serialize)]
@@ -239,7 +239,7 @@ pub fn fill(path: &Path, total: u64) -> Result<(), StoreError> {
         let n = chunk.min(per_stream - seq);
         let mut req = WriteRequest::default();
         for id in &ids {
-            req.appends.push(crate::write::Append {
+            req.appends.push(crate::request::Append {
                 stream: id.clone(),
                 expected: Seq(seq),
                 events: (0..n)

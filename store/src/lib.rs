@@ -43,12 +43,14 @@ pub mod bench;
 mod clock;
 mod envelope;
 mod error;
+mod flush;
 mod guard;
 mod ids;
 mod index;
 pub mod journal;
 pub mod memtable;
 mod open;
+mod request;
 mod store;
 mod tables;
 mod write;
@@ -63,9 +65,9 @@ pub use guard::install_panic_hook;
 pub use ids::{MAX_STREAM_NAME, Position, Seq, StreamId};
 pub use redb::StorageBackend;
 pub use redb::backends::{FileBackend, InMemoryBackend};
+pub use request::{Append, Committed, IndexOp, WriteRequest};
 pub use store::{ChainReport, MEMTABLE_BYTES, Store, StoreOptions, StreamHead};
 pub use tables::{RecordView, view_record};
-pub use write::{Append, Committed, IndexOp, WriteRequest};
 
 /// The on-disk format version this build reads and writes (in the `meta`
 /// table under `format_version`). Version 2: the log keyed by global

@@ -9,8 +9,8 @@ use crate::FORMAT_VERSION;
 use crate::error::{StoreError, from_redb};
 use crate::index::StreamIndex;
 use crate::journal::{Journal, Op, decode_ops, journal_path, pending};
+use crate::tables::Tables;
 use crate::tables::{INDEX, LOG, META, SNAPSHOTS, STREAM_INDEX};
-use crate::write::Tables;
 
 /// What opening a database yields besides redb's handle.
 pub(crate) struct Opened {

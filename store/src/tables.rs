@@ -15,11 +15,16 @@
 //! seqs, with the hash of the last): `meta.indexed_through` is the last
 //! position the segments cover; the log after it is read at open.
 
+use std::path::Path;
+
 use chrono::DateTime;
 use redb::TableDefinition;
 
 use crate::envelope::{Hash, RawEnvelope, time_to_nanos};
+use crate::error::{StoreError, from_redb};
 use crate::ids::{Position, Seq, StreamId};
+use crate::journal::Op;
+use crate::memtable::Memtable;
 
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 pub(crate) const STREAM_INDEX: TableDefinition<(&str, u64), &[u8]> =
@@ -135,4 +140,85 @@ pub fn view_record(position: u64, bytes: &[u8]) -> Option<RecordView<'_>> {
         hash: &rest[20..52],
         payload: &rest[52..],
     })
+}
+
+/// The tables of one write transaction, opened once per group.
+pub(crate) struct Tables<'txn> {
+    pub log: redb::Table<'txn, u64, &'static [u8]>,
+    pub index: redb::Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    pub snapshots: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+}
+
+impl<'txn> Tables<'txn> {
+    /// Open the tables a group writes in `txn`.
+    pub(crate) fn open(txn: &'txn redb::WriteTransaction, path: &Path) -> Result<Self, StoreError> {
+        let re = |e: redb::TableError| from_redb(path, e);
+        Ok(Self {
+            log: txn.open_table(LOG).map_err(re)?,
+            index: txn.open_table(INDEX).map_err(re)?,
+            snapshots: txn.open_table(SNAPSHOTS).map_err(re)?,
+        })
+    }
+
+    /// Apply every write of `mem` (a flush).
+    pub(crate) fn apply_memtable(&mut self, path: &Path, mem: &Memtable) -> Result<(), StoreError> {
+        for (position, record) in mem.records_from(0) {
+            self.apply(path, &Op::Event { position, record }, None)?;
+        }
+        for ((name, key), value) in &mem.kv {
+            let op = match value {
+                Some(value) => Op::IndexPut { name, key, value },
+                None => Op::IndexDelete { name, key },
+            };
+            self.apply(path, &op, None)?;
+        }
+        for ((stream, seq), bytes) in &mem.snapshots {
+            let op = Op::Snapshot {
+                stream,
+                seq: *seq,
+                bytes,
+            };
+            self.apply(path, &op, None)?;
+        }
+        Ok(())
+    }
+
+    /// Apply one write — the same code for a live group and for a
+    /// journal frame replayed at open — and, when `body` is given, add it
+    /// to the group's journal frame.
+    ///
+    /// Errors: `Corruption` when an event's position is already taken;
+    /// storage errors.
+    pub(crate) fn apply(
+        &mut self,
+        path: &Path,
+        op: &Op<'_>,
+        body: Option<&mut Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let re = |e: redb::StorageError| from_redb(path, e);
+        match *op {
+            Op::Event { position, record } => {
+                // Invariant: a position is written once.
+                if self.log.insert(position, record).map_err(re)?.is_some() {
+                    return Err(StoreError::Corruption {
+                        path: path.to_path_buf(),
+                        message: format!("log position {position} is already taken"),
+                    });
+                }
+            }
+            Op::IndexPut { name, key, value } => {
+                self.index.insert((name, key), value).map_err(re)?;
+            }
+            Op::IndexDelete { name, key } => {
+                self.index.remove((name, key)).map_err(re)?;
+            }
+            Op::Snapshot { stream, seq, bytes } => {
+                self.snapshots.insert((stream, seq), bytes).map_err(re)?;
+            }
+        }
+        if let Some(body) = body {
+            op.encode(body);
+        }
+        Ok(())
+    }
 }

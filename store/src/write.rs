@@ -1,10 +1,12 @@
-//! Write requests and the group-commit writer thread.
+//! The group-commit writer thread (requests: [`crate::request`]).
 //!
-//! One thread owns every write transaction. It blocks for the first queued
-//! request, then drains whatever else is queued (up to `max_group`), writes
-//! all of it in one transaction and makes that durable with one fdatasync
-//! before it acknowledges each caller. Requests are validated one by one: a
-//! request that conflicts is refused alone, the others commit.
+//! One thread commits every request. It blocks for the first queued
+//! request, then drains whatever else is queued (up to `max_group`),
+//! commits all of it as one group with one durable write before it
+//! acknowledges each caller. Requests are validated one by one: a request
+//! that conflicts is refused alone, the others commit. (The flush thread
+//! also opens redb write transactions, but only to copy groups this thread
+//! has already committed in the journal.)
 //!
 //! A store on a file makes a group durable through its [commit
 //! journal](crate::journal): the group's writes go into the journal as one
@@ -21,99 +23,22 @@
 //! `Immediate` instead, with no memtable.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use redb::{Database, ReadableDatabase};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::Clock;
-use crate::envelope::{Hash, NewEvent, RawEnvelope, chain_hash_of};
+use crate::envelope::{Hash, RawEnvelope, chain_hash_of};
 use crate::error::{StoreError, from_redb};
+use crate::flush::{BACKLOG, Flusher};
 use crate::ids::{Position, Seq, StreamId};
 use crate::index::StreamIndex;
 use crate::journal::{Journal, Op};
 use crate::memtable::{Bytes, Memtable};
-use crate::tables::{INDEX, LOG, META, SNAPSHOTS, STREAM_INDEX, encode_record};
-
-/// Events to append to one stream, with optimistic concurrency.
-#[derive(Clone, Debug)]
-pub struct Append {
-    /// The stream.
-    pub stream: StreamId,
-    /// The seq the caller believes is last (`Seq(0)` for a new stream).
-    pub expected: Seq,
-    /// The events, in order; they get seqs `expected+1 ..`.
-    pub events: Vec<NewEvent>,
-}
-
-/// A write to a named index (a projection or a unique key), made in the
-/// same transaction as the appends of its request.
-#[derive(Clone, Debug)]
-pub enum IndexOp {
-    /// Set `index[key] = value`.
-    Put {
-        /// Index name, e.g. `runs`.
-        index: String,
-        /// Key inside the index.
-        key: String,
-        /// New value.
-        value: Vec<u8>,
-    },
-    /// Set `index[key] = value`, failing the whole request with
-    /// [`StoreError::IndexConflict`] when the key is already present.
-    Insert {
-        /// Index name, e.g. `idempotency`.
-        index: String,
-        /// Key inside the index.
-        key: String,
-        /// New value.
-        value: Vec<u8>,
-    },
-    /// Remove `index[key]`.
-    Delete {
-        /// Index name.
-        index: String,
-        /// Key inside the index.
-        key: String,
-    },
-}
-
-/// One atomic write: every append, index operation and snapshot in it
-/// commits together or not at all.
-#[derive(Clone, Debug, Default)]
-pub struct WriteRequest {
-    /// Appends, at most one per stream.
-    pub appends: Vec<Append>,
-    /// Index operations (projections updated with the appends).
-    pub index: Vec<IndexOp>,
-    /// Snapshots `(stream, seq, bytes)` to store.
-    pub snapshots: Vec<(StreamId, Seq, Vec<u8>)>,
-}
-
-impl WriteRequest {
-    /// A request with one append.
-    pub fn append(stream: StreamId, expected: Seq, events: Vec<NewEvent>) -> Self {
-        Self {
-            appends: vec![Append {
-                stream,
-                expected,
-                events,
-            }],
-            ..Self::default()
-        }
-    }
-
-    /// Add an index operation.
-    pub fn with_index(mut self, op: IndexOp) -> Self {
-        self.index.push(op);
-        self
-    }
-}
-
-/// What a committed request wrote: the envelopes of its appends, in the
-/// order of the request's appends and events.
-pub type Committed = Vec<RawEnvelope>;
+use crate::request::{Committed, IndexOp, WriteRequest};
+use crate::tables::{INDEX, META, STREAM_INDEX, Tables, encode_record};
 
 /// How long the writer polls for the next job before parking, µs.
 const SPIN_MICROS: u64 = 50;
@@ -660,181 +585,6 @@ impl Writer {
                 .put_snapshot(key, seq.0, Bytes::from(bytes.as_slice()));
         }
         Ok(Ok(committed))
-    }
-}
-
-/// The tables of one write transaction, opened once per group.
-pub(crate) struct Tables<'txn> {
-    pub log: redb::Table<'txn, u64, &'static [u8]>,
-    pub index: redb::Table<'txn, (&'static str, &'static str), &'static [u8]>,
-    pub snapshots: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
-}
-
-impl<'txn> Tables<'txn> {
-    /// Open the tables a group writes in `txn`.
-    pub(crate) fn open(txn: &'txn redb::WriteTransaction, path: &Path) -> Result<Self, StoreError> {
-        let re = |e: redb::TableError| from_redb(path, e);
-        Ok(Self {
-            log: txn.open_table(LOG).map_err(re)?,
-            index: txn.open_table(INDEX).map_err(re)?,
-            snapshots: txn.open_table(SNAPSHOTS).map_err(re)?,
-        })
-    }
-
-    /// Apply every write of `mem` (a flush).
-    pub(crate) fn apply_memtable(&mut self, path: &Path, mem: &Memtable) -> Result<(), StoreError> {
-        for (position, record) in mem.records_from(0) {
-            self.apply(path, &Op::Event { position, record }, None)?;
-        }
-        for ((name, key), value) in &mem.kv {
-            let op = match value {
-                Some(value) => Op::IndexPut { name, key, value },
-                None => Op::IndexDelete { name, key },
-            };
-            self.apply(path, &op, None)?;
-        }
-        for ((stream, seq), bytes) in &mem.snapshots {
-            let op = Op::Snapshot {
-                stream,
-                seq: *seq,
-                bytes,
-            };
-            self.apply(path, &op, None)?;
-        }
-        Ok(())
-    }
-
-    /// Apply one write — the same code for a live group and for a
-    /// journal frame replayed at open — and, when `body` is given, add it
-    /// to the group's journal frame.
-    ///
-    /// Errors: `Corruption` when an event's position is already taken;
-    /// storage errors.
-    pub(crate) fn apply(
-        &mut self,
-        path: &Path,
-        op: &Op<'_>,
-        body: Option<&mut Vec<u8>>,
-    ) -> Result<(), StoreError> {
-        let re = |e: redb::StorageError| from_redb(path, e);
-        match *op {
-            Op::Event { position, record } => {
-                // Invariant: a position is written once.
-                if self.log.insert(position, record).map_err(re)?.is_some() {
-                    return Err(StoreError::Corruption {
-                        path: path.to_path_buf(),
-                        message: format!("log position {position} is already taken"),
-                    });
-                }
-            }
-            Op::IndexPut { name, key, value } => {
-                self.index.insert((name, key), value).map_err(re)?;
-            }
-            Op::IndexDelete { name, key } => {
-                self.index.remove((name, key)).map_err(re)?;
-            }
-            Op::Snapshot { stream, seq, bytes } => {
-                self.snapshots.insert((stream, seq), bytes).map_err(re)?;
-            }
-        }
-        if let Some(body) = body {
-            op.encode(body);
-        }
-        Ok(())
-    }
-}
-
-/// A memtable that reaches this many times
-/// [`StoreOptions::memtable_bytes`](crate::StoreOptions) while the flush
-/// thread is still busy makes the writer wait for it.
-const BACKLOG: usize = 16;
-
-/// The flush thread: commits frozen memtables to redb (`Durability::None`),
-/// one at a time, off the writer's path; then drops them from the readers'
-/// view (see [`crate::memtable`]).
-pub(crate) struct Flusher {
-    tx: std::sync::mpsc::Sender<Arc<Memtable>>,
-    done: std::sync::mpsc::Receiver<Result<(), String>>,
-    /// A memtable was sent and its outcome not yet received.
-    busy: bool,
-    handle: std::thread::JoinHandle<()>,
-}
-
-impl Flusher {
-    fn start(
-        db: Arc<Database>,
-        path: PathBuf,
-        index: Arc<RwLock<StreamIndex>>,
-    ) -> std::io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::channel::<Arc<Memtable>>();
-        let (done_tx, done) = std::sync::mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name("chronicle-flush".into())
-            .spawn(move || {
-                while let Ok(mem) = rx.recv() {
-                    let outcome = crate::guard::guard(&path, || {
-                        let re = |e: redb::Error| from_redb(&path, e);
-                        let mut txn = db.begin_write().map_err(|e| re(e.into()))?;
-                        txn.set_durability(redb::Durability::None)
-                            .map_err(|e| StoreError::Storage(e.to_string()))?;
-                        txn.set_quick_repair(false);
-                        Tables::open(&txn, &path)?.apply_memtable(&path, &mem)?;
-                        txn.commit().map_err(|e| re(e.into()))
-                    });
-                    let msg = match outcome {
-                        Ok(()) => {
-                            // redb holds it now: readers may stop looking.
-                            index.write().expect("stream index lock").memtable.frozen = None;
-                            Ok(())
-                        }
-                        // The frozen memtable stays readable.
-                        Err(e) => Err(e.to_string()),
-                    };
-                    if done_tx.send(msg).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(Self {
-            tx,
-            done,
-            busy: false,
-            handle,
-        })
-    }
-
-    /// Give the thread a frozen memtable; `false` if it has stopped.
-    fn send(&mut self, mem: Arc<Memtable>) -> bool {
-        self.busy = self.tx.send(mem).is_ok();
-        self.busy
-    }
-
-    /// The outcome of the flush in progress: waits for it if `wait`,
-    /// otherwise `None` while it runs. A stopped thread is an error.
-    fn finished(&mut self, wait: bool) -> Option<Result<(), String>> {
-        let r = if wait {
-            self.done
-                .recv()
-                .map_err(|_| "the flush thread stopped".to_string())
-        } else {
-            match self.done.try_recv() {
-                Ok(r) => Ok(r),
-                Err(std::sync::mpsc::TryRecvError::Empty) => return None,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    Err("the flush thread stopped".to_string())
-                }
-            }
-        };
-        self.busy = false;
-        Some(r.and_then(|r| r))
-    }
-
-    /// Let the thread finish what it was given and end.
-    fn stop(self) {
-        drop(self.tx);
-        if self.handle.join().is_err() {
-            tracing::error!("the flush thread panicked");
-        }
     }
 }
 

@@ -13,7 +13,8 @@ use crate::error::{StoreError, from_redb};
 use crate::ids::{Seq, StreamId};
 use crate::index::StreamIndex;
 use crate::open::{Opened, open_backend, open_file};
-use crate::write::{Committed, Job, WriteRequest, Writer};
+use crate::request::{Committed, WriteRequest};
+use crate::write::{Job, Writer};
 
 /// Options for opening a [`Store`].
 #[derive(Clone, Debug)]

@@ -13,8 +13,8 @@ use crate::error::{StoreError, from_redb};
 use crate::ids::{Position, Seq, StreamId};
 use crate::index::StreamIndex;
 use crate::memtable::Bytes;
+use crate::request::WriteRequest;
 use crate::tables::{INDEX, LOG, RecordView, SNAPSHOTS, decode_record, view_record};
-use crate::write::WriteRequest;
 
 impl Store {
     /// Call `f` on each envelope of `stream` with seq in `from..=to`

@@ -1,0 +1,83 @@
+//! Write requests: what a caller asks the writer to commit atomically.
+
+use crate::envelope::{NewEvent, RawEnvelope};
+use crate::ids::{Seq, StreamId};
+
+/// Events to append to one stream, with optimistic concurrency.
+#[derive(Clone, Debug)]
+pub struct Append {
+    /// The stream.
+    pub stream: StreamId,
+    /// The seq the caller believes is last (`Seq(0)` for a new stream).
+    pub expected: Seq,
+    /// The events, in order; they get seqs `expected+1 ..`.
+    pub events: Vec<NewEvent>,
+}
+
+/// A write to a named index (a projection or a unique key), made in the
+/// same transaction as the appends of its request.
+#[derive(Clone, Debug)]
+pub enum IndexOp {
+    /// Set `index[key] = value`.
+    Put {
+        /// Index name, e.g. `runs`.
+        index: String,
+        /// Key inside the index.
+        key: String,
+        /// New value.
+        value: Vec<u8>,
+    },
+    /// Set `index[key] = value`, failing the whole request with
+    /// [`StoreError::IndexConflict`](crate::StoreError::IndexConflict) when the key is already present.
+    Insert {
+        /// Index name, e.g. `idempotency`.
+        index: String,
+        /// Key inside the index.
+        key: String,
+        /// New value.
+        value: Vec<u8>,
+    },
+    /// Remove `index[key]`.
+    Delete {
+        /// Index name.
+        index: String,
+        /// Key inside the index.
+        key: String,
+    },
+}
+
+/// One atomic write: every append, index operation and snapshot in it
+/// commits together or not at all.
+#[derive(Clone, Debug, Default)]
+pub struct WriteRequest {
+    /// Appends, at most one per stream.
+    pub appends: Vec<Append>,
+    /// Index operations (projections updated with the appends).
+    pub index: Vec<IndexOp>,
+    /// Snapshots `(stream, seq, bytes)` to store.
+    pub snapshots: Vec<(StreamId, Seq, Vec<u8>)>,
+}
+
+impl WriteRequest {
+    /// A request with one append.
+    pub fn append(stream: StreamId, expected: Seq, events: Vec<NewEvent>) -> Self {
+        Self {
+            appends: vec![Append {
+                stream,
+                expected,
+                events,
+            }],
+            ..Self::default()
+        }
+    }
+
+    /// Add an index operation.
+    pub fn with_index(mut self, op: IndexOp) -> Self {
+        self.index.push(op);
+        self
+    }
+}
+
+/// What a committed request wrote: the envelopes of its appends, in the
+/// order of the request's appends and events.
+pub type Committed = Vec<RawEnvelope>;
