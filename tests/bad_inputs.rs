@@ -144,11 +144,12 @@ fn storage_problems_exit_3_with_a_clear_message() {
     let mut child = env
         .cmd()
         .args(["run", slow.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(env.path("slow.stderr")).unwrap())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let mut locked = None;
+    let mut seen = Vec::new();
     for _ in 0..100 {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let out = env.run(&["list"]);
@@ -157,10 +158,16 @@ fn storage_problems_exit_3_with_a_clear_message() {
             locked = Some(out);
             break;
         }
+        seen.push(out);
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let locked = locked.expect("the second process saw the lock");
+    let Some(locked) = locked else {
+        panic!(
+            "the second process never saw the lock; it saw {seen:#?}\nthe run's stderr: {}",
+            std::fs::read_to_string(env.path("slow.stderr")).unwrap_or_default()
+        );
+    };
     let msg = locked
         .stderr
         .replace(&env.dir.path().to_string_lossy().to_string(), "[TMP]");

@@ -2,6 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
 
@@ -27,26 +28,35 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
 }
 
 /// Open the file at `path`, creating it atomically if it does not exist:
-/// the new database is written to `PATH.creating-PID`, fsynced, renamed
+/// the new database is written to `.NAME.creating-PID-N`, fsynced, linked
 /// into place and the directory fsynced, so a crash during creation leaves
-/// either no file or a complete one.
+/// either no file or a complete one; the creator keeps it open (and
+/// locked) throughout.
 ///
 /// Then the commit journal is recovered: frames a crash left unapplied
 /// are written into redb in one `Immediate` commit, and the journal is
 /// opened for the writer.
 pub(crate) fn open_file(path: &Path, cache_bytes: usize) -> Result<(Database, Opened), StoreError> {
-    if !path.exists() {
-        create_atomically(path)?;
-    } else if fs::metadata(path).map_err(io(path))?.len() == 0 {
-        return Err(StoreError::Corruption {
-            path: path.to_path_buf(),
-            message: "the file is empty (not a Chronicle database); move it away".into(),
-        });
-    }
-    let db = Database::builder()
-        .set_cache_size(cache_bytes)
-        .open(path)
-        .map_err(|e| map_open_error(path, e))?;
+    let created = if path.exists() {
+        None
+    } else {
+        create_atomically(path, cache_bytes)?
+    };
+    let db = match created {
+        Some(db) => db,
+        None => {
+            if fs::metadata(path).map_err(io(path))?.len() == 0 {
+                return Err(StoreError::Corruption {
+                    path: path.to_path_buf(),
+                    message: "the file is empty (not a Chronicle database); move it away".into(),
+                });
+            }
+            Database::builder()
+                .set_cache_size(cache_bytes)
+                .open(path)
+                .map_err(|e| map_open_error(path, e))?
+        }
+    };
     check_format(&db, path)?;
     let opened = recover(&db, path, true)?;
     Ok((db, opened))
@@ -234,40 +244,77 @@ fn map_open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
     }
 }
 
-fn create_atomically(path: &Path) -> Result<(), StoreError> {
+/// Create the database at `path` through a temporary file, and return it
+/// still open — so its lock is held from the first moment the file is
+/// visible at `path`: a process opening `path` meanwhile sees "in use",
+/// never takes the new file away from its creator.
+///
+/// The file is published with a hard link, which fails where `path`
+/// already exists (another process created it meanwhile: `Ok(None)`, the
+/// caller opens that one); a rename, which would replace that process's
+/// file under it, is used only where the file system has no hard links.
+fn create_atomically(path: &Path, cache_bytes: usize) -> Result<Option<Database>, StoreError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // Unique per process and per attempt: threads of one process may
+    // create the same database at once.
+    static ATTEMPT: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.creating-{}",
+        ".{}.creating-{}-{}",
         path.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        std::process::id()
+        std::process::id(),
+        ATTEMPT.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = fs::remove_file(&tmp);
-    {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        let db = Database::builder()
-            .create_file(file)
-            .map_err(|e| from_redb(&tmp, e))?;
-        init_tables(&db, &tmp)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    let created = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create_file(file)
+        .map_err(|e| from_redb(&tmp, e))
+        .and_then(|db| {
+            init_tables(&db, &tmp)?;
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&tmp))?;
+            Ok(db)
+        });
+    let db = match created {
+        Ok(db) => db,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let published = match fs::hard_link(&tmp, path) {
+        Ok(()) => fs::remove_file(&tmp).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(_) => fs::rename(&tmp, path).map(|()| true),
+    };
+    let published = match published {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(io(path)(e));
+        }
+    };
+    if !published {
         drop(db);
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&tmp))?;
+        let _ = fs::remove_file(&tmp);
+        return Ok(None);
     }
-    fs::rename(&tmp, path).map_err(io(path))?;
     File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(io(&dir))?;
-    Ok(())
+    Ok(Some(db))
 }
 
 fn init_tables(db: &Database, path: &Path) -> Result<(), StoreError> {

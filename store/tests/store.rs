@@ -364,6 +364,62 @@ fn creation_leaves_no_temporary_file() {
     assert_eq!(names, ["db.redb", "db.redb-journal"]);
 }
 
+/// Processes (here threads) that create the same database at once: one
+/// gets the file, the others a `Locked` error — never a second database
+/// put in place under the first one's writer.
+#[test]
+fn concurrent_creators_one_wins_the_others_see_it_locked() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db.redb");
+        let start = std::sync::Barrier::new(6);
+        let done = std::sync::Barrier::new(6);
+        let results: Vec<Result<(), StoreError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|i| {
+                    let (db, start, done) = (&db, &start, &done);
+                    s.spawn(move || {
+                        start.wait();
+                        let opened = Store::open(db, StoreOptions::default());
+                        if let Ok(store) = &opened {
+                            store
+                                .write_blocking(WriteRequest::append(
+                                    StreamId::named(format!("creator-{i}")).unwrap(),
+                                    Seq(0),
+                                    vec![ev("mine")],
+                                ))
+                                .unwrap();
+                        }
+                        // Hold the store until every thread has tried.
+                        done.wait();
+                        opened.map(drop)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {results:?}");
+        for r in &results {
+            if let Err(e) = r {
+                assert!(
+                    matches!(e, StoreError::Locked { .. }),
+                    "round {round}: {e:?}"
+                );
+            }
+        }
+        // The winner's event is in the file at the path.
+        let store = open(&db);
+        assert_eq!(store.streams().unwrap().len(), 1, "round {round}");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains("creating"))
+            .collect();
+        assert!(leftovers.is_empty(), "round {round}: {leftovers:?}");
+    }
+}
+
 /// A copy of the files taken while the store is open is what a crash
 /// leaves: redb holds the groups only in non-durable commits, the journal
 /// holds them durably. Opening the copy applies the journal.
