@@ -232,7 +232,14 @@ impl RunActor {
         self.engine.clock.now(); // one tick of a manual clock per durable decision
         release_unstarted(&self.engine, &next, &events);
         self.state = Arc::new(next);
-        self.state_tx.send_replace(self.state.clone());
+        // Every fold is visible to `borrow()`; waiters (`Engine::wait`)
+        // wake only when the status changes, not at every step.
+        let state = self.state.clone();
+        self.state_tx.send_if_modified(move |s| {
+            let changed = s.status != state.status;
+            *s = state;
+            changed
+        });
         Ok(())
     }
 
