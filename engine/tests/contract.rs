@@ -205,3 +205,56 @@ fn dispatcher_run(
 ) -> chronicle_engine::runtime::exec::AttemptFuture {
     d.run(r, kill)
 }
+
+/// The process executor's pipes: the input reaches stdin as JSON; output
+/// larger than a pipe's buffer is read whole while the process runs
+/// (counted, capped in the event); and a process that exits without
+/// reading a large input does not hold the attempt up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_pipes_carry_input_and_large_output() {
+    let process = ProcessExecutor {
+        sink: OutputSink {
+            dir: None,
+            secrets: Secrets::default(),
+        },
+    };
+    let run = |shell: &str, input: Value| {
+        let mut r = req(spec(|s| s.shell = Some(shell.into())));
+        r.input = input;
+        let (_keep, never) = oneshot::channel::<()>();
+        let fut = process.run(r, never);
+        async move { (fut.await, _keep) }
+    };
+    // stdin → stdout: the output is the input.
+    let input = json!({"n": 2, "text": "x".repeat(1000)});
+    match run("cat", input.clone()).await.0 {
+        AttemptResult::Succeeded { output, .. } => assert_eq!(output, input),
+        other => panic!("expected success, got {other:?}"),
+    }
+    // 300,000 bytes of stdout and 100,000 of stderr: all counted, the
+    // event keeps 64 KiB of each.
+    let shell = "head -c 300000 /dev/zero | tr '\\0' a; head -c 100000 /dev/zero | tr '\\0' b >&2";
+    match run(shell, json!({})).await.0 {
+        AttemptResult::Succeeded { stdout, stderr, .. } => {
+            let (out, err) = (stdout.unwrap(), stderr.unwrap());
+            assert_eq!(out.total_bytes, 300_000);
+            assert!(out.truncated && out.text.len() == 64 * 1024);
+            assert!(out.text.bytes().all(|b| b == b'a'));
+            assert_eq!(err.total_bytes, 100_000);
+            assert!(err.truncated && err.text.bytes().all(|b| b == b'b'));
+        }
+        other => panic!("expected success, got {other:?}"),
+    }
+    // 1 MB of input to a process that never reads it: no INPUT_BLOB
+    // (over the environment's limit), INPUT_N still set.
+    let t = std::time::Instant::now();
+    let big = json!({"blob": "z".repeat(1 << 20), "n": 7});
+    let shell = r#"echo "{\"blob\": \"${INPUT_BLOB:-none}\", \"n\": $INPUT_N}""#;
+    match tokio::time::timeout(Duration::from_secs(20), run(shell, big)).await {
+        Ok((AttemptResult::Succeeded { output, .. }, _)) => {
+            assert_eq!(output, json!({"blob": "none", "n": 7}))
+        }
+        Ok((other, _)) => panic!("expected success, got {other:?}"),
+        Err(_) => panic!("an unread input held the attempt for {:?}", t.elapsed()),
+    }
+}

@@ -4,8 +4,9 @@
 //! gets `CHRONICLE_RUN_ID`, `CHRONICLE_STEP_ID`, `CHRONICLE_ATTEMPT`,
 //! `CHRONICLE_IDEMPOTENCY_KEY`, one `INPUT_<KEY>` variable per input key
 //! (key upper-cased, other characters than letters and digits as `_`;
-//! strings as is, other values as JSON), the whole input as JSON on stdin,
-//! and the step's working directory. When the leader exits, or the attempt
+//! strings as is, other values as JSON; none for a value over
+//! [`ENV_VALUE_LIMIT`]), the whole input as JSON on stdin, and the step's
+//! working directory. When the leader exits, or the attempt
 //! is killed (timeout, cancel), the whole group is killed: no orphan
 //! survives a step.
 
@@ -27,6 +28,12 @@ pub struct ProcessExecutor {
     /// Where captured output goes.
     pub sink: OutputSink,
 }
+
+/// Longest input value passed as an `INPUT_<KEY>` variable, bytes (64 KiB).
+/// Longer values reach the process on stdin only: Linux refuses to start
+/// a process with one environment string over 128 KiB (`MAX_ARG_STRLEN`,
+/// `E2BIG`), and the whole environment shares the argument space.
+pub const ENV_VALUE_LIMIT: usize = 64 * 1024;
 
 /// `INPUT_<KEY>` for an input key.
 pub fn input_var(key: &str) -> String {
@@ -63,7 +70,8 @@ async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> (Vec<u8>, u6
     let mut buf = Vec::new();
     let mut total = 0u64;
     if let Some(mut r) = r {
-        let mut chunk = vec![0u8; 64 * 1024];
+        // Most steps print little: start small, grow while output comes.
+        let mut chunk = vec![0u8; 4096];
         while let Ok(n) = r.read(&mut chunk).await {
             if n == 0 {
                 break;
@@ -71,6 +79,9 @@ async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> (Vec<u8>, u6
             total += n as u64;
             let room = KEEP_LIMIT.saturating_sub(buf.len());
             buf.extend_from_slice(&chunk[..n.min(room)]);
+            if n == chunk.len() && chunk.len() < 64 * 1024 {
+                chunk.resize(chunk.len() * 4, 0);
+            }
         }
     }
     (buf, total)
@@ -110,7 +121,9 @@ impl Executor for ProcessExecutor {
                         Value::String(s) => s.clone(),
                         other => other.to_string(),
                     };
-                    cmd.env(input_var(k), text);
+                    if text.len() <= ENV_VALUE_LIMIT {
+                        cmd.env(input_var(k), text);
+                    }
                 }
             }
             for (k, v) in &req.env {
@@ -137,26 +150,33 @@ impl Executor for ProcessExecutor {
             let pgid = child.id();
             let stdin_json = serde_json::to_vec(&req.input).unwrap_or_default();
             let stdin = child.stdin().take();
-            let writer = tokio::spawn(async move {
+            // Input, output and exit are driven together in this task (no
+            // task per pipe: each would cost a spawn and wake-ups per step).
+            let feed = async move {
                 if let Some(mut s) = stdin {
+                    // A process that exits without reading its input
+                    // closes the pipe: the write ends with an error then.
                     let _ = s.write_all(&stdin_json).await;
                     let _ = s.shutdown().await;
                 }
-            });
-            let out_task = tokio::spawn(read_all(child.stdout().take()));
-            let err_task = tokio::spawn(read_all(child.stderr().take()));
-            let status = tokio::select! {
-                s = child.wait() => Some(s),
-                _ = kill => None,
             };
-            // Leader gone or kill asked: take the rest of the group with it.
-            kill_group(pgid);
-            if status.is_none() {
-                let _ = Box::into_pin(child.kill()).await;
-            }
-            writer.abort();
-            let (stdout, stdout_total) = out_task.await.unwrap_or_default();
-            let (stderr, stderr_total) = err_task.await.unwrap_or_default();
+            let stdout_pipe = child.stdout().take();
+            let stderr_pipe = child.stderr().take();
+            let exit = async {
+                let status = tokio::select! {
+                    s = child.wait() => Some(s),
+                    _ = kill => None,
+                };
+                // Leader gone or kill asked: take the rest of the group
+                // with it (which also closes the pipes the group held).
+                kill_group(pgid);
+                if status.is_none() {
+                    let _ = Box::into_pin(child.kill()).await;
+                }
+                status
+            };
+            let (status, (), (stdout, stdout_total), (stderr, stderr_total)) =
+                tokio::join!(exit, feed, read_all(stdout_pipe), read_all(stderr_pipe));
             let duration_ms = ms(started);
             let stderr_c = (!stderr.is_empty()).then(|| sink.capture(&stderr, stderr_total));
             let Some(status) = status else {
