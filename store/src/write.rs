@@ -74,6 +74,8 @@ pub(crate) enum Msg {
 
 /// What the callers and the writer thread share.
 pub(crate) struct Shared {
+    /// [`StoreOptions::caller_commits`](crate::StoreOptions).
+    pub caller_commits: bool,
     /// The writer's state; whoever holds it commits the next group.
     pub state: Mutex<WriterState>,
     /// Jobs sent to the writer thread and not yet committed, plus one
@@ -93,15 +95,16 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Commit `request` on the calling thread if the writer is idle and
-    /// nothing is queued; otherwise hand the request back (queue it).
+    /// Commit `request` on the calling thread if callers may commit, the
+    /// writer is idle and nothing is queued; otherwise hand the request
+    /// back (queue it).
     /// Blocks for one durable write (~0.1 ms here), never for the lock.
     pub fn try_inline(
         &self,
         tx: &mpsc::Sender<Msg>,
         request: WriteRequest,
     ) -> Result<Result<Committed, StoreError>, WriteRequest> {
-        if self.queued.load(Ordering::Acquire) != 0 {
+        if !self.caller_commits || self.queued.load(Ordering::Acquire) != 0 {
             return Err(request);
         }
         let mut state = match self.state.try_lock() {

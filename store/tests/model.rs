@@ -60,9 +60,10 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn options(memtable_bytes: usize) -> StoreOptions {
+fn options(memtable_bytes: usize, caller_commits: bool) -> StoreOptions {
     StoreOptions {
         memtable_bytes,
+        caller_commits,
         ..StoreOptions::default()
     }
 }
@@ -73,6 +74,7 @@ proptest! {
     fn log_equals_model(
         ops in proptest::collection::vec(op(), 1..50),
         memtable_bytes in prop_oneof![Just(0usize), Just(400), Just(MEMTABLE_BYTES)],
+        caller_commits in any::<bool>(),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.redb");
@@ -81,7 +83,7 @@ proptest! {
         let mut global: Vec<Vec<u8>> = Vec::new();
         let mut index: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut snapshots: BTreeMap<(usize, u64), Vec<u8>> = BTreeMap::new();
-        let mut store = Store::open(&path, options(memtable_bytes)).unwrap();
+        let mut store = Store::open(&path, options(memtable_bytes, caller_commits)).unwrap();
         let mut counter = 0u64;
         for op in ops {
             match op {
@@ -111,7 +113,7 @@ proptest! {
                 }
                 Op::Reopen => {
                     drop(store);
-                    store = Store::open(&path, options(memtable_bytes)).unwrap();
+                    store = Store::open(&path, options(memtable_bytes, caller_commits)).unwrap();
                 }
                 Op::Read { s, from } => {
                     let got: Vec<Vec<u8>> = store.read_stream(&streams[s], Seq(from)).unwrap().into_iter().map(|e| e.payload).collect();
