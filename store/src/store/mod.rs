@@ -160,9 +160,12 @@ impl Drop for Inner {
             let _ = w.join();
         }
         // redb writes its allocator state when the database closes, and can
-        // panic doing so on a damaged file: close inside the guard too.
+        // panic doing so on a damaged file: close inside the guard too. The
+        // writer's state holds the database as well; it goes first.
         let handle = std::mem::replace(&mut self.db, Handle::Closed);
+        let shared = self.shared.take();
         let _ = crate::guard::guard(&self.path, move || {
+            drop(shared);
             drop(handle);
             Ok(())
         });
