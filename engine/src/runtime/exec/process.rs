@@ -44,6 +44,10 @@ pub const ENV_VALUE_LIMIT: usize = 64 * 1024;
 /// no pipe to register with the runtime and no write to wait for.
 fn input_file(json: &[u8]) -> Option<std::fs::File> {
     use std::io::{Seek, Write};
+    #[cfg(test)]
+    if tests::FORCE_PIPE.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
     let flags = nix::sys::memfd::MFdFlags::MFD_CLOEXEC;
     let fd = nix::sys::memfd::memfd_create(c"chronicle-input", flags).ok()?;
     let mut f = std::fs::File::from(fd);
@@ -274,4 +278,73 @@ fn last_line(s: &str) -> String {
         .unwrap_or("")
         .trim();
     l.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use serde_json::{Value, json};
+    use tokio::sync::oneshot;
+
+    use super::ProcessExecutor;
+    use crate::decide::AttemptResult;
+    use crate::ids::RunId;
+    use crate::model::ExecSpec;
+    use crate::runtime::exec::{AttemptRequest, Executor, OutputSink, Secrets};
+
+    /// Makes `input_file` refuse, as where `memfd_create` is not allowed.
+    pub(super) static FORCE_PIPE: AtomicBool = AtomicBool::new(false);
+
+    async fn run(shell: &str, input: Value) -> AttemptResult {
+        let exec = ProcessExecutor {
+            sink: OutputSink {
+                dir: None,
+                secrets: Secrets::default(),
+            },
+        };
+        let req = AttemptRequest {
+            run_id: RunId(uuid::Uuid::from_u128(1)),
+            step: "s".into(),
+            attempt: 1,
+            idempotency_key: "run:s".into(),
+            input,
+            exec: ExecSpec {
+                shell: Some(shell.into()),
+                ..ExecSpec::default()
+            },
+            deadline: None,
+            workdir: std::env::temp_dir(),
+            env: BTreeMap::new(),
+        };
+        let (_keep, never) = oneshot::channel::<()>();
+        exec.run(req, never).await
+    }
+
+    /// The pipe that carries the input where no in-memory file can: the
+    /// JSON arrives whole, and an input the process never reads (larger
+    /// than a pipe's buffer) holds nothing up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pipe_fallback_carries_the_input() {
+        FORCE_PIPE.store(true, Ordering::Relaxed);
+        // More than a pipe's 64 KiB buffer: the write waits for the reader.
+        let input = json!({"n": 2, "text": "y".repeat(100_000)});
+        let counted = run("wc -c", input.clone()).await;
+        let ignored = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            run("exit 0", json!({"blob": "z".repeat(1 << 20)})),
+        )
+        .await;
+        FORCE_PIPE.store(false, Ordering::Relaxed);
+        let sent = serde_json::to_vec(&input).unwrap().len();
+        match counted {
+            AttemptResult::Succeeded { output, .. } => assert_eq!(output, json!(sent)),
+            other => panic!("expected success, got {other:?}"),
+        }
+        assert!(
+            matches!(ignored, Ok(AttemptResult::Succeeded { .. })),
+            "{ignored:?}"
+        );
+    }
 }
