@@ -256,7 +256,8 @@ pub(crate) fn pending(path: &Path, db_id: u64, applied_lsn: u64) -> Result<Vec<F
 /// or 4,096 bytes; 4,096 satisfies both).
 const BLOCK: usize = 4096;
 
-/// The open journal of a read-write store (owned by the writer thread).
+/// The open journal of a read-write store (part of the writer's state:
+/// written by whoever holds the writer's lock).
 ///
 /// Frames are written with `O_DIRECT | O_DSYNC` where the file system
 /// allows it: one `pwrite` that returns once the bytes are on the device,

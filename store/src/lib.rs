@@ -14,9 +14,11 @@
 //! - **Append with optimistic concurrency** ([`Store::append`],
 //!   [`Store::write`]): all events of a request or none; a typed
 //!   [`StoreError::Conflict`] when the stream moved.
-//! - **Group commit**: one writer thread writes every queued request as one
-//!   atomic group, made durable by one write of its frame in the
-//!   [commit journal](journal), and acknowledges each caller after that;
+//! - **Group commit**: groups commit one at a time under the writer's
+//!   lock — a lone request on its caller's thread, requests that queued
+//!   meanwhile together on the writer thread — each as one atomic group,
+//!   made durable by one write of its frame in the
+//!   [commit journal](journal), acknowledging each caller after that;
 //!   acknowledged writes are read from a [memtable] until a
 //!   flush thread commits many groups to redb at once (redb itself is
 //!   made durable by checkpoints). The queue is bounded.

@@ -112,7 +112,8 @@ impl ChainReport {
     }
 }
 
-/// The event log. Cheap to clone; all clones share one writer thread.
+/// The event log. Cheap to clone; all clones share one writer (its lock,
+/// queue and thread).
 ///
 /// ```no_run
 /// use chronicle_store::{NewEvent, Seq, Store, StoreOptions, StreamId};
