@@ -39,7 +39,7 @@ pub struct StoreOptions {
     /// Stores not on a file have no memtable.
     pub memtable_bytes: usize,
     /// Let a caller that finds the writer idle and nothing queued commit
-    /// its own request on its own thread (see [`crate::write`]). Default
+    /// its own request on its own thread (as a group of one). Default
     /// `true`: one appender measured 1.00–1.01 × the raw fsync rate with
     /// it and 0.73–0.77 × without, in alternating runs of `chronicle bench
     /// store` (2026-11-21; 256 appenders the same within noise).
@@ -337,8 +337,9 @@ impl Store {
     /// once it is durable. When the writer is idle and nothing is queued
     /// the request commits on the calling thread (one durable write,
     /// ~0.1 ms on this machine's disk, blocking that thread; see
-    /// [`crate::write`]); otherwise it waits in the queue for the writer
-    /// thread's next group, and waits for room when the queue is full.
+    /// [`StoreOptions::caller_commits`]); otherwise it waits in the queue
+    /// for the writer thread's next group, and for room when the queue is
+    /// full.
     ///
     /// Errors: as [`Store::append`]; [`StoreError::ReadOnly`] for a
     /// read-only store, [`StoreError::Closed`] once the writer stopped.
