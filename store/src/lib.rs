@@ -46,6 +46,7 @@ mod clock;
 mod envelope;
 mod error;
 mod flush;
+mod group_commit;
 mod guard;
 mod ids;
 mod index;

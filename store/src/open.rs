@@ -270,47 +270,32 @@ fn create_atomically(path: &Path, cache_bytes: usize) -> Result<Option<Database>
         ATTEMPT.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = fs::remove_file(&tmp);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    let created = Database::builder()
-        .set_cache_size(cache_bytes)
-        .create_file(file)
-        .map_err(|e| from_redb(&tmp, e))
-        .and_then(|db| {
-            init_tables(&db, &tmp)?;
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&tmp))?;
-            Ok(db)
-        });
-    let db = match created {
-        Ok(db) => db,
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
+    let outcome = (|| -> Result<Option<Database>, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create_file(file)
+            .map_err(|e| from_redb(&tmp, e))?;
+        init_tables(&db, &tmp)?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&tmp))?;
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(Some(db)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+            Err(_) => fs::rename(&tmp, path).map(|()| Some(db)).map_err(io(path)),
         }
-    };
-    let published = match fs::hard_link(&tmp, path) {
-        Ok(()) => fs::remove_file(&tmp).map(|()| true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(_) => fs::rename(&tmp, path).map(|()| true),
-    };
-    let published = match published {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            return Err(io(path)(e));
-        }
-    };
-    if !published {
-        drop(db);
-        let _ = fs::remove_file(&tmp);
+    })();
+    // The temporary name goes whatever happened (linked, refused, failed).
+    let _ = fs::remove_file(&tmp);
+    let Some(db) = outcome? else {
         return Ok(None);
-    }
+    };
     File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(io(&dir))?;

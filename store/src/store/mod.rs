@@ -10,11 +10,12 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::clock::{Clock, SystemClock};
 use crate::envelope::{Hash, NewEvent, RawEnvelope, hex};
 use crate::error::{StoreError, from_redb};
+use crate::group_commit::{Job, Msg, QueuedJob, Shared, Writer};
 use crate::ids::{Seq, StreamId};
 use crate::index::StreamIndex;
 use crate::open::{Opened, open_backend, open_file};
 use crate::request::{Committed, WriteRequest};
-use crate::write::{Job, Msg, QueuedJob, Shared, Writer, WriterState};
+use crate::write::WriterState;
 
 /// Options for opening a [`Store`].
 #[derive(Clone, Debug)]
