@@ -12,7 +12,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::Serialize;
 
 use crate::envelope::NewEvent;
-use crate::error::StoreError;
+use crate::error::{StoreError, io};
 use crate::ids::{Seq, StreamId};
 use crate::request::WriteRequest;
 use crate::store::{Store, StoreOptions};
@@ -53,17 +53,7 @@ fn rt() -> Result<tokio::runtime::Runtime, StoreError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|source| StoreError::Io {
-            path: "<runtime>".into(),
-            source,
-        })
-}
-
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+        .map_err(io(Path::new("<runtime>")))
 }
 
 /// Writes of 200 bytes + fdatasync per second (at offset 0 of a new file in
@@ -101,7 +91,7 @@ impl FsyncProbe {
             .truncate(true)
             .write(true)
             .open(&path)
-            .map_err(io_err(&path))?;
+            .map_err(io(&path))?;
         Ok(Self { path, file })
     }
 
@@ -110,8 +100,8 @@ impl FsyncProbe {
         use std::os::unix::fs::FileExt;
         self.file
             .write_all_at(&[7u8; 200], 0)
-            .map_err(io_err(&self.path))?;
-        self.file.sync_data().map_err(io_err(&self.path))
+            .map_err(io(&self.path))?;
+        self.file.sync_data().map_err(io(&self.path))
     }
 
     /// Latencies of `samples` write + fdatasync, milliseconds.
@@ -271,7 +261,7 @@ pub fn scan_events_per_s(path: &Path) -> Result<(f64, u64), StoreError> {
 /// Run the whole store benchmark in `dir` (a directory on the disk to
 /// measure). Takes about 20–40 s on a 2-core machine.
 pub fn run(dir: &Path) -> Result<StoreBench, StoreError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join("bench-appends.redb");
     crate::journal::remove_database(&path);
     let store = Store::open(&path, StoreOptions::default())?;
@@ -303,7 +293,7 @@ pub fn run(dir: &Path) -> Result<StoreBench, StoreError> {
     // against the kernel's writeback of them.
     std::fs::File::open(&scan_path)
         .and_then(|f| f.sync_all())
-        .map_err(io_err(&scan_path))?;
+        .map_err(io(&scan_path))?;
     let (scan_events_per_s, _) = scan_events_per_s(&scan_path)?;
     crate::journal::remove_database(&scan_path);
 
@@ -339,7 +329,7 @@ pub struct QuickRepairStudy {
 
 /// Measure [`QuickRepairStudy`] in `dir`.
 pub fn quick_repair_study(dir: &Path) -> Result<QuickRepairStudy, StoreError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut figures = [0f64; 4];
     // Off, on, on, off: whichever goes second runs while the disk settles
     // from the first (measured: that alone cost the second 40%), so each

@@ -135,6 +135,14 @@ impl StoreError {
     }
 }
 
+/// An I/O error on `path` as a [`StoreError::Io`], for `map_err`.
+pub(crate) fn io(path: &std::path::Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// Map any redb error into a [`StoreError`], turning corruption reports
 /// into [`StoreError::Corruption`].
 pub(crate) fn from_redb(path: &std::path::Path, e: impl Into<redb::Error>) -> StoreError {

@@ -35,7 +35,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::StoreError;
+use crate::error::{StoreError, io};
 
 /// Default journal bytes after which the writer checkpoints redb and
 /// starts the journal again at offset 0 ([`crate::StoreOptions`]'s
@@ -62,13 +62,6 @@ pub fn journal_path(db: &Path) -> PathBuf {
 pub fn remove_database(db: &Path) {
     let _ = std::fs::remove_file(db);
     let _ = std::fs::remove_file(journal_path(db));
-}
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// One write of a group, as journaled and as applied to the tables.

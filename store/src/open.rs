@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
 
 use crate::FORMAT_VERSION;
-use crate::error::{StoreError, from_redb};
+use crate::error::{StoreError, from_redb, io};
 use crate::index::StreamIndex;
 use crate::journal::{Journal, Op, decode_ops, journal_path, pending};
 use crate::tables::Tables;
@@ -18,13 +18,6 @@ pub(crate) struct Opened {
     pub index: StreamIndex,
     /// The journal (read-write opens of a file).
     pub journal: Option<Journal>,
-}
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Open the file at `path`, creating it atomically if it does not exist:

@@ -259,10 +259,7 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("chronicle-writer".into())
             .spawn(move || writer.run())
-            .map_err(|source| StoreError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(crate::error::io(&path))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db: Handle::Rw(db),
