@@ -56,8 +56,9 @@ pub enum Cmd {
         /// Workflow file.
         file: PathBuf,
     },
-    /// Recover and finish every non-terminal run (or the named ones).
-    Resume {
+    /// Recover crashed runs: record attempts cut off by the stop, and
+    /// finish every non-terminal run (or the named ones).
+    Recover {
         /// Run ids or unique prefixes.
         runs: Vec<String>,
     },
@@ -153,7 +154,7 @@ pub enum Cmd {
         run: String,
     },
     /// Resume a paused run and execute it to the end.
-    Unpause {
+    Resume {
         /// Run id or prefix.
         run: String,
     },

@@ -1,7 +1,9 @@
 //! Exit codes and the mapping of every error to one.
 //!
 //! 0 success; 1 a run ended other than succeeded, or verify found a
-//! problem; 2 bad input or usage; 3 storage problem.
+//! problem; 2 bad input or usage; 3 storage problem (a locked, damaged or
+//! unreadable database, an event that does not decode, a stored history
+//! that does not fold).
 
 use chronicle_engine::model::DefinitionError;
 use chronicle_engine::runtime::EngineError;
@@ -54,6 +56,9 @@ impl From<EngineError> for CliError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Store(s) => s.into(),
+            // The engine folds only histories read from its database: one
+            // that does not fold is a damaged log.
+            e @ EngineError::Transition(_) => Self::storage(e.to_string()),
             other => Self::input(other.to_string()),
         }
     }
@@ -64,6 +69,9 @@ impl From<ReplayError> for CliError {
         match e {
             ReplayError::Store(s) => s.into(),
             ReplayError::Engine(e) => e.into(),
+            // From the database (a history file's problems are BadFile, or
+            // are mapped by the command that read the file).
+            e @ ReplayError::Transition(_) => Self::storage(e.to_string()),
             other => Self::input(other.to_string()),
         }
     }

@@ -185,16 +185,43 @@ pub async fn history(
     if envs.is_empty() {
         return Err(CliError::input(format!("no run {run} in this database")));
     }
+    // A damaged event is shown for what it is and the rest still printed;
+    // the command then exits 3 naming the first one.
+    let damaged: std::cell::RefCell<Option<(u64, String)>> = Default::default();
     let print = |env: &chronicle_store::RawEnvelope| {
         let mut out = std::io::stdout().lock();
-        let line = if json {
-            serde_json::to_string(env).expect("envelopes serialize")
-        } else {
-            crate::progress::describe(env)
+        let bad = serde_json::from_slice::<serde::de::IgnoredAny>(&env.payload).err();
+        let line = match (&bad, json) {
+            (None, true) => serde_json::to_string(env).expect("a payload that parses serializes"),
+            (None, false) => crate::progress::describe(env),
+            (Some(e), true) => json!({
+                "stream": env.stream.to_string(),
+                "seq": env.seq.0,
+                "position": env.position.0,
+                "error": format!("the event does not decode: {e}"),
+            })
+            .to_string(),
+            (Some(e), false) => format!(
+                "{} {:>4} (damaged event: it does not decode: {e})",
+                env.stream, env.seq.0
+            ),
         };
+        if let Some(e) = bad {
+            damaged
+                .borrow_mut()
+                .get_or_insert_with(|| (env.seq.0, e.to_string()));
+        }
         let _ = writeln!(out, "{line}");
     };
     envs.iter().for_each(print);
+    if let Some((seq, e)) = damaged.take() {
+        return Err(StoreError::Decode {
+            stream: run.stream().to_string(),
+            seq,
+            message: e,
+        }
+        .into());
+    }
     if !follow {
         return Ok(0);
     }
@@ -230,7 +257,15 @@ pub async fn history(
     for env in engine.store().read_stream(&run.stream(), last.next())? {
         print(&env);
     }
-    Ok(0)
+    match damaged.take() {
+        Some((seq, e)) => Err(StoreError::Decode {
+            stream: run.stream().to_string(),
+            seq,
+            message: e,
+        }
+        .into()),
+        None => Ok(0),
+    }
 }
 
 /// `chronicle replay`.
@@ -276,6 +311,16 @@ pub fn replay(
         }
         (None, None) => return Err(CliError::input("give a RUN or --file HISTORY.jsonl")),
     };
+    // A history file that does not fold is bad input (exit 2); one read
+    // from the database is a damaged log (exit 3).
+    let from_file = file.is_some();
+    let fail = |e: chronicle_replay::ReplayError| -> CliError {
+        if from_file {
+            CliError::input(e.to_string())
+        } else {
+            e.into()
+        }
+    };
     let head = envs.last().map(|e| e.seq.0).unwrap_or(0);
     if let Target::Seq(n) = target
         && (n == 0 || n > head)
@@ -285,7 +330,7 @@ pub fn replay(
         )));
     }
     if show_timeline {
-        let mut t = timeline(&envs)?;
+        let mut t = timeline(&envs).map_err(fail)?;
         if let Target::Seq(n) = target {
             t.retain(|e| e.seq <= n);
         }
@@ -299,7 +344,7 @@ pub fn replay(
         }
         return Ok(0);
     }
-    let state = fold_envelopes(RunState::default(), &envs, target)?;
+    let state = fold_envelopes(RunState::default(), &envs, target).map_err(fail)?;
     if state.run_id.is_none() {
         return Err(CliError::input("no event at or before that time"));
     }

@@ -83,7 +83,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             idempotency_key,
         } => runs::run(&db, &file, &input, idempotency_key, quiet).await,
         Cmd::Validate { file } => inspect::validate(&file),
-        Cmd::Resume { runs } => runs::resume(&db, &runs, quiet).await,
+        Cmd::Recover { runs } => runs::recover(&db, &runs, quiet).await,
         Cmd::List { status, json } => inspect::list(&db, status.as_deref(), json),
         Cmd::Status { run, json } => inspect::status(&db, &run, json),
         Cmd::History { run, json, follow } => {
@@ -116,7 +116,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Cmd::Import { file } => inspect::import(&db, &file).await,
         Cmd::Cancel { run } => runs::control(&db, &run, runs::Control::Cancel).await,
         Cmd::Pause { run } => runs::control(&db, &run, runs::Control::Pause).await,
-        Cmd::Unpause { run } => runs::continue_run(&db, &run, runs::Control::Resume, quiet).await,
+        Cmd::Resume { run } => runs::continue_run(&db, &run, runs::Control::Resume, quiet).await,
         Cmd::Release { run } => runs::continue_run(&db, &run, runs::Control::Release, quiet).await,
         Cmd::Schema => {
             println!("{}", chronicle_engine::model::json_schema());

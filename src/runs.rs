@@ -1,4 +1,4 @@
-//! Commands that execute runs: run, resume, fork, unpause, release; and
+//! Commands that execute runs: run, recover, fork, resume, release; and
 //! the offline control commands cancel and pause.
 
 use std::collections::BTreeMap;
@@ -96,8 +96,8 @@ pub async fn run(
     drive(&engine, &[run], progress, quiet).await
 }
 
-/// `chronicle resume [RUN...]`.
-pub async fn resume(db: &Path, names: &[String], quiet: bool) -> Result<u8, CliError> {
+/// `chronicle recover [RUN...]`.
+pub async fn recover(db: &Path, names: &[String], quiet: bool) -> Result<u8, CliError> {
     let engine = open_engine(db)?;
     let only: Vec<RunId> = names
         .iter()
@@ -109,7 +109,7 @@ pub async fn resume(db: &Path, names: &[String], quiet: bool) -> Result<u8, CliE
         .await?;
     if !quiet {
         eprintln!(
-            "recovery: {} run(s) resumed, {} attempt(s) abandoned, {} run(s) quarantined",
+            "recovery: {} run(s) continued, {} attempt(s) abandoned, {} run(s) quarantined (not continued; `chronicle release RUN` frees one)",
             report.resumed.len(),
             report.attempts_abandoned,
             report.quarantined.len()
@@ -128,7 +128,7 @@ pub async fn resume(db: &Path, names: &[String], quiet: bool) -> Result<u8, CliE
     }
     if runs.is_empty() {
         progress.finish().await;
-        println!("nothing to resume");
+        println!("nothing to recover");
         return Ok(0);
     }
     drive(&engine, &runs, progress, quiet).await
@@ -223,7 +223,7 @@ pub async fn control(db: &Path, run: &str, what: Control) -> Result<u8, CliError
     Ok(0)
 }
 
-/// `chronicle unpause|release RUN`: apply, then execute the run to the end.
+/// `chronicle resume|release RUN`: apply, then execute the run to the end.
 pub async fn continue_run(
     db: &Path,
     run: &str,

@@ -147,7 +147,7 @@ fn a_failed_run_exits_1_and_fork_reruns_from_a_seq() {
 }
 
 #[test]
-fn pause_cancel_unpause_release_and_validate() {
+fn pause_cancel_release_and_validate() {
     let env = Env::new();
     let wf = env.write("ok.yaml", OK);
     assert_eq!(env.run(&["validate", wf.to_str().unwrap()]).code, 0);

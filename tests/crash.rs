@@ -80,7 +80,7 @@ fn marker_processes(marker: &str) -> usize {
 }
 
 #[test]
-fn kill_dash_9_during_run_then_resume_succeeds_and_verifies() {
+fn kill_dash_9_during_run_then_recover_succeeds_and_verifies() {
     let env = Env::new();
     let out_dir = env.path("out");
     let input = format!("{{\"out\": \"{}\", \"pace\": 0.3}}", out_dir.display());
@@ -106,10 +106,10 @@ fn kill_dash_9_during_run_then_resume_succeeds_and_verifies() {
         list[0]["status"], "running",
         "the killed run is left running: {list}"
     );
-    let resume = env.run_in_root(&["resume"]);
+    let resume = env.run_in_root(&["recover"]);
     assert_eq!(resume.code, 0, "{resume:?}");
     assert!(
-        resume.stderr.contains("1 run(s) resumed"),
+        resume.stderr.contains("1 run(s) continued"),
         "{}",
         resume.stderr
     );
@@ -171,7 +171,7 @@ fn many_runs_survive_repeated_sigkill() {
         printed.extend(acked(&lines.join("\n")));
     }
     for cycle in 0..cycles {
-        let child = spawn(&env, &["resume"]);
+        let child = spawn(&env, &["recover"]);
         std::thread::sleep(Duration::from_millis(40 + rng.below(400)));
         let err = kill_and_collect(child);
         assert!(
@@ -182,7 +182,7 @@ fn many_runs_survive_repeated_sigkill() {
     }
     // Let it finish.
     let t = Instant::now();
-    let last = env.run(&["resume"]);
+    let last = env.run(&["recover"]);
     assert_eq!(last.code, 0, "seed {seed}: {last:?}");
     printed.extend(acked(&last.stderr));
     assert!(t.elapsed() < Duration::from_secs(120));

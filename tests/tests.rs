@@ -7,4 +7,5 @@ mod support;
 mod bad_inputs;
 mod commands;
 mod crash;
+mod damage;
 mod examples;

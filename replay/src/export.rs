@@ -8,7 +8,9 @@ use std::io::{BufRead, Write};
 
 use chronicle_engine::ids::RunId;
 use chronicle_engine::runtime::RunSummary;
-use chronicle_store::{GENESIS_HASH, NewEvent, RawEnvelope, Seq, Store, WriteRequest, hex};
+use chronicle_store::{
+    GENESIS_HASH, NewEvent, RawEnvelope, Seq, Store, StoreError, WriteRequest, hex,
+};
 
 use crate::ReplayError;
 use crate::rebuild::{Target, fold_envelopes};
@@ -19,7 +21,13 @@ pub fn export(store: &Store, run: RunId, out: &mut dyn Write) -> Result<u64, Rep
     let mut io_err = None;
     store.for_each_in_stream(&run.stream(), Seq(1), None, |env| {
         if io_err.is_none() {
-            let line = serde_json::to_string(&env).expect("envelopes serialize");
+            // The payload is embedded as raw JSON: one that does not parse
+            // is a damaged event, reported with its stream and seq.
+            let line = serde_json::to_string(&env).map_err(|e| StoreError::Decode {
+                stream: env.stream.to_string(),
+                seq: env.seq.0,
+                message: e.to_string(),
+            })?;
             if let Err(e) = writeln!(out, "{line}") {
                 io_err = Some(e);
             }

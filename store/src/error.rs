@@ -7,6 +7,8 @@
 //! - [`StoreError::Locked`], [`StoreError::Corruption`],
 //!   [`StoreError::UnsupportedFormat`], [`StoreError::Io`]: storage problems
 //!   the caller cannot fix by retrying; report them (CLI exit code 3).
+//! - [`StoreError::Decode`]: a stored event that does not decode — a
+//!   damaged log, also a storage problem (exit 3).
 //! - [`StoreError::Closed`]: the writer has stopped (after a fatal storage
 //!   error or on shutdown); reopen the store.
 
@@ -100,8 +102,11 @@ pub enum StoreError {
     /// A payload could not be serialized.
     #[error("cannot encode event: {0}")]
     Encode(String),
-    /// A payload could not be decoded.
-    #[error("cannot decode event {stream}#{seq}: {message}")]
+    /// A stored payload could not be decoded: the log is damaged there
+    /// (a storage problem, exit 3).
+    #[error(
+        "event {seq} of stream {stream} does not decode ({message}): the log is damaged from there; restore the database from a copy"
+    )]
     Decode {
         /// The stream.
         stream: String,
@@ -130,6 +135,7 @@ impl StoreError {
                 | Self::Io { .. }
                 | Self::Unrecovered { .. }
                 | Self::Storage(_)
+                | Self::Decode { .. }
                 | Self::Closed
         )
     }

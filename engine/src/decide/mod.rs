@@ -376,7 +376,7 @@ fn recover(d: &mut Draft<'_>) -> Result<(), Rejected> {
         let st = &d.state.steps[first];
         d.push(RunEvent::RunQuarantined {
             reason: format!(
-                "step {first} was abandoned by engine crashes {} times in a row (limit {k}): a poison run",
+                "step {first} was abandoned {} times in a row: the engine stopped (crashed or was killed) during each of those attempts (limit {k})",
                 st.crash_streak
             ),
             evidence: evidence(first, st),

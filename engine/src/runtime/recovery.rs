@@ -22,7 +22,9 @@ pub struct RecoveryReport {
     pub resumed: Vec<RunId>,
     /// Attempts marked `StepAbandoned`.
     pub attempts_abandoned: usize,
-    /// Runs quarantined (crash loops, or histories that do not fold).
+    /// Runs left quarantined (a step abandoned by crashes too many times
+    /// in a row, a history that does not fold, or quarantined before this
+    /// recovery): not continued; they wait for `release`.
     pub quarantined: Vec<(RunId, String)>,
 }
 
@@ -169,13 +171,14 @@ impl Engine {
         &self,
         state: RunState,
     ) -> Result<(usize, Option<String>), EngineError> {
-        let was_quarantined = state.status == RunStatus::Quarantined;
         let (events, now) = self.begin(state, vec![Command::Recover], vec![]).await?;
         let abandoned = events
             .iter()
             .filter(|e| matches!(e, RunEvent::StepAbandoned { .. }))
             .count();
-        let q = (now.status == RunStatus::Quarantined && !was_quarantined)
+        // Quarantined now — by this recovery or before it — is not resumed:
+        // it waits for a person's release.
+        let q = (now.status == RunStatus::Quarantined)
             .then(|| now.quarantine.map(|q| q.reason).unwrap_or_default());
         Ok((abandoned, q))
     }
