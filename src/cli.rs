@@ -61,6 +61,11 @@ pub enum Cmd {
     Recover {
         /// Run ids or unique prefixes.
         runs: Vec<String>,
+        /// Open a crashed database whose commit journal is missing or
+        /// damaged with what can still be read: events only the lost part
+        /// held are given up (recorded in the database, shown by verify).
+        #[arg(long)]
+        accept_loss: bool,
     },
     /// List runs.
     List {

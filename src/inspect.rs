@@ -360,11 +360,34 @@ pub fn replay(
 pub fn verify(db: &Path, run: Option<&str>, json: bool) -> Result<u8, CliError> {
     let engine = engine_existing(db)?;
     let run = run.map(|r| engine.resolve_run(r)).transpose()?;
+    // Opening the store checked the commit journal: a crashed database
+    // whose journal cannot be read whole was refused (exit 3). Losses a
+    // person accepted (`recover --accept-loss`) are listed.
+    let losses: Vec<Value> = engine
+        .store()
+        .index_scan(chronicle_store::journal::JOURNAL_LOSS_INDEX, "")?
+        .into_iter()
+        .map(|(at, v)| {
+            let mut v: Value = serde_json::from_slice(&v).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("accepted_at".into(), Value::String(at));
+            }
+            v
+        })
+        .collect();
     let reports = chronicle_replay::verify::verify(engine.store(), run)?;
     let bad = reports.iter().filter(|r| !r.ok()).count();
     if json {
-        print_json(&json!({ "ok": bad == 0, "streams": reports }));
+        print_json(&json!({ "ok": bad == 0, "streams": reports, "journal_losses": losses }));
     } else {
+        for l in &losses {
+            println!(
+                "note  journal loss accepted at {}: the journal {}; {} frame(s) applied",
+                l["accepted_at"].as_str().unwrap_or("?"),
+                l["problem"].as_str().unwrap_or("?"),
+                l["frames_applied"]
+            );
+        }
         for r in &reports {
             if r.ok() {
                 println!(

@@ -83,7 +83,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             idempotency_key,
         } => runs::run(&db, &file, &input, idempotency_key, quiet).await,
         Cmd::Validate { file } => inspect::validate(&file),
-        Cmd::Recover { runs } => runs::recover(&db, &runs, quiet).await,
+        Cmd::Recover { runs, accept_loss } => runs::recover(&db, &runs, accept_loss, quiet).await,
         Cmd::List { status, json } => inspect::list(&db, status.as_deref(), json),
         Cmd::Status { run, json } => inspect::status(&db, &run, json),
         Cmd::History { run, json, follow } => {

@@ -97,8 +97,24 @@ pub async fn run(
 }
 
 /// `chronicle recover [RUN...]`.
-pub async fn recover(db: &Path, names: &[String], quiet: bool) -> Result<u8, CliError> {
-    let engine = open_engine(db)?;
+pub async fn recover(
+    db: &Path,
+    names: &[String],
+    accept_loss: bool,
+    quiet: bool,
+) -> Result<u8, CliError> {
+    let engine = if accept_loss {
+        let store = chronicle_store::Store::open(
+            db,
+            chronicle_store::StoreOptions {
+                accept_journal_loss: true,
+                ..Default::default()
+            },
+        )?;
+        EngineBuilder::new().store(store).build()?
+    } else {
+        open_engine(db)?
+    };
     let only: Vec<RunId> = names
         .iter()
         .map(|n| engine.resolve_run(n))

@@ -9,3 +9,4 @@ mod commands;
 mod crash;
 mod damage;
 mod examples;
+mod journal;

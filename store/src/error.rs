@@ -9,6 +9,9 @@
 //!   the caller cannot fix by retrying; report them (CLI exit code 3).
 //! - [`StoreError::Decode`]: a stored event that does not decode — a
 //!   damaged log, also a storage problem (exit 3).
+//! - [`StoreError::JournalLost`]: a crashed database whose journal cannot
+//!   be read whole; restore the journal, or reopen with
+//!   [`StoreOptions::accept_journal_loss`](crate::StoreOptions) (exit 3).
 //! - [`StoreError::Closed`]: the writer has stopped (after a fatal storage
 //!   error or on shutdown); reopen the store.
 
@@ -79,6 +82,23 @@ pub enum StoreError {
         /// Journal frames waiting.
         frames: usize,
     },
+    /// The database was not closed cleanly and its commit journal is
+    /// missing, truncated or damaged: acknowledged events may exist only
+    /// in the part that cannot be read. Nothing was written.
+    #[error(
+        "database {path} was not closed cleanly and its commit journal {journal} {problem}; acknowledged events may exist only there ({frames_readable} readable frame(s) before the problem). Restore the journal file from where it was (a copy taken with the database), or run `chronicle recover --accept-loss` to open the database with what can be read (what is given up is recorded in the database)",
+        journal = journal.display()
+    )]
+    JournalLost {
+        /// The database path.
+        path: PathBuf,
+        /// The journal path.
+        journal: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+        /// Whole frames before the problem.
+        frames_readable: usize,
+    },
     /// An operating-system I/O error.
     #[error(
         "I/O error on {path}: {source}; check that the path exists, is writable and its disk is not full"
@@ -134,6 +154,7 @@ impl StoreError {
                 | Self::UnsupportedFormat { .. }
                 | Self::Io { .. }
                 | Self::Unrecovered { .. }
+                | Self::JournalLost { .. }
                 | Self::Storage(_)
                 | Self::Decode { .. }
                 | Self::Closed

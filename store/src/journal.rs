@@ -14,22 +14,49 @@
 //! checkpoint — an `Immediate` commit — every [`CHECKPOINT_BYTES`] of
 //! journal and when the store closes.
 //!
-//! File `DB-journal`, frames from offset 0:
+//! ## Layout
 //!
-//! | bytes | field |
-//! | --- | --- |
-//! | 4 | magic `CJ01` |
-//! | 4 | body length, u32 LE |
-//! | 4 | CRC-32 (IEEE) of `db_id ‖ lsn ‖ body` |
-//! | 8 | `db_id`, u64 LE (the database's `meta.db_id`) |
-//! | 8 | `lsn`, u64 LE: frame number, 1, 2, … for the life of the database |
-//! | n | body: the group's writes (events as `position ‖ record`, index puts and deletes, snapshots; see `Op` in the source) |
+//! File `DB-journal`: 512-byte sectors. Each sector ends with a stamp —
+//! `salt` (u64 LE), `lsn` (u64 LE), CRC-32 (IEEE) of the sector's data,
+//! salt and lsn (u32 LE) — so that every sector tells by itself whether it
+//! is whole and which frame wrote it. The 492 data bytes of the sectors of
+//! one frame, in order, hold `CJ02`, the body length (u64 LE) and the body:
+//! the group's writes (events as `position ‖ record`, index puts and
+//! deletes, snapshots; see `Op` in the source). A frame fills whole 4 KiB
+//! blocks and starts at a block boundary, so a frame write never rewrites
+//! a block that holds an earlier, acknowledged frame (no reliance on the
+//! device's powersafe overwrite).
 //!
-//! After a checkpoint the next frame is written at offset 0 again, over
-//! frames redb already holds. Recovery reads frames from offset 0 while
-//! each is whole (CRC), belongs to this database and carries the next lsn
-//! after `meta.journal_lsn`; the first frame that does not is where the
-//! journal ends (a torn last frame, zero fill, or an older frame).
+//! `lsn` numbers frames 1, 2, … for the life of the database; `salt` is
+//! drawn at random at each checkpoint (`meta.journal_salt`), when the next
+//! frame goes to offset 0 again: frames of an older cycle — including ones
+//! a crash left behind a torn frame — never pass for frames of this one.
+//!
+//! ## Recovery: a torn frame against damage
+//!
+//! `meta.journal_open` is 1 from before the first frame of a store's life
+//! is written until a clean close; only then may the journal hold frames
+//! redb lacks. Opening such a database reads frames of the current salt
+//! from offset 0, lsn `meta.journal_lsn + 1` on. Every sector is one of:
+//! all zeros (never written), whole (its CRC holds: written by some
+//! frame), or damaged (CRC fails). Under the usual model of a crash — each
+//! 512-byte sector of an interrupted write is either old or new — a crash
+//! during a frame's write leaves its sectors old or new, never damaged:
+//!
+//! - **torn** (dropped quietly): the next frame's sectors are partly
+//!   missing (zero or an older stamp) and none is damaged; such a frame was
+//!   never acknowledged, since a frame is acknowledged only once its whole
+//!   write returned;
+//! - **damaged** (refused): a sector with a failing CRC where the next
+//!   frame is, or a whole sector of this cycle with a higher lsn after the
+//!   end (a later frame exists, so the one before it was written whole and
+//!   acknowledged); a missing or truncated journal file is refused the same
+//!   way. [`StoreError::JournalLost`] names what is wrong and the two ways
+//!   on: restore the journal, or accept the loss
+//!   ([`StoreOptions::accept_journal_loss`](crate::StoreOptions), `chronicle
+//!   recover --accept-loss`), which applies the frames before the damage and
+//!   records what was given up in the `index` table
+//!   ([`JOURNAL_LOSS_INDEX`]).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -44,11 +71,33 @@ use crate::error::{StoreError, io};
 pub const CHECKPOINT_BYTES: u64 = 16 << 20;
 
 /// The journal grows (zero-filled, then fsynced with its size) by this
-/// much at a time, so that frames are written over existing bytes.
+/// much at a time, so that frames are written over existing bytes. A
+/// journal file shorter than this was truncated.
 const GROW_BYTES: u64 = 4 << 20;
 
-const MAGIC: &[u8; 4] = b"CJ01";
-const HEADER: usize = 4 + 4 + 4 + 8 + 8;
+/// The `index` table's name under which an accepted journal loss is
+/// recorded: key = the time of the open (RFC 3339), value = JSON
+/// `{"journal", "problem", "frames_applied", "last_lsn_applied"}`.
+pub const JOURNAL_LOSS_INDEX: &str = "store.journal_loss";
+
+const MAGIC: &[u8; 4] = b"CJ02";
+/// Bytes of a sector.
+const SECTOR: usize = 512;
+/// The stamp at the end of each sector: salt, lsn, CRC-32.
+const STAMP: usize = 8 + 8 + 4;
+/// Data bytes of a sector.
+const DATA: usize = SECTOR - STAMP;
+/// Magic and body length, at the start of a frame's data.
+const HEADER: usize = 4 + 8;
+/// Direct writes go in whole blocks of this many bytes, at offsets that are
+/// multiples of it (`O_DIRECT` needs the device's logical block size, 512
+/// or 4,096 bytes; 4,096 satisfies both); frames fill whole blocks.
+const BLOCK: usize = 4096;
+const SECTORS_PER_BLOCK: usize = BLOCK / SECTOR;
+
+/// Largest body of one frame: 1 GiB. A larger group is refused alone
+/// ([`StoreError::InvalidRequest`]), before anything is written.
+pub(crate) const MAX_FRAME_BODY: usize = 1 << 30;
 
 /// The journal path of the database at `db`: `DB-journal`.
 pub fn journal_path(db: &Path) -> PathBuf {
@@ -189,112 +238,232 @@ pub(crate) struct Frame {
     pub body: Vec<u8>,
 }
 
-fn crc(db_id: u64, lsn: u64, body: &[u8]) -> u32 {
+fn sector_crc(data: &[u8], salt: u64, lsn: u64) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    h.update(&db_id.to_le_bytes());
+    h.update(data);
+    h.update(&salt.to_le_bytes());
     h.update(&lsn.to_le_bytes());
-    h.update(body);
     h.finalize()
 }
 
-/// The frames of the journal at `path` that follow `applied_lsn`, in
-/// order. A missing file has none.
-pub(crate) fn pending(path: &Path, db_id: u64, applied_lsn: u64) -> Result<Vec<Frame>, StoreError> {
-    let data = match std::fs::read(path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io(path)(e)),
-    };
-    let mut frames = Vec::new();
-    let mut at = 0usize;
-    let mut expect = applied_lsn + 1;
-    while let Some(h) = data.get(at..at + HEADER) {
-        if &h[0..4] != MAGIC {
-            break;
-        }
-        let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
-        let sum = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-        let id = u64::from_le_bytes(h[12..20].try_into().expect("8 bytes"));
-        let lsn = u64::from_le_bytes(h[20..28].try_into().expect("8 bytes"));
-        let Some(body) = data.get(at + HEADER..at + HEADER + len) else {
-            break;
-        };
-        if crc(id, lsn, body) != sum {
-            break;
-        }
-        if id != db_id {
-            // Whole, but written for another database (a journal copied or
-            // left beside the wrong file): not ours to apply.
-            tracing::warn!(
-                journal = %path.display(),
-                "the journal's frames belong to another database; ignoring them"
-            );
-            break;
-        }
-        if lsn != expect {
-            break;
-        }
-        frames.push(Frame {
-            lsn,
-            body: body.to_vec(),
-        });
-        expect += 1;
-        at += HEADER + len;
-    }
-    Ok(frames)
+/// What one sector holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sector {
+    /// All zeros: never written.
+    Zero,
+    /// Its CRC holds: written whole by the frame `lsn` of cycle `salt`.
+    Whole { salt: u64, lsn: u64 },
+    /// Its CRC fails.
+    Damaged,
 }
 
-/// Direct writes go in whole blocks of this many bytes, at offsets that are
-/// multiples of it (`O_DIRECT` needs the device's logical block size, 512
-/// or 4,096 bytes; 4,096 satisfies both).
-const BLOCK: usize = 4096;
+fn classify(s: &[u8]) -> Sector {
+    let (data, stamp) = s.split_at(DATA);
+    let salt = u64::from_le_bytes(stamp[0..8].try_into().expect("8 bytes"));
+    let lsn = u64::from_le_bytes(stamp[8..16].try_into().expect("8 bytes"));
+    let sum = u32::from_le_bytes(stamp[16..20].try_into().expect("4 bytes"));
+    if sector_crc(data, salt, lsn) == sum {
+        Sector::Whole { salt, lsn }
+    } else if s.iter().all(|&b| b == 0) {
+        Sector::Zero
+    } else {
+        Sector::Damaged
+    }
+}
+
+/// Sectors of a frame with a body of `len` bytes (whole blocks).
+fn frame_sectors(len: usize) -> usize {
+    (HEADER + len).div_ceil(DATA).div_ceil(SECTORS_PER_BLOCK) * SECTORS_PER_BLOCK
+}
+
+/// Why the journal cannot be trusted to hold every acknowledged frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum JournalProblem {
+    /// The file is gone.
+    Missing,
+    /// The file is shorter than a journal ever is.
+    Truncated { len: u64 },
+    /// A damaged sector where frame `lsn` is, or a later frame after it
+    /// cannot be read.
+    Damaged { lsn: u64, offset: u64, what: String },
+}
+
+impl std::fmt::Display for JournalProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing => write!(f, "is missing"),
+            Self::Truncated { len } => write!(
+                f,
+                "is truncated ({len} bytes; a journal is at least {GROW_BYTES})"
+            ),
+            Self::Damaged { lsn, offset, what } => {
+                write!(f, "is damaged at byte {offset} (frame {lsn}): {what}")
+            }
+        }
+    }
+}
+
+/// What recovery read from a journal.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// Whole frames of this cycle after `applied_lsn`, in order.
+    pub frames: Vec<Frame>,
+    /// Why frames may be missing after `frames` (none: the journal ended
+    /// cleanly or with a torn, never acknowledged frame).
+    pub problem: Option<JournalProblem>,
+}
+
+/// Read the journal at `path`: the frames of cycle `salt` after
+/// `applied_lsn`, in order, and whether acknowledged frames may be missing
+/// after them (see the module docs for the rule).
+///
+/// Errors: [`StoreError::Io`] when the file cannot be read.
+pub(crate) fn scan(path: &Path, salt: u64, applied_lsn: u64) -> Result<Scan, StoreError> {
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Scan {
+                frames: Vec::new(),
+                problem: Some(JournalProblem::Missing),
+            });
+        }
+        Err(e) => return Err(io(path)(e)),
+    };
+    if (data.len() as u64) < GROW_BYTES {
+        return Ok(Scan {
+            frames: Vec::new(),
+            problem: Some(JournalProblem::Truncated {
+                len: data.len() as u64,
+            }),
+        });
+    }
+    let sectors: Vec<&[u8]> = data.chunks_exact(SECTOR).collect();
+    let mut out = Scan::default();
+    let mut at = 0usize;
+    let mut expect = applied_lsn + 1;
+    let damaged = |lsn: u64, sector: usize, what: &str| JournalProblem::Damaged {
+        lsn,
+        offset: (sector * SECTOR) as u64,
+        what: what.to_string(),
+    };
+    // Whole frames of this cycle, in lsn order.
+    loop {
+        let Some(first) = sectors.get(at) else { break };
+        match classify(first) {
+            Sector::Whole { salt: s, lsn } if s == salt && lsn == expect => {}
+            Sector::Damaged => {
+                out.problem = Some(damaged(
+                    expect,
+                    at,
+                    "a sector where the next frame would start fails its checksum",
+                ));
+                return Ok(out);
+            }
+            // Zero, another cycle's or an older frame: the end (or a frame
+            // whose first sector was not written: torn).
+            _ => break,
+        }
+        let head = &first[..HEADER];
+        let len = u64::from_le_bytes(head[4..12].try_into().expect("8 bytes"));
+        if &head[..4] != MAGIC || len > MAX_FRAME_BODY as u64 {
+            out.problem = Some(damaged(expect, at, "a whole sector starts no frame"));
+            return Ok(out);
+        }
+        let len = len as usize;
+        let n = frame_sectors(len);
+        let mut body = Vec::with_capacity(len);
+        let mut torn = false;
+        for i in 0..n {
+            let Some(sec) = sectors.get(at + i) else {
+                torn = true;
+                break;
+            };
+            match classify(sec) {
+                Sector::Whole { salt: s, lsn } if s == salt && lsn == expect => {
+                    let data = &sec[..DATA];
+                    let data = if i == 0 { &data[HEADER..] } else { data };
+                    let want = len - body.len();
+                    body.extend_from_slice(&data[..want.min(data.len())]);
+                }
+                Sector::Damaged => {
+                    out.problem = Some(damaged(expect, at + i, "a sector fails its checksum"));
+                    return Ok(out);
+                }
+                _ => {
+                    torn = true;
+                    break;
+                }
+            }
+        }
+        if torn {
+            break;
+        }
+        out.frames.push(Frame { lsn: expect, body });
+        expect += 1;
+        at += n;
+    }
+    // After the end: a whole sector of this cycle with a higher lsn means
+    // a later frame was written, so the one at the end was acknowledged
+    // and is unreadable.
+    for (i, sec) in sectors.iter().enumerate().skip(at) {
+        if let Sector::Whole { salt: s, lsn } = classify(sec)
+            && s == salt
+            && lsn > expect
+        {
+            out.problem = Some(damaged(
+                expect,
+                at,
+                &format!(
+                    "frame {expect} cannot be read but frame {lsn} follows at byte {}",
+                    i * SECTOR
+                ),
+            ));
+            break;
+        }
+    }
+    Ok(out)
+}
 
 /// The open journal of a read-write store (part of the writer's state:
 /// written by whoever holds the writer's lock).
 ///
 /// Frames are written with `O_DIRECT | O_DSYNC` where the file system
-/// allows it: one `pwrite` that returns once the bytes are on the device,
-/// without the page cache — measured ~1.0× one buffered 200-byte write +
-/// fdatasync at offset 0 (`chronicle bench store`'s baseline), against
-/// ~0.9× for buffered sequential writes + fdatasync (README, "The commit
-/// journal"). Direct writes cover whole blocks, so the block holding the
-/// end of the previous frame is written again with the same leading bytes
-/// (as a database's write-ahead log rewrites its partial last page); a
-/// device that writes a block's sectors partly writes each of them either
-/// before or after, and the leading sectors hold the same bytes in both.
-/// Elsewhere (tmpfs, some network file systems) frames are written
-/// through the page cache and fdatasynced.
+/// allows it: one `pwrite` of whole blocks that returns once the bytes are
+/// on the device, without the page cache — measured ~1.0× one buffered
+/// 200-byte write + fdatasync at offset 0 (`chronicle bench store`'s
+/// baseline), against ~0.9× for buffered sequential writes + fdatasync
+/// (README, "The commit journal"). Elsewhere (tmpfs, some network file
+/// systems) frames are written through the page cache and fdatasynced.
 pub(crate) struct Journal {
     path: PathBuf,
     /// Buffered handle: zero fill and the size's fsync.
     file: File,
     /// `O_DIRECT | O_DSYNC` handle, if the file system takes direct writes.
     direct: Option<File>,
-    db_id: u64,
-    /// Where the next frame goes.
+    /// This cycle's salt.
+    salt: u64,
+    /// Where the next frame goes (a multiple of [`BLOCK`]).
     write_at: u64,
     /// Bytes of the file already written (zero fill included).
     allocated: u64,
     next_lsn: u64,
-    /// The frame being written.
-    buf: Vec<u8>,
-    /// The bytes of the block holding `write_at`, before `write_at`.
-    tail: Vec<u8>,
-    /// Room for an aligned copy of the blocks of one direct write.
+    /// Room for an aligned copy of the blocks of one frame.
     aligned: Vec<u8>,
 }
 
 impl Journal {
-    /// Open (or create) the journal at `path` for writing from offset 0;
-    /// the next frame gets `next_lsn`. Call only once [`pending`] frames
-    /// are checkpointed into redb.
-    pub(crate) fn open(path: &Path, db_id: u64, next_lsn: u64) -> Result<Self, StoreError> {
-        Self::open_with(path, db_id, next_lsn, true)
+    /// Open (or create) the journal at `path` for writing from offset 0
+    /// with cycle `salt`; the next frame gets `next_lsn`. Call only once
+    /// the frames [`scan`] found are checkpointed into redb. A new file's
+    /// directory entry is made durable before this returns.
+    pub(crate) fn open(path: &Path, salt: u64, next_lsn: u64) -> Result<Self, StoreError> {
+        Self::open_with(path, salt, next_lsn, true)
     }
 
     /// [`Journal::open`], with direct writes only if `direct` (tests use
     /// `false` for the buffered path).
-    fn open_with(path: &Path, db_id: u64, next_lsn: u64, direct: bool) -> Result<Self, StoreError> {
+    fn open_with(path: &Path, salt: u64, next_lsn: u64, direct: bool) -> Result<Self, StoreError> {
+        let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -307,16 +476,24 @@ impl Journal {
             path: path.to_path_buf(),
             file,
             direct: None,
-            db_id,
+            salt,
             write_at: 0,
             allocated,
             next_lsn,
-            buf: Vec::new(),
-            tail: Vec::new(),
             aligned: Vec::new(),
         };
         if j.allocated < GROW_BYTES {
             j.grow(GROW_BYTES)?;
+        }
+        if !existed {
+            // The new name must survive a crash before frames in it count.
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&dir))?;
         }
         if direct {
             j.direct = j.open_direct();
@@ -373,51 +550,36 @@ impl Journal {
         Ok(())
     }
 
-    /// Write one frame with `body`, durably; returns its lsn. On error the
-    /// frame may or may not be on disk: the caller must stop writing (the
-    /// store poisons itself) and let recovery decide.
+    /// Write one frame with `body`, durably; returns its lsn.
+    ///
+    /// Errors: [`StoreError::InvalidRequest`] for a body over
+    /// [`MAX_FRAME_BODY`] (nothing written; the caller checks first);
+    /// [`StoreError::Io`] — then the frame may or may not be on disk: the
+    /// caller must stop writing (the store poisons itself) and let recovery
+    /// decide.
     pub(crate) fn append(&mut self, body: &[u8]) -> Result<u64, StoreError> {
-        let lsn = self.next_lsn;
-        let len = u32::try_from(body.len()).map_err(|_| {
-            StoreError::InvalidRequest(format!(
-                "one group commit of {} bytes exceeds the journal's 4 GiB frame limit",
+        if body.len() > MAX_FRAME_BODY {
+            return Err(StoreError::InvalidRequest(format!(
+                "one group commit of {} bytes exceeds the journal's frame limit of {MAX_FRAME_BODY} bytes",
                 body.len()
-            ))
-        })?;
-        self.buf.clear();
-        self.buf.extend_from_slice(MAGIC);
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf
-            .extend_from_slice(&crc(self.db_id, lsn, body).to_le_bytes());
-        self.buf.extend_from_slice(&self.db_id.to_le_bytes());
-        self.buf.extend_from_slice(&lsn.to_le_bytes());
-        self.buf.extend_from_slice(body);
-        let end = self.write_at + self.buf.len() as u64;
-        // Room for the frame and the rest of its last block.
-        let end_block = end.div_ceil(BLOCK as u64) * BLOCK as u64;
-        if end_block > self.allocated {
-            self.grow(end_block + GROW_BYTES)?;
+            )));
         }
+        let lsn = self.next_lsn;
+        let n = frame_sectors(body.len());
+        let bytes = n * SECTOR;
+        let end = self.write_at + bytes as u64;
+        if end > self.allocated {
+            self.grow(end + GROW_BYTES)?;
+        }
+        let out = aligned_slice(&mut self.aligned, bytes);
+        encode_frame(out, self.salt, lsn, body);
         match &self.direct {
-            Some(direct) => {
-                let start = self.write_at - self.tail.len() as u64;
-                let n = (end_block - start) as usize;
-                let out = aligned_slice(&mut self.aligned, n);
-                out[..self.tail.len()].copy_from_slice(&self.tail);
-                out[self.tail.len()..self.tail.len() + self.buf.len()].copy_from_slice(&self.buf);
-                out[self.tail.len() + self.buf.len()..].fill(0);
-                direct.write_all_at(out, start).map_err(io(&self.path))?;
-                let keep = (end % BLOCK as u64) as usize;
-                let last_block = n - n.min(BLOCK);
-                self.tail.clear();
-                if keep != 0 {
-                    self.tail
-                        .extend_from_slice(&out[last_block..last_block + keep]);
-                }
-            }
+            Some(direct) => direct
+                .write_all_at(out, self.write_at)
+                .map_err(io(&self.path))?,
             None => {
                 self.file
-                    .write_all_at(&self.buf, self.write_at)
+                    .write_all_at(out, self.write_at)
                     .map_err(io(&self.path))?;
                 self.file.sync_data().map_err(io(&self.path))?;
             }
@@ -433,12 +595,41 @@ impl Journal {
         self.direct.is_some()
     }
 
-    /// After a checkpoint: the next frame goes to offset 0. Frames left
-    /// behind it carry older lsns and end any later recovery read.
-    pub(crate) fn restart(&mut self) {
+    /// After a checkpoint that recorded `salt` as the next cycle's: the
+    /// next frame goes to offset 0. Frames left behind carry the older
+    /// salt and end any later recovery read.
+    pub(crate) fn restart(&mut self, salt: u64) {
         self.write_at = 0;
-        self.tail.clear();
+        self.salt = salt;
     }
+}
+
+/// Write the frame `lsn` of cycle `salt` with `body` into `out` (exactly
+/// [`frame_sectors`]`(body.len())` sectors): data, then each sector's stamp.
+fn encode_frame(out: &mut [u8], salt: u64, lsn: u64, body: &[u8]) {
+    let mut rest = body;
+    for (i, sec) in out.chunks_exact_mut(SECTOR).enumerate() {
+        let (data, stamp) = sec.split_at_mut(DATA);
+        let mut room: &mut [u8] = data;
+        if i == 0 {
+            room[..4].copy_from_slice(MAGIC);
+            room[4..12].copy_from_slice(&(body.len() as u64).to_le_bytes());
+            room = &mut room[HEADER..];
+        }
+        let k = rest.len().min(room.len());
+        room[..k].copy_from_slice(&rest[..k]);
+        room[k..].fill(0);
+        rest = &rest[k..];
+        stamp[0..8].copy_from_slice(&salt.to_le_bytes());
+        stamp[8..16].copy_from_slice(&lsn.to_le_bytes());
+        let sum = sector_crc(data, salt, lsn);
+        stamp[16..20].copy_from_slice(&sum.to_le_bytes());
+    }
+}
+
+/// A fresh salt for the next journal cycle (random; no clock read).
+pub(crate) fn new_salt() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
 }
 
 /// `n` bytes of `room` starting at a multiple of [`BLOCK`] in memory (as
@@ -455,6 +646,8 @@ fn aligned_slice(room: &mut Vec<u8>, n: usize) -> &mut [u8] {
 mod tests {
     use super::*;
 
+    const SALT: u64 = 0x5a17;
+
     #[test]
     fn frames_of_every_size_read_back_across_blocks_and_restarts() {
         // Direct writes where the file system takes them, and buffered ones.
@@ -466,7 +659,7 @@ mod tests {
 
     fn frames_read_back(dir: &Path, direct: bool) {
         let path = journal_path(&dir.join("db.redb"));
-        let mut j = Journal::open_with(&path, 3, 1, direct).unwrap();
+        let mut j = Journal::open_with(&path, SALT, 1, direct).unwrap();
         eprintln!("direct writes asked {direct}, used {}", j.is_direct());
         let bodies: Vec<Vec<u8>> = (0..300u32)
             .map(|i| {
@@ -476,28 +669,30 @@ mod tests {
             .collect();
         for b in &bodies {
             j.append(b).unwrap();
+            assert_eq!(j.written() % BLOCK as u64, 0, "frames fill whole blocks");
         }
-        let frames = pending(&path, 3, 0).unwrap();
-        assert_eq!(frames.len(), bodies.len());
-        for (f, b) in frames.iter().zip(&bodies) {
+        let scan = scan(&path, SALT, 0).unwrap();
+        assert_eq!(scan.problem, None);
+        assert_eq!(scan.frames.len(), bodies.len());
+        for (f, b) in scan.frames.iter().zip(&bodies) {
             assert_eq!(&f.body, b);
         }
-        // After a restart the new frames overwrite the old ones from offset
-        // 0, and the first older frame behind them ends the journal.
-        j.restart();
+        // After a restart with a new salt the new frames overwrite the old
+        // ones from offset 0; the older cycle's frames behind them end the
+        // journal, and are no damage.
+        j.restart(SALT + 1);
         for b in &bodies[..5] {
             j.append(b).unwrap();
         }
-        let frames = pending(&path, 3, 300).unwrap();
-        assert_eq!(frames.len(), 5);
-        assert_eq!(frames[4].lsn, 305);
-        assert_eq!(frames[4].body, bodies[4]);
+        let scan2 = super::scan(&path, SALT + 1, 300).unwrap();
+        assert_eq!(scan2.problem, None);
+        assert_eq!(scan2.frames.len(), 5);
+        assert_eq!(scan2.frames[4].lsn, 305);
+        assert_eq!(scan2.frames[4].body, bodies[4]);
     }
 
     #[test]
-    fn ops_round_trip_and_torn_frames_end_the_journal() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = journal_path(&dir.path().join("db.redb"));
+    fn ops_round_trip() {
         let ops = [
             Op::Event {
                 position: 9,
@@ -532,38 +727,86 @@ mod tests {
             decode_ops(&body[..body.len() - 1]).unwrap_err(),
             all_but_last.len()
         );
+    }
 
-        let mut j = Journal::open(&path, 7, 5).unwrap();
-        assert_eq!(j.append(&body).unwrap(), 5);
-        assert_eq!(j.append(b"").unwrap(), 6);
-        let end = j.written();
-        drop(j);
-        // Another database's frames, and frames already applied (a journal
-        // always starts again at offset 0 after a checkpoint), are not pending.
-        assert!(pending(&path, 8, 4).unwrap().is_empty());
-        assert!(pending(&path, 7, 5).unwrap().is_empty());
-        let frames = pending(&path, 7, 4).unwrap();
-        assert_eq!(frames.iter().map(|f| f.lsn).collect::<Vec<_>>(), [5, 6]);
-        assert_eq!(frames[0].body, body);
-        // A torn last frame ends the journal before it.
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(&[0xff], end - 1).unwrap();
-        assert_eq!(pending(&path, 7, 4).unwrap().len(), 1);
-        f.write_all_at(&[0xff], HEADER as u64 + 3).unwrap();
-        assert!(pending(&path, 7, 4).unwrap().is_empty());
-        // After a restart, frames are written from offset 0 again and the
-        // older frames behind them are not read.
-        let mut j = Journal::open(&path, 7, 7).unwrap();
-        j.append(b"").unwrap();
-        j.restart();
-        assert_eq!(j.append(b"").unwrap(), 8);
-        assert_eq!(
-            pending(&path, 7, 7)
-                .unwrap()
-                .iter()
-                .map(|f| f.lsn)
-                .collect::<Vec<_>>(),
-            [8]
+    /// A journal with three frames of 1,000 bytes (one block each).
+    fn three_frames(dir: &Path) -> (PathBuf, Vec<u8>) {
+        let path = journal_path(&dir.join("db.redb"));
+        let mut j = Journal::open_with(&path, SALT, 1, false).unwrap();
+        for i in 0..3u8 {
+            j.append(&[i; 1000]).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        (path, bytes)
+    }
+
+    #[test]
+    fn a_torn_last_frame_is_dropped_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut bytes) = three_frames(dir.path());
+        // The third frame's second sector never reached the disk (an
+        // interrupted write keeps each sector old or new): zero, as before.
+        bytes[2 * BLOCK + SECTOR..2 * BLOCK + 2 * SECTOR].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let s = scan(&path, SALT, 0).unwrap();
+        assert_eq!(s.problem, None);
+        assert_eq!(s.frames.len(), 2);
+        // Its first sector missing instead: the same.
+        let (path, mut bytes) = three_frames(dir.path());
+        bytes[2 * BLOCK..2 * BLOCK + SECTOR].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let s = scan(&path, SALT, 0).unwrap();
+        assert_eq!((s.problem, s.frames.len()), (None, 2));
+    }
+
+    #[test]
+    fn damage_is_refused_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        // One flipped byte in the only... last frame: damage, not a tear.
+        let (path, mut bytes) = three_frames(dir.path());
+        bytes[2 * BLOCK + 100] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let s = scan(&path, SALT, 0).unwrap();
+        assert_eq!(s.frames.len(), 2);
+        assert!(
+            matches!(s.problem, Some(JournalProblem::Damaged { lsn: 3, .. })),
+            "{:?}",
+            s.problem
         );
+        // A damaged middle frame with an intact later one: the later one's
+        // stamp shows the middle one was acknowledged.
+        let (path, mut bytes) = three_frames(dir.path());
+        bytes[BLOCK..BLOCK + SECTOR].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let s = scan(&path, SALT, 0).unwrap();
+        assert_eq!(s.frames.len(), 1);
+        let problem = s.problem.expect("refused").to_string();
+        assert!(
+            problem.contains("frame 2 cannot be read but frame 3 follows"),
+            "{problem}"
+        );
+        // Missing and truncated files.
+        std::fs::write(&path, &bytes[..BLOCK]).unwrap();
+        assert!(matches!(
+            scan(&path, SALT, 0).unwrap().problem,
+            Some(JournalProblem::Truncated { len }) if len == BLOCK as u64
+        ));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            scan(&path, SALT, 0).unwrap().problem,
+            Some(JournalProblem::Missing)
+        );
+    }
+
+    #[test]
+    fn another_cycles_frames_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = three_frames(dir.path());
+        // Another salt (an older cycle, or another database's journal).
+        let s = scan(&path, SALT ^ 1, 0).unwrap();
+        assert_eq!((s.problem, s.frames.len()), (None, 0));
+        // Frames already applied are not pending.
+        let s = scan(&path, SALT, 3).unwrap();
+        assert_eq!((s.problem, s.frames.len()), (None, 0));
     }
 }

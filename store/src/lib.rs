@@ -73,9 +73,11 @@ pub use store::{ChainReport, MEMTABLE_BYTES, Store, StoreOptions, StreamHead};
 pub use tables::{RecordView, view_record};
 
 /// The on-disk format version this build reads and writes (in the `meta`
-/// table under `format_version`). Version 2: the log keyed by global
+/// table under `format_version`). Version 3: the log keyed by global
 /// position with checkpointed stream-index segments, and the commit
-/// journal (`meta.db_id`, `meta.journal_lsn`, `meta.indexed_through`, the
-/// `DB-journal` file). Version 1 (events keyed by `(stream, seq)`, from
-/// development builds before 2026-11-21) is refused.
-pub const FORMAT_VERSION: u32 = 2;
+/// journal of sector-stamped frames (`meta.journal_salt`,
+/// `meta.journal_open`, `meta.journal_lsn`, `meta.indexed_through`, the
+/// `DB-journal` file). Versions 1 (events keyed by `(stream, seq)`, before
+/// 2026-11-21) and 2 (the `CJ01` journal, before 2026-11-30) are refused:
+/// export runs with the release that wrote them and import them.
+pub const FORMAT_VERSION: u32 = 3;

@@ -9,7 +9,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
 use crate::FORMAT_VERSION;
 use crate::error::{StoreError, from_redb, io};
 use crate::index::StreamIndex;
-use crate::journal::{Journal, Op, decode_ops, journal_path, pending};
+use crate::journal::{
+    JOURNAL_LOSS_INDEX, Journal, JournalProblem, Op, decode_ops, journal_path, new_salt, scan,
+};
 use crate::tables::Tables;
 use crate::tables::{INDEX, LOG, META, SNAPSHOTS, STREAM_INDEX};
 
@@ -29,7 +31,11 @@ pub(crate) struct Opened {
 /// Then the commit journal is recovered: frames a crash left unapplied
 /// are written into redb in one `Immediate` commit, and the journal is
 /// opened for the writer.
-pub(crate) fn open_file(path: &Path, cache_bytes: usize) -> Result<(Database, Opened), StoreError> {
+pub(crate) fn open_file(
+    path: &Path,
+    cache_bytes: usize,
+    accept_journal_loss: bool,
+) -> Result<(Database, Opened), StoreError> {
     let created = if path.exists() {
         None
     } else {
@@ -56,7 +62,7 @@ pub(crate) fn open_file(path: &Path, cache_bytes: usize) -> Result<(Database, Op
         check_pages(&mut db, path)?;
     }
     check_format(&db, path)?;
-    let opened = recover(&db, path, true)?;
+    let opened = recover(&db, path, Some(accept_journal_loss))?;
     Ok((db, opened))
 }
 
@@ -90,8 +96,11 @@ fn check_pages(db: &mut Database, path: &Path) -> Result<(), StoreError> {
 
 /// The journal and index state recorded in `meta`.
 struct MetaState {
-    /// `None` until the first read-write open names the database.
-    db_id: Option<u64>,
+    /// The journal cycle's salt; `None` until the first read-write open.
+    journal_salt: Option<u64>,
+    /// The journal may hold frames redb lacks (the store was not closed
+    /// cleanly since its first frame).
+    journal_open: bool,
     journal_lsn: u64,
     indexed_through: u64,
 }
@@ -113,7 +122,8 @@ fn meta_state(db: &impl ReadableDatabase, path: &Path) -> Result<MetaState, Stor
         }
     };
     Ok(MetaState {
-        db_id: read("db_id")?,
+        journal_salt: read("journal_salt")?,
+        journal_open: read("journal_open")?.unwrap_or(0) != 0,
         journal_lsn: read("journal_lsn")?.unwrap_or(0),
         indexed_through: read("indexed_through")?.unwrap_or(0),
     })
@@ -133,36 +143,65 @@ fn load_index(
     StreamIndex::load(&segments, &log, indexed_through, path)
 }
 
+/// Read the journal of a database whose meta says it may hold frames
+/// redb lacks; a problem is an error unless `accept_loss`.
+fn read_journal(
+    path: &Path,
+    state: &MetaState,
+    accept_loss: bool,
+) -> Result<(Vec<crate::journal::Frame>, Option<JournalProblem>), StoreError> {
+    if !state.journal_open {
+        return Ok((Vec::new(), None));
+    }
+    let jpath = journal_path(path);
+    let salt = state.journal_salt.unwrap_or(0);
+    let scan = scan(&jpath, salt, state.journal_lsn)?;
+    match scan.problem {
+        Some(problem) if !accept_loss => Err(StoreError::JournalLost {
+            path: path.to_path_buf(),
+            journal: jpath,
+            problem: problem.to_string(),
+            frames_readable: scan.frames.len(),
+        }),
+        problem => Ok((scan.frames, problem)),
+    }
+}
+
 /// Recover a read-write open: build the stream index, apply the journal's
-/// pending frames (if `with_journal`), and — only when something changed —
-/// in one durable commit save the index segments of what was recovered and
-/// name the database (`db_id`); then open the journal for the writer.
-fn recover(db: &Database, path: &Path, with_journal: bool) -> Result<Opened, StoreError> {
+/// frames (if `journal` is `Some(accept_loss)`: a file store), and — only
+/// when something changed — in one durable commit save the index segments
+/// of what was recovered, mark the journal closed with a fresh salt, and
+/// record an accepted loss; then open the journal for the writer.
+///
+/// Frames are applied idempotently: an event already at its position with
+/// the same bytes is skipped (redb may hold non-durable flushes made
+/// durable by a close after a write error, beyond `meta.journal_lsn`).
+fn recover(db: &Database, path: &Path, journal: Option<bool>) -> Result<Opened, StoreError> {
     let jpath = journal_path(path);
     let state = meta_state(db, path)?;
     let mut index = load_index(db, path, state.indexed_through)?;
-    let frames = match (with_journal, state.db_id) {
-        (true, Some(id)) => pending(&jpath, id, state.journal_lsn)?,
-        _ => Vec::new(),
+    let (frames, loss) = match journal {
+        Some(accept_loss) => read_journal(path, &state, accept_loss)?,
+        None => (Vec::new(), None),
     };
-    // A random id (no clock read): it tells this database's journal frames
-    // from another's.
-    let db_id = state
-        .db_id
-        .unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().1);
     let last = frames.last().map_or(state.journal_lsn, |f| f.lsn);
-    let open_journal = || -> Result<Option<Journal>, StoreError> {
-        with_journal
-            .then(|| Journal::open(&jpath, db_id, last + 1))
-            .transpose()
-    };
+    let with_journal = journal.is_some();
     // Nothing to save (a clean open): no commit, no fsync at start-up.
-    if frames.is_empty() && state.db_id.is_some() && !index.is_dirty() {
+    if frames.is_empty()
+        && loss.is_none()
+        && !state.journal_open
+        && state.journal_salt.is_some()
+        && !index.is_dirty()
+    {
+        let salt = state.journal_salt.unwrap_or(0);
         return Ok(Opened {
             index,
-            journal: open_journal()?,
+            journal: with_journal
+                .then(|| Journal::open(&jpath, salt, last + 1))
+                .transpose()?,
         });
     }
+    let salt = new_salt();
     let txn = db.begin_write().map_err(|e| from_redb(path, e))?;
     {
         let mut meta = txn.open_table(META).map_err(|e| from_redb(path, e))?;
@@ -174,11 +213,31 @@ fn recover(db: &Database, path: &Path, with_journal: bool) -> Result<Opened, Sto
             let ops = decode_ops(&frame.body).map_err(|at| StoreError::Corruption {
                 path: jpath.clone(),
                 message: format!(
-                    "journal frame {} does not decode at byte {at} although its checksum holds",
+                    "journal frame {} does not decode at byte {at} although its checksums hold",
                     frame.lsn
                 ),
             })?;
             for op in &ops {
+                if let Op::Event { position, record } = op {
+                    let present = t
+                        .log
+                        .get(*position)
+                        .map_err(|e| from_redb(path, e))?
+                        .map(|v| v.value() == *record);
+                    match present {
+                        Some(true) => continue,
+                        Some(false) => {
+                            return Err(StoreError::Corruption {
+                                path: path.to_path_buf(),
+                                message: format!(
+                                    "journal frame {} and the log hold different events at position {position}",
+                                    frame.lsn
+                                ),
+                            });
+                        }
+                        None => {}
+                    }
+                }
                 t.apply(path, op, None)?;
                 if let Op::Event { position, record } = op {
                     index.push_record(*position, record).map_err(|message| {
@@ -190,13 +249,37 @@ fn recover(db: &Database, path: &Path, with_journal: bool) -> Result<Opened, Sto
                 }
             }
         }
+        if let Some(problem) = &loss {
+            let at = crate::clock::Clock::now(&crate::clock::SystemClock);
+            let record = serde_json::json!({
+                "journal": jpath.display().to_string(),
+                "problem": problem.to_string(),
+                "frames_applied": frames.len(),
+                "last_lsn_applied": last,
+            });
+            t.index
+                .insert(
+                    (JOURNAL_LOSS_INDEX, at.to_rfc3339().as_str()),
+                    record.to_string().as_bytes(),
+                )
+                .map_err(|e| from_redb(path, e))?;
+            tracing::warn!(
+                journal = %jpath.display(),
+                problem = %problem,
+                frames_applied = frames.len(),
+                "accepted the loss of what the journal held after the last readable frame"
+            );
+        }
         index.write_segments(&mut segments, path)?;
-        meta.insert("indexed_through", index.through.to_le_bytes().as_slice())
-            .map_err(|e| from_redb(path, e))?;
-        meta.insert("db_id", db_id.to_le_bytes().as_slice())
-            .map_err(|e| from_redb(path, e))?;
-        meta.insert("journal_lsn", last.to_le_bytes().as_slice())
-            .map_err(|e| from_redb(path, e))?;
+        let put = |meta: &mut redb::Table<&str, &[u8]>, k: &str, v: u64| {
+            meta.insert(k, v.to_le_bytes().as_slice())
+                .map(drop)
+                .map_err(|e| from_redb(path, e))
+        };
+        put(&mut meta, "indexed_through", index.through)?;
+        put(&mut meta, "journal_lsn", last)?;
+        put(&mut meta, "journal_salt", salt)?;
+        put(&mut meta, "journal_open", 0)?;
     }
     txn.commit().map_err(|e| from_redb(path, e))?;
     if !frames.is_empty() {
@@ -208,7 +291,9 @@ fn recover(db: &Database, path: &Path, with_journal: bool) -> Result<Opened, Sto
     }
     Ok(Opened {
         index,
-        journal: open_journal()?,
+        journal: with_journal
+            .then(|| Journal::open(&jpath, salt, last + 1))
+            .transpose()?,
     })
 }
 
@@ -224,7 +309,7 @@ pub(crate) fn open_backend(
         .map_err(|e| map_open_error(label, e))?;
     init_tables(&db, label)?;
     check_format(&db, label)?;
-    let opened = recover(&db, label, false)?;
+    let opened = recover(&db, label, None)?;
     Ok((db, opened))
 }
 
@@ -243,14 +328,12 @@ pub(crate) fn open_read_only(
         .map_err(|e| map_open_error(path, e))?;
     check_format(&db, path)?;
     let state = meta_state(&db, path)?;
-    if let Some(id) = state.db_id {
-        let frames = pending(&journal_path(path), id, state.journal_lsn)?.len();
-        if frames > 0 {
-            return Err(StoreError::Unrecovered {
-                path: path.to_path_buf(),
-                frames,
-            });
-        }
+    let (frames, _) = read_journal(path, &state, false)?;
+    if !frames.is_empty() {
+        return Err(StoreError::Unrecovered {
+            path: path.to_path_buf(),
+            frames: frames.len(),
+        });
     }
     let index = load_index(&db, path, state.indexed_through)?;
     Ok((db, index))

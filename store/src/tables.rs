@@ -6,7 +6,7 @@
 //! | `stream_index` | `(stream, first seq)` | a segment: [`encode_segment`] |
 //! | `index` | `(index name, key)` | opaque bytes (projections, unique keys) |
 //! | `snapshots` | `(stream, seq)` | opaque bytes (a fold result) |
-//! | `meta` | name | bytes: `format_version`, `db_id`, `journal_lsn`, `indexed_through` |
+//! | `meta` | name | bytes: `format_version`, `journal_salt`, `journal_open`, `journal_lsn`, `indexed_through` (u64 LE) |
 //!
 //! Events are keyed by global position, so a group commit appends to the
 //! right edge of one B-tree whatever streams it touches. Which positions

@@ -55,6 +55,10 @@ pub(crate) struct WriterState {
     pub flusher: Option<Flusher>,
     /// The commit journal (stores on a file); `None`: `Immediate` commits.
     pub journal: Option<Journal>,
+    /// `meta.journal_open` is durably 1: frames may be written. Set by a
+    /// checkpoint before the first frame of the store's life; a clean
+    /// close sets it back to 0.
+    pub journal_marked: bool,
     /// Set after a failure that leaves the journal, redb and the stream
     /// index possibly out of step: every later request fails with it.
     pub poisoned: Option<String>,
@@ -122,9 +126,13 @@ impl WriterState {
 
     /// Closing: make redb durable and save the stream index, so the next
     /// open needs neither the journal nor a scan of the log.
+    /// A store that wrote no frame since it opened (or since its last
+    /// clean state) has nothing to checkpoint, and closes without a write.
     pub(crate) fn close(&mut self) {
+        let nothing_written = self.journal.is_some() && !self.journal_marked;
         if self.poisoned.is_none()
-            && let Err(e) = self.checkpoint()
+            && !nothing_written
+            && let Err(e) = self.checkpoint(false)
         {
             tracing::error!(error = %e, "checkpoint at close failed; the next open recovers from the journal and the log");
         }
@@ -207,7 +215,7 @@ impl WriterState {
     }
 
     fn checkpoint_or_poison(&mut self) {
-        if let Err(e) = self.checkpoint() {
+        if let Err(e) = self.checkpoint(true) {
             // The groups are durable in the journal; redb is not. Stop
             // writing and let the next open apply the journal.
             tracing::error!(error = %e, "checkpoint failed");
@@ -225,11 +233,16 @@ impl WriterState {
     /// then the memtable is emptied (readers see every write throughout:
     /// redb holds them first) and the journal starts again at offset 0.
     ///
+    /// The same commit draws the next journal cycle's salt and records
+    /// `meta.journal_open` = `open` (false only when the store closes), so
+    /// that the next open knows whether the journal may hold frames.
+    ///
     /// Errors: storage errors (the memtable keeps its writes; the caller
     /// poisons the writer, and the next open applies the journal).
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
+    fn checkpoint(&mut self, open: bool) -> Result<(), StoreError> {
         self.wait_flush()?;
         let lsn = self.journal.as_ref().map(Journal::last_lsn);
+        let salt = crate::journal::new_salt();
         let p = self.path.clone();
         let db = self.db.clone();
         let quick_repair = self.quick_repair;
@@ -255,8 +268,14 @@ impl WriterState {
                 meta.insert("indexed_through", index.through.to_le_bytes().as_slice())
                     .map_err(|e| re(e.into()))?;
                 if let Some(lsn) = lsn {
-                    meta.insert("journal_lsn", lsn.to_le_bytes().as_slice())
-                        .map_err(|e| re(e.into()))?;
+                    for (k, v) in [
+                        ("journal_lsn", lsn),
+                        ("journal_salt", salt),
+                        ("journal_open", u64::from(open)),
+                    ] {
+                        meta.insert(k, v.to_le_bytes().as_slice())
+                            .map_err(|e| re(e.into()))?;
+                    }
                 }
             }
             txn.commit().map_err(|e| re(e.into()))?;
@@ -269,7 +288,8 @@ impl WriterState {
             Ok(())
         })?;
         if let Some(journal) = self.journal.as_mut() {
-            journal.restart();
+            journal.restart(salt);
+            self.journal_marked = open;
         }
         Ok(())
     }
@@ -305,7 +325,9 @@ impl WriterState {
             Err(e) => {
                 self.next_position = start_position;
                 tracing::error!(error = %e, "group commit failed");
-                if self.journal.is_some() {
+                // An invalid group is refused before anything is written;
+                // any other failure may have left a frame on disk.
+                if self.journal.is_some() && !matches!(e, StoreError::InvalidRequest(_)) {
                     // The frame may be on disk while redb lacks it: a later
                     // group would contradict it. Only a reopen can tell.
                     self.poisoned = Some(format!(
@@ -346,6 +368,19 @@ impl WriterState {
             )?);
         }
         pending.read = None;
+        if body.len() > crate::journal::MAX_FRAME_BODY {
+            // Refused before anything is written: the store goes on.
+            return Err(StoreError::InvalidRequest(format!(
+                "this group of writes encodes to {} bytes, over the journal's frame limit of {} bytes; write fewer or smaller events per request",
+                body.len(),
+                crate::journal::MAX_FRAME_BODY
+            )));
+        }
+        if self.journal.is_some() && !body.is_empty() && !self.journal_marked {
+            // The first frame of this store's life: record durably that
+            // the journal may hold frames redb lacks.
+            self.checkpoint(true)?;
+        }
         match self.journal.as_mut() {
             Some(journal) => {
                 // Write-ahead: the frame is durable before any reader can
@@ -569,10 +604,13 @@ fn clone_fatal(e: &StoreError, msg: &str) -> StoreError {
             message: message.clone(),
         },
         StoreError::Locked { path } => StoreError::Locked { path: path.clone() },
+        // The source's own text: the variant's message adds the path and
+        // advice again when displayed.
         StoreError::Io { path, source } => StoreError::Io {
             path: path.clone(),
-            source: std::io::Error::new(source.kind(), msg.to_string()),
+            source: std::io::Error::new(source.kind(), source.to_string()),
         },
+        StoreError::InvalidRequest(m) => StoreError::InvalidRequest(m.clone()),
         _ => StoreError::Storage(msg.to_string()),
     }
 }

@@ -452,10 +452,35 @@ fn a_crash_image_is_recovered_from_the_journal() {
     assert_eq!(std::fs::read(&image).unwrap(), before);
 
     // Without its journal the image lacks acknowledged groups: the journal
-    // is what made them durable.
-    let bare = open(&bare);
-    assert!(bare.read_stream(&s, Seq(1)).unwrap().len() < 20);
-    drop(bare);
+    // is what made them durable. Such an open is refused, and changes
+    // nothing; accepting the loss opens it with what redb has and records
+    // the loss.
+    let bare_before = std::fs::read(&bare).unwrap();
+    match Store::open(&bare, StoreOptions::default()) {
+        Err(StoreError::JournalLost { problem, .. }) => assert_eq!(problem, "is missing"),
+        other => panic!("a crashed database without its journal opened: {other:?}"),
+    }
+    assert!(
+        !journal_path(&bare).exists(),
+        "the refusal created no journal"
+    );
+    assert_eq!(std::fs::read(&bare).unwrap().len(), bare_before.len());
+    let accepted = Store::open(
+        &bare,
+        StoreOptions {
+            accept_journal_loss: true,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(accepted.read_stream(&s, Seq(1)).unwrap().len() < 20);
+    let losses = accepted
+        .index_scan(chronicle_store::journal::JOURNAL_LOSS_INDEX, "")
+        .unwrap();
+    assert_eq!(losses.len(), 1, "the loss is recorded once");
+    drop(accepted);
+    // Closed cleanly now: it opens without the option.
+    drop(open(&bare));
 
     let recovered = open(&image);
     let events = recovered.read_stream(&s, Seq(1)).unwrap();

@@ -50,6 +50,12 @@ pub struct StoreOptions {
     pub caller_commits: bool,
     /// The clock that stamps `recorded_at`.
     pub clock: Arc<dyn Clock>,
+    /// Open a database that was not closed cleanly even when its journal
+    /// is missing, truncated or damaged ([`StoreError::JournalLost`]
+    /// otherwise): the frames before the problem are applied, the rest is
+    /// given up, and the loss is recorded in the `index` table
+    /// ([`crate::journal::JOURNAL_LOSS_INDEX`]). Default `false`.
+    pub accept_journal_loss: bool,
 }
 
 /// Default [`StoreOptions::memtable_bytes`]: 64 KiB, about 250 events of
@@ -74,6 +80,7 @@ impl Default for StoreOptions {
             memtable_bytes: MEMTABLE_BYTES,
             caller_commits: true,
             clock: Arc::new(SystemClock),
+            accept_journal_loss: false,
         }
     }
 }
@@ -196,7 +203,7 @@ impl Store {
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         crate::guard::guard(&path.clone(), move || {
-            let (db, opened) = open_file(&path, options.cache_bytes)?;
+            let (db, opened) = open_file(&path, options.cache_bytes, options.accept_journal_loss)?;
             Self::start(db, path, options, opened)
         })
     }
@@ -242,6 +249,7 @@ impl Store {
             memtable_limit: options.memtable_bytes,
             flusher: None,
             journal: opened.journal,
+            journal_marked: false,
             poisoned: None,
             body: Vec::new(),
         };
@@ -320,7 +328,12 @@ impl Store {
     /// the stored envelopes once they are durable.
     ///
     /// Errors: [`StoreError::Conflict`] (naming both seqs) when the stream
-    /// has moved; storage errors when the commit fails (nothing written).
+    /// has moved, and [`StoreError::InvalidRequest`] for a request the
+    /// store refuses — both before anything is written; storage errors
+    /// when the commit fails. After a storage error the request may or may
+    /// not be durable (its journal frame may have reached the disk before
+    /// the failure): the store refuses further writes, and reopening it
+    /// decides — read the stream again then.
     pub async fn append(
         &self,
         stream: StreamId,
