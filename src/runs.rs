@@ -64,17 +64,47 @@ async fn drive(
     progress: Progress,
     quiet: bool,
 ) -> Result<u8, CliError> {
-    let mut code = 0;
-    let mut states = Vec::new();
-    for r in runs {
-        states.push(engine.wait(*r).await?);
-    }
-    engine.wait_all().await?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind| {
+        signal(kind).map_err(|e| CliError::storage(format!("cannot handle signals: {e}")))
+    };
+    let (mut int, mut term) = (
+        listen(SignalKind::interrupt())?,
+        listen(SignalKind::terminate())?,
+    );
+    let work = async {
+        let mut states = Vec::new();
+        for r in runs {
+            states.push(engine.wait(*r).await?);
+        }
+        engine.wait_all().await?;
+        Ok::<_, CliError>(states)
+    };
+    let (signal_name, exit) = tokio::select! {
+        states = work => {
+            let states = states?;
+            progress.finish().await;
+            let mut code = 0;
+            for s in &states {
+                code = code.max(summarize(s, quiet));
+            }
+            return Ok(code);
+        }
+        _ = int.recv() => ("SIGINT", 130),
+        _ = term.recv() => ("SIGTERM", 143),
+    };
+    // Stop on purpose: no new attempt starts, running ones are killed with
+    // their process groups and recorded as abandoned by the stop.
+    engine
+        .stop(&format!(
+            "the engine was stopped by {signal_name}; the attempt's process group was killed"
+        ))
+        .await;
     progress.finish().await;
-    for s in &states {
-        code = code.max(summarize(s, quiet));
-    }
-    Ok(code)
+    eprintln!(
+        "stopped by {signal_name}: running attempts were killed and recorded; `chronicle recover` continues the run(s)"
+    );
+    Ok(exit)
 }
 
 /// `chronicle run FILE`.
@@ -132,6 +162,11 @@ pub async fn recover(
         );
         for (r, why) in &report.quarantined {
             eprintln!("  quarantined {r}: {why}");
+        }
+        for (attempt, pgid) in &report.processes_killed {
+            eprintln!(
+                "  killed process group {pgid} of attempt {attempt}, left running by the engine that stopped"
+            );
         }
     }
     let mut runs = report.resumed.clone();

@@ -259,3 +259,135 @@ fn many_runs_survive_repeated_sigkill() {
         "seed {seed}: orphaned step processes remain"
     );
 }
+
+/// Wait until `path` exists (a step's process wrote it).
+fn wait_for(path: &std::path::Path) {
+    let t = Instant::now();
+    while !path.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn after_kill_dash_9_no_attempt_of_a_step_outlives_the_engine_into_its_retry() {
+    let env = Env::new();
+    let marker = format!("orphan-marker-{}", std::process::id());
+    // Attempt 1 leaves a background child in its process group that would
+    // write `late` after the engine is gone; attempt 2 finishes at once.
+    // Every attempt logs when it starts (ns since the epoch).
+    let wf = env.write(
+        "wf.yaml",
+        &format!(
+            "name: o\nsteps:\n  - id: s\n    shell: |\n      echo \"start $CHRONICLE_ATTEMPT $(date +%s%N)\" >> attempts.log\n      if [ \"$CHRONICLE_ATTEMPT\" -ge 2 ]; then exit 0; fi\n      ( sleep 1.5; echo \"late $(date +%s%N)\" >> attempts.log ) &\n      touch started\n      wait # {marker}\n"
+        ),
+    );
+    let child = spawn(&env, &["run", wf.to_str().unwrap()]);
+    wait_for(&env.path("started"));
+    kill_and_collect(child);
+    let recover = env.run(&["recover"]);
+    assert_eq!(recover.code, 0, "{recover:?}");
+    assert!(
+        recover.stderr.contains("killed process group"),
+        "recovery kills what the crashed engine left: {}",
+        recover.stderr
+    );
+    // Longer than attempt 1's background child would have taken.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let log = std::fs::read_to_string(env.path("attempts.log")).unwrap();
+    assert!(
+        !log.contains("late"),
+        "a process of attempt 1 ran on after attempt 2 started:\n{log}"
+    );
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("start")).count(),
+        2,
+        "{log}"
+    );
+    assert_eq!(marker_processes(&marker), 0, "a step process survived");
+    // From the history: attempt 1 ended (abandoned) before attempt 2 started.
+    let run = env.run(&["list", "--json"]).json()[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let history = env.run(&["history", &run, "--json"]);
+    let events: Vec<serde_json::Value> = history
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |ty: &str, attempt: u64| {
+        events
+            .iter()
+            .find(|e| e["payload"]["type"] == ty && e["payload"]["attempt"] == attempt)
+            .unwrap_or_else(|| panic!("no {ty} of attempt {attempt}: {}", history.stdout))["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(at("StepAbandoned", 1) < at("StepStarted", 2));
+    assert_eq!(
+        env.run(&["status", &run, "--json"]).json()["status"],
+        "succeeded"
+    );
+}
+
+#[test]
+fn sigterm_and_sigint_stop_attempts_and_record_them_not_as_crashes() {
+    for (signal, code) in [
+        (nix::sys::signal::Signal::SIGTERM, 143),
+        (nix::sys::signal::Signal::SIGINT, 130),
+    ] {
+        let env = Env::new();
+        let marker = format!("stop-marker-{}-{signal}", std::process::id());
+        let wf = env.write(
+            "wf.yaml",
+            &format!(
+                "name: t\nsteps:\n  - id: s\n    shell: |\n      if [ -f done ]; then exit 0; fi\n      touch started\n      sleep 30 # {marker}\n"
+            ),
+        );
+        // Stopped three times in a row: on purpose, not a crash loop.
+        for round in 0..3 {
+            let _ = std::fs::remove_file(env.path("started"));
+            let args = if round == 0 {
+                vec!["run", wf.to_str().unwrap()]
+            } else {
+                vec!["recover"]
+            };
+            let child = spawn(&env, &args);
+            wait_for(&env.path("started"));
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            nix::sys::signal::kill(pid, signal).unwrap();
+            let t = Instant::now();
+            let out = child.wait_with_output().unwrap();
+            assert!(t.elapsed() < Duration::from_secs(10), "{signal}: slow stop");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(code), "{signal}: {stderr}");
+            assert!(stderr.contains(&format!("stopped by {signal}")), "{stderr}");
+            assert_eq!(
+                marker_processes(&marker),
+                0,
+                "{signal}: a step process survived the stop"
+            );
+        }
+        let run = env.run(&["list", "--json"]).json()[0]["run_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let status = env.run(&["status", &run, "--json"]).json();
+        assert_eq!(status["status"], "running", "{status}");
+        let history = env.run(&["history", &run]).stdout;
+        assert_eq!(history.matches("StepAbandoned").count(), 3, "{history}");
+        // Let it finish.
+        env.write("done", "");
+        let recover = env.run(&["recover"]);
+        assert_eq!(recover.code, 0, "{recover:?}");
+        assert_eq!(
+            env.run(&["status", &run, "--json"]).json()["status"],
+            "succeeded"
+        );
+    }
+}

@@ -184,6 +184,12 @@ pub enum RunEvent {
         attempt: u32,
         /// Why.
         reason: String,
+        /// The engine was stopped on purpose (SIGINT/SIGTERM): the attempt
+        /// was killed and this is recorded at the stop. Such an attempt does
+        /// not count towards a crash loop (absent in JSON when false: a
+        /// crash, found on recovery).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stopped: bool,
     },
     /// A step will not run.
     StepSkipped {

@@ -107,7 +107,10 @@ async fn every_executor_honours_the_contract() {
         }),
     );
     let dispatcher = Dispatcher {
-        process: ProcessExecutor { sink: sink.clone() },
+        process: ProcessExecutor {
+            sink: sink.clone(),
+            ledger: None,
+        },
         http: HttpExecutor::new(sink.clone()),
         function: FunctionExecutor {
             functions,
@@ -213,6 +216,7 @@ fn dispatcher_run(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_pipes_carry_input_and_large_output() {
     let process = ProcessExecutor {
+        ledger: None,
         sink: OutputSink {
             dir: None,
             secrets: Secrets::default(),

@@ -199,6 +199,24 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
             }
         }
         Command::Recover => recover(&mut d)?,
+        Command::Stop { reason } => {
+            let running: Vec<(String, u32)> = d
+                .state
+                .running()
+                .into_iter()
+                .map(|(s, a)| (s.to_string(), a))
+                .collect();
+            for (step, attempt) in running {
+                d.push(RunEvent::StepAbandoned {
+                    step,
+                    attempt,
+                    reason: reason.clone(),
+                    stopped: true,
+                })?;
+            }
+            // Nothing is scheduled: the engine is stopping.
+            return Ok(d.events);
+        }
         Command::Cancel { reason } => {
             if state.cancel_requested {
                 return Ok(vec![]);
@@ -350,6 +368,7 @@ fn recover(d: &mut Draft<'_>) -> Result<(), Rejected> {
             attempt,
             reason: "the engine stopped during this attempt (crash or kill); found on recovery"
                 .into(),
+            stopped: false,
         })?;
         let def = wf.step(&step).expect("a running step is in the workflow");
         if d.state.steps[&step].crash_streak >= k {

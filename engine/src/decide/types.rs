@@ -108,6 +108,13 @@ pub enum Command {
     Tick,
     /// The engine restarted: abandon attempts that never finished.
     Recover,
+    /// The engine is stopping on purpose (SIGINT/SIGTERM) and has killed
+    /// the run's attempts: record each as abandoned with `reason`, not as
+    /// a crash. Nothing else changes; `recover` continues the run later.
+    Stop {
+        /// Why (e.g. "the engine was stopped by SIGTERM").
+        reason: String,
+    },
     /// Cancel.
     Cancel {
         /// Why.
@@ -168,6 +175,7 @@ impl Command {
             Self::Finished { .. } => "attempt finished",
             Self::Tick => "tick",
             Self::Recover => "recover",
+            Self::Stop { .. } => "stop",
             Self::Cancel { .. } => "cancel",
             Self::Pause => "pause",
             Self::Resume => "resume",

@@ -14,6 +14,7 @@ use super::engine::EngineError;
 use super::exec::{AttemptRequest, Executor, Secrets};
 use super::index::RunSummary;
 use super::inner::{Inner, encode};
+use super::processes;
 use crate::decide::{AttemptResult, Command, decide};
 use crate::effects::{Effect, StartAttempt, effects};
 use crate::event::RunEvent;
@@ -27,6 +28,10 @@ pub(crate) enum Msg {
     /// Stop now: kill running attempts and record nothing (as a crash
     /// would; recovery continues the run later).
     Shutdown,
+    /// Stop on purpose: start no attempt, kill the running ones, wait for
+    /// them to end, record each as abandoned with `reason` (not a crash),
+    /// then stop.
+    Stop(String),
     /// An attempt ended.
     Done {
         step: String,
@@ -49,6 +54,8 @@ pub(crate) struct RunActor {
     state_tx: watch::Sender<Arc<RunState>>,
     live: HashMap<(String, u32), Live>,
     secrets: Secrets,
+    /// Set by [`Msg::Stop`]: why the engine stops.
+    stopping: Option<String>,
 }
 
 /// Give back the capacity reserved for the `StepStarted` of `events`.
@@ -99,6 +106,7 @@ impl RunActor {
             state_tx,
             live: HashMap::new(),
             secrets,
+            stopping: None,
         }
     }
 
@@ -111,7 +119,19 @@ impl RunActor {
         async move {
             let mut capacity = self.engine.capacity.subscribe();
             loop {
-                let (timer, waiting) = self.perform_effects();
+                if let Some(reason) = &self.stopping {
+                    if self.live.is_empty() {
+                        // Every attempt has ended: record them and stop.
+                        let reason = reason.clone();
+                        let _ = self.handle_logged(Command::Stop { reason }).await;
+                        break;
+                    }
+                }
+                let (timer, waiting) = if self.stopping.is_some() {
+                    (None, false)
+                } else {
+                    self.perform_effects()
+                };
                 // Paused and quarantined runs keep their actor: they wait
                 // for a person's resume or release.
                 if self.state.status.is_terminal() && self.live.is_empty() {
@@ -134,6 +154,22 @@ impl RunActor {
                             let fatal = r.as_ref().is_err_and(is_fatal);
                             let _ = reply.send(r);
                             if fatal { Err(()) } else { Ok(()) }
+                        }
+                        Some(Msg::Done { step, attempt, agent, result }) if self.stopping.is_some() => {
+                            // Killed by the stop: recorded once all have ended.
+                            let _ = result;
+                            self.live.remove(&(step, attempt));
+                            self.engine.capacity.release(agent.as_deref());
+                            Ok(())
+                        }
+                        Some(Msg::Stop(reason)) => {
+                            for (_, l) in self.live.iter_mut() {
+                                if let Some(k) = l.kill.take() {
+                                    let _ = k.send(());
+                                }
+                            }
+                            self.stopping = Some(reason);
+                            Ok(())
                         }
                         Some(Msg::Done { step, attempt, agent, result }) => {
                             self.live.remove(&(step.clone(), attempt));
@@ -188,6 +224,21 @@ impl RunActor {
     /// Decide, append durably, fold.
     async fn handle(&mut self, cmd: Command) -> Result<(), EngineError> {
         let now = self.engine.clock.peek();
+        // Attempts whose process group record this write ends: the one
+        // that finished, or every running one at a stop (all were killed).
+        let run_text = self.run_id().to_string();
+        let ended: Vec<chronicle_store::IndexOp> = match &cmd {
+            Command::Finished { step, attempt, .. } => {
+                vec![processes::delete(&run_text, step, *attempt)]
+            }
+            Command::Stop { .. } => self
+                .state
+                .running()
+                .into_iter()
+                .map(|(s, a)| processes::delete(&run_text, s, a))
+                .collect(),
+            _ => Vec::new(),
+        };
         let state = &self.state;
         let (res, events) =
             self.engine
@@ -218,6 +269,7 @@ impl RunActor {
         );
         req.index
             .push(RunSummary::of(&next).expect("a run has a summary").put());
+        req.index.extend(ended);
         let every = self.engine.snapshot_every;
         if every > 0 && next.seq / every > self.state.seq / every {
             // A snapshot of the fold, written with the events it covers.

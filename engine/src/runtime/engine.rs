@@ -477,6 +477,29 @@ impl Engine {
         }
     }
 
+    /// Stop every run actor on purpose (SIGINT/SIGTERM): no attempt
+    /// starts any more, running attempts are killed (their process groups
+    /// with them), and once each has ended it is recorded as
+    /// `StepAbandoned` with `reason` and `stopped: true` — not counted as
+    /// a crash. The runs stay in flight for [`Engine::recover`]. Returns
+    /// once every actor has stopped.
+    pub async fn stop(&self, reason: &str) {
+        let handles: Vec<RunHandle> = self
+            .inner
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for h in &handles {
+            let _ = h.tx.send(Msg::Stop(reason.to_string()));
+        }
+        for h in handles {
+            h.tx.closed().await;
+        }
+    }
+
     /// A feed of committed envelopes (all streams; filter by
     /// `envelope.stream`).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<[RawEnvelope]>> {

@@ -61,7 +61,11 @@ impl Inner {
             secrets,
         };
         Dispatcher {
-            process: ProcessExecutor { sink: sink.clone() },
+            process: ProcessExecutor {
+                sink: sink.clone(),
+                ledger: (!self.store.is_read_only())
+                    .then(|| super::processes::ProcessLedger::new(self.store.clone())),
+            },
             http: HttpExecutor {
                 client: self.http.clone(),
                 sink: sink.clone(),

@@ -12,6 +12,7 @@ mod engine;
 pub mod exec;
 pub mod index;
 mod inner;
+pub mod processes;
 mod recovery;
 
 pub use builder::{EngineBuilder, IdSource};

@@ -20,6 +20,9 @@ use super::inner::fold_envelope;
 pub struct RecoveryReport {
     /// Runs continued.
     pub resumed: Vec<RunId>,
+    /// Process groups of earlier attempts (`RUN/STEP/ATTEMPT`, pgid) that
+    /// a previous engine process left running, killed before any retry.
+    pub processes_killed: Vec<(String, u32)>,
     /// Attempts marked `StepAbandoned`.
     pub attempts_abandoned: usize,
     /// Runs left quarantined (a step abandoned by crashes too many times
@@ -42,7 +45,12 @@ impl Engine {
         &self,
         only: Option<&[RunId]>,
     ) -> Result<RecoveryReport, EngineError> {
-        let mut report = RecoveryReport::default();
+        let mut report = RecoveryReport {
+            // Before any attempt is retried: nothing of an earlier attempt
+            // may still run when its step starts again.
+            processes_killed: super::processes::kill_leftovers(&self.inner.store).await?,
+            ..RecoveryReport::default()
+        };
         let rows: Vec<RunSummary> = self
             .list()?
             .into_iter()

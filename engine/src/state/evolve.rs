@@ -314,6 +314,7 @@ pub fn evolve(
             step,
             attempt,
             reason,
+            stopped,
         } => {
             let st = running_or_fail(&mut state, step, *attempt, &fail)?;
             let a = st.attempts.last_mut().expect("checked");
@@ -321,7 +322,10 @@ pub fn evolve(
             a.ended_at = Some(at);
             a.error = Some(reason.clone());
             st.status = StepStatus::Ready;
-            st.crash_streak += 1;
+            // A crash loop counts crashes only: a stop on purpose is not one.
+            if !*stopped {
+                st.crash_streak += 1;
+            }
         }
         RunEvent::StepSkipped { step, reason } => {
             known_step(&state, step)?;

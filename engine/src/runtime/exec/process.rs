@@ -23,12 +23,16 @@ use tokio::sync::oneshot;
 use super::{AttemptFuture, AttemptRequest, Executor, OutputSink, failure};
 use crate::decide::AttemptResult;
 use crate::model::ErrorKind;
+use crate::runtime::processes::{ProcessLedger, key};
 
 /// Runs commands and shell scripts.
 #[derive(Clone, Debug)]
 pub struct ProcessExecutor {
     /// Where captured output goes.
     pub sink: OutputSink,
+    /// Where each attempt's process group is recorded for recovery
+    /// (`None`: not recorded, e.g. in executor tests).
+    pub ledger: Option<ProcessLedger>,
 }
 
 /// Longest input value passed as an `INPUT_<KEY>` variable, bytes (64 KiB).
@@ -71,6 +75,37 @@ pub fn input_var(key: &str) -> String {
     format!("INPUT_{k}")
 }
 
+/// Ask the kernel to SIGKILL the attempt's leader when the engine's thread
+/// that spawned it dies (`PR_SET_PDEATHSIG`): a second line, after the
+/// recorded process group that recovery kills (`runtime::processes`).
+/// Caveats (prctl(2)): the signal follows the spawning *thread*, which is
+/// a runtime worker that lives as long as the engine; it reaches the leader
+/// only, not processes the leader forks; and it is kept across `execve`.
+/// If the engine died before the call, the child stops before `exec`.
+///
+/// Cost: a `pre_exec` hook makes the standard library fork instead of
+/// `posix_spawn` (measured with `chronicle bench steps`, README).
+#[allow(unsafe_code)]
+fn die_with_engine(cmd: &mut tokio::process::Command) {
+    let engine = nix::unistd::getpid();
+    // SAFETY: the hook runs in the forked child before `exec`. It only
+    // makes two system calls (prctl, getppid), both async-signal-safe, and
+    // builds its error from a raw errno: it allocates nothing and takes no
+    // lock, as code between fork and exec in a threaded program must.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+            if nix::unistd::getppid() != engine {
+                return Err(std::io::Error::from_raw_os_error(
+                    nix::errno::Errno::ESRCH as i32,
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
 fn kill_group(pgid: Option<u32>) {
     if let Some(id) = pgid.and_then(|p| i32::try_from(p).ok()) {
         // The group may already be gone (ESRCH): nothing to do then.
@@ -111,6 +146,7 @@ async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> (Vec<u8>, u6
 impl Executor for ProcessExecutor {
     fn run(&self, req: AttemptRequest, kill: oneshot::Receiver<()>) -> AttemptFuture {
         let sink = self.sink.clone();
+        let ledger = self.ledger.clone();
         Box::pin(async move {
             let started = Instant::now();
             let ms = |t: Instant| t.elapsed().as_millis() as u64;
@@ -160,6 +196,7 @@ impl Executor for ProcessExecutor {
                     Some(stdin_json)
                 }
             };
+            die_with_engine(&mut cmd);
             let mut wrap = CommandWrap::from(cmd);
             wrap.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
             let mut child = match wrap.spawn() {
@@ -179,6 +216,9 @@ impl Executor for ProcessExecutor {
                 }
             };
             let pgid = child.id();
+            if let (Some(ledger), Some(pgid)) = (&ledger, pgid) {
+                ledger.started(key(&req.run_id.to_string(), &req.step, req.attempt), pgid);
+            }
             let stdin = child.stdin().take();
             // Input, output and exit are driven together in this task (no
             // task per pipe: each would cost a spawn and wake-ups per step).
@@ -299,6 +339,7 @@ mod tests {
 
     async fn run(shell: &str, input: Value) -> AttemptResult {
         let exec = ProcessExecutor {
+            ledger: None,
             sink: OutputSink {
                 dir: None,
                 secrets: Secrets::default(),

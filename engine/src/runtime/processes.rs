@@ -1,0 +1,193 @@
+//! The process groups of running attempts, recorded durably so that
+//! recovery kills what a crashed engine left running before it retries a
+//! step (so that no two attempts of a step ever run at once).
+//!
+//! Index `processes`: key `RUN/STEP/ATTEMPT`, value JSON
+//! [`ProcessRecord`]. A record is put when an attempt's process starts
+//! (written in the background: it shares a group commit with other writes
+//! and is durable within one commit; the process does not wait for it) and
+//! deleted in the same write as the attempt's outcome. Whatever records a
+//! crash leaves behind, [`kill_leftovers`] finds at the next recovery: it
+//! kills each group that is still the same one (same boot, and the leader
+//! either gone or started at the recorded time — against pid reuse), waits
+//! until the group is empty, and deletes the records.
+//!
+//! A second line, for the time between the crash and the recovery: each
+//! attempt's leader asks the kernel to kill it when the engine's thread
+//! that started it dies (`PR_SET_PDEATHSIG`, see `exec::process`). That
+//! reaches the leader only; children it forked are reached by recovery.
+
+use std::time::{Duration, Instant};
+
+use chronicle_store::{IndexOp, Store, WriteRequest};
+use serde::{Deserialize, Serialize};
+
+use super::engine::EngineError;
+
+/// The index of attempts' process groups.
+pub const PROCESSES: &str = "processes";
+
+/// How long recovery waits for a killed group to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// One attempt's process group, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    /// The process group id (= the leader's pid).
+    pub pgid: u32,
+    /// The leader's start time, clock ticks after boot (`/proc/PID/stat`
+    /// field 22); 0 if unknown.
+    pub start_ticks: u64,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): after a
+    /// reboot nothing of the record's can still run.
+    pub boot_id: String,
+    /// The engine process that started it, and its start time: a record
+    /// of this very process is a live attempt, never killed by recovery.
+    pub engine_pid: u32,
+    /// The engine's start time, clock ticks after boot.
+    pub engine_start_ticks: u64,
+}
+
+/// The key of an attempt's record.
+pub fn key(run: &str, step: &str, attempt: u32) -> String {
+    format!("{run}/{step}/{attempt}")
+}
+
+/// Remove an attempt's record (in the write of its outcome).
+pub fn delete(run: &str, step: &str, attempt: u32) -> IndexOp {
+    IndexOp::Delete {
+        index: PROCESSES.into(),
+        key: key(run, step, attempt),
+    }
+}
+
+/// The start time of process `pid` in clock ticks after boot, if it lives.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parens).
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Records the process groups of attempts this engine starts.
+#[derive(Clone, Debug)]
+pub struct ProcessLedger {
+    store: Store,
+}
+
+impl ProcessLedger {
+    /// A ledger writing to `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// The attempt `key` started its process group `pgid`: record it in
+    /// the background (errors are logged: the kernel's parent-death signal
+    /// still covers the leader).
+    pub fn started(&self, key: String, pgid: u32) {
+        let me = std::process::id();
+        let record = ProcessRecord {
+            pgid,
+            start_ticks: start_ticks(pgid).unwrap_or(0),
+            boot_id: boot_id(),
+            engine_pid: me,
+            engine_start_ticks: start_ticks(me).unwrap_or(0),
+        };
+        let store = self.store.clone();
+        let value = serde_json::to_vec(&record).expect("a plain struct serializes");
+        tokio::spawn(async move {
+            let req = WriteRequest {
+                index: vec![IndexOp::Put {
+                    index: PROCESSES.into(),
+                    key,
+                    value,
+                }],
+                ..Default::default()
+            };
+            if let Err(e) = store.write(req).await {
+                tracing::warn!(error = %e, "cannot record an attempt's process group");
+            }
+        });
+    }
+}
+
+fn group_alive(pgid: u32) -> bool {
+    let Ok(id) = i32::try_from(pgid) else {
+        return false;
+    };
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(id), None).is_ok()
+}
+
+/// Whether `rec`'s group, if alive, is still the attempt's group.
+fn still_ours(rec: &ProcessRecord) -> bool {
+    if rec.boot_id != boot_id() || rec.pgid <= 1 {
+        return false;
+    }
+    match start_ticks(rec.pgid) {
+        // The leader lives: ours only if it is the same process.
+        Some(t) => rec.start_ticks != 0 && t == rec.start_ticks,
+        // The leader is gone: a live group with its id is ours, since a
+        // pid is not given to a new process while a group still holds it.
+        None => true,
+    }
+}
+
+/// Kill every process group a previous engine process left running
+/// (records of this process are skipped), wait until each is gone, and
+/// delete the records. Returns the groups killed.
+///
+/// Errors: storage errors reading or deleting the records.
+pub async fn kill_leftovers(store: &Store) -> Result<Vec<(String, u32)>, EngineError> {
+    let rows = store.index_scan(PROCESSES, "")?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let me = std::process::id();
+    let my_start = start_ticks(me).unwrap_or(0);
+    let mut killed = Vec::new();
+    let mut done = Vec::new();
+    for (key, value) in rows {
+        let Ok(rec) = serde_json::from_slice::<ProcessRecord>(&value) else {
+            done.push(key);
+            continue;
+        };
+        if rec.engine_pid == me && rec.engine_start_ticks == my_start && rec.boot_id == boot_id() {
+            continue; // a live attempt of this engine
+        }
+        if still_ours(&rec) && group_alive(rec.pgid) {
+            let id = nix::unistd::Pid::from_raw(rec.pgid as i32);
+            let _ = nix::sys::signal::killpg(id, nix::sys::signal::Signal::SIGKILL);
+            let t = Instant::now();
+            while group_alive(rec.pgid) && t.elapsed() < KILL_WAIT {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if group_alive(rec.pgid) {
+                tracing::error!(pgid = rec.pgid, attempt = %key, "a killed process group of an earlier attempt is still alive");
+            }
+            tracing::warn!(pgid = rec.pgid, attempt = %key, "killed the process group an earlier engine left running");
+            killed.push((key.clone(), rec.pgid));
+        }
+        done.push(key);
+    }
+    if !done.is_empty() {
+        store
+            .write(WriteRequest {
+                index: done
+                    .into_iter()
+                    .map(|key| IndexOp::Delete {
+                        index: PROCESSES.into(),
+                        key,
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    Ok(killed)
+}
