@@ -17,7 +17,16 @@ use crate::progress::Progress;
 
 /// Open the engine on `db` (created if absent).
 pub fn open_engine(db: &Path) -> Result<Engine, CliError> {
-    Ok(EngineBuilder::new().db(db).build()?)
+    Ok(EngineBuilder::new()
+        .db(db)
+        .parent_death_signal(parent_death_signal())
+        .build()?)
+}
+
+/// `CHRONICLE_PARENT_DEATH_SIGNAL=1`: each attempt's leader is killed by
+/// the kernel when the engine dies (see `EngineBuilder::parent_death_signal`).
+fn parent_death_signal() -> bool {
+    std::env::var_os("CHRONICLE_PARENT_DEATH_SIGNAL").is_some_and(|v| v == "1")
 }
 
 fn parse_json_object(what: &str, text: &str) -> Result<Value, CliError> {
@@ -141,7 +150,10 @@ pub async fn recover(
                 ..Default::default()
             },
         )?;
-        EngineBuilder::new().store(store).build()?
+        EngineBuilder::new()
+            .store(store)
+            .parent_death_signal(parent_death_signal())
+            .build()?
     } else {
         open_engine(db)?
     };

@@ -391,3 +391,43 @@ fn sigterm_and_sigint_stop_attempts_and_record_them_not_as_crashes() {
         );
     }
 }
+
+#[test]
+fn with_the_parent_death_signal_a_step_leader_dies_with_the_engine() {
+    let env = Env::new();
+    let marker = env.write(&format!("pdeathsig-marker-{}", std::process::id()), "");
+    let wf = env.write(
+        "wf.yaml",
+        &format!(
+            "name: p\nsteps:\n  - id: s\n    command: ['tail', '-f', '/dev/null', '{}']\n",
+            marker.display()
+        ),
+    );
+    let marker = marker.to_string_lossy().into_owned();
+    let child = env
+        .cmd()
+        .env("CHRONICLE_PARENT_DEATH_SIGNAL", "1")
+        .args(["run", wf.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while marker_processes(&marker) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_and_collect(child);
+    // No recovery has run: the kernel alone killed the leader.
+    let t = Instant::now();
+    while marker_processes(&marker) > 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the step's leader outlived the engine"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

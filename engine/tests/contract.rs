@@ -110,6 +110,7 @@ async fn every_executor_honours_the_contract() {
         process: ProcessExecutor {
             sink: sink.clone(),
             ledger: None,
+            parent_death_signal: false,
         },
         http: HttpExecutor::new(sink.clone()),
         function: FunctionExecutor {
@@ -217,6 +218,7 @@ fn dispatcher_run(
 async fn process_pipes_carry_input_and_large_output() {
     let process = ProcessExecutor {
         ledger: None,
+        parent_death_signal: false,
         sink: OutputSink {
             dir: None,
             secrets: Secrets::default(),

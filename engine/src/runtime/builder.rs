@@ -35,6 +35,7 @@ pub struct EngineBuilder {
     store: Option<Store>,
     secrets: BTreeMap<String, String>,
     snapshot_every: u64,
+    parent_death_signal: bool,
 }
 
 impl Default for EngineBuilder {
@@ -49,6 +50,7 @@ impl Default for EngineBuilder {
             store: None,
             secrets: BTreeMap::new(),
             snapshot_every: 100,
+            parent_death_signal: false,
         }
     }
 }
@@ -62,6 +64,14 @@ impl EngineBuilder {
     /// Use the redb file at `path` (created if absent).
     pub fn db(mut self, path: impl AsRef<Path>) -> Self {
         self.db = Some(path.as_ref().to_path_buf());
+        self
+    }
+    /// Ask the kernel to kill each attempt's leader process when the
+    /// engine dies (`PR_SET_PDEATHSIG`), on top of recovery killing the
+    /// recorded process groups. Default off: it makes each spawn a fork,
+    /// ~3× the cost of a short step (README, "Benchmarks").
+    pub fn parent_death_signal(mut self, on: bool) -> Self {
+        self.parent_death_signal = on;
         self
     }
     /// Use an already open store.
@@ -158,6 +168,7 @@ impl EngineBuilder {
                 http: reqwest::Client::new(),
                 secrets: self.secrets,
                 snapshot_every: self.snapshot_every,
+                parent_death_signal: self.parent_death_signal,
             }),
         })
     }

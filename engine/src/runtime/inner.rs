@@ -34,6 +34,7 @@ pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     pub(crate) secrets: BTreeMap<String, String>,
     pub(crate) snapshot_every: u64,
+    pub(crate) parent_death_signal: bool,
 }
 
 #[derive(Clone)]
@@ -65,6 +66,7 @@ impl Inner {
                 sink: sink.clone(),
                 ledger: (!self.store.is_read_only())
                     .then(|| super::processes::ProcessLedger::new(self.store.clone())),
+                parent_death_signal: self.parent_death_signal,
             },
             http: HttpExecutor {
                 client: self.http.clone(),

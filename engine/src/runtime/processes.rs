@@ -12,10 +12,12 @@
 //! either gone or started at the recorded time — against pid reuse), waits
 //! until the group is empty, and deletes the records.
 //!
-//! A second line, for the time between the crash and the recovery: each
-//! attempt's leader asks the kernel to kill it when the engine's thread
-//! that started it dies (`PR_SET_PDEATHSIG`, see `exec::process`). That
-//! reaches the leader only; children it forked are reached by recovery.
+//! A second line, for the time between the crash and the recovery, opt-in
+//! (`EngineBuilder::parent_death_signal`): each attempt's leader asks the
+//! kernel to kill it when the engine's thread that started it dies
+//! (`PR_SET_PDEATHSIG`, see `exec::process`). That reaches the leader only;
+//! children it forked are reached by recovery. It is off by default
+//! because it makes every spawn a fork (~3× a short step's cost).
 
 use std::time::{Duration, Instant};
 

@@ -33,6 +33,12 @@ pub struct ProcessExecutor {
     /// Where each attempt's process group is recorded for recovery
     /// (`None`: not recorded, e.g. in executor tests).
     pub ledger: Option<ProcessLedger>,
+    /// Set `PR_SET_PDEATHSIG` on each attempt's leader (see
+    /// `die_with_engine`). Default off: the hook makes every spawn a fork
+    /// (measured: `shell_step_overhead` 4.5–6.2 with it against 1.5–1.7
+    /// without, `chronicle bench steps`, 2026-11-30), and it reaches the
+    /// leader only — recovery's kill of the recorded group reaches all.
+    pub parent_death_signal: bool,
 }
 
 /// Longest input value passed as an `INPUT_<KEY>` variable, bytes (64 KiB).
@@ -84,7 +90,7 @@ pub fn input_var(key: &str) -> String {
 /// If the engine died before the call, the child stops before `exec`.
 ///
 /// Cost: a `pre_exec` hook makes the standard library fork instead of
-/// `posix_spawn` (measured with `chronicle bench steps`, README).
+/// `posix_spawn`; see [`ProcessExecutor::parent_death_signal`].
 #[allow(unsafe_code)]
 fn die_with_engine(cmd: &mut tokio::process::Command) {
     let engine = nix::unistd::getpid();
@@ -147,6 +153,7 @@ impl Executor for ProcessExecutor {
     fn run(&self, req: AttemptRequest, kill: oneshot::Receiver<()>) -> AttemptFuture {
         let sink = self.sink.clone();
         let ledger = self.ledger.clone();
+        let parent_death_signal = self.parent_death_signal;
         Box::pin(async move {
             let started = Instant::now();
             let ms = |t: Instant| t.elapsed().as_millis() as u64;
@@ -196,7 +203,9 @@ impl Executor for ProcessExecutor {
                     Some(stdin_json)
                 }
             };
-            die_with_engine(&mut cmd);
+            if parent_death_signal {
+                die_with_engine(&mut cmd);
+            }
             let mut wrap = CommandWrap::from(cmd);
             wrap.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
             let mut child = match wrap.spawn() {
@@ -340,6 +349,7 @@ mod tests {
     async fn run(shell: &str, input: Value) -> AttemptResult {
         let exec = ProcessExecutor {
             ledger: None,
+            parent_death_signal: false,
             sink: OutputSink {
                 dir: None,
                 secrets: Secrets::default(),
