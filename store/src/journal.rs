@@ -347,8 +347,7 @@ pub(crate) fn scan(path: &Path, salt: u64, applied_lsn: u64) -> Result<Scan, Sto
         what: what.to_string(),
     };
     // Whole frames of this cycle, in lsn order.
-    loop {
-        let Some(first) = sectors.get(at) else { break };
+    while let Some(first) = sectors.get(at) {
         match classify(first) {
             Sector::Whole { salt: s, lsn } if s == salt && lsn == expect => {}
             Sector::Damaged => {

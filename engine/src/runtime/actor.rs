@@ -119,13 +119,13 @@ impl RunActor {
         async move {
             let mut capacity = self.engine.capacity.subscribe();
             loop {
-                if let Some(reason) = &self.stopping {
-                    if self.live.is_empty() {
-                        // Every attempt has ended: record them and stop.
-                        let reason = reason.clone();
-                        let _ = self.handle_logged(Command::Stop { reason }).await;
-                        break;
-                    }
+                if let Some(reason) = &self.stopping
+                    && self.live.is_empty()
+                {
+                    // Every attempt has ended: record them and stop.
+                    let reason = reason.clone();
+                    let _ = self.handle_logged(Command::Stop { reason }).await;
+                    break;
                 }
                 let (timer, waiting) = if self.stopping.is_some() {
                     (None, false)
