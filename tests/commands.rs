@@ -224,3 +224,42 @@ fn bench_rejects_an_unknown_kind_and_schema_prints() {
     assert_eq!(schema.code, 0);
     assert!(schema.stdout.contains("\"Workflow\"") || schema.stdout.contains("\"title\""));
 }
+
+#[test]
+fn a_declared_secret_must_be_set_and_reaches_only_the_steps_that_ask() {
+    let env = Env::new();
+    let canary = "canary-51d2-secret";
+    let wf = env.write(
+        "s.yaml",
+        "name: s\nsecrets: [API_TOKEN]\nsteps:\n  - id: asks\n    shell: 'echo \"len=${#T}\"'\n    env: { T: '${{ secrets.API_TOKEN }}' }\n  - id: other\n    shell: 'echo \"[$API_TOKEN]\"'\n",
+    );
+    // Not set: refused before anything is written.
+    let mut cmd = env.cmd();
+    cmd.env_remove("API_TOKEN")
+        .args(["run", wf.to_str().unwrap()]);
+    let out = crate::support::Out::from(cmd.output().unwrap());
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("API_TOKEN") && out.stderr.contains("not set"),
+        "{}",
+        out.stderr
+    );
+    if env.db().exists() {
+        assert_eq!(env.run(&["list", "--json"]).json(), serde_json::json!([]));
+    }
+    // Set: the step that asks gets it, the other does not see it.
+    let mut cmd = env.cmd();
+    cmd.env("API_TOKEN", canary)
+        .args(["run", wf.to_str().unwrap()]);
+    let out = crate::support::Out::from(cmd.output().unwrap());
+    assert_eq!(out.code, 0, "{out:?}");
+    let status = env.run(&["status", &out.run_id(), "--json"]).json();
+    let asks = status["steps"][0]["output"].to_string();
+    let other = status["steps"][1]["output"].to_string();
+    assert!(asks.contains(&format!("len={}", canary.len())), "{asks}");
+    assert!(
+        other.contains("[]"),
+        "a step that did not ask saw the secret: {other}"
+    );
+    assert!(!other.contains(canary));
+}

@@ -10,3 +10,4 @@ mod crash;
 mod damage;
 mod examples;
 mod journal;
+mod walkthrough;

@@ -27,6 +27,7 @@ struct Case {
 
 fn req(exec: ExecSpec) -> AttemptRequest {
     AttemptRequest {
+        hidden_env: Vec::new(),
         run_id: RunId(uuid::Uuid::from_u128(1)),
         step: "s".into(),
         attempt: 1,

@@ -418,6 +418,7 @@ impl RunActor {
             None => self.engine.workdir.clone(),
         };
         let req = AttemptRequest {
+            hidden_env: self.state.wf().secrets.clone(),
             run_id,
             step: sa.step.clone(),
             attempt: sa.attempt,

@@ -36,6 +36,12 @@ pub enum EngineError {
     /// A history that does not fold.
     #[error(transparent)]
     Transition(#[from] TransitionError),
+    /// Secrets the workflow declares are not set (neither given to the
+    /// builder nor in the environment): the run is not created.
+    #[error(
+        "the workflow declares secret(s) {0} but they are not set; set them in the environment (export NAME=...) before starting the run"
+    )]
+    MissingSecrets(String),
     /// The run's actor stopped (storage failure).
     #[error("the run {0} stopped: {1}")]
     Stopped(RunId, String),
@@ -82,13 +88,19 @@ impl Engine {
     /// `idempotency_key` already used, returns that run instead (nothing
     /// is written).
     ///
-    /// Errors: storage errors; the definition is expected to be validated.
+    /// Errors: [`EngineError::MissingSecrets`] when a declared secret is
+    /// not set (nothing is written); storage errors; the definition is
+    /// expected to be validated.
     pub async fn start(
         &self,
         workflow: Workflow,
         input: Value,
         idempotency_key: Option<String>,
     ) -> Result<RunId, EngineError> {
+        let missing = self.inner.missing_secrets(&workflow.secrets);
+        if !missing.is_empty() {
+            return Err(EngineError::MissingSecrets(missing.join(", ")));
+        }
         if let Some(k) = &idempotency_key
             && let Some(existing) = self.inner.store.index_get(IDEMPOTENCY, k)?
         {

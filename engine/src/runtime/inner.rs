@@ -56,6 +56,16 @@ impl Inner {
         }))
     }
 
+    /// The declared secrets that have no value (builder or environment).
+    pub fn missing_secrets(&self, names: &[String]) -> Vec<String> {
+        let set = self.secrets_for(names);
+        names
+            .iter()
+            .filter(|n| !set.map().contains_key(*n))
+            .cloned()
+            .collect()
+    }
+
     pub fn dispatcher(&self, secrets: Secrets) -> Dispatcher {
         let sink = OutputSink {
             dir: self.outputs.clone(),

@@ -48,6 +48,10 @@ pub struct AttemptRequest {
     pub workdir: PathBuf,
     /// Extra environment for processes.
     pub env: BTreeMap<String, String>,
+    /// Names removed from the environment the process inherits from the
+    /// engine: every secret the workflow declares (a step gets one only
+    /// through `env` or its input, where it asks for it).
+    pub hidden_env: Vec<String>,
 }
 
 /// A boxed attempt future.

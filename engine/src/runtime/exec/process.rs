@@ -189,6 +189,9 @@ impl Executor for ProcessExecutor {
                     }
                 }
             }
+            for name in &req.hidden_env {
+                cmd.env_remove(name);
+            }
             for (k, v) in &req.env {
                 cmd.env(k, v);
             }
@@ -356,6 +359,7 @@ mod tests {
             },
         };
         let req = AttemptRequest {
+            hidden_env: Vec::new(),
             run_id: RunId(uuid::Uuid::from_u128(1)),
             step: "s".into(),
             attempt: 1,
