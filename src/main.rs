@@ -51,10 +51,25 @@ fn finish(result: Result<u8, CliError>) -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "error: {}", e.message);
+            let _ = writeln!(err, "error: {}", escape_controls(&e.message));
             ExitCode::from(e.code)
         }
     }
+}
+
+/// `text` with control and text-direction characters (which could make a
+/// terminal show something else: a right-to-left override, an escape
+/// sequence) written as `\u{XXXX}`; line breaks and tabs kept.
+pub fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c != '\n' && c != '\t' && chronicle_engine::model::is_invisible_control(c) {
+                format!("\\u{{{:04x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn init_tracing(cli: &Cli) {

@@ -263,3 +263,24 @@ fn a_declared_secret_must_be_set_and_reaches_only_the_steps_that_ask() {
     );
     assert!(!other.contains(canary));
 }
+
+#[test]
+fn control_characters_in_messages_are_escaped() {
+    let env = Env::new();
+    let wf = env.write(
+        "rlo.yaml",
+        "name: x\nsteps:\n  - id: a\n    command: ['true']\n    needs: [\"b\\u202ec\\u001b[2J\"]\n",
+    );
+    let out = env.run(&["validate", wf.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("b\\u{202e}c\\u{001b}[2J"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains('\u{202e}') && !out.stderr.contains('\u{1b}'),
+        "{:?}",
+        out.stderr
+    );
+}

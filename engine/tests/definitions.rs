@@ -12,6 +12,17 @@ fn err(file: &str, text: &str) -> String {
     }
 }
 
+/// Ten levels of aliases, each repeating the one below ten times.
+fn alias_bomb() -> String {
+    let mut s = String::from("name: bad\ninput:\n  a0: &a0 [x,x,x,x,x,x,x,x,x,x]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(",");
+        s.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
+    }
+    s.push_str(&format!("steps:\n{OK_STEP}"));
+    s
+}
+
 fn steps(body: &str) -> String {
     format!("name: bad\nsteps:\n{body}")
 }
@@ -24,6 +35,19 @@ fn bad_definitions_are_rejected_with_clear_messages() {
         .collect();
     let cases: Vec<(&str, String)> = vec![
         ("malformed_yaml", "name: bad\nsteps: [\n  - id: a\n".into()),
+        (
+            "duplicate_key",
+            format!("name: bad\nname: again\nsteps:\n{OK_STEP}"),
+        ),
+        (
+            "negative_count",
+            steps("  - id: a\n    command: [echo]\n    retry: { max_attempts: -3 }\n"),
+        ),
+        ("alias_bomb", alias_bomb()),
+        (
+            "control_character_in_name",
+            format!("name: \"x\\u202eevil\"\nsteps:\n{OK_STEP}"),
+        ),
         ("not_a_mapping", "- just\n- a list\n".into()),
         ("missing_name", format!("steps:\n{OK_STEP}")),
         ("empty_name", format!("name: ''\nsteps:\n{OK_STEP}")),

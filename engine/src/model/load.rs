@@ -90,7 +90,7 @@ pub fn parse_definition(file: &str, text: &str) -> Result<Workflow, DefinitionEr
                 step: None,
                 line,
                 column,
-                message: strip_yaml_prefix(&first_line(&msg)),
+                message: in_our_words(&strip_yaml_prefix(&first_line(&msg))),
             }
         })?
     };
@@ -117,6 +117,30 @@ fn strip_yaml_prefix(s: &str) -> String {
         return t[i + 2..].to_string();
     }
     t.to_string()
+}
+
+/// The YAML parser's messages that name its own internals, said in terms
+/// of the workflow file.
+fn in_our_words(msg: &str) -> String {
+    if let Some(rest) = msg.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        return format!("the key {key} appears twice in the same mapping; keep one");
+    }
+    if msg.starts_with("budget breached") {
+        return "the document expands to too many nodes (YAML aliases repeat content; at most 250,000 nodes are read)".into();
+    }
+    for (ty, range) in [
+        ("u8", "0 to 255"),
+        ("u16", "0 to 65535"),
+        ("u32", "0 to 4294967295"),
+        ("u64", "0 to 18446744073709551615"),
+        ("i64", "-9223372036854775808 to 9223372036854775807"),
+    ] {
+        if msg == format!("invalid {ty}") {
+            return format!("expected a whole number from {range}");
+        }
+    }
+    msg.to_string()
 }
 
 fn first_line(s: &str) -> String {

@@ -8,6 +8,7 @@ mod duration;
 mod load;
 pub mod template;
 mod validate;
+pub use validate::is_invisible_control;
 
 use std::collections::BTreeMap;
 

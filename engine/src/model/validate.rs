@@ -36,6 +36,14 @@ fn top(message: impl Into<String>) -> Invalid {
     }
 }
 
+/// Control characters and the Unicode text-direction controls (which make
+/// a terminal show text other than what it is, e.g. U+202E
+/// right-to-left override).
+pub fn is_invisible_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
@@ -58,6 +66,12 @@ fn valid_name(s: &str) -> bool {
 pub fn validate(wf: &Workflow) -> Result<(), Invalid> {
     if wf.name.trim().is_empty() {
         return Err(top("name is empty"));
+    }
+    if let Some(c) = wf.name.chars().find(|c| is_invisible_control(*c)) {
+        return Err(top(format!(
+            "name contains the control character U+{:04X}; names are printed in terminals and must not hold control or text-direction characters",
+            c as u32
+        )));
     }
     if wf.steps.is_empty() {
         return Err(top("the workflow has no steps"));
