@@ -56,7 +56,7 @@ fn expected(file: &str) -> Expected {
         *counts.entry(mask(l)).or_default() += 1;
     }
     let mut messages: Vec<(u64, String)> = counts.into_iter().map(|(m, c)| (c, m)).collect();
-    messages.sort_by(|a, b| b.0.cmp(&a.0));
+    messages.sort_by_key(|m| std::cmp::Reverse(m.0));
     Expected {
         lines: text.lines().count() as u64,
         errors: errors.count() as u64,
