@@ -313,29 +313,35 @@ pub(crate) struct Scan {
     pub problem: Option<JournalProblem>,
 }
 
-/// Read the journal at `path`: the frames of cycle `salt` after
-/// `applied_lsn`, in order, and whether acknowledged frames may be missing
-/// after them (see the module docs for the rule).
+/// Read the journal at `path` (see [`scan_bytes`]).
 ///
-/// Errors: [`StoreError::Io`] when the file cannot be read.
+/// Errors: [`StoreError::Io`] when the file exists and cannot be read.
 pub(crate) fn scan(path: &Path, salt: u64, applied_lsn: u64) -> Result<Scan, StoreError> {
     let data = match std::fs::read(path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Scan {
-                frames: Vec::new(),
-                problem: Some(JournalProblem::Missing),
-            });
-        }
+        Ok(d) => Some(d),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(io(path)(e)),
     };
+    Ok(scan_bytes(data, salt, applied_lsn))
+}
+
+/// The frames of cycle `salt` after `applied_lsn` in a journal's bytes
+/// (`None`: no file), in order, and whether acknowledged frames may be
+/// missing after them (see the module docs for the rule).
+pub(crate) fn scan_bytes(data: Option<Vec<u8>>, salt: u64, applied_lsn: u64) -> Scan {
+    let Some(data) = data else {
+        return Scan {
+            frames: Vec::new(),
+            problem: Some(JournalProblem::Missing),
+        };
+    };
     if (data.len() as u64) < GROW_BYTES {
-        return Ok(Scan {
+        return Scan {
             frames: Vec::new(),
             problem: Some(JournalProblem::Truncated {
                 len: data.len() as u64,
             }),
-        });
+        };
     }
     let sectors: Vec<&[u8]> = data.chunks_exact(SECTOR).collect();
     let mut out = Scan::default();
@@ -356,7 +362,7 @@ pub(crate) fn scan(path: &Path, salt: u64, applied_lsn: u64) -> Result<Scan, Sto
                     at,
                     "a sector where the next frame would start fails its checksum",
                 ));
-                return Ok(out);
+                return out;
             }
             // Zero, another cycle's or an older frame: the end (or a frame
             // whose first sector was not written: torn).
@@ -366,7 +372,7 @@ pub(crate) fn scan(path: &Path, salt: u64, applied_lsn: u64) -> Result<Scan, Sto
         let len = u64::from_le_bytes(head[4..12].try_into().expect("8 bytes"));
         if &head[..4] != MAGIC || len > MAX_FRAME_BODY as u64 {
             out.problem = Some(damaged(expect, at, "a whole sector starts no frame"));
-            return Ok(out);
+            return out;
         }
         let len = len as usize;
         let n = frame_sectors(len);
@@ -386,7 +392,7 @@ pub(crate) fn scan(path: &Path, salt: u64, applied_lsn: u64) -> Result<Scan, Sto
                 }
                 Sector::Damaged => {
                     out.problem = Some(damaged(expect, at + i, "a sector fails its checksum"));
-                    return Ok(out);
+                    return out;
                 }
                 _ => {
                     torn = true;
@@ -420,25 +426,132 @@ pub(crate) fn scan(path: &Path, salt: u64, applied_lsn: u64) -> Result<Scan, Sto
             break;
         }
     }
-    Ok(out)
+    out
+}
+
+/// The file under the journal: the seam where tests put a simulated disk
+/// (a file that keeps unsynced writes apart and loses or tears them at a
+/// simulated power loss), as redb's `StorageBackend` is for the database.
+///
+/// Offsets and lengths are bytes. Every method's error is an I/O error of
+/// the file; after one, the journal's caller stops writing.
+pub trait JournalFile: Send + 'static {
+    /// The file's length.
+    fn len(&self) -> std::io::Result<u64>;
+    /// The whole file (for recovery); `None` if it does not exist.
+    fn read_all(&self) -> std::io::Result<Option<Vec<u8>>>;
+    /// Write `buf` at `offset`, not necessarily durably (zero fill).
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()>;
+    /// Make every earlier write and the file's length durable.
+    fn sync_all(&mut self) -> std::io::Result<()>;
+    /// Write `buf` at `offset` and return once it is durable (a frame).
+    /// `buf` is whole 4 KiB blocks at a 4 KiB offset, in memory aligned to
+    /// 4 KiB.
+    fn write_durable(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()>;
+}
+
+/// The journal's real file: frames written with `O_DIRECT | O_DSYNC`
+/// where the file system allows it — one `pwrite` of whole blocks that
+/// returns once the bytes are on the device, without the page cache
+/// (measured ~1.0× one buffered 200-byte write + fdatasync at offset 0,
+/// `chronicle bench store`'s baseline, against ~0.9× for buffered
+/// sequential writes + fdatasync; README, "The commit journal");
+/// elsewhere (tmpfs, some network file systems) through the page cache and
+/// fdatasynced.
+struct FileJournal {
+    path: PathBuf,
+    /// Buffered handle: reads, zero fill, the size's fsync, and frames
+    /// where direct writes are refused.
+    file: File,
+    /// `O_DIRECT | O_DSYNC` handle, once the first frame showed that the
+    /// file system takes direct writes.
+    direct: Option<File>,
+    /// Direct writes not tried yet.
+    try_direct: bool,
+}
+
+impl FileJournal {
+    /// Open (or create) the journal file at `path`; a new file's directory
+    /// entry is made durable before this returns. Frames go with direct
+    /// writes if `direct` and the file system takes them.
+    fn open(path: &Path, direct: bool) -> Result<Self, StoreError> {
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io(path))?;
+        if !existed {
+            // The new name must survive a crash before frames in it count.
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&dir))?;
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            direct: None,
+            try_direct: direct,
+        })
+    }
+}
+
+impl JournalFile for FileJournal {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    fn read_all(&self) -> std::io::Result<Option<Vec<u8>>> {
+        match std::fs::read(&self.path) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+    fn sync_all(&mut self) -> std::io::Result<()> {
+        self.file.sync_all()
+    }
+    fn write_durable(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if std::mem::take(&mut self.try_direct) {
+            self.direct = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+                .open(&self.path)
+                .ok();
+        }
+        if let Some(direct) = &self.direct {
+            match direct.write_all_at(buf, offset) {
+                Ok(()) => return Ok(()),
+                // The file system refuses direct writes (EINVAL): buffered
+                // from now on.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!(journal = %self.path.display(), error = %e, "direct writes refused; using buffered writes and fdatasync");
+                    self.direct = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.file.write_all_at(buf, offset)?;
+        self.file.sync_data()
+    }
 }
 
 /// The open journal of a read-write store (part of the writer's state:
-/// written by whoever holds the writer's lock).
-///
-/// Frames are written with `O_DIRECT | O_DSYNC` where the file system
-/// allows it: one `pwrite` of whole blocks that returns once the bytes are
-/// on the device, without the page cache — measured ~1.0× one buffered
-/// 200-byte write + fdatasync at offset 0 (`chronicle bench store`'s
-/// baseline), against ~0.9× for buffered sequential writes + fdatasync
-/// (README, "The commit journal"). Elsewhere (tmpfs, some network file
-/// systems) frames are written through the page cache and fdatasynced.
+/// written by whoever holds the writer's lock): frames on a
+/// [`JournalFile`].
 pub(crate) struct Journal {
+    /// The journal's path (or a label), for errors.
     path: PathBuf,
-    /// Buffered handle: zero fill and the size's fsync.
-    file: File,
-    /// `O_DIRECT | O_DSYNC` handle, if the file system takes direct writes.
-    direct: Option<File>,
+    file: Box<dyn JournalFile>,
     /// This cycle's salt.
     salt: u64,
     /// Where the next frame goes (a multiple of [`BLOCK`]).
@@ -451,10 +564,9 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
-    /// Open (or create) the journal at `path` for writing from offset 0
-    /// with cycle `salt`; the next frame gets `next_lsn`. Call only once
-    /// the frames [`scan`] found are checkpointed into redb. A new file's
-    /// directory entry is made durable before this returns.
+    /// Open (or create) the journal file at `path` for writing from offset
+    /// 0 with cycle `salt`; the next frame gets `next_lsn`. Call only once
+    /// the frames [`scan`] found are checkpointed into redb.
     pub(crate) fn open(path: &Path, salt: u64, next_lsn: u64) -> Result<Self, StoreError> {
         Self::open_with(path, salt, next_lsn, true)
     }
@@ -462,19 +574,25 @@ impl Journal {
     /// [`Journal::open`], with direct writes only if `direct` (tests use
     /// `false` for the buffered path).
     fn open_with(path: &Path, salt: u64, next_lsn: u64, direct: bool) -> Result<Self, StoreError> {
-        let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io(path))?;
-        let allocated = file.metadata().map_err(io(path))?.len();
+        Self::on(
+            Box::new(FileJournal::open(path, direct)?),
+            path,
+            salt,
+            next_lsn,
+        )
+    }
+
+    /// A journal on `file` (named `label` in errors), as [`Journal::open`].
+    pub(crate) fn on(
+        file: Box<dyn JournalFile>,
+        label: &Path,
+        salt: u64,
+        next_lsn: u64,
+    ) -> Result<Self, StoreError> {
+        let allocated = file.len().map_err(io(label))?;
         let mut j = Self {
-            path: path.to_path_buf(),
+            path: label.to_path_buf(),
             file,
-            direct: None,
             salt,
             write_at: 0,
             allocated,
@@ -484,41 +602,7 @@ impl Journal {
         if j.allocated < GROW_BYTES {
             j.grow(GROW_BYTES)?;
         }
-        if !existed {
-            // The new name must survive a crash before frames in it count.
-            let dir = match path.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&dir))?;
-        }
-        if direct {
-            j.direct = j.open_direct();
-        }
         Ok(j)
-    }
-
-    /// The `O_DIRECT | O_DSYNC` handle, if opening it and one aligned write
-    /// of a zero block at offset 0 (where the next frame goes anyway)
-    /// succeed.
-    fn open_direct(&mut self) -> Option<File> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let f = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
-            .open(&self.path)
-            .ok()?;
-        let zero = aligned_slice(&mut self.aligned, BLOCK);
-        zero.fill(0);
-        match f.write_all_at(zero, 0) {
-            Ok(()) => Some(f),
-            Err(e) => {
-                tracing::debug!(journal = %self.path.display(), error = %e, "direct writes refused; using buffered writes and fdatasync");
-                None
-            }
-        }
     }
 
     /// Bytes written since the last checkpoint.
@@ -540,7 +624,7 @@ impl Journal {
         while at < to {
             let n = (to - at).min(zeros.len() as u64) as usize;
             self.file
-                .write_all_at(&zeros[..n], at)
+                .write_at(&zeros[..n], at)
                 .map_err(io(&self.path))?;
             at += n as u64;
         }
@@ -572,26 +656,12 @@ impl Journal {
         }
         let out = aligned_slice(&mut self.aligned, bytes);
         encode_frame(out, self.salt, lsn, body);
-        match &self.direct {
-            Some(direct) => direct
-                .write_all_at(out, self.write_at)
-                .map_err(io(&self.path))?,
-            None => {
-                self.file
-                    .write_all_at(out, self.write_at)
-                    .map_err(io(&self.path))?;
-                self.file.sync_data().map_err(io(&self.path))?;
-            }
-        }
+        self.file
+            .write_durable(out, self.write_at)
+            .map_err(io(&self.path))?;
         self.write_at = end;
         self.next_lsn += 1;
         Ok(lsn)
-    }
-
-    /// Whether frames are written with `O_DIRECT | O_DSYNC`.
-    #[cfg(test)]
-    pub(crate) fn is_direct(&self) -> bool {
-        self.direct.is_some()
     }
 
     /// After a checkpoint that recorded `salt` as the next cycle's: the
@@ -659,7 +729,6 @@ mod tests {
     fn frames_read_back(dir: &Path, direct: bool) {
         let path = journal_path(&dir.join("db.redb"));
         let mut j = Journal::open_with(&path, SALT, 1, direct).unwrap();
-        eprintln!("direct writes asked {direct}, used {}", j.is_direct());
         let bodies: Vec<Vec<u8>> = (0..300u32)
             .map(|i| {
                 let n = (i as usize * 977) % 9_000;

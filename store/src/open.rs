@@ -10,7 +10,8 @@ use crate::FORMAT_VERSION;
 use crate::error::{StoreError, from_redb, io};
 use crate::index::StreamIndex;
 use crate::journal::{
-    JOURNAL_LOSS_INDEX, Journal, JournalProblem, Op, decode_ops, journal_path, new_salt, scan,
+    JOURNAL_LOSS_INDEX, Journal, JournalFile, JournalProblem, Op, decode_ops, journal_path,
+    new_salt, scan, scan_bytes,
 };
 use crate::tables::Tables;
 use crate::tables::{INDEX, LOG, META, SNAPSHOTS, STREAM_INDEX};
@@ -62,7 +63,13 @@ pub(crate) fn open_file(
         check_pages(&mut db, path)?;
     }
     check_format(&db, path)?;
-    let opened = recover(&db, path, Some(accept_journal_loss))?;
+    let opened = recover(
+        &db,
+        path,
+        JournalSource::Path {
+            accept_loss: accept_journal_loss,
+        },
+    )?;
     Ok((db, opened))
 }
 
@@ -143,19 +150,48 @@ fn load_index(
     StreamIndex::load(&segments, &log, indexed_through, path)
 }
 
+/// Where a store's commit journal is.
+pub(crate) enum JournalSource {
+    /// No journal: each group is an `Immediate` redb commit.
+    None,
+    /// The file `DB-journal` beside the database file.
+    Path { accept_loss: bool },
+    /// A journal file given with a redb backend (tests: a simulated disk).
+    File {
+        file: Box<dyn JournalFile>,
+        accept_loss: bool,
+    },
+}
+
+impl JournalSource {
+    fn accept_loss(&self) -> bool {
+        match self {
+            Self::None => false,
+            Self::Path { accept_loss } | Self::File { accept_loss, .. } => *accept_loss,
+        }
+    }
+}
+
 /// Read the journal of a database whose meta says it may hold frames
-/// redb lacks; a problem is an error unless `accept_loss`.
+/// redb lacks; a problem is an error unless the source accepts the loss.
 fn read_journal(
     path: &Path,
     state: &MetaState,
-    accept_loss: bool,
+    source: &JournalSource,
 ) -> Result<(Vec<crate::journal::Frame>, Option<JournalProblem>), StoreError> {
     if !state.journal_open {
         return Ok((Vec::new(), None));
     }
     let jpath = journal_path(path);
     let salt = state.journal_salt.unwrap_or(0);
-    let scan = scan(&jpath, salt, state.journal_lsn)?;
+    let scan = match source {
+        JournalSource::None => return Ok((Vec::new(), None)),
+        JournalSource::Path { .. } => scan(&jpath, salt, state.journal_lsn)?,
+        JournalSource::File { file, .. } => {
+            scan_bytes(file.read_all().map_err(io(&jpath))?, salt, state.journal_lsn)
+        }
+    };
+    let accept_loss = source.accept_loss();
     match scan.problem {
         Some(problem) if !accept_loss => Err(StoreError::JournalLost {
             path: path.to_path_buf(),
@@ -176,16 +212,24 @@ fn read_journal(
 /// Frames are applied idempotently: an event already at its position with
 /// the same bytes is skipped (redb may hold non-durable flushes made
 /// durable by a close after a write error, beyond `meta.journal_lsn`).
-fn recover(db: &Database, path: &Path, journal: Option<bool>) -> Result<Opened, StoreError> {
-    let jpath = journal_path(path);
+fn recover(db: &Database, path: &Path, source: JournalSource) -> Result<Opened, StoreError> {
     let state = meta_state(db, path)?;
     let mut index = load_index(db, path, state.indexed_through)?;
-    let (frames, loss) = match journal {
-        Some(accept_loss) => read_journal(path, &state, accept_loss)?,
-        None => (Vec::new(), None),
-    };
+    let (frames, loss) = read_journal(path, &state, &source)?;
     let last = frames.last().map_or(state.journal_lsn, |f| f.lsn);
-    let with_journal = journal.is_some();
+    let jpath = journal_path(path);
+    let open_journal = {
+        let jpath = jpath.clone();
+        move |salt: u64| -> Result<Option<Journal>, StoreError> {
+            match source {
+                JournalSource::None => Ok(None),
+                JournalSource::Path { .. } => Journal::open(&jpath, salt, last + 1).map(Some),
+                JournalSource::File { file, .. } => {
+                    Journal::on(file, &jpath, salt, last + 1).map(Some)
+                }
+            }
+        }
+    };
     // Nothing to save (a clean open): no commit, no fsync at start-up.
     if frames.is_empty()
         && loss.is_none()
@@ -196,9 +240,7 @@ fn recover(db: &Database, path: &Path, journal: Option<bool>) -> Result<Opened, 
         let salt = state.journal_salt.unwrap_or(0);
         return Ok(Opened {
             index,
-            journal: with_journal
-                .then(|| Journal::open(&jpath, salt, last + 1))
-                .transpose()?,
+            journal: open_journal(salt)?,
         });
     }
     let salt = new_salt();
@@ -291,25 +333,27 @@ fn recover(db: &Database, path: &Path, journal: Option<bool>) -> Result<Opened, 
     }
     Ok(Opened {
         index,
-        journal: with_journal
-            .then(|| Journal::open(&jpath, salt, last + 1))
-            .transpose()?,
+        journal: open_journal(salt)?,
     })
 }
 
 /// Open (or initialise) a database on any redb backend: the in-memory one
-/// for tests, or a fault-injecting wrapper. No journal: each group commit
-/// is an `Immediate` redb commit.
+/// for tests, or a fault-injecting or power-loss-simulating wrapper. With
+/// no journal each group commit is an `Immediate` redb commit; with one,
+/// the store commits as on a file (journal frames, memtable, flushes,
+/// checkpoints) and recovers the journal here.
 pub(crate) fn open_backend(
     backend: impl StorageBackend,
+    journal: JournalSource,
     label: &Path,
 ) -> Result<(Database, Opened), StoreError> {
-    let db = Database::builder()
+    let mut db = Database::builder()
         .create_with_backend(backend)
         .map_err(|e| map_open_error(label, e))?;
+    check_pages(&mut db, label)?;
     init_tables(&db, label)?;
     check_format(&db, label)?;
-    let opened = recover(&db, label, None)?;
+    let opened = recover(&db, label, journal)?;
     Ok((db, opened))
 }
 
@@ -328,7 +372,7 @@ pub(crate) fn open_read_only(
         .map_err(|e| map_open_error(path, e))?;
     check_format(&db, path)?;
     let state = meta_state(&db, path)?;
-    let (frames, _) = read_journal(path, &state, false)?;
+    let (frames, _) = read_journal(path, &state, &JournalSource::Path { accept_loss: false })?;
     if !frames.is_empty() {
         return Err(StoreError::Unrecovered {
             path: path.to_path_buf(),

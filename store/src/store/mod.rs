@@ -13,7 +13,7 @@ use crate::error::{StoreError, from_redb};
 use crate::group_commit::{Job, Msg, QueuedJob, Shared, Writer};
 use crate::ids::{Seq, StreamId};
 use crate::index::StreamIndex;
-use crate::open::{Opened, open_backend, open_file};
+use crate::open::{JournalSource, Opened, open_backend, open_file};
 use crate::request::{Committed, WriteRequest};
 use crate::write::WriterState;
 
@@ -220,7 +220,29 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let label = PathBuf::from("<backend>");
         crate::guard::guard(&label.clone(), move || {
-            let (db, opened) = open_backend(backend, &label)?;
+            let (db, opened) = open_backend(backend, JournalSource::None, &label)?;
+            Self::start(db, label, options, opened)
+        })
+    }
+
+    /// A store on a redb backend with a commit journal on `journal`: it
+    /// commits, flushes, checkpoints and recovers exactly as a store on a
+    /// file does ([`Store::open`]), with both files behind seams — for
+    /// fault injection and power-loss simulation of the whole write path.
+    ///
+    /// Errors: as [`Store::open`].
+    pub fn with_backends(
+        backend: impl StorageBackend,
+        journal: impl crate::journal::JournalFile,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        let label = PathBuf::from("<backend>");
+        crate::guard::guard(&label.clone(), move || {
+            let source = JournalSource::File {
+                file: Box::new(journal),
+                accept_loss: options.accept_journal_loss,
+            };
+            let (db, opened) = open_backend(backend, source, &label)?;
             Self::start(db, label, options, opened)
         })
     }
