@@ -187,9 +187,11 @@ fn read_journal(
     let scan = match source {
         JournalSource::None => return Ok((Vec::new(), None)),
         JournalSource::Path { .. } => scan(&jpath, salt, state.journal_lsn)?,
-        JournalSource::File { file, .. } => {
-            scan_bytes(file.read_all().map_err(io(&jpath))?, salt, state.journal_lsn)
-        }
+        JournalSource::File { file, .. } => scan_bytes(
+            file.read_all().map_err(io(&jpath))?,
+            salt,
+            state.journal_lsn,
+        ),
     };
     let accept_loss = source.accept_loss();
     match scan.problem {

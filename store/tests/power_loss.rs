@@ -112,8 +112,6 @@ struct Disk {
     /// The files as the power loss left them.
     images: Option<[Vec<u8>; 2]>,
     rng: Rng,
-    /// Journal frames written before the disk is full (ENOSPC from then on).
-    frames_until_full: Option<u64>,
 }
 
 impl std::fmt::Debug for Rng {
@@ -137,7 +135,6 @@ impl Disk {
             fail_at,
             images: None,
             rng: Rng(seed),
-            frames_until_full: None,
         }))
     }
 
@@ -181,7 +178,10 @@ impl StorageBackend for SimRedb {
         let view = &d.files[REDB].view;
         let end = offset as usize + out.len();
         if end > view.len() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end",
+            ));
         }
         out.copy_from_slice(&view[offset as usize..end]);
         Ok(())
@@ -231,15 +231,6 @@ impl JournalFile for SimJournal {
     fn write_durable(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut d = self.0.lock().unwrap();
         d.alive()?;
-        if let Some(n) = d.frames_until_full.as_mut() {
-            if *n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::StorageFull,
-                    "No space left on device (simulated)",
-                ));
-            }
-            *n -= 1;
-        }
         d.files[JOURNAL].change(Change::Write(offset, buf.to_vec()));
         // The write is in flight: a power loss now may keep, drop or tear it.
         d.sync(JOURNAL)
@@ -379,14 +370,89 @@ fn power_loss_at_every_sync_point_loses_no_acknowledged_event() {
         let s = &streams[0];
         let head = store.head(s).unwrap().map_or(0, |h| h.last_seq.0);
         store
-            .write_blocking(WriteRequest::append(s.clone(), Seq(head), vec![ev("after")]))
+            .write_blocking(WriteRequest::append(
+                s.clone(),
+                Seq(head),
+                vec![ev("after")],
+            ))
             .unwrap();
         drop(store);
         let again = open(&after).unwrap();
         assert_eq!(again.head(s).unwrap().unwrap().last_seq.0, head + 1);
     }
-    eprintln!("power loss: {points} sync points tried, {opened} reopened with every acknowledged write");
-    assert!(opened * 2 > points as usize, "most crash points come after acknowledged writes");
+    eprintln!(
+        "power loss: {points} sync points tried, {opened} reopened with every acknowledged write"
+    );
+    assert!(
+        opened * 2 > points as usize,
+        "most crash points come after acknowledged writes"
+    );
+}
+
+/// A journal on a real file whose disk fills up after some frames.
+struct FullingJournal {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    frames_left: Option<u64>,
+}
+
+impl JournalFile for FullingJournal {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    fn read_all(&self) -> io::Result<Option<Vec<u8>>> {
+        std::fs::read(&self.path).map(Some)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(buf, offset)
+    }
+    fn sync_all(&mut self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+    fn write_durable(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if let Some(n) = self.frames_left.as_mut() {
+            if *n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "No space left on device (simulated)",
+                ));
+            }
+            *n -= 1;
+        }
+        self.file.write_all_at(buf, offset)?;
+        self.file.sync_data()
+    }
+}
+
+/// A store on real files (redb's own file backend, so that its close does
+/// what it does on a file) with a journal that fills up.
+fn open_files(
+    dir: &std::path::Path,
+    frames_left: Option<u64>,
+) -> Result<Store, chronicle_store::StoreError> {
+    let rw = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(p)
+            .unwrap()
+    };
+    let db = dir.join("db.redb");
+    let jpath = dir.join("db.redb-journal");
+    let journal = FullingJournal {
+        file: rw(&jpath),
+        path: jpath,
+        frames_left,
+    };
+    Store::with_backends(
+        chronicle_store::FileBackend::new(rw(&db)).unwrap(),
+        journal,
+        options(),
+    )
 }
 
 #[test]
@@ -395,32 +461,50 @@ fn a_full_disk_stops_writes_and_the_database_opens_again_with_every_acknowledged
         .map(|i| StreamId::named(&format!("s{i}")).unwrap())
         .collect();
     for full_after in [1, 5, 9, 20, 33] {
-        let disk = Disk::new([Vec::new(), Vec::new()], None, 1);
-        disk.lock().unwrap().frames_until_full = Some(full_after);
-        let acked = workload(&disk, &streams);
-        let written: usize = acked.events.values().map(BTreeMap::len).sum();
-        assert!(written < WRITES as usize, "the disk filled up");
-        // Closed normally (the store refused writes after the error);
-        // then the disk has room again. What the OS holds is the files'
-        // current bytes.
-        let images = {
-            let d = disk.lock().unwrap();
-            [d.files[REDB].view.clone(), d.files[JOURNAL].view.clone()]
-        };
-        let after = Disk::new(images, None, 1);
-        let store = open(&after).unwrap_or_else(|e| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+        {
+            let store = open_files(dir.path(), Some(full_after)).unwrap();
+            for i in 0..WRITES {
+                let s = &streams[i as usize % STREAMS];
+                let req = WriteRequest::append(s.clone(), Seq(i / STREAMS as u64), vec![ev("x")]);
+                match store.write_blocking(req) {
+                    Ok(_) => *acked.entry(s.key()).or_default() += 1,
+                    Err(e) => {
+                        assert!(e.is_storage_problem(), "{e}");
+                        // Stopped: every later write is refused too.
+                        let again =
+                            WriteRequest::append(s.clone(), Seq(i / STREAMS as u64), vec![ev("y")]);
+                        assert!(store.write_blocking(again).is_err());
+                        break;
+                    }
+                }
+            }
+            // Closed normally.
+        }
+        assert!(acked.values().sum::<u64>() < WRITES, "the disk filled up");
+        // The disk has room again.
+        let store = open_files(dir.path(), None).unwrap_or_else(|e| {
             panic!("full after {full_after} frames: the database does not open again: {e}")
         });
         for s in &streams {
-            let got = store.read_stream(s, Seq(1)).unwrap();
-            let want = acked.events.get(&s.key()).map_or(0, BTreeMap::len);
-            assert!(got.len() >= want, "full after {full_after}: {} lost events", s.key());
+            let got = store.read_stream(s, Seq(1)).unwrap().len() as u64;
+            let want = acked.get(&s.key()).copied().unwrap_or(0);
+            assert!(
+                got >= want,
+                "full after {full_after}: {} lost events",
+                s.key()
+            );
             assert!(store.verify_stream(s).unwrap().ok());
         }
         let s = &streams[0];
         let head = store.head(s).unwrap().map_or(0, |h| h.last_seq.0);
         store
-            .write_blocking(WriteRequest::append(s.clone(), Seq(head), vec![ev("room again")]))
+            .write_blocking(WriteRequest::append(
+                s.clone(),
+                Seq(head),
+                vec![ev("room again")],
+            ))
             .unwrap();
     }
 }
