@@ -436,8 +436,8 @@ pub(crate) fn scan_bytes(data: Option<Vec<u8>>, salt: u64, applied_lsn: u64) -> 
 /// Offsets and lengths are bytes. Every method's error is an I/O error of
 /// the file; after one, the journal's caller stops writing.
 pub trait JournalFile: Send + 'static {
-    /// The file's length.
-    fn len(&self) -> std::io::Result<u64>;
+    /// The file's size, bytes.
+    fn size(&self) -> std::io::Result<u64>;
     /// The whole file (for recovery); `None` if it does not exist.
     fn read_all(&self) -> std::io::Result<Option<Vec<u8>>>;
     /// Write `buf` at `offset`, not necessarily durably (zero fill).
@@ -503,7 +503,7 @@ impl FileJournal {
 }
 
 impl JournalFile for FileJournal {
-    fn len(&self) -> std::io::Result<u64> {
+    fn size(&self) -> std::io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
     fn read_all(&self) -> std::io::Result<Option<Vec<u8>>> {
@@ -589,7 +589,7 @@ impl Journal {
         salt: u64,
         next_lsn: u64,
     ) -> Result<Self, StoreError> {
-        let allocated = file.len().map_err(io(label))?;
+        let allocated = file.size().map_err(io(label))?;
         let mut j = Self {
             path: label.to_path_buf(),
             file,

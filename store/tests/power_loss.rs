@@ -209,7 +209,7 @@ impl StorageBackend for SimRedb {
 struct SimJournal(Shared);
 
 impl JournalFile for SimJournal {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         let d = self.0.lock().unwrap();
         d.alive()?;
         Ok(d.files[JOURNAL].view.len() as u64)
@@ -397,7 +397,7 @@ struct FullingJournal {
 }
 
 impl JournalFile for FullingJournal {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
     fn read_all(&self) -> io::Result<Option<Vec<u8>>> {
