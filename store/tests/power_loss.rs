@@ -299,7 +299,7 @@ fn workload(disk: &Shared, streams: &[StreamId]) -> Acked {
 fn power_loss_at_every_sync_point_loses_no_acknowledged_event() {
     let seed = seed("power loss");
     let streams: Vec<StreamId> = (0..STREAMS)
-        .map(|i| StreamId::named(&format!("s{i}")).unwrap())
+        .map(|i| StreamId::named(format!("s{i}")).unwrap())
         .collect();
     // Count the sync points of the whole workload.
     let disk = Disk::new([Vec::new(), Vec::new()], None, seed);
@@ -458,7 +458,7 @@ fn open_files(
 #[test]
 fn a_full_disk_stops_writes_and_the_database_opens_again_with_every_acknowledged_event() {
     let streams: Vec<StreamId> = (0..STREAMS)
-        .map(|i| StreamId::named(&format!("s{i}")).unwrap())
+        .map(|i| StreamId::named(format!("s{i}")).unwrap())
         .collect();
     for full_after in [1, 5, 9, 20, 33] {
         let dir = tempfile::tempdir().unwrap();
