@@ -5,6 +5,7 @@
 //! cargo run --example embed
 //! ```
 
+use chronicle_engine::ids::RunStream;
 use chronicle_engine::model::parse_definition;
 use chronicle_engine::runtime::{EngineBuilder, FunctionError};
 use serde_json::json;

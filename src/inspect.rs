@@ -1,6 +1,7 @@
 //! Commands that read the log: validate, list, status, history, replay,
 //! verify, export, import, bench.
 
+use chronicle_engine::ids::RunStream;
 use std::io::Write;
 use std::path::Path;
 
@@ -365,7 +366,7 @@ pub fn verify(db: &Path, run: Option<&str>, json: bool) -> Result<u8, CliError> 
     // person accepted (`recover --accept-loss`) are listed.
     let losses: Vec<Value> = engine
         .store()
-        .index_scan(chronicle_store::journal::JOURNAL_LOSS_INDEX, "")?
+        .index_scan(chronicle_store::JOURNAL_LOSS_INDEX, "")?
         .into_iter()
         .map(|(at, v)| {
             let mut v: Value = serde_json::from_slice(&v).unwrap_or(Value::Null);
@@ -443,11 +444,11 @@ pub fn bench(db: &Path, which: &str, json: bool, dir: Option<&Path>) -> Result<u
     std::fs::create_dir_all(&dir)
         .map_err(|e| CliError::storage(format!("cannot create {}: {e}", dir.display())))?;
     let value = match which {
-        "store" => serde_json::to_value(chronicle_store::bench::run(&dir)?),
-        "steps" => serde_json::to_value(chronicle_engine::bench::run(&dir)?),
-        "replay" => serde_json::to_value(chronicle_replay::bench::run(&dir)?),
+        "store" => serde_json::to_value(chronicle_bench::store::run(&dir)?),
+        "steps" => serde_json::to_value(chronicle_bench::steps::run(&dir)?),
+        "replay" => serde_json::to_value(chronicle_bench::replay::run(&dir)?),
         "scheduler" => serde_json::to_value(
-            chronicle_engine::sched_bench::run()
+            chronicle_bench::scheduler::run()
                 .map_err(|e| CliError::storage(format!("cannot start the runtime: {e}")))?,
         ),
         other => return Err(CliError::input(format!("unknown benchmark {other}"))),

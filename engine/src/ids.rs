@@ -1,43 +1,24 @@
-//! Typed ids of the engine.
+//! Typed ids ([`chronicle_core::ids`]) and the log streams they name.
 
-use std::fmt;
-use std::str::FromStr;
+pub use chronicle_core::ids::*;
 
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+use chronicle_store::{StoreError, StreamId};
 
-/// A run id: a UUID v7 (sorts by creation time).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RunId(pub Uuid);
-
-impl RunId {
+/// The log stream of a run (its UUID).
+pub trait RunStream {
     /// The run's stream in the log.
-    pub fn stream(self) -> chronicle_store::StreamId {
-        chronicle_store::StreamId::Run(self.0)
-    }
+    fn stream(self) -> StreamId;
 }
 
-impl fmt::Display for RunId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.hyphenated())
-    }
-}
-
-impl FromStr for RunId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(RunId)
+impl RunStream for RunId {
+    fn stream(self) -> StreamId {
+        StreamId::Run(self.0)
     }
 }
 
 /// The stream of an agent's circuit-breaker history: `agent:NAME`.
-pub fn agent_stream(name: &str) -> Result<chronicle_store::StreamId, chronicle_store::StoreError> {
-    chronicle_store::StreamId::named(format!("agent:{name}"))
-}
-
-/// The idempotency key of a step of a run: `RUN_ID:STEP_ID`, the same for
-/// every attempt (DESIGN.md, Semantics).
-pub fn idempotency_key(run: RunId, step: &str) -> String {
-    format!("{run}:{step}")
+///
+/// Errors: [`StoreError::InvalidStream`] for a name over the store's limit.
+pub fn agent_stream(name: &str) -> Result<StreamId, StoreError> {
+    StreamId::named(format!("agent:{name}"))
 }

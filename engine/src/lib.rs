@@ -1,44 +1,36 @@
 //! # chronicle-engine
 //!
-//! Chronicle's workflow engine: the definition format ([`model`]), the
-//! event vocabulary ([`event`]), run state as a fold ([`state::evolve`]),
-//! the decider where every rule lives ([`decide::decide`]), circuit
-//! breakers ([`circuit`]), the effects a state asks for ([`effects`]) and
-//! the runtime that performs them.
-//!
-//! The pure core does no I/O and reads no clock: time, capacity and agent
-//! availability come in through [`decide::Ctx`], randomness from the run's
-//! seed recorded in `RunCreated`.
+//! Chronicle's runtime: one actor per active run that appends what the
+//! pure core decides ([`chronicle_core`], re-exported here as [`model`],
+//! [`event`], [`state`], [`decide`], [`effects`], [`circuit`],
+//! [`backoff`]), folds it, and performs the effects the new state asks
+//! for — executors for commands, shell scripts, HTTP and Rust functions,
+//! recovery after a crash, capacity and circuit breakers per agent — on
+//! top of the log (`chronicle-store`).
 //!
 //! ```
-//! use chronicle_engine::decide::{Command, Ctx, decide};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
 //! use chronicle_engine::model::parse_definition;
-//! use chronicle_engine::state::{RunState, evolve};
-//! use chronicle_engine::ids::RunId;
+//! use chronicle_engine::runtime::EngineBuilder;
 //!
 //! let wf = parse_definition("hello.yaml", "name: hello\nsteps:\n  - id: greet\n    command: [echo, hi]\n").unwrap();
-//! let now = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap();
-//! let ctx = Ctx::at(now);
-//! let run = RunId(uuid::Uuid::from_u128(1));
-//! let mut state = RunState::default();
-//! let create = Command::Create { run_id: run, workflow: std::sync::Arc::new(wf), input: serde_json::json!({}), idempotency_key: None, seed: 7 };
-//! for cmd in [create, Command::Start] {
-//!     for e in decide(&state, cmd, &ctx).unwrap() {
-//!         let seq = state.seq + 1;
-//!         state = evolve(state, seq, now, &e).unwrap();
-//!     }
-//! }
-//! assert_eq!(state.steps["greet"].status.as_str(), "running");
+//! let engine = EngineBuilder::new().build().unwrap(); // in memory
+//! let run = engine.start(wf, serde_json::json!({}), None).await.unwrap();
+//! let state = engine.wait(run).await.unwrap();
+//! assert_eq!(state.status.as_str(), "succeeded");
+//! # }
 //! ```
 
-pub mod backoff;
-pub mod bench;
-pub mod circuit;
-pub mod decide;
-pub mod effects;
-pub mod event;
+pub use chronicle_core::{backoff, circuit, decide, effects, event, state};
+
 pub mod ids;
-pub mod model;
+pub mod load;
 pub mod runtime;
-pub mod sched_bench;
-pub mod state;
+
+/// The workflow definition format ([`chronicle_core::model`]) and
+/// [`load_file`](crate::load::load_file), which reads one from a file.
+pub mod model {
+    pub use crate::load::load_file;
+    pub use chronicle_core::model::*;
+}

@@ -2,6 +2,7 @@
 //! clock and id source, their event histories pinned with insta. Steps run
 //! one at a time (max_parallel 1) so the order of events is fixed.
 
+use chronicle_engine::ids::RunStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

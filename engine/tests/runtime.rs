@@ -1,6 +1,7 @@
 //! The runtime against real processes, a real local HTTP server and a real
 //! redb file.
 
+use chronicle_engine::ids::RunStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};

@@ -4,6 +4,7 @@
 //! definition — and `hash`). Import verifies the chain first and refuses a
 //! broken history, naming the first bad seq.
 
+use chronicle_engine::ids::RunStream;
 use std::io::{BufRead, Write};
 
 use chronicle_engine::ids::RunId;

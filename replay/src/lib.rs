@@ -21,7 +21,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod bench;
 pub mod export;
 pub mod fork;
 pub mod rebuild;

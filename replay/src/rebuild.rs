@@ -3,6 +3,7 @@
 
 use chronicle_engine::event::RunEvent;
 use chronicle_engine::ids::RunId;
+use chronicle_engine::ids::RunStream;
 use chronicle_engine::state::{RunState, evolve};
 use chronicle_store::{RawEnvelope, Seq, Store};
 use chrono::{DateTime, Utc};

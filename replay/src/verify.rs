@@ -2,6 +2,7 @@
 //! the fold from seq 1 equals every stored snapshot and the run index.
 
 use chronicle_engine::ids::RunId;
+use chronicle_engine::ids::RunStream;
 use chronicle_engine::runtime::RunSummary;
 use chronicle_engine::runtime::index::RUNS;
 use chronicle_engine::state::RunState;

@@ -1,6 +1,7 @@
 //! Rebuild from snapshots, time travel, verify, fork lineage and recovery
 //! of damaged histories, on real redb files.
 
+use chronicle_engine::ids::RunStream;
 use std::sync::Arc;
 
 use chronicle_engine::model::parse_definition;

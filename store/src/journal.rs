@@ -99,19 +99,7 @@ const SECTORS_PER_BLOCK: usize = BLOCK / SECTOR;
 /// ([`StoreError::InvalidRequest`]), before anything is written.
 pub(crate) const MAX_FRAME_BODY: usize = 1 << 30;
 
-/// The journal path of the database at `db`: `DB-journal`.
-pub fn journal_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-journal");
-    PathBuf::from(name)
-}
-
-/// Remove the database at `db` and its journal (missing files are fine):
-/// a database is these two files.
-pub fn remove_database(db: &Path) {
-    let _ = std::fs::remove_file(db);
-    let _ = std::fs::remove_file(journal_path(db));
-}
+pub(crate) use crate::paths::journal_path;
 
 /// One write of a group, as journaled and as applied to the tables.
 #[derive(Debug, PartialEq, Eq)]

@@ -18,8 +18,8 @@
 //!   lock — a lone request on its caller's thread, requests that queued
 //!   meanwhile together on the writer thread — each as one atomic group,
 //!   made durable by one write of its frame in the
-//!   [commit journal](journal), acknowledging each caller after that;
-//!   acknowledged writes are read from a [memtable] until a
+//!   commit journal (see [`JournalFile`]), acknowledging each caller after that;
+//!   acknowledged writes are read from a memtable until a
 //!   flush thread commits many groups to redb at once (redb itself is
 //!   made durable by checkpoints). The queue is bounded.
 //! - **Hash chain** per stream: `h_n = SHA-256(h_{n-1} ‖ canonical bytes)`,
@@ -41,7 +41,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod bench;
 mod clock;
 mod envelope;
 mod error;
@@ -50,9 +49,10 @@ mod group_commit;
 mod guard;
 mod ids;
 mod index;
-pub mod journal;
-pub mod memtable;
+mod journal;
+mod memtable;
 mod open;
+mod paths;
 mod request;
 mod store;
 mod tables;
@@ -66,6 +66,8 @@ pub use envelope::{
 pub use error::StoreError;
 pub use guard::install_panic_hook;
 pub use ids::{MAX_STREAM_NAME, Position, Seq, StreamId};
+pub use journal::{CHECKPOINT_BYTES, JOURNAL_LOSS_INDEX, JournalFile};
+pub use paths::{journal_path, outputs_dir, remove_database};
 pub use redb::StorageBackend;
 pub use redb::backends::{FileBackend, InMemoryBackend};
 pub use request::{Append, Committed, IndexOp, WriteRequest};

@@ -4,6 +4,9 @@
 //! present, no gap exists and every chain verifies.
 //!
 //! `CHRONICLE_CRASH_CYCLES` raises the number of cycles for a soak.
+//!
+//! The child is this test binary itself, run with `crash-child DB WRITERS`
+//! (the test has its own `main`: `harness = false` in Cargo.toml).
 
 mod common;
 
@@ -12,10 +15,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use chronicle_store::{Seq, StreamId};
+use chronicle_store::{NewEvent, Seq, Store, StoreOptions, StreamId};
 use common::{Rng, open, seed};
 
-#[test]
 fn sigkill_never_loses_an_acknowledged_event() {
     let cycles: usize = std::env::var("CHRONICLE_CRASH_CYCLES")
         .ok()
@@ -28,7 +30,7 @@ fn sigkill_never_loses_an_acknowledged_event() {
     // stream -> (seq -> hash) of every acknowledged event.
     let mut acked: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
     for cycle in 0..cycles {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chronicle-store-tool"))
+        let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["crash-child", db.to_str().unwrap(), "4"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -91,11 +93,10 @@ fn sigkill_never_loses_an_acknowledged_event() {
     eprintln!("crash test: {cycles} cycles, {total} acknowledged events checked");
 }
 
-#[test]
 fn a_second_process_gets_a_clear_locked_error() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("locked.redb");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chronicle-store-tool"))
+    let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["crash-child", db.to_str().unwrap(), "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -115,4 +116,93 @@ fn a_second_process_gets_a_clear_locked_error() {
         err.to_string().contains("is in use by another process"),
         "{err}"
     );
+}
+
+/// Append forever from WRITERS concurrent tasks (stream `crash:W`), and
+/// print `STREAM SEQ HASH` for every acknowledged event, flushed, so the
+/// parent knows exactly what was acknowledged before it kills us.
+fn crash_child(db: &str, writers: usize) {
+    use std::io::Write;
+    let store = Store::open(db, StoreOptions::default()).expect("the child opens the store");
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    rt.block_on(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        for w in 0..writers {
+            let store = store.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let stream = StreamId::named(format!("crash:{w}")).unwrap();
+                let mut seq = store
+                    .head(&stream)
+                    .unwrap()
+                    .map(|h| h.last_seq)
+                    .unwrap_or(Seq(0));
+                let mut i = 0u64;
+                loop {
+                    let n = 1 + (i % 3) as usize;
+                    let events = (0..n)
+                        .map(|k| {
+                            let text = format!("{:0>180}", i + k as u64);
+                            NewEvent::new(
+                                1,
+                                format!(r#"{{"type":"Crash","n":"{text}"}}"#).into_bytes(),
+                            )
+                        })
+                        .collect();
+                    let Ok(done) = store.append(stream.clone(), seq, events).await else {
+                        return;
+                    };
+                    for env in &done {
+                        let _ = tx.send(format!("{} {} {}", env.stream, env.seq, env.hash_hex()));
+                    }
+                    seq = done.last().map(|e| e.seq).unwrap_or(seq);
+                    i += n as u64;
+                }
+            });
+        }
+        drop(tx);
+        let mut out = std::io::stdout().lock();
+        while let Some(line) = rx.recv().await {
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    });
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("crash-child") {
+        let writers = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(4);
+        crash_child(&args[1], writers);
+        return;
+    }
+    // `cargo test` passes filters and flags: run the tests whose name
+    // contains the first free argument (all without one).
+    let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
+    let tests: [(&str, fn()); 2] = [
+        (
+            "sigkill_never_loses_an_acknowledged_event",
+            sigkill_never_loses_an_acknowledged_event,
+        ),
+        (
+            "a_second_process_gets_a_clear_locked_error",
+            a_second_process_gets_a_clear_locked_error,
+        ),
+    ];
+    let mut failed = 0;
+    for (name, test) in tests {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        match std::panic::catch_unwind(test) {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        std::process::exit(101);
+    }
 }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use chronicle_store::journal::JournalFile;
+use chronicle_store::JournalFile;
 use chronicle_store::{IndexOp, Seq, StorageBackend, Store, StoreOptions, StreamId, WriteRequest};
 use common::{Rng, ev, seed};
 

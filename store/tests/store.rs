@@ -2,7 +2,7 @@
 
 mod common;
 
-use chronicle_store::journal::journal_path;
+use chronicle_store::journal_path;
 use chronicle_store::{
     IndexOp, NewEvent, Position, Seq, Store, StoreError, StoreOptions, StreamId, WriteRequest,
 };
@@ -475,7 +475,7 @@ fn a_crash_image_is_recovered_from_the_journal() {
     .unwrap();
     assert!(accepted.read_stream(&s, Seq(1)).unwrap().len() < 20);
     let losses = accepted
-        .index_scan(chronicle_store::journal::JOURNAL_LOSS_INDEX, "")
+        .index_scan(chronicle_store::JOURNAL_LOSS_INDEX, "")
         .unwrap();
     assert_eq!(losses.len(), 1, "the loss is recorded once");
     drop(accepted);

@@ -2,6 +2,7 @@
 //! timers arrive as messages; each is decided, appended durably, folded,
 //! and then the effects of the new state are performed.
 
+use crate::ids::RunStream;
 use std::collections::HashMap;
 use std::sync::Arc;
 

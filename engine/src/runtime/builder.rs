@@ -143,11 +143,7 @@ impl EngineBuilder {
                 ..StoreOptions::default()
             })?,
         };
-        let outputs = self.db.as_ref().map(|p| {
-            let mut s = p.as_os_str().to_owned();
-            s.push(".outputs");
-            PathBuf::from(s)
-        });
+        let outputs = self.db.as_deref().map(chronicle_store::outputs_dir);
         let workdir = match self.workdir {
             Some(w) => w,
             None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),

@@ -1,6 +1,7 @@
 //! [`Engine`]: the library API — build it, start runs, wait for them,
 //! control them, recover after a crash.
 
+use crate::ids::RunStream;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
 //! Recovery after a crash: every non-terminal run is verified, folded and
 //! continued; attempts that never finished are abandoned and retried (or
 //! failed, for `at_most_once` steps); damaged histories are quarantined.
+use crate::ids::RunStream;
 use std::sync::Arc;
 
 use chronicle_store::{ChainCheck, Seq, StoreError, WriteRequest};

@@ -30,11 +30,11 @@ pub struct StoreOptions {
     pub quick_repair: bool,
     /// redb page cache, bytes. Default 256 MiB.
     pub cache_bytes: usize,
-    /// Journal bytes between checkpoints (see [`crate::journal`]).
-    /// Default [`crate::journal::CHECKPOINT_BYTES`] (16 MiB).
+    /// Journal bytes between checkpoints (the commit journal: `docs/architecture.md`).
+    /// Default [`crate::CHECKPOINT_BYTES`] (16 MiB).
     pub checkpoint_bytes: u64,
     /// Memtable bytes (acknowledged writes not yet in redb, see
-    /// [`crate::memtable`]) after which the writer hands them to the flush
+    /// the source's `memtable.rs`) after which the writer hands them to the flush
     /// thread, which commits them to redb in one non-durable transaction.
     /// Default [`MEMTABLE_BYTES`] (64 KiB).
     /// Stores not on a file have no memtable.
@@ -54,7 +54,7 @@ pub struct StoreOptions {
     /// is missing, truncated or damaged ([`StoreError::JournalLost`]
     /// otherwise): the frames before the problem are applied, the rest is
     /// given up, and the loss is recorded in the `index` table
-    /// ([`crate::journal::JOURNAL_LOSS_INDEX`]). Default `false`.
+    /// ([`crate::JOURNAL_LOSS_INDEX`]). Default `false`.
     pub accept_journal_loss: bool,
 }
 
@@ -191,7 +191,7 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Open the database at `path`, creating it atomically if absent, and
-    /// its commit journal `PATH-journal` (see [`crate::journal`]): groups a
+    /// its commit journal `PATH-journal` (`docs/architecture.md`): groups a
     /// crash left in the journal are applied to redb before this returns.
     /// Keep the two files together — copying the database alone after a
     /// crash loses the groups only its journal holds.

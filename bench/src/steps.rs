@@ -1,0 +1,169 @@
+//! The runtime benchmark behind `chronicle bench steps`: durable no-op
+//! runs measured against the disk's own fsync latency in the same run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::json;
+
+use chronicle_engine::model::{Workflow, parse_definition};
+use chronicle_engine::runtime::{EngineBuilder, EngineError};
+use chronicle_engine::state::RunStatus;
+
+/// The figures; `--json` prints exactly these keys.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepsBench {
+    /// Median of one 200-byte write + fdatasync at offset 0 of a file in
+    /// the database's directory, milliseconds (sampled between the runs).
+    pub fsync_ms: f64,
+    /// Median latency of a 3-step no-op run, one after another, ms.
+    pub run_p50_ms: f64,
+    /// 99th percentile of the same, ms.
+    pub run_p99_ms: f64,
+    /// 3-step runs per second with 32 in flight.
+    pub runs_per_s_32: f64,
+    /// Steps per second with 256 runs in flight.
+    pub steps_per_s_256: f64,
+    /// Runs per second with 256 in flight.
+    pub runs_per_s_256: f64,
+    /// Events appended per second with 256 in flight.
+    pub events_per_s_256: f64,
+    /// Time per step of a 10-step `command: [true]` run over the time to
+    /// spawn `true` directly (10 times with `tokio::process`, inherited
+    /// stdio); the median of 11 such pairs.
+    pub shell_step_overhead: f64,
+}
+
+fn noop_workflow() -> Workflow {
+    parse_definition(
+        "bench.yaml",
+        "name: bench\nsteps:\n  - id: a\n    function: noop\n  - id: b\n    needs: [a]\n    function: noop\n  - id: c\n    needs: [b]\n    function: noop\n",
+    )
+    .expect("the bench workflow is valid")
+}
+
+fn true_workflow() -> Workflow {
+    let mut y = String::from("name: true10\nsteps:\n");
+    for i in 0..10 {
+        y.push_str(&format!("  - id: s{i}\n    command: ['true']\n"));
+        if i > 0 {
+            y.push_str(&format!("    needs: [s{}]\n", i - 1));
+        }
+    }
+    parse_definition("true10.yaml", &y).expect("the bench workflow is valid")
+}
+
+async fn in_flight(
+    engine: &chronicle_engine::runtime::Engine,
+    wf: &Workflow,
+    total: usize,
+    parallel: usize,
+) -> Result<f64, EngineError> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..total {
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let engine = engine.clone();
+        let wf = wf.clone();
+        tasks.spawn(async move {
+            let run = engine.start(wf, json!({}), None).await?;
+            let s = engine.wait(run).await?;
+            drop(permit);
+            Ok::<_, EngineError>(s.status == RunStatus::Succeeded)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let ok = r.map_err(|e| {
+            EngineError::Stopped(
+                chronicle_engine::ids::RunId(uuid::Uuid::nil()),
+                e.to_string(),
+            )
+        })??;
+        assert!(ok, "a no-op bench run did not succeed");
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Run the benchmark in `dir`.
+pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| chronicle_store::StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    rt.block_on(async {
+        let path = dir.join("bench-steps.redb");
+        chronicle_store::remove_database(&path);
+        let engine = EngineBuilder::new()
+            .db(&path)
+            .workdir(dir)
+            .max_parallel(4096)
+            .snapshot_every(0)
+            .function("noop", |_c| async { Ok(json!(null)) })
+            .build()?;
+        let wf = noop_workflow();
+        // The fsync baseline and the runs in interleaved slices: this
+        // disk's speed drifts by ±20 % within a minute.
+        let mut lat = Vec::with_capacity(200);
+        let mut fsyncs = Vec::with_capacity(300);
+        let probe = crate::store::FsyncProbe::new(dir)?;
+        for _ in 0..4 {
+            fsyncs.extend(probe.sample(75)?);
+            for _ in 0..50 {
+                let t = Instant::now();
+                let run = engine.start(wf.clone(), json!({}), None).await?;
+                engine.wait(run).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        drop(probe);
+        let fsync_ms = crate::store::percentile(&mut fsyncs, 0.5);
+        let run_p50_ms = crate::store::percentile(&mut lat, 0.5);
+        let run_p99_ms = crate::store::percentile(&mut lat, 0.99);
+        let n32 = 2000;
+        let runs_per_s_32 = n32 as f64 / in_flight(&engine, &wf, n32, 32).await?;
+        let n256 = 6700; // 20,100 steps
+        let secs = in_flight(&engine, &wf, n256, 256).await?;
+        let runs_per_s_256 = n256 as f64 / secs;
+        let steps_per_s_256 = 3.0 * runs_per_s_256;
+        let events_per_s_256 = 9.0 * runs_per_s_256; // Created, Started, 3×(StepStarted, StepSucceeded), Succeeded
+        // Shell overhead: a 10-step run of `true` against 10 direct spawns.
+        let tw = true_workflow();
+        // 11 pairs, median ratio: one pair swings by ±10 % on this machine.
+        let mut ratios = Vec::new();
+        for _ in 0..11 {
+            let t = Instant::now();
+            let run = engine.start(tw.clone(), json!({}), None).await?;
+            engine.wait(run).await?;
+            let engine_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            for _ in 0..10 {
+                let _ = tokio::process::Command::new("true").status().await;
+            }
+            let direct_s = t.elapsed().as_secs_f64();
+            ratios.push(engine_s / direct_s);
+        }
+        let shell_step_overhead = crate::store::percentile(&mut ratios, 0.5);
+        drop(engine);
+        chronicle_store::remove_database(&path);
+        Ok(StepsBench {
+            fsync_ms,
+            run_p50_ms,
+            run_p99_ms,
+            runs_per_s_32,
+            steps_per_s_256,
+            runs_per_s_256,
+            events_per_s_256,
+            shell_step_overhead,
+        })
+    })
+}

@@ -1,0 +1,502 @@
+//! Workflow definitions: the file format (YAML or JSON), its validation,
+//! and input templates.
+//!
+//! The format is documented field by field in `docs/workflow-format.md`;
+//! its JSON Schema is produced by [`json_schema`].
+
+mod duration;
+mod load;
+pub mod template;
+mod validate;
+pub use validate::is_invisible_control;
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use duration::HumanDuration;
+pub use load::{DefinitionError, parse_definition};
+pub use validate::{MAX_STEPS, MAX_STRING_BYTES, validate};
+
+/// A workflow: steps, their dependencies, agents and policies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Workflow {
+    /// Name of the workflow (shown in `chronicle list`).
+    pub name: String,
+    /// Optional version label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Optional description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Default run input; a run's input is merged over it (top-level keys).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub input: BTreeMap<String, Value>,
+    /// Names of secrets read from the engine's environment at execution
+    /// time; referenced as `${{ secrets.NAME }}`; never written to the log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Agents by name: what `skills` steps are routed to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agents: BTreeMap<String, Agent>,
+    /// Defaults for every step.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// The steps (the nodes of the graph).
+    pub steps: Vec<Step>,
+}
+
+/// Defaults applied to every step that does not set its own.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Retry policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Per-attempt timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// Routing strategy for `skills` steps (default `first`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Consecutive crash abandonments of one step that quarantine the run
+    /// (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_after_crashes: Option<u32>,
+}
+
+/// An agent: a named executor with skills.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    /// Skills the agent has.
+    pub skills: Vec<String>,
+    /// An argv list, run without a shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// A script run by `/bin/sh -c` (explicit opt-in to a shell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// An HTTP request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSpec>,
+    /// The name of a Rust function registered with the engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// At most this many attempts at once on this agent (default 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub concurrency: u32,
+    /// Circuit breaker settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitPolicy>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn is_one(v: &u32) -> bool {
+    *v == 1
+}
+
+/// Circuit breaker: after `failure_threshold` consecutive failures the
+/// agent's circuit opens for `cool_down`, then one half-open probe decides.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitPolicy {
+    /// Consecutive failures that open the circuit (default 5).
+    #[serde(default = "five")]
+    pub failure_threshold: u32,
+    /// How long the circuit stays open before a probe (default 30s).
+    #[serde(default = "thirty_s")]
+    pub cool_down: HumanDuration,
+}
+
+fn five() -> u32 {
+    5
+}
+fn thirty_s() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+impl Default for CircuitPolicy {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            cool_down: thirty_s(),
+        }
+    }
+}
+
+/// How a step or an agent is executed (a copy of its four executor
+/// fields). Exactly one must be set; validation checks it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecSpec {
+    /// An argv list, run without a shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// A script run by `/bin/sh -c` (explicit opt-in to a shell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// An HTTP request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSpec>,
+    /// The name of a Rust function registered with the engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+}
+
+impl ExecSpec {
+    /// How many executors are set.
+    pub fn count(&self) -> usize {
+        [
+            self.command.is_some(),
+            self.shell.is_some(),
+            self.http.is_some(),
+            self.function.is_some(),
+        ]
+        .into_iter()
+        .filter(|b| *b)
+        .count()
+    }
+    /// The executor kind, for messages: `command`, `shell`, `http`, `function`.
+    pub fn kind(&self) -> &'static str {
+        if self.command.is_some() {
+            "command"
+        } else if self.shell.is_some() {
+            "shell"
+        } else if self.http.is_some() {
+            "http"
+        } else if self.function.is_some() {
+            "function"
+        } else {
+            "none"
+        }
+    }
+}
+
+/// An HTTP request executor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    /// Method (default `POST`).
+    #[serde(default = "post")]
+    pub method: String,
+    /// URL (http:// or https://).
+    pub url: String,
+    /// Extra headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// JSON body; default: the step's resolved input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+fn post() -> String {
+    "POST".into()
+}
+
+/// A step: a node of the workflow graph.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Unique id (letters, digits, `-`, `_`).
+    pub id: String,
+    /// Steps that must succeed first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// An argv list, run without a shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// A script run by `/bin/sh -c` (explicit opt-in to a shell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// An HTTP request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSpec>,
+    /// The name of a Rust function registered with the engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// Skills required: the step goes to an agent that has them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skills: Option<Vec<String>>,
+    /// Routing strategy for this step (overrides `defaults.strategy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Inputs; string values may hold `${{ ... }}` templates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub with: BTreeMap<String, Value>,
+    /// Retry policy (overrides `defaults.retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Per-attempt timeout (overrides `defaults.timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// When this step fails, its dependents still run.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub continue_on_failure: bool,
+    /// What happens when attempts run out: `fail` (default) or `quarantine`.
+    #[serde(default, skip_serializing_if = "OnExhausted::is_fail")]
+    pub on_exhausted: OnExhausted,
+    /// Never run twice: an attempt cut off by a crash fails the step
+    /// ("interrupted") instead of being retried.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub at_most_once: bool,
+    /// Working directory of command/shell steps (default: the engine's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Extra environment variables of command/shell steps.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// What happens when a step runs out of attempts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExhausted {
+    /// The step fails (dependents are skipped unless `continue_on_failure`).
+    #[default]
+    Fail,
+    /// The run is quarantined for a person to look at.
+    Quarantine,
+}
+
+impl OnExhausted {
+    fn is_fail(&self) -> bool {
+        *self == Self::Fail
+    }
+}
+
+/// Routing strategy among the agents that have every required skill.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The first available agent in name order.
+    #[default]
+    First,
+    /// Rotate through capable agents (by the step's attempt count so far in
+    /// the run), skipping unavailable ones.
+    RoundRobin,
+    /// The available agent with the fewest running attempts.
+    LeastLoaded,
+}
+
+/// Retry with exponential backoff.
+///
+/// The delay before attempt `n+1` is
+/// `min(max_backoff, initial_backoff × multiplier^(n-1))`; with
+/// `jitter: full` it is drawn uniformly from `[0, delay]` (AWS
+/// Architecture Blog, "Exponential Backoff And Jitter", 2015) using the
+/// run's seed, and recorded in `StepFailed.next_retry_at`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (default 3; 1 = no retry).
+    #[serde(default = "three")]
+    pub max_attempts: u32,
+    /// Delay before the second attempt (default 1s).
+    #[serde(default = "one_s")]
+    pub initial_backoff: HumanDuration,
+    /// Growth factor per attempt (default 2.0).
+    #[serde(default = "two")]
+    pub multiplier: f64,
+    /// Upper bound of the delay (default 5m).
+    #[serde(default = "five_m")]
+    pub max_backoff: HumanDuration,
+    /// `none` or `full` (default `none`).
+    #[serde(default)]
+    pub jitter: Jitter,
+    /// Which failures are retried.
+    #[serde(default)]
+    pub retry_on: RetryOn,
+}
+
+fn three() -> u32 {
+    3
+}
+fn one_s() -> HumanDuration {
+    HumanDuration::from_secs(1)
+}
+fn two() -> f64 {
+    2.0
+}
+fn five_m() -> HumanDuration {
+    HumanDuration::from_secs(300)
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff: one_s(),
+            multiplier: 2.0,
+            max_backoff: five_m(),
+            jitter: Jitter::None,
+            retry_on: RetryOn::default(),
+        }
+    }
+}
+
+/// Jitter of retry delays.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Jitter {
+    /// The exact exponential delay.
+    #[default]
+    None,
+    /// Uniform in `[0, delay]`.
+    Full,
+}
+
+/// Which failures are retryable.
+///
+/// Default: transient failures, timeouts and crashes. A command's exit
+/// code is transient unless listed in `permanent_exit_codes` (or, when
+/// `exit_codes` is set, unless listed there). HTTP: connection errors, 429
+/// and 5xx are transient, other 4xx permanent, unless `http_statuses` lists
+/// the statuses to retry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryOn {
+    /// Error kinds retried (default: transient, timeout, interrupted).
+    #[serde(default = "default_kinds")]
+    pub kinds: Vec<ErrorKind>,
+    /// If set, only these exit codes are transient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_codes: Option<Vec<i32>>,
+    /// Exit codes that are permanent (never retried).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permanent_exit_codes: Vec<i32>,
+    /// If set, only these HTTP statuses are transient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_statuses: Option<Vec<u16>>,
+}
+
+fn default_kinds() -> Vec<ErrorKind> {
+    vec![
+        ErrorKind::Transient,
+        ErrorKind::Timeout,
+        ErrorKind::Interrupted,
+    ]
+}
+
+impl Default for RetryOn {
+    fn default() -> Self {
+        Self {
+            kinds: default_kinds(),
+            exit_codes: None,
+            permanent_exit_codes: Vec::new(),
+            http_statuses: None,
+        }
+    }
+}
+
+/// The kind of a failed attempt.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// May succeed if tried again (non-zero exit, 5xx, connection error).
+    Transient,
+    /// Will not succeed if tried again (4xx, listed exit code, bad input).
+    Permanent,
+    /// The attempt ran past its deadline and was killed.
+    Timeout,
+    /// The engine crashed during the attempt (an `at_most_once` step).
+    Interrupted,
+    /// The run was canceled while the attempt ran.
+    Canceled,
+    /// No agent can take the step.
+    Unassigned,
+}
+
+impl ErrorKind {
+    /// Stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::Permanent => "permanent",
+            Self::Timeout => "timeout",
+            Self::Interrupted => "interrupted",
+            Self::Canceled => "canceled",
+            Self::Unassigned => "unassigned",
+        }
+    }
+}
+
+impl Step {
+    /// This step's executor fields.
+    pub fn exec(&self) -> ExecSpec {
+        ExecSpec {
+            command: self.command.clone(),
+            shell: self.shell.clone(),
+            http: self.http.clone(),
+            function: self.function.clone(),
+        }
+    }
+}
+
+impl Agent {
+    /// This agent's executor fields.
+    pub fn exec(&self) -> ExecSpec {
+        ExecSpec {
+            command: self.command.clone(),
+            shell: self.shell.clone(),
+            http: self.http.clone(),
+            function: self.function.clone(),
+        }
+    }
+}
+
+impl Workflow {
+    /// The step with `id`.
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+
+    /// The effective retry policy of a step.
+    pub fn retry_of(&self, step: &Step) -> RetryPolicy {
+        step.retry
+            .clone()
+            .or_else(|| self.defaults.retry.clone())
+            .unwrap_or_default()
+    }
+
+    /// The effective per-attempt timeout of a step, if any.
+    pub fn timeout_of(&self, step: &Step) -> Option<HumanDuration> {
+        step.timeout.or(self.defaults.timeout)
+    }
+
+    /// The effective routing strategy of a step.
+    pub fn strategy_of(&self, step: &Step) -> Strategy {
+        step.strategy.or(self.defaults.strategy).unwrap_or_default()
+    }
+
+    /// Consecutive crash abandonments that quarantine a run (default 3).
+    pub fn quarantine_after_crashes(&self) -> u32 {
+        self.defaults.quarantine_after_crashes.unwrap_or(3)
+    }
+
+    /// SHA-256 of the definition's canonical JSON (lower-case hex).
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let bytes = serde_json::to_vec(self).expect("a workflow always serializes");
+        Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// The JSON Schema of the workflow format (draft 2020-12), pretty-printed.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Workflow);
+    serde_json::to_string_pretty(&schema).expect("a schema always serializes")
+}
