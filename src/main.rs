@@ -2,10 +2,11 @@
 //! and the replayer. `main` parses, runs, and maps every error to an exit
 //! code (see `error.rs`); no panic or backtrace reaches a user.
 
+mod bench;
 mod cli;
 mod error;
-mod inspect;
 mod progress;
+mod queries;
 mod runs;
 
 use std::io::Write;
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
     init_tracing(&cli);
     if let Cmd::Bench { which, json, dir } = &cli.command {
         // Benchmarks build their own runtimes.
-        return finish(inspect::bench(&cli.db, which, *json, dir.as_deref()));
+        return finish(bench::bench(&cli.db, which, *json, dir.as_deref()));
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -97,12 +98,12 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             input,
             idempotency_key,
         } => runs::run(&db, &file, &input, idempotency_key, quiet).await,
-        Cmd::Validate { file } => inspect::validate(&file),
+        Cmd::Validate { file } => queries::validate(&file),
         Cmd::Recover { runs, accept_loss } => runs::recover(&db, &runs, accept_loss, quiet).await,
-        Cmd::List { status, json } => inspect::list(&db, status.as_deref(), json),
-        Cmd::Status { run, json } => inspect::status(&db, &run, json),
+        Cmd::List { status, json } => queries::list(&db, status.as_deref(), json),
+        Cmd::Status { run, json } => queries::status(&db, &run, json),
         Cmd::History { run, json, follow } => {
-            inspect::history(&db, &run, json, follow, quiet).await
+            queries::history(&db, &run, json, follow, quiet).await
         }
         Cmd::Replay {
             run,
@@ -111,7 +112,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             at_time,
             timeline,
             json,
-        } => inspect::replay(
+        } => queries::replay(
             &db,
             run.as_deref(),
             file.as_deref(),
@@ -120,15 +121,15 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             timeline,
             json,
         ),
-        Cmd::Verify { run, json } => inspect::verify(&db, run.as_deref(), json),
+        Cmd::Verify { run, json } => queries::verify(&db, run.as_deref(), json),
         Cmd::Fork {
             run,
             at,
             input,
             set_output,
         } => runs::fork(&db, &run, at, input.as_deref(), &set_output, quiet).await,
-        Cmd::Export { run } => inspect::export(&db, &run),
-        Cmd::Import { file } => inspect::import(&db, &file).await,
+        Cmd::Export { run } => queries::export(&db, &run),
+        Cmd::Import { file } => queries::import(&db, &file).await,
         Cmd::Cancel { run } => runs::control(&db, &run, runs::Control::Cancel).await,
         Cmd::Pause { run } => runs::control(&db, &run, runs::Control::Pause).await,
         Cmd::Resume { run } => runs::continue_run(&db, &run, runs::Control::Resume, quiet).await,

@@ -218,7 +218,7 @@ pub async fn fork(
     }
     // Check everything on a read-only open first: bad input changes nothing.
     let source = {
-        let ro = crate::inspect::engine_existing(db)?;
+        let ro = crate::queries::engine_existing(db)?;
         let source = ro.resolve_run(run)?;
         let state = chronicle_replay::rebuild::state_at(
             ro.store(),
@@ -271,7 +271,7 @@ fn command(what: &Control) -> Command {
 /// Resolve `run` and check that `what` applies, on a read-only open, so
 /// that a refused command leaves the database untouched.
 fn check(db: &Path, run: &str, what: &Control) -> Result<RunId, CliError> {
-    let ro = crate::inspect::engine_existing(db)?;
+    let ro = crate::queries::engine_existing(db)?;
     let run = ro.resolve_run(run)?;
     ro.plan_offline(run, command(what))?;
     Ok(run)

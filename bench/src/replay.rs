@@ -27,6 +27,58 @@ pub struct ReplayBench {
     pub recover_10k_ms: f64,
     /// Events verified per second (hash chain, fold, snapshots, index).
     pub verify_events_per_s: f64,
+    /// Baseline: records of the same events iterated per second by redb
+    /// itself (the `log` table, no decoding), on as many threads as the
+    /// fold uses.
+    pub raw_scan_events_per_s: f64,
+    /// `fold_events_per_s / raw_scan_events_per_s`.
+    pub fold_per_scan: f64,
+    /// `verify_events_per_s / raw_scan_events_per_s`.
+    pub verify_per_scan: f64,
+}
+
+/// Iterate the `log` table of the database at `path` (closed) on
+/// `threads` threads, each over its share of the positions; returns the
+/// records per second.
+fn raw_scan(path: &Path, threads: usize) -> Result<f64, ReplayError> {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    let err = |e: redb::Error| {
+        ReplayError::Store(chronicle_store::StoreError::Storage(format!(
+            "{}: {e}",
+            path.display()
+        )))
+    };
+    let log = redb::TableDefinition::<u64, &[u8]>::new("log");
+    let db = redb::ReadOnlyDatabase::open(path).map_err(|e| err(e.into()))?;
+    let t = Instant::now();
+    let txn = db.begin_read().map_err(|e| err(e.into()))?;
+    let table = txn.open_table(log).map_err(|e| err(e.into()))?;
+    let n = table.len().map_err(|e| err(e.into()))?;
+    let chunk = n.div_ceil(threads as u64).max(1);
+    let counted: Result<Vec<u64>, redb::Error> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads as u64)
+            .map(|i| {
+                let table = &table;
+                s.spawn(move || -> Result<u64, redb::Error> {
+                    let mut bytes = 0u64;
+                    let mut records = 0u64;
+                    for item in table.range(1 + i * chunk..1 + (i + 1) * chunk)? {
+                        let (_, v) = item?;
+                        bytes += v.value().len() as u64;
+                        records += 1;
+                    }
+                    std::hint::black_box(bytes);
+                    Ok(records)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("scan threads do not panic"))
+            .collect()
+    });
+    let records: u64 = counted.map_err(err)?.into_iter().sum();
+    Ok(records as f64 / t.elapsed().as_secs_f64())
 }
 
 const WORKFLOW: &str = "
@@ -190,6 +242,7 @@ pub fn run(dir: &Path) -> Result<ReplayBench, ReplayError> {
     );
     let verify_events_per_s = verified as f64 / t.elapsed().as_secs_f64();
     drop(store);
+    let raw_scan_events_per_s = raw_scan(&path, threads)?;
     chronicle_store::remove_database(&path);
 
     // 10,000 in-flight runs of 10 events (the fifth event onwards: step 4 running).
@@ -231,5 +284,8 @@ pub fn run(dir: &Path) -> Result<ReplayBench, ReplayError> {
         fold_events_per_s,
         recover_10k_ms,
         verify_events_per_s,
+        raw_scan_events_per_s,
+        fold_per_scan: fold_events_per_s / raw_scan_events_per_s,
+        verify_per_scan: verify_events_per_s / raw_scan_events_per_s,
     })
 }

@@ -34,6 +34,15 @@ pub struct StepsBench {
     /// spawn `true` directly (10 times with `tokio::process`, inherited
     /// stdio); the median of 11 such pairs.
     pub shell_step_overhead: f64,
+    /// Median time of one direct spawn of `true` (to its exit), µs.
+    pub spawn_us: f64,
+    /// Median time per step of the 10-step `command: [true]` run, µs.
+    pub shell_step_us: f64,
+    /// `shell_step_us / (spawn_us + 1000 × fsync_ms)`: a step against the
+    /// least a step that is written ahead can cost (its `StepStarted` made
+    /// durable, then the process) — target ≤ 1.2. The medians come from
+    /// the same interleaved samples.
+    pub shell_step_overhead_durable: f64,
 }
 
 fn noop_workflow() -> Workflow {
@@ -140,6 +149,8 @@ pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
         let tw = true_workflow();
         // 11 pairs, median ratio: one pair swings by ±10 % on this machine.
         let mut ratios = Vec::new();
+        let (mut step_us, mut spawn_us, mut step_fsyncs) = (Vec::new(), Vec::new(), Vec::new());
+        let probe = crate::store::FsyncProbe::new(dir)?;
         for _ in 0..11 {
             let t = Instant::now();
             let run = engine.start(tw.clone(), json!({}), None).await?;
@@ -151,8 +162,16 @@ pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
             }
             let direct_s = t.elapsed().as_secs_f64();
             ratios.push(engine_s / direct_s);
+            step_us.push(engine_s * 1e5);
+            spawn_us.push(direct_s * 1e5);
+            step_fsyncs.extend(probe.sample(10)?);
         }
+        drop(probe);
         let shell_step_overhead = crate::store::percentile(&mut ratios, 0.5);
+        let shell_step_us = crate::store::percentile(&mut step_us, 0.5);
+        let spawn_us = crate::store::percentile(&mut spawn_us, 0.5);
+        let step_fsync_ms = crate::store::percentile(&mut step_fsyncs, 0.5);
+        let shell_step_overhead_durable = shell_step_us / (spawn_us + 1000.0 * step_fsync_ms);
         drop(engine);
         chronicle_store::remove_database(&path);
         Ok(StepsBench {
@@ -164,6 +183,9 @@ pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
             runs_per_s_256,
             events_per_s_256,
             shell_step_overhead,
+            spawn_us,
+            shell_step_us,
+            shell_step_overhead_durable,
         })
     })
 }

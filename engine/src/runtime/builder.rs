@@ -12,7 +12,7 @@ use super::exec::function::{Function, FunctionCall, FunctionError, FunctionFutur
 use crate::event::AgentEvent;
 
 use super::engine::{Engine, EngineError};
-use super::inner::Inner;
+use super::shared::Inner;
 
 /// Where run ids come from.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use crate::ids::RunId;
 use crate::model::Workflow;
 use crate::state::{RunState, RunStatus, TransitionError, evolve};
 
-use super::inner::{Inner, RunHandle, encode, fold_envelope};
+use super::shared::{Inner, RunHandle, encode, fold_envelope};
 
 /// Errors of the engine API.
 #[derive(Debug, thiserror::Error)]

@@ -11,13 +11,13 @@ pub mod capacity;
 mod engine;
 pub mod exec;
 pub mod index;
-mod inner;
 pub mod processes;
 mod recovery;
+mod shared;
 
 pub use builder::{EngineBuilder, IdSource};
 pub use engine::{Engine, EngineError};
 pub use exec::function::{FunctionCall, FunctionError};
 pub use index::RunSummary;
-pub use inner::{decode_error, fold_envelope};
 pub use recovery::RecoveryReport;
+pub use shared::{decode_error, fold_envelope};

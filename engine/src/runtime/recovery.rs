@@ -14,7 +14,7 @@ use crate::ids::RunId;
 use crate::state::{RunState, RunStatus};
 
 use super::engine::{Engine, EngineError};
-use super::inner::fold_envelope;
+use super::shared::fold_envelope;
 
 /// What recovery did on start.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]

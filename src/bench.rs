@@ -1,0 +1,41 @@
+//! `chronicle bench`: the benchmarks of `chronicle-bench`, printed.
+
+use std::path::Path;
+
+use crate::error::CliError;
+
+/// `chronicle bench store|steps|replay`.
+pub fn bench(db: &Path, which: &str, json: bool, dir: Option<&Path>) -> Result<u8, CliError> {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => db
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| ".".into()),
+    }
+    .join("chronicle-bench");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::storage(format!("cannot create {}: {e}", dir.display())))?;
+    let value = match which {
+        "store" => serde_json::to_value(chronicle_bench::store::run(&dir)?),
+        "steps" => serde_json::to_value(chronicle_bench::steps::run(&dir)?),
+        "replay" => serde_json::to_value(chronicle_bench::replay::run(&dir)?),
+        "scheduler" => serde_json::to_value(
+            chronicle_bench::scheduler::run()
+                .map_err(|e| CliError::storage(format!("cannot start the runtime: {e}")))?,
+        ),
+        other => return Err(CliError::input(format!("unknown benchmark {other}"))),
+    }
+    .expect("figures serialize");
+    let _ = std::fs::remove_dir_all(&dir);
+    if json {
+        println!("{value}");
+    } else {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("plain data serializes")
+        );
+    }
+    Ok(0)
+}
