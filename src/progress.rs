@@ -16,6 +16,8 @@ use tokio::sync::{broadcast, oneshot};
 pub struct Progress {
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The live lines, on a terminal (not with `--quiet`).
+    multi: Option<MultiProgress>,
 }
 
 impl Progress {
@@ -23,14 +25,28 @@ impl Progress {
     pub fn start(feed: broadcast::Receiver<Arc<[RawEnvelope]>>, quiet: bool) -> Self {
         let (stop, stop_rx) = oneshot::channel();
         let tty = std::io::stderr().is_terminal();
-        let task = tokio::spawn(print_loop(feed, stop_rx, tty, quiet));
+        let multi =
+            (tty && !quiet).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        let task = tokio::spawn(print_loop(feed, stop_rx, multi.clone(), quiet));
         Self {
             stop: Some(stop),
             task: Some(task),
+            multi,
         }
     }
 
-    /// Print what is still queued and stop.
+    /// Print a line above the live lines (plainly when there are none).
+    pub fn line(&self, text: &str) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// Print what is still queued and stop; the live lines are cleared (the
+    /// summary that follows is what stays on screen).
     pub async fn finish(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -38,7 +54,27 @@ impl Progress {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+        if let Some(m) = &self.multi {
+            let _ = m.clear();
+        }
     }
+}
+
+/// `s` cut to `w` characters, with `…` where it was cut.
+fn fit(s: &str, w: usize) -> String {
+    if s.chars().count() <= w {
+        s.to_string()
+    } else {
+        format!(
+            "{}…",
+            s.chars().take(w.saturating_sub(1)).collect::<String>()
+        )
+    }
+}
+
+/// A live line's message, cut so the line fits 80 columns.
+fn fit46(s: String) -> String {
+    fit(&s, 46)
 }
 
 fn short(run: &str) -> &str {
@@ -120,16 +156,24 @@ pub fn describe(env: &RawEnvelope) -> String {
     }
 }
 
+/// Live lines on a terminal: one per run (status, steps done) and one per
+/// step (status, attempt, time), fitted to the terminal's width; no line
+/// per event. Elsewhere one plain line per event.
 async fn print_loop(
     mut feed: broadcast::Receiver<Arc<[RawEnvelope]>>,
     mut stop: oneshot::Receiver<()>,
-    tty: bool,
+    multi: Option<MultiProgress>,
     quiet: bool,
 ) {
-    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{spinner} {prefix:<28} {msg} [{elapsed}]")
+    // 1 + 1 + 26 + 1 + 4 + 1 + MSG columns: 80 with a message of 46.
+    let step_style = ProgressStyle::with_template("{spinner} {prefix:<26} {elapsed:>4} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+        .tick_strings(&["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏", " "]);
+    let run_style = ProgressStyle::with_template("{prefix:<28} {elapsed:>4} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     let mut bars: HashMap<(String, String), ProgressBar> = HashMap::new();
+    // Per run: its line, steps in the workflow, steps ended.
+    let mut runs: HashMap<String, (ProgressBar, usize, usize)> = HashMap::new();
     let mut stopping = false;
     loop {
         let batch = if stopping {
@@ -142,7 +186,9 @@ async fn print_loop(
                 r = feed.recv() => match r {
                     Ok(b) => b,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        eprintln!("(progress skipped {n} commits)");
+                        if multi.is_none() && !quiet {
+                            eprintln!("(progress skipped {n} commits)");
+                        }
                         continue;
                     }
                     Err(_) => break,
@@ -153,68 +199,102 @@ async fn print_loop(
         if quiet {
             continue;
         }
-        for env in batch.iter() {
-            if !tty {
-                let mut out = std::io::stderr().lock();
+        let Some(multi) = &multi else {
+            let mut out = std::io::stderr().lock();
+            for env in batch.iter() {
                 let _ = writeln!(out, "{}", describe(env));
-                continue;
             }
+            continue;
+        };
+        for env in batch.iter() {
             let Ok(ev) = env.decode::<RunEvent>() else {
-                multi.println(describe(env)).ok();
-                continue;
+                continue; // agent streams: shown by the steps they block
             };
             let run = env.stream.to_string();
+            let (run_bar, total, ended) = runs.entry(run.clone()).or_insert_with(|| {
+                let b = multi.insert(0, ProgressBar::new_spinner());
+                b.set_style(run_style.clone());
+                b.set_prefix(format!("run {}", short(&run)));
+                b.enable_steady_tick(Duration::from_millis(250));
+                (b, 0, 0)
+            });
+            match &ev {
+                RunEvent::RunCreated { workflow, .. } => {
+                    *total = workflow.steps.len();
+                    run_bar.set_prefix(fit(&format!("run {} {}", short(&run), workflow.name), 28));
+                }
+                RunEvent::StepSucceeded { .. }
+                | RunEvent::StepSkipped { .. }
+                | RunEvent::StepFailed {
+                    next_retry_at: None,
+                    ..
+                }
+                | RunEvent::StepUnassigned { blocked: false, .. } => *ended += 1,
+                _ => {}
+            }
+            let ends_run = matches!(
+                ev,
+                RunEvent::RunSucceeded {} | RunEvent::RunFailed { .. } | RunEvent::RunCanceled {}
+            );
+            if ends_run || matches!(ev, RunEvent::RunQuarantined { .. }) {
+                run_bar.finish_with_message(ev.name().to_string());
+            } else if !run_bar.is_finished() {
+                run_bar.set_message(fit46(format!(
+                    "{ended}/{total} steps ended",
+                    total = (*total).max(*ended)
+                )));
+            }
             let Some(step) = ev.step().map(str::to_string) else {
-                multi.println(describe(env)).ok();
                 continue;
             };
             let bar = bars.entry((run.clone(), step.clone())).or_insert_with(|| {
                 let b = multi.add(ProgressBar::new_spinner());
-                b.set_style(style.clone());
-                b.set_prefix(format!("{} {step}", short(&run)));
+                b.set_style(step_style.clone());
+                b.set_prefix(fit(&step, 26));
                 b.enable_steady_tick(Duration::from_millis(120));
                 b
             });
             match &ev {
                 RunEvent::StepStarted { attempt, .. } => {
                     bar.reset_elapsed();
-                    bar.set_message(format!("running  attempt {attempt}"));
+                    bar.set_message(fit46(format!("running, attempt {attempt}")));
                 }
                 RunEvent::StepSucceeded { attempt, .. } => {
-                    bar.finish_with_message(format!("succeeded attempt {attempt}"))
+                    bar.finish_with_message(fit46(format!("succeeded, attempt {attempt}")))
                 }
                 RunEvent::StepFailed {
                     attempt,
                     kind,
                     next_retry_at: Some(_),
                     ..
-                } => bar.set_message(format!(
-                    "retrying attempt {attempt} failed ({})",
+                } => bar.set_message(fit46(format!(
+                    "retrying: attempt {attempt} failed ({})",
                     kind.as_str()
+                ))),
+                RunEvent::StepFailed { attempt, kind, .. } => bar.finish_with_message(fit46(
+                    format!("failed, attempt {attempt} ({})", kind.as_str()),
                 )),
-                RunEvent::StepFailed { attempt, kind, .. } => bar
-                    .finish_with_message(format!("failed   attempt {attempt} ({})", kind.as_str())),
                 RunEvent::StepSkipped { reason, .. } => {
-                    bar.finish_with_message(format!("skipped  {reason}"))
+                    bar.finish_with_message(fit46(format!("skipped: {reason}")))
                 }
                 RunEvent::StepUnassigned {
                     reason,
                     blocked: false,
                     ..
-                } => bar.finish_with_message(format!("unassigned {reason}")),
+                } => bar.finish_with_message(fit46(format!("unassigned: {reason}"))),
                 RunEvent::StepUnassigned {
                     reason,
                     blocked: true,
                     ..
-                } => bar.set_message(format!("blocked  {reason}")),
+                } => bar.set_message(fit46(format!("blocked: {reason}"))),
                 RunEvent::StepAbandoned { attempt, .. } => {
-                    bar.set_message(format!("abandoned attempt {attempt}"))
+                    bar.set_message(fit46(format!("attempt {attempt} cut off")))
                 }
                 _ => {}
             }
         }
     }
-    for b in bars.values() {
+    for b in bars.values().chain(runs.values().map(|r| &r.0)) {
         if !b.is_finished() {
             b.abandon();
         }

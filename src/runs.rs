@@ -57,6 +57,7 @@ fn read_input(input: &InputArgs) -> Result<Value, CliError> {
 fn summarize(state: &RunState, quiet: bool) -> u8 {
     if !quiet {
         eprint!("\n{}", chronicle_replay::render::render_state(state));
+        print_outputs(state);
     }
     let run = state.run_id.map(|r| r.to_string()).unwrap_or_default();
     println!("run {run} {}", state.status.as_str());
@@ -64,6 +65,36 @@ fn summarize(state: &RunState, quiet: bool) -> u8 {
         0
     } else {
         1
+    }
+}
+
+/// The workflow's named outputs, resolved against the run's final state.
+fn print_outputs(state: &RunState) {
+    let Some(wf) = &state.workflow else { return };
+    if wf.outputs.is_empty() {
+        return;
+    }
+    let run = state.run_id.map(|r| r.to_string()).unwrap_or_default();
+    let outputs = state.outputs();
+    let scope = chronicle_engine::model::template::Scope {
+        run_id: &run,
+        input: &state.input,
+        outputs: &outputs,
+    };
+    eprintln!("outputs");
+    let pad = wf
+        .outputs
+        .keys()
+        .map(|k| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (name, value) in wf.resolve_outputs(&scope) {
+        let text = match value {
+            Ok(Value::String(s)) => s,
+            Ok(other) => other.to_string(),
+            Err(e) => format!("(not produced: {e})"),
+        };
+        eprintln!("  {name:<pad$}  {text}");
     }
 }
 
@@ -130,7 +161,7 @@ pub async fn run(
     let progress = Progress::start(engine.subscribe(), quiet);
     let run = engine.start(wf, input, key).await?;
     if !quiet {
-        eprintln!("run {run} started (database {})", db.display());
+        progress.line(&format!("run {run} started"));
     }
     drive(&engine, &[run], progress, quiet).await
 }

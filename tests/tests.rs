@@ -10,4 +10,5 @@ mod crash;
 mod damage;
 mod examples;
 mod journal;
+mod terminal;
 mod walkthrough;

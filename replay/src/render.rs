@@ -18,8 +18,23 @@ fn summary(v: &Value) -> String {
     }
 }
 
-/// A plain-text table: run header, then `STEP STATUS ATTEMPTS AGENT
-/// LAST-ERROR OUTPUT` rows in definition order.
+/// Columns of the table: it fits a terminal of this many.
+pub const WIDTH: usize = 80;
+
+/// `s` cut to `w` characters, with `…` where it was cut.
+fn fit(s: &str, w: usize) -> String {
+    if s.chars().count() <= w {
+        s.to_string()
+    } else if w == 0 {
+        String::new()
+    } else {
+        format!("{}…", s.chars().take(w - 1).collect::<String>())
+    }
+}
+
+/// A plain-text table in [`WIDTH`] columns: the run's header, then `STEP
+/// STATUS ATTEMPTS AGENT LAST-ERROR OUTPUT` rows in definition order
+/// (AGENT only when a step has one; error and output cut to fit).
 pub fn render_state(state: &RunState) -> String {
     let mut out = String::new();
     let run = state
@@ -32,10 +47,11 @@ pub fn render_state(state: &RunState) -> String {
         .map(|w| w.name.as_str())
         .unwrap_or("-");
     out.push_str(&format!(
-        "run {run}  workflow {wf}  status {}  seq {}\n",
+        "run {run}  {}  seq {}\n",
         state.status.as_str(),
         state.seq
     ));
+    out.push_str(&format!("workflow {}\n", fit(wf, WIDTH - 9)));
     if let Some(l) = &state.lineage {
         out.push_str(&format!(
             "forked from {} at seq {}\n",
@@ -43,27 +59,18 @@ pub fn render_state(state: &RunState) -> String {
         ));
     }
     if let Some(q) = &state.quarantine {
-        out.push_str(&format!("quarantine: {}\n", q.reason));
+        out.push_str(&fit(&format!("quarantine: {}", q.reason), WIDTH));
+        out.push('\n');
     }
     if let Some(f) = &state.failure {
-        out.push_str(&format!("failure: {f}\n"));
+        out.push_str(&fit(&format!("failure: {f}"), WIDTH));
+        out.push('\n');
     }
-    let mut rows = vec![
-        [
-            "STEP",
-            "STATUS",
-            "ATTEMPTS",
-            "AGENT",
-            "LAST ERROR",
-            "OUTPUT",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
     let order: Vec<String> = match &state.workflow {
         Some(w) => w.steps.iter().map(|s| s.id.clone()).collect(),
         None => state.steps.keys().cloned().collect(),
     };
+    let mut rows: Vec<[String; 6]> = Vec::new();
     for id in order {
         let Some(st) = state.steps.get(&id) else {
             continue;
@@ -79,36 +86,67 @@ pub fn render_state(state: &RunState) -> String {
             .filter(|a| a.outcome == AttemptOutcome::Abandoned)
             .count();
         let attempts = if abandoned > 0 {
-            format!("{} ({abandoned} abandoned)", st.attempts.len())
+            format!("{} ({abandoned} cut)", st.attempts.len())
         } else {
             st.attempts.len().to_string()
         };
-        let mut err = st
+        let err = st
             .last_error()
             .or(st.reason.as_deref())
             .unwrap_or("")
             .replace('\n', " ");
-        if err.chars().count() > 60 {
-            err = format!("{}…", err.chars().take(59).collect::<String>());
-        }
         let output = st.output.as_ref().map(summary).unwrap_or_default();
-        rows.push(vec![
-            id,
+        rows.push([
+            fit(&id, 24),
             st.status.as_str().to_string(),
             attempts,
-            agent,
+            fit(&agent, 16),
             err,
             output,
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    for r in rows {
-        let line: Vec<String> = r
+    let header = [
+        "STEP",
+        "STATUS",
+        "ATTEMPTS",
+        "AGENT",
+        "LAST ERROR",
+        "OUTPUT",
+    ]
+    .map(String::from);
+    let with_agent = rows.iter().any(|r| !r[3].is_empty());
+    let cols: Vec<usize> = if with_agent {
+        vec![0, 1, 2, 3, 4, 5]
+    } else {
+        vec![0, 1, 2, 4, 5]
+    };
+    let width = |c: usize| {
+        std::iter::once(&header)
+            .chain(rows.iter())
+            .map(|r| r[c].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let mut widths: Vec<usize> = cols.iter().map(|&c| width(c)).collect();
+    // The fixed columns as they are; error and output share what is left.
+    let n = cols.len();
+    let fixed: usize = widths[..n - 2].iter().sum::<usize>() + 2 * (n - 1);
+    let room = WIDTH.saturating_sub(fixed).max(20);
+    let (e, o) = (widths[n - 2], widths[n - 1]);
+    let (e, o) = if e + o <= room {
+        (e, o)
+    } else if e.min(o) <= room / 2 {
+        if e < o { (e, room - e) } else { (room - o, o) }
+    } else {
+        (room / 2, room - room / 2)
+    };
+    widths[n - 2] = e;
+    widths[n - 1] = o;
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        let line: Vec<String> = cols
             .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .zip(&widths)
+            .map(|(&c, &w)| format!("{:<w$}", fit(&r[c], w)))
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');

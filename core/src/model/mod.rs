@@ -47,6 +47,25 @@ pub struct Workflow {
     pub defaults: Defaults,
     /// The steps (the nodes of the graph).
     pub steps: Vec<Step>,
+    /// What the run produces, by name: templates over the input and the
+    /// steps' outputs (e.g. `report: "${{ input.out }}/report.md"`),
+    /// resolved against the final state and shown when a run ends.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, Value>,
+}
+
+impl Workflow {
+    /// The workflow's [`Workflow::outputs`] resolved in `scope`: each
+    /// value, or why it cannot be resolved yet (a step that has no output).
+    pub fn resolve_outputs(
+        &self,
+        scope: &template::Scope<'_>,
+    ) -> BTreeMap<String, Result<Value, String>> {
+        self.outputs
+            .iter()
+            .map(|(k, v)| (k.clone(), template::resolve(v, scope)))
+            .collect()
+    }
 }
 
 /// Defaults applied to every step that does not set its own.

@@ -366,6 +366,28 @@ fn check_templates(wf: &Workflow, _order: &[String]) -> Result<(), Invalid> {
             }
         }
     }
+    for (name, v) in &wf.outputs {
+        if !valid_name(name) {
+            return Err(top(format!(
+                "output name {name:?} must be letters, digits, - or _"
+            )));
+        }
+        for r in refs_in(v).map_err(|m| top(format!("outputs.{name}: {m}")))? {
+            match r {
+                Ref::Step(id, _) if wf.step(&id).is_none() => {
+                    return Err(top(format!(
+                        "outputs.{name}: template references unknown step {id}"
+                    )));
+                }
+                Ref::Secret(s) => {
+                    return Err(top(format!(
+                        "outputs.{name}: references secret {s}; outputs are shown and must not hold secrets"
+                    )));
+                }
+                _ => {}
+            }
+        }
+    }
     Ok(())
 }
 
