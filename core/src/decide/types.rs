@@ -42,6 +42,12 @@ impl Ctx {
             agents: BTreeMap::new(),
         }
     }
+
+    /// This context with no free slot: no attempt can start.
+    pub fn with_no_slots(mut self) -> Self {
+        self.slots = 0;
+        self
+    }
 }
 
 /// How an attempt ended, as reported by an executor.

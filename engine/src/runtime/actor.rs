@@ -2,25 +2,23 @@
 //! timers arrive as messages; each is decided, appended durably, folded,
 //! and then the effects of the new state are performed.
 
-use crate::ids::RunStream;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chronicle_store::{Seq, WriteRequest};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
+use super::commit::Deciding;
 use super::engine::EngineError;
 use super::exec::{AttemptRequest, Executor, Secrets};
-use super::index::RunSummary;
 use super::processes;
-use super::shared::{Inner, encode};
-use crate::decide::{AttemptResult, Command, decide};
+use super::shared::Inner;
+use crate::decide::{AttemptResult, Command};
 use crate::effects::{Effect, StartAttempt, effects};
 use crate::event::RunEvent;
 use crate::model::template::{Scope, resolve, substitute_secrets};
-use crate::state::{RunState, RunStatus, StepStatus, evolve};
+use crate::state::{RunState, RunStatus, StepStatus};
 
 /// A message to a run actor.
 pub(crate) enum Msg {
@@ -224,7 +222,7 @@ impl RunActor {
 
     /// Decide, append durably, fold.
     async fn handle(&mut self, cmd: Command) -> Result<(), EngineError> {
-        let now = self.engine.clock.peek();
+        let _now = self.engine.clock.peek();
         // Attempts whose process group record this write ends: the one
         // that finished, or every running one at a stop (all were killed).
         let run_text = self.run_id().to_string();
@@ -240,51 +238,14 @@ impl RunActor {
                 .collect(),
             _ => Vec::new(),
         };
-        let state = &self.state;
-        let (res, events) =
-            self.engine
-                .capacity
-                .decide_with(now, |ctx| match decide(state, cmd, ctx) {
-                    Ok(evs) => (Ok(()), evs),
-                    Err(e) => (Err(e), vec![]),
-                });
-        res?;
-        if events.is_empty() {
+        let d = self
+            .engine
+            .commit(&self.state, vec![cmd], ended, Deciding::WithCapacity)
+            .await?;
+        if d.events.is_empty() {
             return Ok(());
         }
-        let mut next = (*self.state).clone();
-        for e in &events {
-            let seq = next.seq + 1;
-            next = match evolve(next, seq, now, e) {
-                Ok(s) => s,
-                Err(err) => {
-                    release_started(&self.engine, &events);
-                    return Err(err.into());
-                }
-            };
-        }
-        let mut req = WriteRequest::append(
-            self.run_id().stream(),
-            Seq(self.state.seq),
-            encode(&events, now),
-        );
-        req.index
-            .push(RunSummary::of(&next).expect("a run has a summary").put());
-        req.index.extend(ended);
-        let every = self.engine.snapshot_every;
-        if every > 0 && next.seq / every > self.state.seq / every {
-            // A snapshot of the fold, written with the events it covers.
-            let bytes = serde_json::to_vec(&next).expect("a state always serializes");
-            req.snapshots
-                .push((self.run_id().stream(), Seq(next.seq), bytes));
-        }
-        if let Err(e) = self.engine.store.write(req).await {
-            release_started(&self.engine, &events);
-            return Err(e.into());
-        }
-        self.engine.clock.now(); // one tick of a manual clock per durable decision
-        release_unstarted(&self.engine, &next, &events);
-        self.state = Arc::new(next);
+        self.state = Arc::new(d.next);
         // Every fold is visible to `borrow()`; waiters (`Engine::wait`)
         // wake only when the status changes, not at every step.
         let state = self.state.clone();

@@ -161,7 +161,7 @@ impl EngineBuilder {
                 workdir,
                 runs: Mutex::new(HashMap::new()),
                 agent_heads: tokio::sync::Mutex::new(HashMap::new()),
-                http: reqwest::Client::new(),
+                http: super::exec::http::LazyClient::default(),
                 secrets: self.secrets,
                 snapshot_every: self.snapshot_every,
                 parent_death_signal: self.parent_death_signal,

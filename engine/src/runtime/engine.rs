@@ -2,14 +2,14 @@
 //! control them, recover after a crash.
 
 use crate::ids::RunStream;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chronicle_store::{Clock, IndexOp, RawEnvelope, Seq, Store, StoreError, WriteRequest};
+use chronicle_store::{Clock, IndexOp, RawEnvelope, Seq, Store, StoreError};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::actor::{Msg, RunActor};
+use super::commit::{Deciding, Decision};
 use super::index::{IDEMPOTENCY, RUNS, RunSummary};
 use crate::decide::{Command, Rejected, decide};
 use crate::event::RunEvent;
@@ -17,7 +17,7 @@ use crate::ids::RunId;
 use crate::model::Workflow;
 use crate::state::{RunState, RunStatus, TransitionError, evolve};
 
-use super::shared::{Inner, RunHandle, encode, fold_envelope};
+use super::shared::{Inner, RunHandle, fold_envelope};
 
 /// Errors of the engine API.
 #[derive(Debug, thiserror::Error)]
@@ -155,16 +155,15 @@ impl Engine {
         let now = self.inner.clock.peek();
         let state = evolve(RunState::default(), 1, now, &first)?;
         // Append the first event alone, then start like any new run.
-        let summary = RunSummary::of(&state).expect("a created run has a summary");
-        let mut req = WriteRequest::append(
-            run_id.stream(),
-            Seq(0),
-            encode(std::slice::from_ref(&first), now),
-        );
-        req.index.push(summary.put());
-        req.index.extend(extra_index);
+        let d = Decision {
+            events: vec![first],
+            next: state,
+            now,
+        };
+        let req = self.inner.request(0, &d, extra_index);
         self.inner.store.write(req).await?;
         self.inner.clock.now(); // one tick of a manual clock per durable decision
+        let state = d.next;
         self.begin(state, vec![Command::Start], vec![]).await?;
         Ok(run_id)
     }
@@ -182,54 +181,12 @@ impl Engine {
         commands: Vec<Command>,
         index: Vec<IndexOp>,
     ) -> Result<(Vec<RunEvent>, RunState), EngineError> {
-        let now = self.inner.clock.peek();
-        let (res, events) = self.inner.capacity.decide_with(now, |ctx| {
-            let mut provisional = state.clone();
-            let mut all = Vec::new();
-            for c in commands {
-                match decide(&provisional, c, ctx) {
-                    Ok(evs) => {
-                        for e in &evs {
-                            let seq = provisional.seq + 1;
-                            provisional =
-                                match evolve(std::mem::take(&mut provisional), seq, now, e) {
-                                    Ok(s) => s,
-                                    Err(err) => return (Err(EngineError::from(err)), vec![]),
-                                };
-                        }
-                        all.extend(evs);
-                    }
-                    Err(e) => return (Err(EngineError::from(e)), vec![]),
-                }
-            }
-            (Ok(provisional), all)
-        });
-        let provisional = match res {
-            Ok(p) => p,
-            Err(e) => {
-                super::actor::release_started(&self.inner, &events);
-                return Err(e);
-            }
-        };
-        let run_id = provisional.run_id.expect("a created run has an id");
-        if !events.is_empty() {
-            let mut req =
-                WriteRequest::append(run_id.stream(), Seq(state.seq), encode(&events, now));
-            req.index.extend(index);
-            req.index.push(
-                RunSummary::of(&provisional)
-                    .expect("a created run has a summary")
-                    .put(),
-            );
-            if let Err(e) = self.inner.store.write(req).await {
-                super::actor::release_started(&self.inner, &events);
-                return Err(e.into());
-            }
-            self.inner.clock.now(); // one tick of a manual clock per durable decision
-        }
-        super::actor::release_unstarted(&self.inner, &provisional, &events);
-        self.spawn_actor(provisional.clone());
-        Ok((events, provisional))
+        let d = self
+            .inner
+            .commit(&state, commands, index, Deciding::WithCapacity)
+            .await?;
+        self.spawn_actor(d.next.clone());
+        Ok((d.events, d.next))
     }
 
     pub(crate) fn spawn_actor(&self, state: RunState) -> RunHandle {
@@ -359,16 +316,13 @@ impl Engine {
     ///
     /// Errors: unknown run; [`Rejected`] when the command does not apply.
     pub async fn control_offline(&self, run: RunId, cmd: Command) -> Result<RunState, EngineError> {
-        let (state, events, next, now) = self.plan_offline(run, cmd)?;
-        if events.is_empty() {
-            return Ok(state);
-        }
-        let mut req = WriteRequest::append(run.stream(), Seq(state.seq), encode(&events, now));
-        req.index
-            .push(RunSummary::of(&next).expect("a run has a summary").put());
-        self.inner.store.write(req).await?;
-        self.inner.clock.now(); // one tick of a manual clock per durable decision
-        Ok(next)
+        let state = self.state(run)?;
+        let commands = offline_commands(&state, cmd);
+        let d = self
+            .inner
+            .commit(&state, commands, Vec::new(), Deciding::Offline)
+            .await?;
+        Ok(if d.events.is_empty() { state } else { d.next })
     }
 
     /// What [`Self::control_offline`] would append, without writing:
@@ -390,27 +344,9 @@ impl Engine {
         EngineError,
     > {
         let state = self.state(run)?;
-        let now = self.inner.clock.peek();
-        let ctx = crate::decide::Ctx {
-            now,
-            slots: 0,
-            agents: BTreeMap::new(),
-        };
-        let mut events = Vec::new();
-        let mut next = state.clone();
-        let mut commands = Vec::new();
-        if !state.running().is_empty() && !state.status.is_terminal() {
-            commands.push(Command::Recover);
-        }
-        commands.push(cmd);
-        for c in commands {
-            for e in decide(&next, c, &ctx)? {
-                let seq = next.seq + 1;
-                next = evolve(next, seq, now, &e)?;
-                events.push(e);
-            }
-        }
-        Ok((state, events, next, now))
+        let commands = offline_commands(&state, cmd);
+        let d = self.inner.plan(&state, commands, Deciding::Offline)?;
+        Ok((state, d.events, d.next, d.now))
     }
 
     /// Wait until the run ends or is quarantined; returns its state.
@@ -553,6 +489,17 @@ impl Engine {
             n => Err(EngineError::AmbiguousRun(text.to_string(), n)),
         }
     }
+}
+
+/// A command on a run no process executes: attempts the log shows
+/// running (left by a crash) are abandoned first.
+fn offline_commands(state: &RunState, cmd: Command) -> Vec<Command> {
+    let mut commands = Vec::new();
+    if !state.running().is_empty() && !state.status.is_terminal() {
+        commands.push(Command::Recover);
+    }
+    commands.push(cmd);
+    commands
 }
 
 fn parse_run_value(v: &[u8]) -> Result<RunId, EngineError> {

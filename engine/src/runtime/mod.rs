@@ -8,6 +8,7 @@
 mod actor;
 mod builder;
 pub mod capacity;
+mod commit;
 mod engine;
 pub mod exec;
 pub mod index;

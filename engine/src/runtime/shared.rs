@@ -31,7 +31,7 @@ pub(crate) struct Inner {
     pub(crate) workdir: PathBuf,
     pub(crate) runs: Mutex<HashMap<RunId, RunHandle>>,
     pub(crate) agent_heads: tokio::sync::Mutex<HashMap<String, Seq>>,
-    pub(crate) http: reqwest::Client,
+    pub(crate) http: super::exec::http::LazyClient,
     pub(crate) secrets: BTreeMap<String, String>,
     pub(crate) snapshot_every: u64,
     pub(crate) parent_death_signal: bool,

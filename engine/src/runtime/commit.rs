@@ -1,0 +1,139 @@
+//! The runtime's one commit path: decide commands on a run's state, fold
+//! each event into the next state, and append the events — with the run
+//! index row of the new state, a snapshot when one is due and any other
+//! index writes — in one atomic write. Run creation, the actors, recovery
+//! and commands on runs no process executes all commit through here.
+
+use chronicle_store::{IndexOp, Seq, WriteRequest};
+use chrono::{DateTime, Utc};
+
+use super::actor::{release_started, release_unstarted};
+use super::engine::EngineError;
+use super::index::RunSummary;
+use super::shared::{Inner, encode};
+use crate::decide::{Command, Ctx, decide};
+use crate::event::RunEvent;
+use crate::ids::RunStream;
+use crate::state::{RunState, evolve};
+
+/// Where the decision's view of capacity comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Deciding {
+    /// The engine's capacity and circuits: attempts may start, and the
+    /// slots of those decided are reserved until they end.
+    WithCapacity,
+    /// No slots: nothing starts (a command on a run no process executes).
+    Offline,
+}
+
+/// What deciding commands gave.
+#[derive(Clone, Debug)]
+pub(crate) struct Decision {
+    /// The events, in order (empty: nothing to append).
+    pub events: Vec<RunEvent>,
+    /// The state they fold to.
+    pub next: RunState,
+    /// The time of the decision (the events' `recorded_at`).
+    pub now: DateTime<Utc>,
+}
+
+/// Decide `commands` in order on `state` — each on the state the events of
+/// the ones before fold to — and fold every event.
+///
+/// Errors: the first command refused ([`crate::decide::Rejected`]), or an
+/// event that does not fold (a bug in `decide`).
+pub(crate) fn decide_all(
+    state: &RunState,
+    commands: Vec<Command>,
+    ctx: &Ctx,
+) -> Result<(Vec<RunEvent>, RunState), EngineError> {
+    let mut next = state.clone();
+    let mut events = Vec::new();
+    for c in commands {
+        let evs = decide(&next, c, ctx)?;
+        for e in &evs {
+            let seq = next.seq + 1;
+            next = evolve(next, seq, ctx.now, e)?;
+        }
+        events.extend(evs);
+    }
+    Ok((events, next))
+}
+
+impl Inner {
+    /// Decide `commands` on `state` without writing.
+    pub(crate) fn plan(
+        &self,
+        state: &RunState,
+        commands: Vec<Command>,
+        deciding: Deciding,
+    ) -> Result<Decision, EngineError> {
+        let now = self.clock.peek();
+        let (events, next) = match deciding {
+            Deciding::WithCapacity => {
+                let (res, events) =
+                    self.capacity
+                        .decide_with(now, |ctx| match decide_all(state, commands, ctx) {
+                            Ok((events, next)) => (Ok(next), events),
+                            Err(e) => (Err(e), Vec::new()),
+                        });
+                (events, res?)
+            }
+            Deciding::Offline => decide_all(state, commands, &Ctx::at(now).with_no_slots())?,
+        };
+        Ok(Decision { events, next, now })
+    }
+
+    /// The write that appends `d` after `after_seq` (the stream's head):
+    /// the events, the run index row of the new state, a snapshot of it
+    /// when it crosses a multiple of the snapshot interval, and `extra`.
+    pub(crate) fn request(
+        &self,
+        after_seq: u64,
+        d: &Decision,
+        extra: Vec<IndexOp>,
+    ) -> WriteRequest {
+        let run = d.next.run_id.expect("a decided run has an id");
+        let mut req = WriteRequest::append(run.stream(), Seq(after_seq), encode(&d.events, d.now));
+        req.index
+            .push(RunSummary::of(&d.next).expect("a run has a summary").put());
+        req.index.extend(extra);
+        let every = self.snapshot_every;
+        if every > 0 && d.next.seq / every > after_seq / every {
+            let bytes = serde_json::to_vec(&d.next).expect("a state always serializes");
+            req.snapshots.push((run.stream(), Seq(d.next.seq), bytes));
+        }
+        req
+    }
+
+    /// Decide, fold and append durably (nothing is written when the
+    /// commands decide no event). With capacity, the slots of attempts
+    /// decided are given back if the write fails, and those of attempts
+    /// that did not start (an input that could not be resolved) at once.
+    ///
+    /// Errors: as [`Inner::plan`]; storage errors of the write.
+    pub(crate) async fn commit(
+        &self,
+        state: &RunState,
+        commands: Vec<Command>,
+        extra: Vec<IndexOp>,
+        deciding: Deciding,
+    ) -> Result<Decision, EngineError> {
+        let d = self.plan(state, commands, deciding)?;
+        if d.events.is_empty() {
+            return Ok(d);
+        }
+        let req = self.request(state.seq, &d, extra);
+        if let Err(e) = self.store.write(req).await {
+            if deciding == Deciding::WithCapacity {
+                release_started(self, &d.events);
+            }
+            return Err(e.into());
+        }
+        self.clock.now(); // one tick of a manual clock per durable decision
+        if deciding == Deciding::WithCapacity {
+            release_unstarted(self, &d.next, &d.events);
+        }
+        Ok(d)
+    }
+}
