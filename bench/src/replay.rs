@@ -200,7 +200,8 @@ pub fn run(dir: &Path) -> Result<ReplayBench, ReplayError> {
         fill(&store, 100_000, 4)?
     };
     let t = Instant::now();
-    let store = Store::open(&path, StoreOptions::default())?;
+    // Read-only, as `replay` and `status` open it.
+    let store = Store::open_read_only(&path)?;
     // Each thread folds its share of the runs, each run from its stream.
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())

@@ -96,9 +96,13 @@ impl WriterState {
 
     /// The journal has grown enough for a checkpoint.
     fn checkpoint_due(&self) -> bool {
-        self.journal
-            .as_ref()
-            .is_some_and(|j| j.written() >= self.checkpoint_bytes)
+        self.journal.as_ref().is_some_and(|j| {
+            j.body_bytes() >= self.checkpoint_bytes
+                || j.written()
+                    >= self
+                        .checkpoint_bytes
+                        .saturating_mul(crate::journal::CHECKPOINT_FILE_FACTOR)
+        })
     }
 
     /// The memtable has grown enough for the flush thread.
