@@ -284,3 +284,35 @@ fn control_characters_in_messages_are_escaped() {
         out.stderr
     );
 }
+
+#[test]
+fn without_ca_certificates_only_http_steps_fail_and_nothing_panics() {
+    let env = Env::new();
+    let empty = env.path("no-certs");
+    std::fs::create_dir_all(&empty).unwrap();
+    let no_certs = |args: &[&str]| {
+        let mut c = env.cmd();
+        c.env("SSL_CERT_DIR", &empty)
+            .env("SSL_CERT_FILE", empty.join("none.pem"))
+            .args(args);
+        crate::support::Out::from(c.output().unwrap())
+    };
+    let plain = env.write("plain.yaml", OK);
+    let out = no_certs(&["run", plain.to_str().unwrap()]);
+    assert_eq!(
+        out.code, 0,
+        "a run with no http step needs no certificate: {out:?}"
+    );
+    let http = env.write(
+        "http.yaml",
+        "name: h\nsteps:\n  - id: a\n    http: { url: 'http://127.0.0.1:9/x' }\n    retry: { max_attempts: 1 }\n",
+    );
+    let out = no_certs(&["run", http.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    let status = env.run(&["status", &out.run_id(), "--json"]).json();
+    let error = status["steps"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("CA certificates"), "{status}");
+}

@@ -33,8 +33,16 @@ impl LazyClient {
         self.0
             .get_or_init(|| {
                 reqwest::Client::builder().build().map_err(|e| {
+                    // The builder's own text is "builder error": the cause
+                    // is in its sources.
+                    let mut why = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        why = format!("{why}: {s}");
+                        source = s.source();
+                    }
                     format!(
-                        "cannot start the HTTP client: {e}; install the system's CA certificates (Debian: ca-certificates) or point SSL_CERT_FILE at a bundle"
+                        "cannot start the HTTP client ({why}); install the system's CA certificates (Debian: ca-certificates) or point SSL_CERT_FILE at a bundle"
                     )
                 })
             })
