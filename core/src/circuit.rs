@@ -1,5 +1,5 @@
 //! Circuit breakers per agent: the state is a fold over the agent's stream
-//! (`agent:NAME`); [`Breaker::on_outcome`] and [`Breaker::on_tick`] decide
+//! (`agent:NAME`); [`Breaker::decide_outcome`] and [`Breaker::on_tick`] decide
 //! the transitions (closed → open after N consecutive failures → half-open
 //! after the cool-down → closed on a successful probe, open again on a
 //! failed one). Pure: time comes in as an argument.
@@ -37,70 +37,93 @@ impl CircuitState {
     }
 }
 
-/// Fold one agent event.
-pub fn evolve_circuit(_state: CircuitState, event: &AgentEvent) -> CircuitState {
+/// The circuit after `event` (the failure count is [`Breaker`]'s).
+pub fn evolve_circuit(state: CircuitState, event: &AgentEvent) -> CircuitState {
     match event {
         AgentEvent::CircuitOpened { until, .. } => CircuitState::Open { until: *until },
         AgentEvent::CircuitHalfOpened {} => CircuitState::HalfOpen,
         AgentEvent::CircuitClosed {} => CircuitState::Closed,
+        AgentEvent::FailureCounted { .. } | AgentEvent::FailuresReset { .. } => state,
     }
 }
 
-/// A breaker: the folded state plus the count of consecutive failures
-/// since the circuit last closed. The count lives in memory (it restarts
-/// at zero after an engine restart, which can only delay an opening);
-/// every transition is an event.
+/// A breaker: the circuit and the failures in a row, both folded from the
+/// agent's stream.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Breaker {
-    /// Folded state.
+    /// The circuit.
     pub state: CircuitState,
-    /// Consecutive failures.
+    /// Consecutive failed attempts on the agent.
     pub failures: u32,
+}
+
+/// The attempt whose outcome is recorded.
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptOn<'a> {
+    /// The run (text).
+    pub run_id: &'a str,
+    /// The step.
+    pub step: &'a str,
+    /// The attempt.
+    pub attempt: u32,
 }
 
 impl Breaker {
     /// Apply an event (fold).
     pub fn apply(&mut self, e: &AgentEvent) {
         self.state = evolve_circuit(self.state, e);
-        if matches!(e, AgentEvent::CircuitClosed {}) {
-            self.failures = 0;
+        match e {
+            AgentEvent::FailureCounted { failures, .. } => self.failures = *failures,
+            AgentEvent::FailuresReset { .. } | AgentEvent::CircuitClosed {} => self.failures = 0,
+            AgentEvent::CircuitOpened { .. } | AgentEvent::CircuitHalfOpened {} => {}
         }
     }
 
-    /// Decide on an attempt's outcome on this agent.
-    pub fn on_outcome(
-        &mut self,
+    /// What an attempt's outcome on this agent records (pure: the breaker
+    /// is not changed; fold the events with [`Breaker::apply`]). A failure:
+    /// `FailureCounted`, and `CircuitOpened` when the count reaches
+    /// `policy.failure_threshold` on a closed circuit or at once on a
+    /// half-open one (a failed probe). A success: `FailuresReset` after
+    /// failures, and `CircuitClosed` on a half-open circuit.
+    pub fn decide_outcome(
+        &self,
+        on: AttemptOn<'_>,
         success: bool,
         now: DateTime<Utc>,
         policy: &CircuitPolicy,
     ) -> Vec<AgentEvent> {
         let cool = TimeDelta::milliseconds(policy.cool_down.ms.min(i64::MAX as u64) as i64);
-        let events = if success {
-            self.failures = 0;
-            match self.state {
-                CircuitState::HalfOpen => vec![AgentEvent::CircuitClosed {}],
-                _ => vec![],
+        let mut events = Vec::new();
+        if success {
+            if self.failures > 0 {
+                events.push(AgentEvent::FailuresReset {
+                    run_id: on.run_id.to_string(),
+                    step: on.step.to_string(),
+                    attempt: on.attempt,
+                });
+            }
+            if self.state == CircuitState::HalfOpen {
+                events.push(AgentEvent::CircuitClosed {});
             }
         } else {
-            self.failures += 1;
-            match self.state {
-                CircuitState::HalfOpen => {
-                    vec![AgentEvent::CircuitOpened {
-                        failures: self.failures,
-                        until: now + cool,
-                    }]
-                }
-                CircuitState::Closed if self.failures >= policy.failure_threshold => {
-                    vec![AgentEvent::CircuitOpened {
-                        failures: self.failures,
-                        until: now + cool,
-                    }]
-                }
-                _ => vec![],
+            let failures = self.failures + 1;
+            events.push(AgentEvent::FailureCounted {
+                run_id: on.run_id.to_string(),
+                step: on.step.to_string(),
+                attempt: on.attempt,
+                failures,
+            });
+            let opens = match self.state {
+                CircuitState::HalfOpen => true,
+                CircuitState::Closed => failures >= policy.failure_threshold,
+                CircuitState::Open { .. } => false,
+            };
+            if opens {
+                events.push(AgentEvent::CircuitOpened {
+                    failures,
+                    until: now + cool,
+                });
             }
-        };
-        for e in &events {
-            self.apply(e);
         }
         events
     }

@@ -278,9 +278,33 @@ impl RunEvent {
 }
 
 /// An event of an agent's stream (`agent:NAME`): its circuit breaker.
+/// Outcomes that move the breaker are written in the same atomic write as
+/// the run's `StepSucceeded`/`StepFailed` that caused them, so the count
+/// of failures in a row is as durable as the attempts it counts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum AgentEvent {
+    /// An attempt on the agent failed: one more failure in a row.
+    FailureCounted {
+        /// The run (text).
+        run_id: String,
+        /// The step.
+        step: String,
+        /// The attempt.
+        attempt: u32,
+        /// Failures in a row, this one included.
+        failures: u32,
+    },
+    /// An attempt on the agent succeeded after failures: the count starts
+    /// again from zero.
+    FailuresReset {
+        /// The run (text).
+        run_id: String,
+        /// The step.
+        step: String,
+        /// The attempt.
+        attempt: u32,
+    },
     /// The circuit opened: steps routed to the agent are blocked.
     CircuitOpened {
         /// Consecutive failures that opened it.
@@ -298,6 +322,8 @@ impl AgentEvent {
     /// The variant name.
     pub fn name(&self) -> &'static str {
         match self {
+            Self::FailureCounted { .. } => "FailureCounted",
+            Self::FailuresReset { .. } => "FailuresReset",
             Self::CircuitOpened { .. } => "CircuitOpened",
             Self::CircuitHalfOpened {} => "CircuitHalfOpened",
             Self::CircuitClosed {} => "CircuitClosed",

@@ -129,15 +129,16 @@ steps:
     let (mut sim, _) = Sim::start(yaml);
     sim.breakers.insert("shaky".into(), Breaker::default());
     let mut agent_events = Vec::new();
-    for _ in 0..2 {
+    for attempt in 1..=2 {
         sim.fail("job", ErrorKind::Transient, Some(1));
         let now = sim.now;
-        agent_events.extend(
-            sim.breakers
-                .get_mut("shaky")
-                .unwrap()
-                .on_outcome(false, now, &policy),
-        );
+        agent_events.extend(record(
+            sim.breakers.get_mut("shaky").unwrap(),
+            false,
+            attempt,
+            now,
+            &policy,
+        ));
         sim.advance_ms(1000);
         sim.sync_agents();
         let tick = sim.cmd(Command::Tick);
@@ -159,12 +160,34 @@ steps:
     assert_yaml_snapshot!("circuit_4_probe_assigned", brief(&sim.cmd(Command::Tick)));
     sim.ok("job", json!("probe ok"));
     let now = sim.now;
-    let closed = sim
-        .breakers
-        .get_mut("shaky")
-        .unwrap()
-        .on_outcome(true, now, &policy);
+    let closed = record(
+        sim.breakers.get_mut("shaky").unwrap(),
+        true,
+        3,
+        now,
+        &policy,
+    );
     assert_yaml_snapshot!("circuit_5_closed_after_probe", closed);
+}
+
+/// Decide an attempt's outcome on a breaker and fold it.
+fn record(
+    b: &mut Breaker,
+    success: bool,
+    attempt: u32,
+    now: chrono::DateTime<chrono::Utc>,
+    policy: &CircuitPolicy,
+) -> Vec<chronicle_core::event::AgentEvent> {
+    let on = chronicle_core::circuit::AttemptOn {
+        run_id: "run",
+        step: "job",
+        attempt,
+    };
+    let events = b.decide_outcome(on, success, now, policy);
+    for e in &events {
+        b.apply(e);
+    }
+    events
 }
 
 #[test]

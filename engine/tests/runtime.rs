@@ -422,7 +422,11 @@ steps:
                 Seq(1),
             )
             .unwrap();
-        assert_eq!(agent.len(), 1, "CircuitOpened was recorded on agent:broken");
+        assert_eq!(
+            agent.len(),
+            2,
+            "FailureCounted and CircuitOpened were recorded on agent:broken"
+        );
     }
     let e = engine(dir.path());
     let run = e.start(wf, json!({}), None).await.unwrap();
@@ -438,4 +442,68 @@ steps:
         "blocked time spends no attempt"
     );
     e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breakers_failure_count_survives_a_restart_and_is_written_with_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = parse_definition(
+        "cb2.yaml",
+        r#"
+name: cb2
+agents:
+  flaky:
+    skills: [work]
+    command: ["false"]
+    circuit_breaker: { failure_threshold: 2, cool_down: 1h }
+steps:
+  - id: job
+    skills: [work]
+    retry: { max_attempts: 1 }
+"#,
+    )
+    .unwrap();
+    let agent = chronicle_engine::ids::agent_stream("flaky").unwrap();
+    // One failure, then a restart, then one more: two in a row open it.
+    for round in 0..2 {
+        let e = engine(dir.path());
+        let run = e.start(wf.clone(), json!({}), None).await.unwrap();
+        assert_eq!(e.wait(run).await.unwrap().status, RunStatus::Failed);
+        e.wait_all().await.unwrap();
+        let events: Vec<String> = e
+            .store()
+            .read_stream(&agent, Seq(1))
+            .unwrap()
+            .iter()
+            .map(|env| env.decode::<serde_json::Value>().unwrap()["type"].to_string())
+            .collect();
+        let opened = events.iter().any(|t| t.contains("CircuitOpened"));
+        assert_eq!(opened, round == 1, "round {round}: {events:?}");
+        // Each agent event sits in the same commit as the run's StepFailed
+        // that caused it: adjacent positions, one time.
+        let run_events = e.store().read_stream(&run.stream(), Seq(1)).unwrap();
+        let failed = run_events
+            .iter()
+            .find(|env| env.decode::<serde_json::Value>().unwrap()["type"] == "StepFailed")
+            .unwrap();
+        let counted = e
+            .store()
+            .read_stream(&agent, Seq(1))
+            .unwrap()
+            .into_iter()
+            .filter(|env| {
+                let v = env.decode::<serde_json::Value>().unwrap();
+                v["type"] == "FailureCounted" && v["run_id"] == run.to_string()
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(counted.len(), 1, "round {round}");
+        assert_eq!(counted[0].recorded_at, failed.recorded_at);
+        assert!(
+            counted[0].position.0.abs_diff(failed.position.0) <= 2,
+            "round {round}: positions {} and {}",
+            counted[0].position.0,
+            failed.position.0
+        );
+        e.shutdown().await;
+    }
 }

@@ -9,16 +9,18 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use super::commit::Deciding;
+use super::commit::{AgentAppend, Deciding};
 use super::engine::EngineError;
 use super::exec::{AttemptRequest, Executor, Secrets};
 use super::processes;
 use super::shared::Inner;
-use crate::decide::{AttemptResult, Command};
+use crate::decide::{AttemptResult, Command, decide_circuit};
 use crate::effects::{Effect, StartAttempt, effects};
 use crate::event::RunEvent;
+use crate::ids::agent_stream;
 use crate::model::template::{Scope, resolve, substitute_secrets};
 use crate::state::{RunState, RunStatus, StepStatus};
+use chronicle_store::Seq;
 
 /// A message to a run actor.
 pub(crate) enum Msg {
@@ -173,10 +175,7 @@ impl RunActor {
                         Some(Msg::Done { step, attempt, agent, result }) => {
                             self.live.remove(&(step.clone(), attempt));
                             self.engine.capacity.release(agent.as_deref());
-                            if let Some(a) = &agent {
-                                self.breaker(a, &result).await;
-                            }
-                            self.handle_logged(Command::Finished { step, attempt, result }).await
+                            self.finished(step, attempt, agent, result).await
                         }
                         Some(Msg::Shutdown) | None => Err(()),
                     },
@@ -207,7 +206,13 @@ impl RunActor {
     }
 
     async fn handle_logged(&mut self, cmd: Command) -> Result<(), ()> {
-        match self.handle(cmd).await {
+        self.handle_with(cmd, None).await
+    }
+
+    /// [`Self::handle`] with an agent's events in the same write; logs a
+    /// rejected command, and `Err` when the run must stop (storage).
+    async fn handle_with(&mut self, cmd: Command, agent: Option<&AgentAppend>) -> Result<(), ()> {
+        match self.handle_agent(cmd, agent).await {
             Ok(()) => Ok(()),
             Err(e) if is_fatal(&e) => {
                 tracing::error!(error = %e, "the run stops: storage failed");
@@ -222,6 +227,15 @@ impl RunActor {
 
     /// Decide, append durably, fold.
     async fn handle(&mut self, cmd: Command) -> Result<(), EngineError> {
+        self.handle_agent(cmd, None).await
+    }
+
+    /// [`Self::handle`], appending `agent`'s events in the same write.
+    async fn handle_agent(
+        &mut self,
+        cmd: Command,
+        agent: Option<&AgentAppend>,
+    ) -> Result<(), EngineError> {
         let _now = self.engine.clock.peek();
         // Attempts whose process group record this write ends: the one
         // that finished, or every running one at a stop (all were killed).
@@ -240,7 +254,7 @@ impl RunActor {
         };
         let d = self
             .engine
-            .commit(&self.state, vec![cmd], ended, Deciding::WithCapacity)
+            .commit_with(&self.state, vec![cmd], ended, Deciding::WithCapacity, agent)
             .await?;
         if d.events.is_empty() {
             return Ok(());
@@ -257,33 +271,79 @@ impl RunActor {
         Ok(())
     }
 
-    async fn breaker(&mut self, agent: &str, result: &AttemptResult) {
-        let Some(policy) = self
-            .state
-            .wf()
-            .agents
-            .get(agent)
-            .and_then(|a| a.circuit_breaker.clone())
-        else {
-            return;
+    /// An attempt ended: decide its outcome, and with it what it records
+    /// on its agent's circuit breaker, in one atomic write. The agents'
+    /// lock is held from reading the agent stream's head to the write, so
+    /// runs finishing attempts on one agent append to its stream in turn.
+    async fn finished(
+        &mut self,
+        step: String,
+        attempt: u32,
+        agent: Option<String>,
+        result: AttemptResult,
+    ) -> Result<(), ()> {
+        let has_breaker = agent.as_ref().is_some_and(|a| {
+            self.state
+                .wf()
+                .agents
+                .get(a)
+                .is_some_and(|x| x.circuit_breaker.is_some())
+        });
+        let (Some(agent), true) = (agent, has_breaker) else {
+            return self
+                .handle_logged(Command::Finished {
+                    step,
+                    attempt,
+                    result,
+                })
+                .await;
         };
-        let success = match result {
-            AttemptResult::Succeeded { .. } => true,
-            // A killed attempt says nothing about the agent's health.
-            AttemptResult::Failed {
-                kind: crate::model::ErrorKind::Canceled,
-                ..
-            } => return,
-            AttemptResult::Failed { .. } => false,
+        let engine = self.engine.clone();
+        let mut heads = engine.agent_heads.lock().await;
+        let after = match heads.get(&agent) {
+            Some(s) => Ok(*s),
+            None => agent_stream(&agent)
+                .and_then(|s| engine.store.head(&s))
+                .map(|h| h.map(|h| h.last_seq).unwrap_or(Seq(0))),
         };
-        let now = self.engine.clock.peek();
-        let events = self
-            .engine
-            .capacity
-            .with_breaker(agent, |b| b.on_outcome(success, now, &policy));
-        if let Err(e) = self.engine.append_agent(agent, events).await {
-            tracing::error!(agent, error = %e, "cannot record circuit breaker transition");
+        let after = match after {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(agent, error = %e, "cannot read the agent's stream; the run stops");
+                return Err(());
+            }
+        };
+        let events = decide_circuit(
+            &self.state,
+            &agent,
+            &step,
+            attempt,
+            &result,
+            &engine.capacity.breaker(&agent),
+            engine.clock.peek(),
+        );
+        let append = AgentAppend {
+            agent: agent.clone(),
+            events,
+            after,
+        };
+        let seq_before = self.state.seq;
+        let outcome = self
+            .handle_with(
+                Command::Finished {
+                    step,
+                    attempt,
+                    result,
+                },
+                Some(&append),
+            )
+            .await;
+        if self.state.seq > seq_before && !append.events.is_empty() {
+            // Written with the run's events: fold them in.
+            heads.insert(agent.clone(), Seq(after.0 + append.events.len() as u64));
+            engine.capacity.apply_agent(&agent, &append.events);
         }
+        outcome
     }
 
     /// Half-open the circuits of this run's agents whose cool-down ended.

@@ -123,6 +123,28 @@ impl Capacity {
         out
     }
 
+    /// A copy of an agent's breaker (default: closed, no failures).
+    pub fn breaker(&self, agent: &str) -> Breaker {
+        self.lock().breakers.get(agent).cloned().unwrap_or_default()
+    }
+
+    /// Fold events appended to an agent's stream into its breaker (after
+    /// the write that made them durable); runs are woken when any changes
+    /// the circuit.
+    pub fn apply_agent(&self, agent: &str, events: &[crate::event::AgentEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        {
+            let mut g = self.lock();
+            let b = g.breakers.entry(agent.to_string()).or_default();
+            for e in events {
+                b.apply(e);
+            }
+        }
+        self.bump();
+    }
+
     /// Set an agent's breaker (folded from its stream when the engine opens).
     pub fn load_breaker(&self, agent: &str, breaker: Breaker) {
         self.lock().breakers.insert(agent.to_string(), breaker);

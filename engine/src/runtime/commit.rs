@@ -4,7 +4,7 @@
 //! index writes — in one atomic write. Run creation, the actors, recovery
 //! and commands on runs no process executes all commit through here.
 
-use chronicle_store::{IndexOp, Seq, WriteRequest};
+use chronicle_store::{Append, IndexOp, NewEvent, Seq, WriteRequest};
 use chrono::{DateTime, Utc};
 
 use super::actor::{release_started, release_unstarted};
@@ -12,8 +12,8 @@ use super::engine::EngineError;
 use super::index::RunSummary;
 use super::shared::{Inner, encode};
 use crate::decide::{Command, Ctx, decide};
-use crate::event::RunEvent;
-use crate::ids::RunStream;
+use crate::event::{AgentEvent, RunEvent, SCHEMA_VERSION};
+use crate::ids::{RunStream, agent_stream};
 use crate::state::{RunState, evolve};
 
 /// Where the decision's view of capacity comes from.
@@ -24,6 +24,18 @@ pub(crate) enum Deciding {
     WithCapacity,
     /// No slots: nothing starts (a command on a run no process executes).
     Offline,
+}
+
+/// Events for an agent's stream written with the run's events that caused
+/// them (a circuit breaker's outcome), in the same atomic write.
+#[derive(Clone, Debug)]
+pub(crate) struct AgentAppend {
+    /// The agent.
+    pub agent: String,
+    /// Its events.
+    pub events: Vec<AgentEvent>,
+    /// The agent stream's last seq (the writer holds the agents' lock).
+    pub after: Seq,
 }
 
 /// What deciding commands gave.
@@ -119,11 +131,39 @@ impl Inner {
         extra: Vec<IndexOp>,
         deciding: Deciding,
     ) -> Result<Decision, EngineError> {
+        self.commit_with(state, commands, extra, deciding, None)
+            .await
+    }
+
+    /// [`Inner::commit`], appending `agent`'s events in the same write
+    /// (when the commands decide run events; none are written otherwise).
+    pub(crate) async fn commit_with(
+        &self,
+        state: &RunState,
+        commands: Vec<Command>,
+        extra: Vec<IndexOp>,
+        deciding: Deciding,
+        agent: Option<&AgentAppend>,
+    ) -> Result<Decision, EngineError> {
         let d = self.plan(state, commands, deciding)?;
         if d.events.is_empty() {
             return Ok(d);
         }
-        let req = self.request(state.seq, &d, extra);
+        let mut req = self.request(state.seq, &d, extra);
+        if let Some(a) = agent.filter(|a| !a.events.is_empty()) {
+            req.appends.push(Append {
+                stream: agent_stream(&a.agent)?,
+                expected: a.after,
+                events: a
+                    .events
+                    .iter()
+                    .map(|e| NewEvent {
+                        recorded_at: Some(d.now),
+                        ..NewEvent::json(SCHEMA_VERSION, e).expect("agent events serialize")
+                    })
+                    .collect(),
+            });
+        }
         if let Err(e) = self.store.write(req).await {
             if deciding == Deciding::WithCapacity {
                 release_started(self, &d.events);
