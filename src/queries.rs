@@ -115,7 +115,8 @@ pub fn list(db: &Path, status: Option<&str>, json: bool) -> Result<u8, CliError>
 
 /// The `status --json` object (documented in the README).
 pub fn status_json(state: &RunState, forks: &[(chronicle_engine::ids::RunId, u64)]) -> Value {
-    let order: Vec<String> = state.wf().steps.iter().map(|s| s.id.clone()).collect();
+    let order: Vec<chronicle_engine::ids::StepId> =
+        state.wf().steps.iter().map(|s| s.id.clone()).collect();
     let steps: Vec<Value> = order
         .iter()
         .filter_map(|id| {

@@ -136,7 +136,7 @@ fn history(run: RunId, steps_done: usize) -> Vec<chronicle_engine::event::RunEve
         apply(
             &mut state,
             Command::Finished {
-                step,
+                step: step.into(),
                 attempt,
                 result,
             },

@@ -135,7 +135,7 @@ async fn actors(wf: Arc<Workflow>, now: DateTime<Utc>, runs: usize) -> (f64, usi
                 start = step(
                     &mut run,
                     Command::Finished {
-                        step: s,
+                        step: s.into(),
                         attempt: a,
                         result: ok(),
                     },
@@ -192,7 +192,7 @@ async fn sharded(
                         let run = runs.get_mut(&id).expect("a live run");
                         run.live.remove(&(s.clone(), a));
                         let cmd = Command::Finished {
-                            step: s,
+                            step: s.into(),
                             attempt: a,
                             result: ok(),
                         };

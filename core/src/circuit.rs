@@ -98,7 +98,7 @@ impl Breaker {
             if self.failures > 0 {
                 events.push(AgentEvent::FailuresReset {
                     run_id: on.run_id.to_string(),
-                    step: on.step.to_string(),
+                    step: on.step.into(),
                     attempt: on.attempt,
                 });
             }
@@ -109,7 +109,7 @@ impl Breaker {
             let failures = self.failures + 1;
             events.push(AgentEvent::FailureCounted {
                 run_id: on.run_id.to_string(),
-                step: on.step.to_string(),
+                step: on.step.into(),
                 attempt: on.attempt,
                 failures,
             });

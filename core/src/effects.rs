@@ -11,7 +11,7 @@ use crate::state::{RunState, RunStatus, StepStatus};
 #[derive(Clone, Debug, PartialEq)]
 pub struct StartAttempt {
     /// Step id.
-    pub step: String,
+    pub step: crate::ids::StepId,
     /// Attempt number.
     pub attempt: u32,
     /// Agent, for `skills` steps.
@@ -38,7 +38,7 @@ pub enum Effect {
     /// Kill this attempt (cancel requested).
     Kill {
         /// Step.
-        step: String,
+        step: crate::ids::StepId,
         /// Attempt.
         attempt: u32,
     },

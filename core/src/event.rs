@@ -96,7 +96,7 @@ pub enum RunEvent {
     /// A `skills` step was routed to an agent.
     StepAssigned {
         /// The step.
-        step: String,
+        step: crate::ids::StepId,
         /// The attempt it was assigned for.
         attempt: u32,
         /// The agent chosen.
@@ -109,7 +109,7 @@ pub enum RunEvent {
     /// A `skills` step could not be routed.
     StepUnassigned {
         /// The step.
-        step: String,
+        step: crate::ids::StepId,
         /// Why, e.g. "no agent has skill context_analysis".
         reason: String,
         /// True: capable agents exist but none is available now (the step
@@ -119,7 +119,7 @@ pub enum RunEvent {
     /// An attempt was started (durable before the effect begins).
     StepStarted {
         /// The step.
-        step: String,
+        step: crate::ids::StepId,
         /// Attempt number, from 1.
         attempt: u32,
         /// The agent running it (`skills` steps).
@@ -136,7 +136,7 @@ pub enum RunEvent {
     /// An attempt succeeded.
     StepSucceeded {
         /// The step.
-        step: String,
+        step: crate::ids::StepId,
         /// The attempt.
         attempt: u32,
         /// The output (JSON stdout, JSON response, function result; else
@@ -154,7 +154,7 @@ pub enum RunEvent {
     /// An attempt failed.
     StepFailed {
         /// The step.
-        step: String,
+        step: crate::ids::StepId,
         /// The attempt.
         attempt: u32,
         /// transient | permanent | timeout | interrupted | canceled | unassigned.
@@ -179,7 +179,7 @@ pub enum RunEvent {
     /// An attempt was cut off by a crash of the engine.
     StepAbandoned {
         /// The step.
-        step: String,
+        step: crate::ids::StepId,
         /// The attempt.
         attempt: u32,
         /// Why.
@@ -194,7 +194,7 @@ pub enum RunEvent {
     /// A step will not run.
     StepSkipped {
         /// The step.
-        step: String,
+        step: crate::ids::StepId,
         /// Why (e.g. "dependency count failed").
         reason: String,
     },
@@ -289,7 +289,7 @@ pub enum AgentEvent {
         /// The run (text).
         run_id: String,
         /// The step.
-        step: String,
+        step: crate::ids::StepId,
         /// The attempt.
         attempt: u32,
         /// Failures in a row, this one included.
@@ -301,7 +301,7 @@ pub enum AgentEvent {
         /// The run (text).
         run_id: String,
         /// The step.
-        step: String,
+        step: crate::ids::StepId,
         /// The attempt.
         attempt: u32,
     },

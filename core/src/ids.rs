@@ -29,3 +29,81 @@ impl FromStr for RunId {
 pub fn idempotency_key(run: RunId, step: &str) -> String {
     format!("{run}:{step}")
 }
+
+/// A step's id within its workflow: 1–128 of `A-Za-z0-9-_` (checked by
+/// validation). In JSON it is a plain string.
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(transparent)]
+pub struct StepId(String);
+
+impl StepId {
+    /// A step id from text (not validated: see `model::validate`).
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for StepId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for StepId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for StepId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StepId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for StepId {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
+impl From<String> for StepId {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl PartialEq<str> for StepId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for StepId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}

@@ -89,7 +89,7 @@ proptest! {
                             message: "boom".into(), exit_code: Some(1), http_status: None, duration_ms: 1, stderr: None,
                         },
                     };
-                    Command::Finished { step, attempt, result }
+                    Command::Finished { step: step.into(), attempt, result }
                 }
                 Op::Tick { ms } => { sim.advance_ms(ms); Command::Tick }
                 Op::Recover => Command::Recover,

@@ -66,7 +66,7 @@ pub fn render_state(state: &RunState) -> String {
         out.push_str(&fit(&format!("failure: {f}"), WIDTH));
         out.push('\n');
     }
-    let order: Vec<String> = match &state.workflow {
+    let order: Vec<chronicle_engine::ids::StepId> = match &state.workflow {
         Some(w) => w.steps.iter().map(|s| s.id.clone()).collect(),
         None => state.steps.keys().cloned().collect(),
     };

@@ -35,7 +35,7 @@ pub fn decide_fork(
         .filter_map(|(k, s)| {
             s.output.clone().map(|o| {
                 (
-                    k.clone(),
+                    k.to_string(),
                     CarriedStep {
                         output: o,
                         overridden: false,

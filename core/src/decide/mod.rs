@@ -169,7 +169,7 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
             }
         }
         Command::Tick => {
-            let overdue: Vec<(String, u32, i64)> = state
+            let overdue: Vec<(crate::ids::StepId, u32, i64)> = state
                 .steps
                 .iter()
                 .filter(|(_, s)| s.status == StepStatus::Running)
@@ -200,11 +200,11 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
         }
         Command::Recover => recover(&mut d)?,
         Command::Stop { reason } => {
-            let running: Vec<(String, u32)> = d
+            let running: Vec<(crate::ids::StepId, u32)> = d
                 .state
                 .running()
                 .into_iter()
-                .map(|(s, a)| (s.to_string(), a))
+                .map(|(s, a)| (crate::ids::StepId::from(s), a))
                 .collect();
             for (step, attempt) in running {
                 d.push(RunEvent::StepAbandoned {
@@ -311,7 +311,7 @@ fn fail_attempt(
         d.ctx.now + TimeDelta::milliseconds(ms.min(i64::MAX as u64) as i64)
     });
     d.push(RunEvent::StepFailed {
-        step: step.to_string(),
+        step: step.into(),
         attempt,
         kind,
         message,
@@ -355,13 +355,13 @@ fn evidence(step: &str, st: &crate::state::StepState) -> Value {
 fn recover(d: &mut Draft<'_>) -> Result<(), Rejected> {
     let wf = d.wf();
     let k = wf.quarantine_after_crashes();
-    let running: Vec<(String, u32)> = d
+    let running: Vec<(crate::ids::StepId, u32)> = d
         .state
         .running()
         .into_iter()
-        .map(|(s, a)| (s.to_string(), a))
+        .map(|(s, a)| (crate::ids::StepId::from(s), a))
         .collect();
-    let mut poison: Vec<String> = Vec::new();
+    let mut poison: Vec<crate::ids::StepId> = Vec::new();
     for (step, attempt) in running {
         d.push(RunEvent::StepAbandoned {
             step: step.clone(),
@@ -411,7 +411,7 @@ fn recover(d: &mut Draft<'_>) -> Result<(), Rejected> {
 fn skip_dependents(d: &mut Draft<'_>) -> Result<(), Rejected> {
     let wf = d.wf();
     loop {
-        let mut skip: Option<(String, String)> = None;
+        let mut skip: Option<(crate::ids::StepId, String)> = None;
         for s in &wf.steps {
             let st = &d.state.steps[&s.id];
             if !matches!(
@@ -484,7 +484,7 @@ fn start_attempt(
         );
     }
     d.push(RunEvent::StepStarted {
-        step: id.to_string(),
+        step: id.into(),
         attempt,
         agent,
         input,

@@ -103,7 +103,7 @@ pub enum Command {
     /// An attempt ended.
     Finished {
         /// Step.
-        step: String,
+        step: crate::ids::StepId,
         /// Attempt.
         attempt: u32,
         /// Result.

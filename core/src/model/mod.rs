@@ -222,10 +222,10 @@ fn post() -> String {
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// Unique id (letters, digits, `-`, `_`).
-    pub id: String,
+    pub id: crate::ids::StepId,
     /// Steps that must succeed first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub needs: Vec<String>,
+    pub needs: Vec<crate::ids::StepId>,
     /// An argv list, run without a shell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,

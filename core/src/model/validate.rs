@@ -24,7 +24,7 @@ pub struct Invalid {
 
 fn at(step: &Step, message: impl Into<String>) -> Invalid {
     Invalid {
-        step: Some(step.id.clone()),
+        step: Some(step.id.to_string()),
         message: message.into(),
     }
 }
@@ -288,7 +288,7 @@ fn topo_order(wf: &Workflow) -> Result<Vec<String>, Invalid> {
         let next = step
             .needs
             .iter()
-            .map(String::as_str)
+            .map(|d| d.as_str())
             .find(|d| left.contains(d))
             .expect("a step on a cycle needs one");
         if let Some(i) = path.iter().position(|p| *p == next) {
@@ -310,20 +310,20 @@ pub(crate) fn upstream(wf: &Workflow, id: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut todo: Vec<&str> = wf
         .step(id)
-        .map(|s| s.needs.iter().map(String::as_str).collect())
+        .map(|s| s.needs.iter().map(|d| d.as_str()).collect())
         .unwrap_or_default();
     while let Some(d) = todo.pop() {
         if out.insert(d.to_string())
             && let Some(s) = wf.step(d)
         {
-            todo.extend(s.needs.iter().map(String::as_str));
+            todo.extend(s.needs.iter().map(|d| d.as_str()));
         }
     }
     out
 }
 
 fn check_templates(wf: &Workflow, _order: &[String]) -> Result<(), Invalid> {
-    let declared: BTreeSet<&str> = wf.secrets.iter().map(String::as_str).collect();
+    let declared: BTreeSet<&str> = wf.secrets.iter().map(|d| d.as_str()).collect();
     for s in &wf.steps {
         let mut values: Vec<&Value> = s.with.values().collect();
         let body;

@@ -152,7 +152,7 @@ pub fn evolve(
                 at,
             );
             for (id, c) in carried {
-                let Some(st) = state.steps.get_mut(id) else {
+                let Some(st) = state.steps.get_mut(id.as_str()) else {
                     return Err(fail(format!("carried step {id} is not in the workflow")));
                 };
                 st.status = StepStatus::Succeeded;

@@ -236,7 +236,7 @@ pub struct RunState {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
     /// Steps by id.
-    pub steps: BTreeMap<String, StepState>,
+    pub steps: BTreeMap<crate::ids::StepId, StepState>,
     /// The quarantine, while quarantined (kept after release for audit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<Quarantine>,
@@ -290,7 +290,7 @@ impl RunState {
     pub fn outputs(&self) -> BTreeMap<String, Value> {
         self.steps
             .iter()
-            .filter_map(|(k, s)| s.output.clone().map(|o| (k.clone(), o)))
+            .filter_map(|(k, s)| s.output.clone().map(|o| (k.to_string(), o)))
             .collect()
     }
 
@@ -319,7 +319,7 @@ impl RunState {
     /// Mark Waiting steps whose needs are all satisfied as Ready.
     fn promote(&mut self) {
         let wf = self.workflow.clone().expect("called after the first event");
-        let ready: Vec<String> = wf
+        let ready: Vec<crate::ids::StepId> = wf
             .steps
             .iter()
             .filter(|s| {
@@ -331,7 +331,7 @@ impl RunState {
             .map(|s| s.id.clone())
             .collect();
         for id in ready {
-            if let Some(st) = self.steps.get_mut(&id) {
+            if let Some(st) = self.steps.get_mut(id.as_str()) {
                 st.status = StepStatus::Ready;
             }
         }

@@ -35,7 +35,7 @@ pub(crate) enum Msg {
     Stop(String),
     /// An attempt ended.
     Done {
-        step: String,
+        step: crate::ids::StepId,
         attempt: u32,
         agent: Option<String>,
         result: AttemptResult,
@@ -53,7 +53,7 @@ pub(crate) struct RunActor {
     rx: mpsc::UnboundedReceiver<Msg>,
     tx: mpsc::UnboundedSender<Msg>,
     state_tx: watch::Sender<Arc<RunState>>,
-    live: HashMap<(String, u32), Live>,
+    live: HashMap<(crate::ids::StepId, u32), Live>,
     secrets: Secrets,
     /// Set by [`Msg::Stop`]: why the engine stops.
     stopping: Option<String>,
@@ -277,7 +277,7 @@ impl RunActor {
     /// runs finishing attempts on one agent append to its stream in turn.
     async fn finished(
         &mut self,
-        step: String,
+        step: crate::ids::StepId,
         attempt: u32,
         agent: Option<String>,
         result: AttemptResult,

@@ -21,7 +21,7 @@ pub struct FunctionCall {
     /// The run.
     pub run_id: RunId,
     /// The step.
-    pub step: String,
+    pub step: crate::ids::StepId,
     /// Attempt number.
     pub attempt: u32,
     /// `RUN_ID:STEP_ID`.

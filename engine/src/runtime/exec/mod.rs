@@ -33,7 +33,7 @@ pub struct AttemptRequest {
     /// The run.
     pub run_id: RunId,
     /// The step.
-    pub step: String,
+    pub step: crate::ids::StepId,
     /// Attempt number, from 1.
     pub attempt: u32,
     /// `RUN_ID:STEP_ID`, the same for every attempt.

@@ -170,7 +170,7 @@ impl Executor for ProcessExecutor {
             };
             cmd.current_dir(&req.workdir)
                 .env("CHRONICLE_RUN_ID", req.run_id.to_string())
-                .env("CHRONICLE_STEP_ID", &req.step)
+                .env("CHRONICLE_STEP_ID", req.step.as_str())
                 .env("CHRONICLE_ATTEMPT", req.attempt.to_string())
                 .env("CHRONICLE_IDEMPOTENCY_KEY", &req.idempotency_key)
                 .stdout(Stdio::piped())
