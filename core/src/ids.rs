@@ -34,7 +34,6 @@ pub fn idempotency_key(run: RunId, step: &str) -> String {
 /// validation). In JSON it is a plain string.
 #[derive(
     Clone,
-    Debug,
     Default,
     PartialEq,
     Eq,
@@ -47,6 +46,14 @@ pub fn idempotency_key(run: RunId, step: &str) -> String {
 )]
 #[serde(transparent)]
 pub struct StepId(String);
+
+/// Debug-printed as its text, as a `String` is (snapshots of effects and
+/// commands read the same as before the type).
+impl fmt::Debug for StepId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
 
 impl StepId {
     /// A step id from text (not validated: see `model::validate`).
