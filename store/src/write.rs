@@ -46,6 +46,8 @@ pub(crate) struct WriterState {
     pub index: Arc<RwLock<StreamIndex>>,
     pub next_position: u64,
     pub max_group: usize,
+    /// Largest encoded group ([`crate::StoreOptions::max_group_bytes`]).
+    pub max_group_bytes: usize,
     pub quick_repair: bool,
     /// Journal bytes between checkpoints.
     pub checkpoint_bytes: u64,
@@ -372,12 +374,12 @@ impl WriterState {
             )?);
         }
         pending.read = None;
-        if body.len() > crate::journal::MAX_FRAME_BODY {
+        if body.len() > self.max_group_bytes {
             // Refused before anything is written: the store goes on.
             return Err(StoreError::InvalidRequest(format!(
-                "this group of writes encodes to {} bytes, over the journal's frame limit of {} bytes; write fewer or smaller events per request",
+                "this group of writes encodes to {} bytes, over the limit of {} bytes; write fewer or smaller events per request",
                 body.len(),
-                crate::journal::MAX_FRAME_BODY
+                self.max_group_bytes
             )));
         }
         if self.journal.is_some() && !body.is_empty() && !self.journal_marked {

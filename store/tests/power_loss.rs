@@ -472,6 +472,10 @@ fn a_full_disk_stops_writes_and_the_database_opens_again_with_every_acknowledged
                     Ok(_) => *acked.entry(s.key()).or_default() += 1,
                     Err(e) => {
                         assert!(e.is_storage_problem(), "{e}");
+                        // The cause once, not the error's text within itself.
+                        let text = e.to_string();
+                        assert_eq!(text.matches("No space left").count(), 1, "{text}");
+                        assert_eq!(text.matches("I/O error").count(), 1, "{text}");
                         // Stopped: every later write is refused too.
                         let again =
                             WriteRequest::append(s.clone(), Seq(i / STREAMS as u64), vec![ev("y")]);

@@ -586,3 +586,37 @@ fn many_checkpoints_segments_and_a_crash_image_between_them() {
         );
     }
 }
+
+#[test]
+fn a_group_too_large_is_refused_alone_and_the_store_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let options = || StoreOptions {
+        max_group_bytes: 64 << 10,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&path, options()).unwrap();
+    let s = run_stream();
+    let big = format!(r#"{{"v":"{}"}}"#, "x".repeat(100 << 10));
+    let err = store
+        .write_blocking(WriteRequest::append(
+            s.clone(),
+            Seq(0),
+            vec![NewEvent::new(1, big.into_bytes())],
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::InvalidRequest(ref m) if m.contains("over the limit")),
+        "{err:?}"
+    );
+    // Not poisoned: the next write commits, and nothing of the refused one
+    // was written.
+    store
+        .write_blocking(WriteRequest::append(s.clone(), Seq(0), vec![ev("small")]))
+        .unwrap();
+    drop(store);
+    let store = Store::open(&path, options()).unwrap();
+    let events = store.read_stream(&s, Seq(1)).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].payload, ev("small").payload);
+}

@@ -24,6 +24,11 @@ pub struct StoreOptions {
     pub queue_capacity: usize,
     /// Most requests written in one transaction. Default 4,096.
     pub max_group: usize,
+    /// Largest encoded group of writes, bytes (one journal frame). A
+    /// request over it is refused alone ([`StoreError::InvalidRequest`])
+    /// before anything is written, and the store goes on. Default and
+    /// most: 1 GiB (the journal's frame limit).
+    pub max_group_bytes: usize,
     /// redb quick repair (2-phase commit + allocator state per commit).
     /// Default `false`: see the README's "quick repair" note for the
     /// measurement behind this choice.
@@ -74,6 +79,7 @@ impl Default for StoreOptions {
         Self {
             queue_capacity: 4096,
             max_group: 4096,
+            max_group_bytes: crate::journal::MAX_FRAME_BODY,
             quick_repair: false,
             cache_bytes: 256 << 20,
             checkpoint_bytes: crate::journal::CHECKPOINT_BYTES,
@@ -266,6 +272,7 @@ impl Store {
             index: index.clone(),
             next_position,
             max_group: options.max_group.max(1),
+            max_group_bytes: options.max_group_bytes.min(crate::journal::MAX_FRAME_BODY),
             quick_repair: options.quick_repair,
             checkpoint_bytes: options.checkpoint_bytes.max(1),
             memtable_limit: options.memtable_bytes,
