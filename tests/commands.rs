@@ -174,6 +174,16 @@ fn pause_cancel_release_and_validate() {
     assert_eq!(q.code, 1, "{q:?}");
     assert!(q.stdout.contains("quarantined"));
     let qrun = q.run_id();
+    // Recovery does not continue a quarantined run, and says so apart
+    // from the runs it continued.
+    let rec = env.run(&["recover"]);
+    assert_eq!(rec.code, 1, "the quarantined run is reported: {rec:?}");
+    assert!(
+        rec.stderr.contains("0 run(s) continued") && rec.stderr.contains("1 run(s) quarantined"),
+        "{}",
+        rec.stderr
+    );
+    assert!(!rec.stderr.contains("poison"), "{}", rec.stderr);
     env.write("ok", "");
     let rel = env.run(&["release", &qrun]);
     assert_eq!(rel.code, 0, "{rel:?}");

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Env, root};
+use crate::support::{Env, root, wait_for};
 
 struct Rng(u64);
 impl Rng {
@@ -55,28 +55,7 @@ fn kill_and_collect(mut child: Child) -> String {
 }
 
 fn marker_processes(marker: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .chars()
-                .all(|c| c.is_ascii_digit())
-        })
-        .filter(|e| {
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next())
-                == Some("Z");
-            !zombie
-                && std::fs::read(e.path().join("cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains(marker))
-                    .unwrap_or(false)
-        })
-        .count()
+    crate::support::marked_processes(marker).len()
 }
 
 #[test]
@@ -258,19 +237,6 @@ fn many_runs_survive_repeated_sigkill() {
         0,
         "seed {seed}: orphaned step processes remain"
     );
-}
-
-/// Wait until `path` exists (a step's process wrote it).
-fn wait_for(path: &std::path::Path) {
-    let t = Instant::now();
-    while !path.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

@@ -91,3 +91,46 @@ impl Out {
 pub fn digest(p: &Path) -> Option<Vec<u8>> {
     std::fs::read(p).ok()
 }
+
+/// Wait until `path` exists (a step's process wrote it); at most 20 s.
+pub fn wait_for(path: &Path) {
+    let t = std::time::Instant::now();
+    while !path.exists() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Pids of live (not zombie) processes whose command line holds `marker`.
+pub fn marked_processes(marker: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                == Some("Z");
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            (!zombie && String::from_utf8_lossy(&cmdline).contains(marker)).then_some(pid)
+        })
+        .collect()
+}
+
+/// SIGKILL every process whose command line holds `marker` (a test's own
+/// step processes, left running on purpose).
+pub fn kill_marked(marker: &str) {
+    for pid in marked_processes(marker) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
