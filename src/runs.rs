@@ -258,7 +258,7 @@ pub async fn fork(
         )?;
         chronicle_engine::decide::decide_fork(
             &state,
-            at,
+            chronicle_engine::ids::Seq(at),
             source,
             input.clone(),
             outputs.clone(),

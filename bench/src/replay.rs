@@ -220,7 +220,8 @@ pub fn run(dir: &Path) -> Result<ReplayBench, ReplayError> {
                             *run,
                             chronicle_replay::rebuild::Target::Head,
                         )?
-                        .seq;
+                        .seq
+                        .0;
                     }
                     Ok(n)
                 })

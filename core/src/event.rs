@@ -24,7 +24,7 @@ pub struct Lineage {
     /// The run it was forked from.
     pub forked_from: RunId,
     /// The seq of the source run it was forked at.
-    pub at_seq: u64,
+    pub at_seq: crate::ids::Seq,
 }
 
 /// Captured output of a stream (stdout or stderr), capped.

@@ -387,9 +387,13 @@ fn a_transition_that_cannot_happen_is_an_error_naming_run_seq_event_state() {
     let err = chronicle_core::state::evolve(sim.state.clone(), sim.state.seq + 1, sim.now, &bad)
         .unwrap_err();
     assert_yaml_snapshot!("fold_error_step_never_started", err.to_string());
-    let first =
-        chronicle_core::state::evolve(RunState::default(), 1, sim.now, &RunEvent::RunStarted {})
-            .unwrap_err();
+    let first = chronicle_core::state::evolve(
+        RunState::default(),
+        chronicle_core::ids::Seq(1),
+        sim.now,
+        &RunEvent::RunStarted {},
+    )
+    .unwrap_err();
     assert_yaml_snapshot!("fold_error_first_event", first.to_string());
 }
 

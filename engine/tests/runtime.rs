@@ -466,7 +466,22 @@ steps:
     let agent = chronicle_engine::ids::agent_stream("flaky").unwrap();
     // One failure, then a restart, then one more: two in a row open it.
     for round in 0..2 {
-        let e = engine(dir.path());
+        // A write of the engine before may still hold the file a moment.
+        let t = Instant::now();
+        let e = loop {
+            match EngineBuilder::new()
+                .db(dir.path().join("db.redb"))
+                .workdir(dir.path())
+                .build()
+            {
+                Ok(e) => break e,
+                Err(err) if t.elapsed() < Duration::from_secs(5) => {
+                    assert!(err.to_string().contains("in use"), "{err}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(err) => panic!("{err}"),
+            }
+        };
         let run = e.start(wf.clone(), json!({}), None).await.unwrap();
         assert_eq!(e.wait(run).await.unwrap().status, RunStatus::Failed);
         e.wait_all().await.unwrap();

@@ -29,8 +29,15 @@ pub async fn fork(
     let state = state_at(engine.store(), source, Target::Seq(at_seq))?;
     let new_run = engine.new_run_id();
     let seed = new_run.0.as_u128() as u64;
-    let first = decide_fork(&state, at_seq, new_run, input, outputs, seed)
-        .map_err(chronicle_engine::runtime::EngineError::from)?;
+    let first = decide_fork(
+        &state,
+        chronicle_engine::ids::Seq(at_seq),
+        new_run,
+        input,
+        outputs,
+        seed,
+    )
+    .map_err(chronicle_engine::runtime::EngineError::from)?;
     let lineage = IndexOp::Put {
         index: FORKS.into(),
         key: format!("{source}/{new_run}"),

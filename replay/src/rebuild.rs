@@ -33,7 +33,12 @@ pub fn fold_envelopes<'a>(
         }
         let ev = RunEvent::from_json(&env.payload)
             .map_err(|e| chronicle_engine::runtime::decode_error(env, e))?;
-        state = evolve(state, env.seq.0, env.recorded_at, &ev)?;
+        state = evolve(
+            state,
+            chronicle_engine::ids::Seq(env.seq.0),
+            env.recorded_at,
+            &ev,
+        )?;
     }
     Ok(state)
 }
@@ -74,7 +79,7 @@ pub fn state_at(store: &Store, run: RunId, target: Target) -> Result<RunState, R
     if snapshot.is_none() && envs.is_empty() {
         return Err(ReplayError::UnknownRun(run.to_string()));
     }
-    let reached = envs.last().map(|e| e.seq.0).unwrap_or(state.seq);
+    let reached = envs.last().map(|e| e.seq.0).unwrap_or(state.seq.0);
     if let Some(Seq(n)) = to
         && reached < n
     {
@@ -82,7 +87,7 @@ pub fn state_at(store: &Store, run: RunId, target: Target) -> Result<RunState, R
             "run {run} has events 1..={reached}; seq {n} is outside the history"
         )));
     }
-    if state.seq > 0 && envs.first().is_some_and(|e| e.seq.0 != state.seq + 1) {
+    if state.seq > 0 && envs.first().is_some_and(|e| e.seq.0 != state.seq.0 + 1) {
         // A snapshot that does not line up with the log: fold from scratch.
         let all = store.read_stream(&stream, Seq(1))?;
         return fold_envelopes(RunState::default(), &all, target);

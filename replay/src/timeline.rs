@@ -32,7 +32,12 @@ pub fn timeline(envelopes: &[RawEnvelope]) -> Result<Vec<TimelineEntry>, ReplayE
         let ev = RunEvent::from_json(&env.payload)
             .map_err(|e| chronicle_engine::runtime::decode_error(env, e))?;
         let before = state.clone();
-        state = evolve(state, env.seq.0, env.recorded_at, &ev)?;
+        state = evolve(
+            state,
+            chronicle_engine::ids::Seq(env.seq.0),
+            env.recorded_at,
+            &ev,
+        )?;
         out.push(TimelineEntry {
             seq: env.seq.0,
             at: env.recorded_at,

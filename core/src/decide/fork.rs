@@ -17,7 +17,7 @@ use crate::state::{RunState, StepStatus};
 /// names an unknown step.
 pub fn decide_fork(
     source: &RunState,
-    at_seq: u64,
+    at_seq: crate::ids::Seq,
     new_run: RunId,
     input: Option<Value>,
     outputs: BTreeMap<String, Value>,

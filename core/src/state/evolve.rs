@@ -70,7 +70,7 @@ fn running_or_fail<'s>(
 /// attempt that is not the running one, and so on.
 pub fn evolve(
     mut state: RunState,
-    seq: u64,
+    seq: crate::ids::Seq,
     at: DateTime<Utc>,
     event: &RunEvent,
 ) -> Result<RunState, TransitionError> {
@@ -403,7 +403,7 @@ pub fn evolve(
 
 /// Fold a whole history (`(seq, time, event)` in order) from the empty state.
 pub fn fold<'a>(
-    events: impl IntoIterator<Item = (u64, DateTime<Utc>, &'a RunEvent)>,
+    events: impl IntoIterator<Item = (crate::ids::Seq, DateTime<Utc>, &'a RunEvent)>,
 ) -> Result<RunState, TransitionError> {
     events
         .into_iter()

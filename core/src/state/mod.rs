@@ -253,7 +253,7 @@ pub struct RunState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<DateTime<Utc>>,
     /// Seq of the last event folded.
-    pub seq: u64,
+    pub seq: crate::ids::Seq,
 }
 
 /// An event that cannot follow the state.
@@ -263,7 +263,7 @@ pub struct TransitionError {
     /// The run (or `-` before the first event).
     pub run: String,
     /// The seq of the event.
-    pub seq: u64,
+    pub seq: crate::ids::Seq,
     /// The event's name.
     pub event: String,
     /// A summary of the state it met.

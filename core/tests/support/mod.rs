@@ -48,7 +48,7 @@ pub fn wf(yaml: &str) -> Workflow {
 
 pub struct Sim {
     pub state: RunState,
-    pub history: Vec<(u64, DateTime<Utc>, RunEvent)>,
+    pub history: Vec<(chronicle_core::ids::Seq, DateTime<Utc>, RunEvent)>,
     pub now: DateTime<Utc>,
     pub slots: usize,
     pub agents: BTreeMap<String, AgentView>,

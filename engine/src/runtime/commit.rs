@@ -101,19 +101,20 @@ impl Inner {
     /// when it crosses a multiple of the snapshot interval, and `extra`.
     pub(crate) fn request(
         &self,
-        after_seq: u64,
+        after_seq: crate::ids::Seq,
         d: &Decision,
         extra: Vec<IndexOp>,
     ) -> WriteRequest {
         let run = d.next.run_id.expect("a decided run has an id");
-        let mut req = WriteRequest::append(run.stream(), Seq(after_seq), encode(&d.events, d.now));
+        let mut req =
+            WriteRequest::append(run.stream(), Seq(after_seq.0), encode(&d.events, d.now));
         req.index
             .push(RunSummary::of(&d.next).expect("a run has a summary").put());
         req.index.extend(extra);
         let every = self.snapshot_every;
-        if every > 0 && d.next.seq / every > after_seq / every {
+        if every > 0 && d.next.seq.0 / every > after_seq.0 / every {
             let bytes = serde_json::to_vec(&d.next).expect("a state always serializes");
-            req.snapshots.push((run.stream(), Seq(d.next.seq), bytes));
+            req.snapshots.push((run.stream(), Seq(d.next.seq.0), bytes));
         }
         req
     }

@@ -153,14 +153,14 @@ impl Engine {
             }
         };
         let now = self.inner.clock.peek();
-        let state = evolve(RunState::default(), 1, now, &first)?;
+        let state = evolve(RunState::default(), crate::ids::Seq(1), now, &first)?;
         // Append the first event alone, then start like any new run.
         let d = Decision {
             events: vec![first],
             next: state,
             now,
         };
-        let req = self.inner.request(0, &d, extra_index);
+        let req = self.inner.request(crate::ids::Seq(0), &d, extra_index);
         self.inner.store.write(req).await?;
         self.inner.clock.now(); // one tick of a manual clock per durable decision
         let state = d.next;

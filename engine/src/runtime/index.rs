@@ -57,7 +57,7 @@ impl RunSummary {
             status: state.status,
             created_at: state.created_at,
             updated_at: state.updated_at,
-            seq: state.seq,
+            seq: state.seq.0,
             idempotency_key: state.idempotency_key.clone(),
             forked_from: state.lineage.as_ref().map(|l| l.forked_from),
             reason: match state.status {

@@ -21,7 +21,7 @@
 
 use std::time::{Duration, Instant};
 
-use chronicle_store::{IndexOp, Store, WriteRequest};
+use chronicle_store::{IndexOp, Store, WeakStore, WriteRequest};
 use serde::{Deserialize, Serialize};
 
 use super::engine::EngineError;
@@ -77,16 +77,21 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-/// Records the process groups of attempts this engine starts.
+/// Records the process groups of attempts this engine starts. It does not
+/// keep the store open: attempts that end after their engine closed the
+/// store record nothing (their records are deleted by the outcome's write
+/// or found by the next recovery).
 #[derive(Clone, Debug)]
 pub struct ProcessLedger {
-    store: Store,
+    store: WeakStore,
 }
 
 impl ProcessLedger {
     /// A ledger writing to `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: &Store) -> Self {
+        Self {
+            store: store.downgrade(),
+        }
     }
 
     /// The attempt `key` started its process group `pgid`: record it in
@@ -101,7 +106,9 @@ impl ProcessLedger {
             engine_pid: me,
             engine_start_ticks: start_ticks(me).unwrap_or(0),
         };
-        let store = self.store.clone();
+        let Some(store) = self.store.upgrade() else {
+            return;
+        };
         let value = serde_json::to_vec(&record).expect("a plain struct serializes");
         tokio::spawn(async move {
             let req = WriteRequest {

@@ -75,7 +75,7 @@ impl Inner {
             process: ProcessExecutor {
                 sink: sink.clone(),
                 ledger: (!self.store.is_read_only())
-                    .then(|| super::processes::ProcessLedger::new(self.store.clone())),
+                    .then(|| super::processes::ProcessLedger::new(&self.store)),
                 parent_death_signal: self.parent_death_signal,
             },
             http: HttpExecutor {
@@ -159,7 +159,12 @@ pub fn decode_error(env: &RawEnvelope, e: serde_json::Error) -> StoreError {
 /// Decode and fold one envelope into `state`.
 pub fn fold_envelope(state: RunState, env: &RawEnvelope) -> Result<RunState, EngineError> {
     let event = RunEvent::from_json(&env.payload).map_err(|e| decode_error(env, e))?;
-    Ok(evolve(state, env.seq.0, env.recorded_at, &event)?)
+    Ok(evolve(
+        state,
+        crate::ids::Seq(env.seq.0),
+        env.recorded_at,
+        &event,
+    )?)
 }
 
 /// Encode run events for an append, stamped with the decision time.

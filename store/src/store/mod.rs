@@ -144,6 +144,20 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// A handle that does not keep the store open: [`WeakStore::upgrade`]
+/// gives the store while some [`Store`] handle still holds it. For work
+/// in the background that must not hold the database file open after its
+/// owner closed it.
+#[derive(Clone, Debug)]
+pub struct WeakStore(std::sync::Weak<Inner>);
+
+impl WeakStore {
+    /// The store, if it is still open.
+    pub fn upgrade(&self) -> Option<Store> {
+        self.0.upgrade().map(|inner| Store { inner })
+    }
+}
+
 /// The redb handle: read-write (with a writer thread) or read-only.
 enum Handle {
     Rw(Arc<Database>),
@@ -336,6 +350,11 @@ impl Store {
                 writer: None,
             }),
         })
+    }
+
+    /// A handle that does not keep this store open ([`WeakStore`]).
+    pub fn downgrade(&self) -> WeakStore {
+        WeakStore(Arc::downgrade(&self.inner))
     }
 
     /// True for a store opened with [`Store::open_read_only`].
