@@ -377,11 +377,28 @@ pub fn verify(db: &Path, run: Option<&str>, json: bool) -> Result<u8, CliError> 
             v
         })
         .collect();
+    let journal = engine.store().journal_status()?;
     let reports = chronicle_replay::verify::verify(engine.store(), run)?;
-    let bad = reports.iter().filter(|r| !r.ok()).count();
+    let bad = reports.iter().filter(|r| !r.ok()).count() + usize::from(journal.problem.is_some());
     if json {
-        print_json(&json!({ "ok": bad == 0, "streams": reports, "journal_losses": losses }));
+        print_json(&json!({
+            "ok": bad == 0,
+            "streams": reports,
+            "journal": journal,
+            "journal_losses": losses,
+        }));
     } else {
+        match (&journal.problem, journal.open) {
+            (Some(p), _) => println!("FAIL  journal  {p}"),
+            (None, false) => println!(
+                "ok    journal  closed cleanly; frames through {} are in the database",
+                journal.checkpointed_through
+            ),
+            (None, true) => println!(
+                "ok    journal  open (not closed cleanly); {} frame(s) past frame {} readable",
+                journal.frames_past_checkpoint, journal.checkpointed_through
+            ),
+        }
         for l in &losses {
             println!(
                 "note  journal loss accepted at {}: the journal {}; {} frame(s) applied",

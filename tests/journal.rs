@@ -100,6 +100,18 @@ fn a_lost_or_damaged_journal_after_a_crash_is_refused_not_dropped() {
     let verify = env.run(&["verify"]);
     assert_eq!(verify.code, 0, "{verify:?}");
     assert!(
+        verify.stdout.contains("journal  closed cleanly"),
+        "{}",
+        verify.stdout
+    );
+    let json = env.run(&["verify", "--json"]).json();
+    assert_eq!(json["journal"]["open"], false, "{json}");
+    assert_eq!(
+        json["journal_losses"].as_array().unwrap().len(),
+        1,
+        "{json}"
+    );
+    assert!(
         verify.stdout.contains("journal loss accepted") && verify.stdout.contains("is missing"),
         "{}",
         verify.stdout

@@ -71,7 +71,9 @@ pub use paths::{journal_path, outputs_dir, remove_database};
 pub use redb::StorageBackend;
 pub use redb::backends::{FileBackend, InMemoryBackend};
 pub use request::{Append, Committed, IndexOp, WriteRequest};
-pub use store::{ChainReport, MEMTABLE_BYTES, Store, StoreOptions, StreamHead, WeakStore};
+pub use store::{
+    ChainReport, JournalStatus, MEMTABLE_BYTES, Store, StoreOptions, StreamHead, WeakStore,
+};
 pub use tables::{RecordView, view_record};
 
 /// The on-disk format version this build reads and writes (in the `meta`

@@ -475,3 +475,4 @@ impl Store {
 }
 
 mod read;
+pub use read::JournalStatus;

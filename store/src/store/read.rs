@@ -537,3 +537,57 @@ impl Store {
         })
     }
 }
+
+/// The commit journal as the database records it (`chronicle verify`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct JournalStatus {
+    /// The store was not closed cleanly since its journal's first frame
+    /// (a store open now, or a crash): the journal may hold frames redb
+    /// lacks, and an open reads them.
+    pub open: bool,
+    /// The last frame a checkpoint made durable in redb.
+    pub checkpointed_through: u64,
+    /// Whole frames of the current cycle past that checkpoint, read from
+    /// the journal file now (0 for a store closed cleanly).
+    pub frames_past_checkpoint: usize,
+    /// What is wrong with the journal, if anything (a missing, truncated or
+    /// damaged file of an open journal).
+    pub problem: Option<String>,
+}
+
+impl Store {
+    /// The journal's state: what `meta` says and, for a journal that may
+    /// hold frames, what the file holds now. A store not on a file reports
+    /// a closed journal.
+    ///
+    /// Errors: storage errors reading `meta` or the journal file.
+    pub fn journal_status(&self) -> Result<JournalStatus, StoreError> {
+        let path = &self.inner.path;
+        let txn = self.read()?;
+        let meta = txn
+            .open_table(crate::tables::META)
+            .map_err(|e| from_redb(path, e))?;
+        let get = |k: &str| -> Result<u64, StoreError> {
+            Ok(meta
+                .get(k)
+                .map_err(|e| from_redb(path, e))?
+                .and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
+                .unwrap_or(0))
+        };
+        let open = get("journal_open")? != 0;
+        let lsn = get("journal_lsn")?;
+        let salt = get("journal_salt")?;
+        let (frames, problem) = if open && path.file_name().is_some() && path.exists() {
+            let scan = crate::journal::scan(&crate::paths::journal_path(path), salt, lsn)?;
+            (scan.frames.len(), scan.problem.map(|p| p.to_string()))
+        } else {
+            (0, None)
+        };
+        Ok(JournalStatus {
+            open,
+            checkpointed_through: lsn,
+            frames_past_checkpoint: frames,
+            problem,
+        })
+    }
+}
