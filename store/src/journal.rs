@@ -69,7 +69,7 @@ use crate::error::{StoreError, io};
 /// `checkpoint_bytes`): 16 MiB bounds recovery's work; a checkpoint of this
 /// much costs ~10–100 ms here. Frames fill whole 4 KiB blocks, so small
 /// groups take more file than their bytes: a checkpoint also comes once
-/// the file holds [`CHECKPOINT_FILE_FACTOR`] times this much.
+/// the file holds 16 times this much (the file counts 4 KiB for a one-event group).
 pub const CHECKPOINT_BYTES: u64 = 16 << 20;
 
 /// The journal file's bytes since a checkpoint that bring the next one,

@@ -595,7 +595,7 @@ fn advance(d: &mut Draft<'_>) -> Result<(), Rejected> {
 /// written in the same atomic write as the run's events for the outcome.
 /// Nothing for an agent without a `circuit_breaker` policy, or for an
 /// attempt that was killed (cancel, timeout kill, stop: it says nothing of
-/// the agent's health); otherwise [`Breaker::decide_outcome`].
+/// the agent's health); otherwise [`crate::circuit::Breaker::decide_outcome`].
 pub fn decide_circuit(
     state: &RunState,
     agent: &str,
