@@ -20,7 +20,14 @@ pub fn open_engine(db: &Path) -> Result<Engine, CliError> {
     Ok(EngineBuilder::new()
         .db(db)
         .parent_death_signal(parent_death_signal())
+        .watchdog(watchdog())
         .build()?)
+}
+
+/// `CHRONICLE_WATCHDOG=0`: no process watchdog (see
+/// `EngineBuilder::watchdog`); only `recover` kills what a crash left.
+fn watchdog() -> bool {
+    std::env::var_os("CHRONICLE_WATCHDOG").is_none_or(|v| v != "0")
 }
 
 /// `CHRONICLE_PARENT_DEATH_SIGNAL=1`: each attempt's leader is killed by
@@ -184,6 +191,7 @@ pub async fn recover(
         EngineBuilder::new()
             .store(store)
             .parent_death_signal(parent_death_signal())
+            .watchdog(watchdog())
             .build()?
     } else {
         open_engine(db)?

@@ -252,7 +252,15 @@ fn after_kill_dash_9_no_attempt_of_a_step_outlives_the_engine_into_its_retry() {
             "name: o\nsteps:\n  - id: s\n    shell: |\n      echo \"start $CHRONICLE_ATTEMPT $(date +%s%N)\" >> attempts.log\n      if [ \"$CHRONICLE_ATTEMPT\" -ge 2 ]; then exit 0; fi\n      ( sleep 1.5; echo \"late $(date +%s%N)\" >> attempts.log ) &\n      touch started\n      wait # {marker}\n"
         ),
     );
-    let child = spawn(&env, &["run", wf.to_str().unwrap()]);
+    // Recovery's own kill, without the watchdog (tested below) first.
+    let child = env
+        .cmd()
+        .env("CHRONICLE_WATCHDOG", "0")
+        .args(["run", wf.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_for(&env.path("started"));
     kill_and_collect(child);
     let recover = env.run(&["recover"]);
@@ -396,4 +404,32 @@ fn with_the_parent_death_signal_a_step_leader_dies_with_the_engine() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn after_kill_dash_9_the_watchdog_kills_the_step_groups_before_any_recover() {
+    let env = Env::new();
+    let marker = format!("watchdog-marker-{}", std::process::id());
+    // The leader waits on a background child; both would run for 30 s.
+    let wf = env.write(
+        "wf.yaml",
+        &format!(
+            "name: w\nsteps:\n  - id: s\n    shell: |\n      ( sleep 30; echo late >> late.log ) &\n      touch started\n      wait # {marker}\n"
+        ),
+    );
+    let child = spawn(&env, &["run", wf.to_str().unwrap()]);
+    wait_for(&env.path("started"));
+    assert!(marker_processes(&marker) > 0, "the step runs");
+    kill_and_collect(child);
+    // No recovery runs: the watchdog alone ends the group.
+    let t = Instant::now();
+    while marker_processes(&marker) > 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the step's process group outlived the engine"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The background subshell is a fork of the step's shell: its command
+    // line holds the marker too, so the loop above saw it go as well.
 }

@@ -36,6 +36,7 @@ pub struct EngineBuilder {
     secrets: BTreeMap<String, String>,
     snapshot_every: u64,
     parent_death_signal: bool,
+    watchdog: bool,
 }
 
 impl Default for EngineBuilder {
@@ -51,6 +52,7 @@ impl Default for EngineBuilder {
             secrets: BTreeMap::new(),
             snapshot_every: 100,
             parent_death_signal: false,
+            watchdog: true,
         }
     }
 }
@@ -72,6 +74,14 @@ impl EngineBuilder {
     /// ~3× the cost of a short step (README, "Benchmarks").
     pub fn parent_death_signal(mut self, on: bool) -> Self {
         self.parent_death_signal = on;
+        self
+    }
+    /// Start the process watchdog (default on): a process that kills the
+    /// attempts' process groups when the engine dies, before any
+    /// `recover` (see `runtime::processes`). Off, only recovery kills what
+    /// a crashed engine left.
+    pub fn watchdog(mut self, on: bool) -> Self {
+        self.watchdog = on;
         self
     }
     /// Use an already open store.
@@ -165,6 +175,7 @@ impl EngineBuilder {
                 secrets: self.secrets,
                 snapshot_every: self.snapshot_every,
                 parent_death_signal: self.parent_death_signal,
+                watchdog: super::processes::Watchdog::new(self.watchdog),
             }),
         })
     }

@@ -12,13 +12,19 @@
 //! either gone or started at the recorded time — against pid reuse), waits
 //! until the group is empty, and deletes the records.
 //!
-//! A second line, for the time between the crash and the recovery, opt-in
-//! (`EngineBuilder::parent_death_signal`): each attempt's leader asks the
-//! kernel to kill it when the engine's thread that started it dies
-//! (`PR_SET_PDEATHSIG`, see `exec::process`). That reaches the leader only;
-//! children it forked are reached by recovery. It is off by default
-//! because it makes every spawn a fork (~3× a short step's cost).
+//! A second line, for the time between a crash and the recovery: a
+//! watchdog process ([`Watchdog`]), started with the engine's first
+//! process attempt, is told each group as it starts and ends over a pipe
+//! the engine holds; when the engine dies — however, SIGKILL included —
+//! the kernel closes the pipe and the watchdog kills every group it was
+//! told of and not told had ended. It costs two small pipe writes per
+//! attempt. And, opt-in (`EngineBuilder::parent_death_signal`), each
+//! attempt's leader can ask the kernel to kill it when the engine's thread
+//! that started it dies (`PR_SET_PDEATHSIG`, see `exec::process`): off by
+//! default because it makes every spawn a fork (~3× a short step's cost),
+//! and it reaches the leader only.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chronicle_store::{IndexOp, Store, WeakStore, WriteRequest};
@@ -77,6 +83,90 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
+/// The watchdog's script (POSIX `sh`): read `+ PGID` and `- PGID` lines
+/// until end of input (the engine closed the pipe, or died), then SIGKILL
+/// every group still listed.
+const WATCHDOG_SCRIPT: &str = r#"groups=" "
+while read -r op id; do
+  case "$op" in
+    +) groups="$groups$id " ;;
+    -) groups=$(printf '%s' "$groups" | sed "s/ $id / /") ;;
+  esac
+done
+for id in $groups; do kill -s KILL -- "-$id" 2>/dev/null; done
+"#;
+
+/// A process that kills the attempts' process groups when the engine dies
+/// (see the module docs). Started on first use; clones share it. A
+/// watchdog that cannot start or has died only costs this second line:
+/// writes to it are best effort.
+#[derive(Clone, Debug, Default)]
+pub struct Watchdog {
+    pipe: Arc<Mutex<Option<std::process::ChildStdin>>>,
+    /// Never start one (`EngineBuilder::watchdog(false)`).
+    off: bool,
+}
+
+impl Watchdog {
+    /// A watchdog that starts on first use, or none at all if `!on`.
+    pub fn new(on: bool) -> Self {
+        Self {
+            pipe: Default::default(),
+            off: !on,
+        }
+    }
+
+    fn send(&self, line: String) {
+        use std::io::Write;
+        if self.off {
+            return;
+        }
+        let mut pipe = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
+        if pipe.is_none() {
+            *pipe = Self::start();
+        }
+        let failed = pipe
+            .as_mut()
+            .is_some_and(|p| p.write_all(line.as_bytes()).is_err());
+        if failed {
+            // It died: start another for the groups from now on.
+            *pipe = None;
+        }
+    }
+
+    fn start() -> Option<std::process::ChildStdin> {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(WATCHDOG_SCRIPT)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            // Its own group: a terminal's Ctrl-C to the engine's group
+            // does not take it away.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| tracing::warn!(error = %e, "cannot start the process watchdog"))
+            .ok()?;
+        let stdin = child.stdin.take();
+        // Reaped by a thread, so it never lingers as a zombie.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        stdin
+    }
+
+    /// An attempt's process group started.
+    pub fn watch(&self, pgid: u32) {
+        self.send(format!("+ {pgid}\n"));
+    }
+
+    /// An attempt's process group ended (or was killed).
+    pub fn release(&self, pgid: u32) {
+        self.send(format!("- {pgid}\n"));
+    }
+}
+
 /// Records the process groups of attempts this engine starts. It does not
 /// keep the store open: attempts that end after their engine closed the
 /// store record nothing (their records are deleted by the outcome's write
@@ -84,13 +174,16 @@ fn boot_id() -> String {
 #[derive(Clone, Debug)]
 pub struct ProcessLedger {
     store: WeakStore,
+    /// Told of every group too.
+    pub watchdog: Watchdog,
 }
 
 impl ProcessLedger {
-    /// A ledger writing to `store`.
-    pub fn new(store: &Store) -> Self {
+    /// A ledger writing to `store`, telling `watchdog`.
+    pub fn new(store: &Store, watchdog: Watchdog) -> Self {
         Self {
             store: store.downgrade(),
+            watchdog,
         }
     }
 
@@ -98,6 +191,7 @@ impl ProcessLedger {
     /// the background (errors are logged: the kernel's parent-death signal
     /// still covers the leader).
     pub fn started(&self, key: String, pgid: u32) {
+        self.watchdog.watch(pgid);
         let me = std::process::id();
         let record = ProcessRecord {
             pgid,

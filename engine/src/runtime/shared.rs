@@ -35,6 +35,8 @@ pub(crate) struct Inner {
     pub(crate) secrets: BTreeMap<String, String>,
     pub(crate) snapshot_every: u64,
     pub(crate) parent_death_signal: bool,
+    /// Kills the attempts' process groups if this process dies.
+    pub(crate) watchdog: super::processes::Watchdog,
 }
 
 #[derive(Clone)]
@@ -74,8 +76,9 @@ impl Inner {
         Dispatcher {
             process: ProcessExecutor {
                 sink: sink.clone(),
-                ledger: (!self.store.is_read_only())
-                    .then(|| super::processes::ProcessLedger::new(&self.store)),
+                ledger: (!self.store.is_read_only()).then(|| {
+                    super::processes::ProcessLedger::new(&self.store, self.watchdog.clone())
+                }),
                 parent_death_signal: self.parent_death_signal,
             },
             http: HttpExecutor {

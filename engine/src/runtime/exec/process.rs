@@ -252,6 +252,9 @@ impl Executor for ProcessExecutor {
                 // Leader gone or kill asked: take the rest of the group
                 // with it (which also closes the pipes the group held).
                 kill_group(pgid);
+                if let (Some(l), Some(id)) = (&ledger, pgid) {
+                    l.watchdog.release(id);
+                }
                 if status.is_none() {
                     let _ = Box::into_pin(child.kill()).await;
                 }
