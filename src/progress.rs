@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle_engine::event::{AgentEvent, RunEvent};
+use chronicle_replay::render::fit;
 use chronicle_store::RawEnvelope;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{broadcast, oneshot};
@@ -57,18 +58,6 @@ impl Progress {
         if let Some(m) = &self.multi {
             let _ = m.clear();
         }
-    }
-}
-
-/// `s` cut to `w` characters, with `…` where it was cut.
-fn fit(s: &str, w: usize) -> String {
-    if s.chars().count() <= w {
-        s.to_string()
-    } else {
-        format!(
-            "{}…",
-            s.chars().take(w.saturating_sub(1)).collect::<String>()
-        )
     }
 }
 

@@ -21,8 +21,9 @@ fn summary(v: &Value) -> String {
 /// Columns of the table: it fits a terminal of this many.
 pub const WIDTH: usize = 80;
 
-/// `s` cut to `w` characters, with `…` where it was cut.
-fn fit(s: &str, w: usize) -> String {
+/// `s` cut to `w` characters, with `…` where it was cut (columns of a
+/// terminal; the CLI's live lines use it too).
+pub fn fit(s: &str, w: usize) -> String {
     if s.chars().count() <= w {
         s.to_string()
     } else if w == 0 {

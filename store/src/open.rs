@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
 
 use crate::FORMAT_VERSION;
+use crate::clock::Clock;
 use crate::error::{StoreError, from_redb, io};
 use crate::index::StreamIndex;
 use crate::journal::{
@@ -36,6 +37,7 @@ pub(crate) fn open_file(
     path: &Path,
     cache_bytes: usize,
     accept_journal_loss: bool,
+    clock: &dyn Clock,
 ) -> Result<(Database, Opened), StoreError> {
     let created = if path.exists() {
         None
@@ -69,6 +71,7 @@ pub(crate) fn open_file(
         JournalSource::Path {
             accept_loss: accept_journal_loss,
         },
+        clock,
     )?;
     Ok((db, opened))
 }
@@ -214,7 +217,12 @@ fn read_journal(
 /// Frames are applied idempotently: an event already at its position with
 /// the same bytes is skipped (redb may hold non-durable flushes made
 /// durable by a close after a write error, beyond `meta.journal_lsn`).
-fn recover(db: &Database, path: &Path, source: JournalSource) -> Result<Opened, StoreError> {
+fn recover(
+    db: &Database,
+    path: &Path,
+    source: JournalSource,
+    clock: &dyn Clock,
+) -> Result<Opened, StoreError> {
     let state = meta_state(db, path)?;
     let mut index = load_index(db, path, state.indexed_through)?;
     let (frames, loss) = read_journal(path, &state, &source)?;
@@ -294,7 +302,7 @@ fn recover(db: &Database, path: &Path, source: JournalSource) -> Result<Opened, 
             }
         }
         if let Some(problem) = &loss {
-            let at = crate::clock::Clock::now(&crate::clock::SystemClock);
+            let at = clock.now();
             let record = serde_json::json!({
                 "journal": jpath.display().to_string(),
                 "problem": problem.to_string(),
@@ -348,6 +356,7 @@ pub(crate) fn open_backend(
     backend: impl StorageBackend,
     journal: JournalSource,
     label: &Path,
+    clock: &dyn Clock,
 ) -> Result<(Database, Opened), StoreError> {
     let mut db = Database::builder()
         .create_with_backend(backend)
@@ -355,7 +364,7 @@ pub(crate) fn open_backend(
     check_pages(&mut db, label)?;
     init_tables(&db, label)?;
     check_format(&db, label)?;
-    let opened = recover(&db, label, journal)?;
+    let opened = recover(&db, label, journal, clock)?;
     Ok((db, opened))
 }
 

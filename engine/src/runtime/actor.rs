@@ -16,7 +16,6 @@ use super::processes;
 use super::shared::Inner;
 use crate::decide::{AttemptResult, Command, decide_circuit};
 use crate::effects::{Effect, StartAttempt, effects};
-use crate::event::RunEvent;
 use crate::ids::agent_stream;
 use crate::model::template::{Scope, resolve, substitute_secrets};
 use crate::state::{RunState, RunStatus, StepStatus};
@@ -57,37 +56,6 @@ pub(crate) struct RunActor {
     secrets: Secrets,
     /// Set by [`Msg::Stop`]: why the engine stops.
     stopping: Option<String>,
-}
-
-/// Give back the capacity reserved for the `StepStarted` of `events`.
-pub(crate) fn release_started(engine: &Inner, events: &[RunEvent]) {
-    for e in events {
-        if let RunEvent::StepStarted { agent, .. } = e {
-            engine.capacity.release(agent.as_deref());
-        }
-    }
-}
-
-/// Give back the capacity of attempts that were started and ended in the
-/// same commit (an input that could not be resolved).
-pub(crate) fn release_unstarted(engine: &Inner, state: &RunState, events: &[RunEvent]) {
-    for e in events {
-        if let RunEvent::StepStarted {
-            step,
-            attempt,
-            agent,
-            ..
-        } = e
-        {
-            let running = state.steps.get(step).is_some_and(|s| {
-                s.status == StepStatus::Running
-                    && s.last_attempt().is_some_and(|a| a.number == *attempt)
-            });
-            if !running {
-                engine.capacity.release(agent.as_deref());
-            }
-        }
-    }
 }
 
 impl RunActor {

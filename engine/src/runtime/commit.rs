@@ -7,14 +7,13 @@
 use chronicle_store::{Append, IndexOp, NewEvent, Seq, WriteRequest};
 use chrono::{DateTime, Utc};
 
-use super::actor::{release_started, release_unstarted};
 use super::engine::EngineError;
 use super::index::RunSummary;
 use super::shared::{Inner, encode};
 use crate::decide::{Command, Ctx, decide};
 use crate::event::{AgentEvent, RunEvent, SCHEMA_VERSION};
 use crate::ids::{RunStream, agent_stream};
-use crate::state::{RunState, evolve};
+use crate::state::{RunState, StepStatus, evolve};
 
 /// Where the decision's view of capacity comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,5 +175,36 @@ impl Inner {
             release_unstarted(self, &d.next, &d.events);
         }
         Ok(d)
+    }
+}
+
+/// Give back the capacity reserved for the `StepStarted` of `events`.
+fn release_started(engine: &Inner, events: &[RunEvent]) {
+    for e in events {
+        if let RunEvent::StepStarted { agent, .. } = e {
+            engine.capacity.release(agent.as_deref());
+        }
+    }
+}
+
+/// Give back the capacity of attempts that were started and ended in the
+/// same commit (an input that could not be resolved).
+fn release_unstarted(engine: &Inner, state: &RunState, events: &[RunEvent]) {
+    for e in events {
+        if let RunEvent::StepStarted {
+            step,
+            attempt,
+            agent,
+            ..
+        } = e
+        {
+            let running = state.steps.get(step).is_some_and(|s| {
+                s.status == StepStatus::Running
+                    && s.last_attempt().is_some_and(|a| a.number == *attempt)
+            });
+            if !running {
+                engine.capacity.release(agent.as_deref());
+            }
+        }
     }
 }

@@ -410,20 +410,7 @@ impl Engine {
     /// [`Engine::recover`], as after a crash. Returns once every actor has
     /// stopped, so the database can be reopened.
     pub async fn shutdown(&self) {
-        let handles: Vec<RunHandle> = self
-            .inner
-            .runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for h in &handles {
-            let _ = h.tx.send(Msg::Shutdown);
-        }
-        for h in handles {
-            h.tx.closed().await;
-        }
+        self.stop_actors(|| Msg::Shutdown).await;
     }
 
     /// Stop every run actor on purpose (SIGINT/SIGTERM): no attempt
@@ -433,6 +420,11 @@ impl Engine {
     /// a crash. The runs stay in flight for [`Engine::recover`]. Returns
     /// once every actor has stopped.
     pub async fn stop(&self, reason: &str) {
+        self.stop_actors(|| Msg::Stop(reason.to_string())).await;
+    }
+
+    /// Send `msg()` to every run actor and wait until each has ended.
+    async fn stop_actors(&self, msg: impl Fn() -> Msg) {
         let handles: Vec<RunHandle> = self
             .inner
             .runs
@@ -442,7 +434,7 @@ impl Engine {
             .cloned()
             .collect();
         for h in &handles {
-            let _ = h.tx.send(Msg::Stop(reason.to_string()));
+            let _ = h.tx.send(msg());
         }
         for h in handles {
             h.tx.closed().await;

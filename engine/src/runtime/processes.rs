@@ -177,14 +177,22 @@ pub struct ProcessLedger {
     store: WeakStore,
     /// Told of every group too.
     pub watchdog: Watchdog,
+    /// This boot and this engine process (read once, not per attempt).
+    boot_id: Arc<str>,
+    engine_pid: u32,
+    engine_start_ticks: u64,
 }
 
 impl ProcessLedger {
     /// A ledger writing to `store`, telling `watchdog`.
     pub fn new(store: &Store, watchdog: Watchdog) -> Self {
+        let me = std::process::id();
         Self {
             store: store.downgrade(),
             watchdog,
+            boot_id: boot_id().into(),
+            engine_pid: me,
+            engine_start_ticks: start_ticks(me).unwrap_or(0),
         }
     }
 
@@ -193,13 +201,12 @@ impl ProcessLedger {
     /// still covers the leader).
     pub fn started(&self, key: String, pgid: u32) {
         self.watchdog.watch(pgid);
-        let me = std::process::id();
         let record = ProcessRecord {
             pgid,
             start_ticks: start_ticks(pgid).unwrap_or(0),
-            boot_id: boot_id(),
-            engine_pid: me,
-            engine_start_ticks: start_ticks(me).unwrap_or(0),
+            boot_id: self.boot_id.to_string(),
+            engine_pid: self.engine_pid,
+            engine_start_ticks: self.engine_start_ticks,
         };
         let Some(store) = self.store.upgrade() else {
             return;
@@ -229,8 +236,8 @@ fn group_alive(pgid: u32) -> bool {
 }
 
 /// Whether `rec`'s group, if alive, is still the attempt's group.
-fn still_ours(rec: &ProcessRecord) -> bool {
-    if rec.boot_id != boot_id() || rec.pgid <= 1 {
+fn still_ours(rec: &ProcessRecord, boot: &str) -> bool {
+    if rec.boot_id != boot || rec.pgid <= 1 {
         return false;
     }
     match start_ticks(rec.pgid) {
@@ -254,6 +261,7 @@ pub async fn kill_leftovers(store: &Store) -> Result<Vec<(String, u32)>, EngineE
     }
     let me = std::process::id();
     let my_start = start_ticks(me).unwrap_or(0);
+    let boot = boot_id();
     let mut killed = Vec::new();
     let mut done = Vec::new();
     for (key, value) in rows {
@@ -261,10 +269,10 @@ pub async fn kill_leftovers(store: &Store) -> Result<Vec<(String, u32)>, EngineE
             done.push(key);
             continue;
         };
-        if rec.engine_pid == me && rec.engine_start_ticks == my_start && rec.boot_id == boot_id() {
+        if rec.engine_pid == me && rec.engine_start_ticks == my_start && rec.boot_id == boot {
             continue; // a live attempt of this engine
         }
-        if still_ours(&rec) && group_alive(rec.pgid) {
+        if still_ours(&rec, &boot) && group_alive(rec.pgid) {
             let id = nix::unistd::Pid::from_raw(rec.pgid as i32);
             let _ = nix::sys::signal::killpg(id, nix::sys::signal::Signal::SIGKILL);
             let t = Instant::now();

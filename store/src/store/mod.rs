@@ -223,7 +223,12 @@ impl Store {
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         crate::guard::guard(&path.clone(), move || {
-            let (db, opened) = open_file(&path, options.cache_bytes, options.accept_journal_loss)?;
+            let (db, opened) = open_file(
+                &path,
+                options.cache_bytes,
+                options.accept_journal_loss,
+                options.clock.as_ref(),
+            )?;
             Self::start(db, path, options, opened)
         })
     }
@@ -240,7 +245,8 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let label = PathBuf::from("<backend>");
         crate::guard::guard(&label.clone(), move || {
-            let (db, opened) = open_backend(backend, JournalSource::None, &label)?;
+            let (db, opened) =
+                open_backend(backend, JournalSource::None, &label, options.clock.as_ref())?;
             Self::start(db, label, options, opened)
         })
     }
@@ -262,7 +268,7 @@ impl Store {
                 file: Box::new(journal),
                 accept_loss: options.accept_journal_loss,
             };
-            let (db, opened) = open_backend(backend, source, &label)?;
+            let (db, opened) = open_backend(backend, source, &label, options.clock.as_ref())?;
             Self::start(db, label, options, opened)
         })
     }
