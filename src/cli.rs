@@ -50,6 +50,34 @@ pub enum Cmd {
         /// Creating a run with a key already used returns that run.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// With a server holding the database: submit, print the run id
+        /// and return at once (the server executes the run).
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Serve the HTTP API: own the database, recover and execute runs,
+    /// answer /v1 (see the README's "The server").
+    Serve {
+        /// Address to listen on (port 0 picks a free one). Anything but
+        /// loopback is reachable from other machines: use TLS.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: std::net::SocketAddr,
+        /// At SIGINT/SIGTERM, how long running attempts may finish before
+        /// they are killed and recorded (30s, 2m).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+        /// Largest request body, bytes.
+        #[arg(long, default_value_t = 8 << 20)]
+        body_limit: usize,
+        /// Event streams open at once; more are refused (503).
+        #[arg(long, default_value_t = 256)]
+        max_streams: usize,
+        /// TLS certificate (PEM); with --tls-key, serve HTTPS.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Check a workflow definition.
     Validate {
@@ -173,7 +201,7 @@ pub enum Cmd {
     /// Benchmarks (figures, not tests).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["store", "steps", "replay", "scheduler"])]
+        #[arg(value_parser = ["store", "steps", "replay", "scheduler", "api"])]
         which: String,
         /// One JSON object with the figures.
         #[arg(long)]

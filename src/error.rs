@@ -64,6 +64,15 @@ impl From<EngineError> for CliError {
     }
 }
 
+impl From<chronicle_server::Problem> for CliError {
+    fn from(p: chronicle_server::Problem) -> Self {
+        Self {
+            code: p.exit_code,
+            message: p.detail,
+        }
+    }
+}
+
 impl From<ReplayError> for CliError {
     fn from(e: ReplayError) -> Self {
         match e {

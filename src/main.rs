@@ -7,7 +7,9 @@ mod cli;
 mod error;
 mod progress;
 mod queries;
+mod remote;
 mod runs;
+mod serve;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -92,12 +94,75 @@ fn init_tracing(cli: &Cli) {
 async fn run(cli: Cli) -> Result<u8, CliError> {
     let db = cli.db.clone();
     let quiet = cli.quiet;
+    // With a server holding the database, the commands that read or change
+    // runs go through its API (see remote.rs); `run` and `fork` check
+    // their arguments here first.
+    let server = match &cli.command {
+        Cmd::List { .. }
+        | Cmd::Status { .. }
+        | Cmd::History { .. }
+        | Cmd::Replay { file: None, .. }
+        | Cmd::Verify { .. }
+        | Cmd::Export { .. }
+        | Cmd::Import { .. }
+        | Cmd::Cancel { .. }
+        | Cmd::Pause { .. }
+        | Cmd::Resume { .. }
+        | Cmd::Release { .. } => chronicle_server::client::Client::discover(&db)?,
+        _ => None,
+    };
+    if let Some(c) = server {
+        return match cli.command {
+            Cmd::List { status, json } => remote::list(&c, status.as_deref(), json).await,
+            Cmd::Status { run, json } => remote::status(&c, &run, json).await,
+            Cmd::History { run, json, follow } => remote::history(&c, &run, json, follow).await,
+            Cmd::Replay {
+                run,
+                at,
+                at_time,
+                timeline,
+                json,
+                ..
+            } => {
+                let run =
+                    run.ok_or_else(|| CliError::input("give a RUN or --file HISTORY.jsonl"))?;
+                remote::replay(&c, &run, at, at_time.as_deref(), timeline, json).await
+            }
+            Cmd::Verify { run, json } => remote::verify(&c, run.as_deref(), json).await,
+            Cmd::Export { run } => remote::export(&c, &run).await,
+            Cmd::Import { file } => remote::import(&c, &file).await,
+            Cmd::Cancel { run } => remote::control(&c, &run, "cancel").await,
+            Cmd::Pause { run } => remote::control(&c, &run, "pause").await,
+            Cmd::Resume { run } => remote::continue_run(&c, &run, "resume", quiet).await,
+            Cmd::Release { run } => remote::continue_run(&c, &run, "release", quiet).await,
+            _ => Err(CliError::input("this command does not go through a server")),
+        };
+    }
     match cli.command {
         Cmd::Run {
             file,
             input,
             idempotency_key,
-        } => runs::run(&db, &file, &input, idempotency_key, quiet).await,
+            detach,
+        } => runs::run(&db, &file, &input, idempotency_key, detach, quiet).await,
+        Cmd::Serve {
+            listen,
+            grace,
+            body_limit,
+            max_streams,
+            tls_cert,
+            tls_key,
+        } => {
+            let options = chronicle_server::ServeOptions {
+                listen,
+                grace,
+                body_limit,
+                max_streams,
+                tls: tls_cert.zip(tls_key),
+                ..Default::default()
+            };
+            serve::serve(&db, options).await
+        }
         Cmd::Validate { file } => queries::validate(&file),
         Cmd::Recover { runs, accept_loss } => runs::recover(&db, &runs, accept_loss, quiet).await,
         Cmd::List { status, json } => queries::list(&db, status.as_deref(), json),

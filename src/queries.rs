@@ -6,11 +6,13 @@ use std::io::Write;
 use std::path::Path;
 
 use chronicle_engine::model::load_file;
+use chronicle_engine::runtime::RunSummary;
 use chronicle_engine::state::RunState;
-use chronicle_replay::rebuild::{Target, fold_envelopes, state_at};
-use chronicle_replay::timeline::{render_timeline, timeline};
+use chronicle_replay::rebuild::Target;
+use chronicle_replay::timeline::render_timeline;
+use chronicle_server::ops;
 use chronicle_store::{Seq, Store, StoreError, StoreOptions};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::error::CliError;
 use crate::runs::open_engine;
@@ -67,103 +69,60 @@ pub fn validate(file: &Path) -> Result<u8, CliError> {
     Ok(0)
 }
 
-/// `chronicle list`.
+/// `chronicle list`: every run, newest first.
 pub fn list(db: &Path, status: Option<&str>, json: bool) -> Result<u8, CliError> {
-    const STATUSES: [&str; 7] = [
-        "pending",
-        "running",
-        "paused",
-        "succeeded",
-        "failed",
-        "canceled",
-        "quarantined",
-    ];
-    if let Some(s) = status
-        && !STATUSES.contains(&s)
-    {
-        return Err(CliError::input(format!(
-            "unknown status {s:?}: use one of {}",
-            STATUSES.join(", ")
-        )));
-    }
+    ops::check_status(status)?;
     let engine = engine_existing(db)?;
-    let rows: Vec<_> = engine
-        .list()?
-        .into_iter()
-        .filter(|r| status.is_none_or(|s| r.status.as_str() == s))
-        .collect();
-    if json {
-        print_json(&rows);
-    } else {
-        println!(
-            "{:<36}  {:<12}  {:<20}  {:>5}  UPDATED",
-            "RUN", "STATUS", "WORKFLOW", "SEQ"
-        );
-        for r in rows {
-            println!(
-                "{:<36}  {:<12}  {:<20}  {:>5}  {}",
-                r.run_id.to_string(),
-                r.status.as_str(),
-                r.workflow,
-                r.seq,
-                r.updated_at.map(|t| t.to_rfc3339()).unwrap_or_default()
-            );
-        }
-    }
+    let rows = ops::list_runs(&engine, status, None)?;
+    print_list(&rows, json);
     Ok(0)
 }
 
-/// The `status --json` object (documented in the README).
-pub fn status_json(state: &RunState, forks: &[(chronicle_engine::ids::RunId, u64)]) -> Value {
-    let order: Vec<chronicle_engine::ids::StepId> =
-        state.wf().steps.iter().map(|s| s.id.clone()).collect();
-    let steps: Vec<Value> = order
-        .iter()
-        .filter_map(|id| {
-            let st = state.steps.get(id)?;
-            Some(json!({
-                "id": id,
-                "status": st.status.as_str(),
-                "attempts": st.attempts.len(),
-                "agent": st.attempts.last().and_then(|a| a.agent.clone()),
-                "last_error": st.last_error(),
-                "reason": st.reason,
-                "output": st.output,
-            }))
-        })
-        .collect();
-    json!({
-        "run_id": state.run_id,
-        "workflow": state.wf().name,
-        "workflow_sha256": state.workflow_sha256,
-        "status": state.status.as_str(),
-        "seq": state.seq,
-        "created_at": state.created_at,
-        "updated_at": state.updated_at,
-        "input": state.input,
-        "steps": steps,
-        "quarantine": state.quarantine,
-        "failure": state.failure,
-        "forked_from": state.lineage.as_ref().map(|l| json!({"run_id": l.forked_from, "at_seq": l.at_seq})),
-        "forks": forks.iter().map(|(r, at)| json!({"run_id": r, "at_seq": at})).collect::<Vec<_>>(),
-    })
+/// Print `list`'s rows (a table, or JSON).
+pub fn print_list(rows: &[RunSummary], json: bool) {
+    if json {
+        print_json(&rows);
+        return;
+    }
+    println!(
+        "{:<36}  {:<12}  {:<20}  {:>5}  UPDATED",
+        "RUN", "STATUS", "WORKFLOW", "SEQ"
+    );
+    for r in rows {
+        println!(
+            "{:<36}  {:<12}  {:<20}  {:>5}  {}",
+            r.run_id.to_string(),
+            r.status.as_str(),
+            r.workflow,
+            r.seq,
+            r.updated_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+        );
+    }
 }
 
 /// `chronicle status RUN`.
 pub fn status(db: &Path, run: &str, json: bool) -> Result<u8, CliError> {
     let engine = engine_existing(db)?;
     let run = engine.resolve_run(run)?;
-    let state = state_at(engine.store(), run, Target::Head)?;
-    let forks = chronicle_replay::fork::forks_of(engine.store(), run)?;
-    if json {
-        print_json(&status_json(&state, &forks));
-    } else {
-        print!("{}", chronicle_replay::render::render_state(&state));
-        for (child, at) in forks {
-            println!("fork: {child} at seq {at}");
-        }
-    }
+    let (state, v) = ops::status(engine.store(), run)?;
+    print_status(&state, &v, json);
     Ok(0)
+}
+
+/// Print `status`: the JSON object, or the rendered state and its forks.
+pub fn print_status(state: &RunState, v: &Value, json: bool) {
+    if json {
+        print_json(v);
+        return;
+    }
+    print!("{}", chronicle_replay::render::render_state(state));
+    for f in v["forks"].as_array().into_iter().flatten() {
+        println!(
+            "fork: {} at seq {}",
+            f["run_id"].as_str().unwrap_or("?"),
+            f["at_seq"]
+        );
+    }
 }
 
 /// `chronicle history RUN`.
@@ -191,29 +150,11 @@ pub async fn history(
     // the command then exits 3 naming the first one.
     let damaged: std::cell::RefCell<Option<(u64, String)>> = Default::default();
     let print = |env: &chronicle_store::RawEnvelope| {
-        let mut out = std::io::stdout().lock();
-        let bad = serde_json::from_slice::<serde::de::IgnoredAny>(&env.payload).err();
-        let line = match (&bad, json) {
-            (None, true) => serde_json::to_string(env).expect("a payload that parses serializes"),
-            (None, false) => crate::progress::describe(env),
-            (Some(e), true) => json!({
-                "stream": env.stream.to_string(),
-                "seq": env.seq.0,
-                "position": env.position.0,
-                "error": format!("the event does not decode: {e}"),
-            })
-            .to_string(),
-            (Some(e), false) => format!(
-                "{} {:>4} (damaged event: it does not decode: {e})",
-                env.stream, env.seq.0
-            ),
-        };
+        let (line, bad) = ops::event_line(env);
         if let Some(e) = bad {
-            damaged
-                .borrow_mut()
-                .get_or_insert_with(|| (env.seq.0, e.to_string()));
+            damaged.borrow_mut().get_or_insert_with(|| (env.seq.0, e));
         }
-        let _ = writeln!(out, "{line}");
+        print_event_line(&line, json);
     };
     envs.iter().for_each(print);
     if let Some((seq, e)) = damaged.take() {
@@ -270,6 +211,30 @@ pub async fn history(
     }
 }
 
+/// Print one event of `history`: its JSON line as is (`--json`), or
+/// described in one line (a damaged event says so).
+pub fn print_event_line(line: &str, json: bool) {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(out, "{line}");
+        return;
+    }
+    let text = match serde_json::from_str::<chronicle_store::RawEnvelope>(line) {
+        Ok(env) => crate::progress::describe(&env),
+        Err(_) => {
+            let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+            let why = v["error"].as_str().unwrap_or("the event does not decode");
+            format!(
+                "{} {:>4} (damaged event: {})",
+                v["stream"].as_str().unwrap_or("?"),
+                v["seq"],
+                why.replacen("the event does not decode", "it does not decode", 1)
+            )
+        }
+    };
+    let _ = writeln!(out, "{text}");
+}
+
 /// `chronicle replay`.
 pub fn replay(
     db: &Path,
@@ -316,46 +281,39 @@ pub fn replay(
     // A history file that does not fold is bad input (exit 2); one read
     // from the database is a damaged log (exit 3).
     let from_file = file.is_some();
-    let fail = |e: chronicle_replay::ReplayError| -> CliError {
+    let fail = |p: chronicle_server::Problem| -> CliError {
         if from_file {
-            CliError::input(e.to_string())
+            CliError::input(p.detail)
         } else {
-            e.into()
+            p.into()
         }
     };
-    let head = envs.last().map(|e| e.seq.0).unwrap_or(0);
-    if let Target::Seq(n) = target
-        && (n == 0 || n > head)
-    {
-        return Err(CliError::input(format!(
-            "--at {n} is outside the history (events 1..={head})"
-        )));
-    }
     if show_timeline {
-        let mut t = timeline(&envs).map_err(fail)?;
-        if let Target::Seq(n) = target {
-            t.retain(|e| e.seq <= n);
-        }
-        if let Target::Time(ts) = target {
-            t.retain(|e| e.at <= ts);
-        }
-        if json {
-            print_json(&t);
-        } else {
-            print!("{}", render_timeline(&t));
-        }
+        let t = ops::replay_timeline(&envs, target).map_err(fail)?;
+        print_timeline(&t, json);
         return Ok(0);
     }
-    let state = fold_envelopes(RunState::default(), &envs, target).map_err(fail)?;
-    if state.run_id.is_none() {
-        return Err(CliError::input("no event at or before that time"));
-    }
-    if json {
-        print_json(&state);
-    } else {
-        print!("{}", chronicle_replay::render::render_state(&state));
-    }
+    let state = ops::replay_state(&envs, target).map_err(fail)?;
+    print_state(&state, json);
     Ok(0)
+}
+
+/// Print `replay --timeline`.
+pub fn print_timeline(t: &[chronicle_replay::timeline::TimelineEntry], json: bool) {
+    if json {
+        print_json(&t);
+    } else {
+        print!("{}", render_timeline(t));
+    }
+}
+
+/// Print `replay`'s state.
+pub fn print_state(state: &RunState, json: bool) {
+    if json {
+        print_json(state);
+    } else {
+        print!("{}", chronicle_replay::render::render_state(state));
+    }
 }
 
 /// `chronicle verify`.
@@ -365,61 +323,22 @@ pub fn verify(db: &Path, run: Option<&str>, json: bool) -> Result<u8, CliError> 
     // Opening the store checked the commit journal: a crashed database
     // whose journal cannot be read whole was refused (exit 3). Losses a
     // person accepted (`recover --accept-loss`) are listed.
-    let losses: Vec<Value> = engine
-        .store()
-        .index_scan(chronicle_store::JOURNAL_LOSS_INDEX, "")?
-        .into_iter()
-        .map(|(at, v)| {
-            let mut v: Value = serde_json::from_slice(&v).unwrap_or(Value::Null);
-            if let Some(o) = v.as_object_mut() {
-                o.insert("accepted_at".into(), Value::String(at));
-            }
-            v
-        })
-        .collect();
-    let journal = engine.store().journal_status()?;
-    let reports = chronicle_replay::verify::verify(engine.store(), run)?;
-    let bad = reports.iter().filter(|r| !r.ok()).count() + usize::from(journal.problem.is_some());
+    let v = ops::verify(engine.store(), run)?;
+    Ok(print_verify(&v, json))
+}
+
+/// Print `verify`'s report; its exit code (1 when anything is wrong).
+pub fn print_verify(v: &Value, json: bool) -> u8 {
     if json {
-        print_json(&json!({
-            "ok": bad == 0,
-            "streams": reports,
-            "journal": journal,
-            "journal_losses": losses,
-        }));
+        print_json(v);
     } else {
-        match (&journal.problem, journal.open) {
-            (Some(p), _) => println!("FAIL  journal  {p}"),
-            (None, false) => println!(
-                "ok    journal  closed cleanly; frames through {} are in the database",
-                journal.checkpointed_through
-            ),
-            (None, true) => println!(
-                "ok    journal  open (not closed cleanly); {} frame(s) past frame {} readable",
-                journal.frames_past_checkpoint, journal.checkpointed_through
-            ),
-        }
-        for l in &losses {
-            println!(
-                "note  journal loss accepted at {}: the journal {}; {} frame(s) applied",
-                l["accepted_at"].as_str().unwrap_or("?"),
-                l["problem"].as_str().unwrap_or("?"),
-                l["frames_applied"]
-            );
-        }
-        for r in &reports {
-            if r.ok() {
-                println!(
-                    "ok    {}  {} events, {} snapshots",
-                    r.stream, r.events, r.snapshots_checked
-                );
-            } else {
-                println!("FAIL  {}  {}", r.stream, r.problems.join("; "));
-            }
-        }
-        println!("{} stream(s) verified, {bad} with problems", reports.len());
+        print!("{}", ops::render_verify(v));
     }
-    Ok(if bad == 0 { 0 } else { 1 })
+    if v["ok"].as_bool() == Some(true) {
+        0
+    } else {
+        1
+    }
 }
 
 /// `chronicle export RUN`.

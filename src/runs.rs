@@ -36,7 +36,7 @@ fn parent_death_signal() -> bool {
     std::env::var_os("CHRONICLE_PARENT_DEATH_SIGNAL").is_some_and(|v| v == "1")
 }
 
-fn parse_json_object(what: &str, text: &str) -> Result<Value, CliError> {
+pub(crate) fn parse_json_object(what: &str, text: &str) -> Result<Value, CliError> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| CliError::input(format!("{what} is not valid JSON: {e}")))?;
     if !v.is_object() {
@@ -47,7 +47,7 @@ fn parse_json_object(what: &str, text: &str) -> Result<Value, CliError> {
     Ok(v)
 }
 
-fn read_input(input: &InputArgs) -> Result<Value, CliError> {
+pub(crate) fn read_input(input: &InputArgs) -> Result<Value, CliError> {
     if let Some(text) = &input.input {
         return parse_json_object("--input", text);
     }
@@ -61,7 +61,7 @@ fn read_input(input: &InputArgs) -> Result<Value, CliError> {
 }
 
 /// Print the end of a run and return its exit code.
-fn summarize(state: &RunState, quiet: bool) -> u8 {
+pub(crate) fn summarize(state: &RunState, quiet: bool) -> u8 {
     if !quiet {
         eprint!("\n{}", chronicle_replay::render::render_state(state));
         print_outputs(state);
@@ -154,16 +154,26 @@ async fn drive(
     Ok(exit)
 }
 
-/// `chronicle run FILE`.
+/// `chronicle run FILE`: through the server holding `db` when there is
+/// one, else in this process.
 pub async fn run(
     db: &Path,
     file: &Path,
     input: &InputArgs,
     key: Option<String>,
+    detach: bool,
     quiet: bool,
 ) -> Result<u8, CliError> {
     let wf = load_file(file)?;
     let input = read_input(input)?;
+    if let Some(c) = chronicle_server::client::Client::discover(db)? {
+        return crate::remote::run(&c, &wf, input, key, detach, quiet).await;
+    }
+    if detach {
+        return Err(CliError::input(
+            "--detach needs a server holding the database: start `chronicle serve` first",
+        ));
+    }
     let engine = open_engine(db)?;
     let progress = Progress::start(engine.subscribe(), quiet);
     let run = engine.start(wf, input, key).await?;
@@ -254,6 +264,9 @@ pub async fn fork(
         let v: Value = serde_json::from_str(json)
             .map_err(|e| CliError::input(format!("--set-output {step}: not valid JSON: {e}")))?;
         outputs.insert(step.to_string(), v);
+    }
+    if let Some(c) = chronicle_server::client::Client::discover(db)? {
+        return crate::remote::fork(&c, run, at, input, outputs, quiet).await;
     }
     // Check everything on a read-only open first: bad input changes nothing.
     let source = {

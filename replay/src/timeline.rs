@@ -4,12 +4,12 @@ use chronicle_engine::event::RunEvent;
 use chronicle_engine::state::{RunState, evolve};
 use chronicle_store::RawEnvelope;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ReplayError;
 
 /// One line of a timeline.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TimelineEntry {
     /// Seq of the event.
     pub seq: u64,
@@ -18,7 +18,7 @@ pub struct TimelineEntry {
     /// The event name.
     pub event: String,
     /// The step it is about.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// What changed: `run running -> succeeded`, `step a ready -> running`.
     pub changes: Vec<String>,

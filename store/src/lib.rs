@@ -67,7 +67,7 @@ pub use error::StoreError;
 pub use guard::install_panic_hook;
 pub use ids::{MAX_STREAM_NAME, Position, Seq, StreamId};
 pub use journal::{CHECKPOINT_BYTES, JOURNAL_LOSS_INDEX, JournalFile};
-pub use paths::{journal_path, outputs_dir, remove_database};
+pub use paths::{journal_path, outputs_dir, remove_database, server_path, token_path};
 pub use redb::StorageBackend;
 pub use redb::backends::{FileBackend, InMemoryBackend};
 pub use request::{Append, Committed, IndexOp, WriteRequest};

@@ -28,6 +28,8 @@ pub struct Capacity {
 struct Inner {
     max_parallel: usize,
     running: usize,
+    /// Set by [`Capacity::drain`]: no new attempt starts.
+    draining: bool,
     agents: BTreeMap<String, u32>,
     breakers: BTreeMap<String, Breaker>,
 }
@@ -40,6 +42,7 @@ impl Capacity {
             inner: Mutex::new(Inner {
                 max_parallel: max_parallel.max(1),
                 running: 0,
+                draining: false,
                 agents: BTreeMap::new(),
                 breakers: BTreeMap::new(),
             }),
@@ -77,7 +80,11 @@ impl Capacity {
         }
         let ctx = Ctx {
             now,
-            slots: g.max_parallel.saturating_sub(g.running),
+            slots: if g.draining {
+                0
+            } else {
+                g.max_parallel.saturating_sub(g.running)
+            },
             agents,
         };
         let (t, events) = f(&ctx);
@@ -157,6 +164,14 @@ impl Capacity {
             .iter()
             .filter_map(|(n, b)| b.next_timer().map(|t| (n.clone(), t)))
             .collect()
+    }
+
+    /// Start no new attempt from now on (a graceful shutdown): every
+    /// decision sees no free slot, so ready steps wait; running attempts
+    /// go on and give their slots back as they end.
+    pub fn drain(&self) {
+        self.lock().draining = true;
+        self.bump();
     }
 
     /// Attempts running now (all runs).

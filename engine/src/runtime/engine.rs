@@ -349,6 +349,18 @@ impl Engine {
         Ok((state, d.events, d.next, d.now))
     }
 
+    /// The state this engine holds for `run` while an actor executes it
+    /// (None for a run no actor of this engine has open: fold it with
+    /// [`Engine::state`]). Reads no storage.
+    pub fn live_state(&self, run: RunId) -> Option<Arc<RunState>> {
+        self.inner
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&run)
+            .map(|h| h.state.borrow().clone())
+    }
+
     /// Wait until the run ends or is quarantined; returns its state.
     pub async fn wait(&self, run: RunId) -> Result<RunState, EngineError> {
         let h = self
@@ -421,6 +433,28 @@ impl Engine {
     /// once every actor has stopped.
     pub async fn stop(&self, reason: &str) {
         self.stop_actors(|| Msg::Stop(reason.to_string())).await;
+    }
+
+    /// Graceful stop (a server's SIGTERM): start no new attempt, let the
+    /// running ones finish for up to `grace`, then [`Engine::stop`] with
+    /// `reason` — attempts still running are killed and recorded as
+    /// abandoned by the stop. Returns the number of attempts that were
+    /// still running when the grace period ended (0 when all finished).
+    /// The runs stay in flight for [`Engine::recover`].
+    pub async fn drain(&self, grace: std::time::Duration, reason: &str) -> usize {
+        self.inner.capacity.drain();
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.inner.capacity.running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let left = self.inner.capacity.running();
+        self.stop(reason).await;
+        left
+    }
+
+    /// Attempts running now, over every run of this engine.
+    pub fn running_attempts(&self) -> usize {
+        self.inner.capacity.running()
     }
 
     /// Send `msg()` to every run actor and wait until each has ended.

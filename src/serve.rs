@@ -1,0 +1,49 @@
+//! `chronicle serve`: open the database, serve the API until SIGINT or
+//! SIGTERM, then shut down gracefully (see `chronicle_server::serve`).
+
+use std::io::Write;
+use std::path::Path;
+
+use chronicle_server::ServeOptions;
+
+use crate::error::CliError;
+
+/// Serve `db` with `options`; exit 0 after a graceful shutdown.
+pub async fn serve(db: &Path, options: ServeOptions) -> Result<u8, CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind| {
+        signal(kind).map_err(|e| CliError::storage(format!("cannot handle signals: {e}")))
+    };
+    let (mut int, mut term) = (
+        listen(SignalKind::interrupt())?,
+        listen(SignalKind::terminate())?,
+    );
+    let engine = crate::runs::open_engine(db)?;
+    let grace = options.grace;
+    let stop = async move {
+        tokio::select! {
+            _ = int.recv() => "SIGINT".to_string(),
+            _ = term.recv() => "SIGTERM".to_string(),
+        }
+    };
+    let report = chronicle_server::serve(
+        engine,
+        db,
+        options,
+        |url| {
+            // Scripts read this first line for the real port.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening on {url}");
+            let _ = out.flush();
+        },
+        stop,
+    )
+    .await
+    .map_err(|e| CliError::storage(e.0))?;
+    eprintln!(
+        "stopped: {} attempt(s) were still running after the {}s grace period and were recorded as abandoned; `chronicle serve` again continues every run",
+        report.attempts_cut,
+        grace.as_secs_f64()
+    );
+    Ok(0)
+}
