@@ -29,9 +29,33 @@ fn run_status_list_history_replay_verify_export_import() {
     assert_eq!(out.code, 0, "{out:?}");
     let run = out.run_id();
     assert!(out.stdout.contains("succeeded"));
-    // Same idempotency key: the same run, not a new one.
-    let again = env.run(&["run", wf.to_str().unwrap(), "--idempotency-key", "k1"]);
+    // Same idempotency key and request: the same run, not a new one.
+    let again = env.run(&[
+        "run",
+        wf.to_str().unwrap(),
+        "--input",
+        "{\"x\": 1}",
+        "--idempotency-key",
+        "k1",
+    ]);
     assert_eq!(again.run_id(), run);
+    // The same key with another input: refused, nothing created.
+    let other = env.run(&["run", wf.to_str().unwrap(), "--idempotency-key", "k1"]);
+    assert_eq!(other.code, 2, "{other:?}");
+    assert!(
+        other
+            .stderr
+            .contains("idempotency key \"k1\" was used for run"),
+        "{other:?}"
+    );
+    assert_eq!(
+        env.run(&["list", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     let status = env.run(&["status", &run[..8], "--json"]);
     assert_eq!(status.code, 0, "{status:?}");

@@ -10,5 +10,6 @@ mod crash;
 mod damage;
 mod examples;
 mod journal;
+mod server;
 mod terminal;
 mod walkthrough;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chronicle_engine::event::RunEvent;
 use chronicle_engine::model::parse_definition;
-use chronicle_engine::runtime::{Engine, EngineBuilder, FunctionError};
+use chronicle_engine::runtime::{Engine, EngineBuilder, EngineError, FunctionError};
 use chronicle_engine::state::RunStatus;
 use chronicle_store::Seq;
 use serde_json::{Value, json};
@@ -303,11 +303,21 @@ async fn idempotency_key_returns_the_existing_run() {
         .start(wf.clone(), json!({}), Some("order-17".into()))
         .await
         .unwrap();
-    let b = e
-        .start(wf, json!({}), Some("order-17".into()))
+    let (b, created) = e
+        .submit(wf.clone(), json!({}), Some("order-17".into()))
         .await
         .unwrap();
     assert_eq!(a, b);
+    assert!(!created);
+    // The same key with another input names a different request: refused.
+    let other = e
+        .start(wf, json!({"n": 1}), Some("order-17".into()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&other, EngineError::IdempotencyKeyReused { run, .. } if *run == a),
+        "{other}"
+    );
     e.wait(a).await.unwrap();
     assert_eq!(e.list().unwrap().len(), 1);
 }

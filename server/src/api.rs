@@ -42,8 +42,6 @@ pub(crate) struct Shared {
     pub ready: AtomicBool,
     /// Permits for concurrent SSE streams.
     pub streams: Arc<Semaphore>,
-    /// Serializes run creation with an idempotency key (check, then create).
-    pub keyed: tokio::sync::Mutex<()>,
     /// Serializes workflow registration (version numbers).
     pub registering: tokio::sync::Mutex<()>,
     /// Becomes true when the server shuts down: streams and long polls end.
@@ -64,7 +62,6 @@ impl AppState {
             engine,
             ready: AtomicBool::new(false),
             streams: Arc::new(Semaphore::new(max_streams)),
-            keyed: Default::default(),
             registering: Default::default(),
             shutdown,
             sse_buffer: sse_buffer.max(1),
@@ -331,7 +328,7 @@ fn check_input(input: Option<Value>) -> Result<Value, Problem> {
     }
 }
 
-fn created(run: RunId, status: StatusCode, mut body: Value) -> Response {
+fn created_response(run: RunId, status: StatusCode, mut body: Value) -> Response {
     let location = format!("/v1/runs/{run}");
     if let Some(o) = body.as_object_mut() {
         o.insert("location".into(), Value::String(location.clone()));
@@ -403,39 +400,13 @@ pub async fn create_run(
             "workflow_version": version,
         })
     };
-    let Some(key) = key else {
-        let run = engine.start(wf, input, None).await?;
-        return Ok(created(run, StatusCode::ACCEPTED, body(run, "running")));
-    };
-    let _one_at_a_time = app.0.keyed.lock().await;
-    if let Some(existing) = engine
-        .store()
-        .index_get(chronicle_engine::runtime::index::IDEMPOTENCY, &key)?
-    {
-        let run: RunId = std::str::from_utf8(&existing)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                Problem::storage(format!("idempotency index entry {key} is unreadable"))
-            })?;
-        let state = engine.state(run)?;
-        if state.workflow_sha256 != sha || state.input != input {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                format!(
-                    "idempotency key {key:?} was used for run {run} with a different workflow or input; nothing was created"
-                ),
-            ));
-        }
-        return Ok(created(
-            run,
-            StatusCode::OK,
-            body(run, state.status.as_str()),
-        ));
-    }
-    let run = engine.start(wf, input, Some(key)).await?;
-    Ok(created(run, StatusCode::ACCEPTED, body(run, "running")))
+    let (run, created) = engine.submit(wf, input, key).await?;
+    Ok(if created {
+        created_response(run, StatusCode::ACCEPTED, body(run, "running"))
+    } else {
+        let status = ops::status(engine.store(), run)?.0.status;
+        created_response(run, StatusCode::OK, body(run, status.as_str()))
+    })
 }
 
 /// List runs, newest first, a page at a time.
@@ -586,7 +557,7 @@ pub async fn import_run(
     let envs =
         chronicle_replay::export::read_history("<request body>", std::io::Cursor::new(&body[..]))?;
     let run = chronicle_replay::export::import(app.0.engine.store(), &envs).await?;
-    Ok(created(
+    Ok(created_response(
         run,
         StatusCode::CREATED,
         json!({"run_id": run, "events": envs.len()}),
@@ -626,6 +597,7 @@ fn after_control(app: &AppState, run: RunId) -> Result<Json<Value>, Problem> {
 }
 
 /// Cancel a run: running attempts are killed; the run ends `canceled`.
+/// Answers once it has (at most 30 s).
 #[utoipa::path(
     post, path = "/v1/runs/{id}/cancel", tag = "control",
     params(("id" = String, Path, description = "Run id or unique prefix")),
@@ -642,7 +614,12 @@ pub async fn cancel_run(
     let reason = req
         .reason
         .unwrap_or_else(|| "canceled through the API".into());
-    app.0.engine.cancel(run, &reason).await?;
+    let engine = &app.0.engine;
+    engine.cancel(run, &reason).await?;
+    // The cancel is durable; running attempts are being killed. Answer
+    // once the run has ended (a kill takes milliseconds), or after 30 s
+    // with the run still `running` and `cancel_requested`.
+    let _ = tokio::time::timeout(Duration::from_secs(30), engine.wait(run)).await;
     after_control(&app, run)
 }
 
@@ -711,16 +688,8 @@ pub async fn fork_run(
         Some(v) => Some(check_input(Some(v))?),
     };
     let engine = &app.0.engine;
-    ops::check_target(
-        Target::Seq(req.at),
-        engine
-            .store()
-            .head(&source.stream())?
-            .map(|h| h.last_seq.0)
-            .ok_or_else(|| Problem::unknown_run(&id))?,
-    )?;
     let child = chronicle_replay::fork::fork(engine, source, req.at, input, req.set_output).await?;
-    Ok(created(
+    Ok(created_response(
         child,
         StatusCode::ACCEPTED,
         json!({"run_id": child, "status": "running", "forked_from": source, "at": req.at}),

@@ -174,6 +174,11 @@ impl From<EngineError> for Problem {
             EngineError::MissingSecrets(_) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "missing_secrets", detail)
             }
+            EngineError::IdempotencyKeyReused { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                detail,
+            ),
             EngineError::Stopped(..) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", detail)
             }

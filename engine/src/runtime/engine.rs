@@ -43,6 +43,17 @@ pub enum EngineError {
         "the workflow declares secret(s) {0} but they are not set; set them in the environment (export NAME=...) before starting the run"
     )]
     MissingSecrets(String),
+    /// An idempotency key already names a run of another workflow or
+    /// input: nothing is created.
+    #[error(
+        "idempotency key {key:?} was used for run {run} with a different workflow or input; nothing was created"
+    )]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+        /// The run it names.
+        run: RunId,
+    },
     /// The run's actor stopped (storage failure).
     #[error("the run {0} stopped: {1}")]
     Stopped(RunId, String),
@@ -86,33 +97,47 @@ impl Engine {
     }
 
     /// Create a run of `workflow` with `input` and start it. With an
-    /// `idempotency_key` already used, returns that run instead (nothing
-    /// is written).
+    /// `idempotency_key` already used for the same workflow and input,
+    /// returns that run instead (nothing is written).
     ///
     /// Errors: [`EngineError::MissingSecrets`] when a declared secret is
-    /// not set (nothing is written); storage errors; the definition is
-    /// expected to be validated.
+    /// not set, [`EngineError::IdempotencyKeyReused`] when the key's run
+    /// has another workflow or input (nothing is written either way);
+    /// storage errors; the definition is expected to be validated.
     pub async fn start(
         &self,
         workflow: Workflow,
         input: Value,
         idempotency_key: Option<String>,
     ) -> Result<RunId, EngineError> {
+        Ok(self.submit(workflow, input, idempotency_key).await?.0)
+    }
+
+    /// [`Engine::start`], also saying whether the run is new (`true`) or
+    /// the one its idempotency key created before (`false`).
+    pub async fn submit(
+        &self,
+        workflow: Workflow,
+        input: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<(RunId, bool), EngineError> {
         let missing = self.inner.missing_secrets(&workflow.secrets);
         if !missing.is_empty() {
             return Err(EngineError::MissingSecrets(missing.join(", ")));
         }
+        let sha = workflow.sha256();
         if let Some(k) = &idempotency_key
             && let Some(existing) = self.inner.store.index_get(IDEMPOTENCY, k)?
         {
-            return parse_run_value(&existing);
+            let run = parse_run_value(&existing)?;
+            return self.same_request(k, run, &sha, &input).map(|r| (r, false));
         }
         let run_id = self.inner.new_run_id();
         let seed = run_id.0.as_u128() as u64;
         let create = Command::Create {
             run_id,
             workflow: Arc::new(workflow),
-            input,
+            input: input.clone(),
             idempotency_key: idempotency_key.clone(),
             seed,
         };
@@ -128,11 +153,33 @@ impl Engine {
             .begin(RunState::default(), vec![create, Command::Start], index)
             .await
         {
-            Ok(_) => Ok(run_id),
-            Err(EngineError::Store(StoreError::IndexConflict { existing, .. })) => {
-                parse_run_value(&existing)
+            Ok(_) => Ok((run_id, true)),
+            Err(EngineError::Store(StoreError::IndexConflict { existing, key, .. })) => {
+                let run = parse_run_value(&existing)?;
+                self.same_request(&key, run, &sha, &input)
+                    .map(|r| (r, false))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// `run` when it was created with workflow `sha` and `input`, else
+    /// [`EngineError::IdempotencyKeyReused`].
+    fn same_request(
+        &self,
+        key: &str,
+        run: RunId,
+        sha: &str,
+        input: &Value,
+    ) -> Result<RunId, EngineError> {
+        let state = self.state(run)?;
+        if state.workflow_sha256 == sha && &state.input == input {
+            Ok(run)
+        } else {
+            Err(EngineError::IdempotencyKeyReused {
+                key: key.to_string(),
+                run,
+            })
         }
     }
 
