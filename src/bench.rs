@@ -21,6 +21,7 @@ pub fn bench(db: &Path, which: &str, json: bool, dir: Option<&Path>) -> Result<u
         "store" => serde_json::to_value(chronicle_bench::store::run(&dir)?),
         "steps" => serde_json::to_value(chronicle_bench::steps::run(&dir)?),
         "replay" => serde_json::to_value(chronicle_bench::replay::run(&dir)?),
+        "api" => serde_json::to_value(chronicle_bench::api::run(&dir)?),
         "scheduler" => serde_json::to_value(
             chronicle_bench::scheduler::run()
                 .map_err(|e| CliError::storage(format!("cannot start the runtime: {e}")))?,

@@ -1,8 +1,8 @@
 //! # chronicle-bench
 //!
 //! Chronicle's benchmarks, out of the library crates: `chronicle bench
-//! store|steps|replay|scheduler` calls [`store::run`], [`steps::run`],
-//! [`replay::run`] and [`scheduler::run`]. Figures are measured, not
+//! store|steps|replay|scheduler|api` calls [`store::run`], [`steps::run`],
+//! [`replay::run`], [`scheduler::run`] and [`api::run`]. Figures are measured, not
 //! asserted in tests; each target figure has a baseline measured in the
 //! same run (this kind of machine is shared and its speed varies ~2×
 //! between hosts), so compare ratios, not absolute times.
@@ -12,6 +12,7 @@
 //! println!("{:.2}", figures.appends_per_s_1 / figures.raw_fsync_per_s);
 //! ```
 
+pub mod api;
 pub mod replay;
 pub mod scheduler;
 pub mod steps;

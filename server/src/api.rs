@@ -44,6 +44,10 @@ pub(crate) struct Shared {
     pub streams: Arc<Semaphore>,
     /// Serializes workflow registration (version numbers).
     pub registering: tokio::sync::Mutex<()>,
+    /// Registered definitions already parsed, by `(name, version asked)`;
+    /// emptied at each registration (this server is the only writer).
+    pub definitions:
+        std::sync::Mutex<std::collections::HashMap<(String, Option<u32>), (Workflow, u32)>>,
     /// Becomes true when the server shuts down: streams and long polls end.
     pub shutdown: watch::Receiver<bool>,
     /// Events buffered per SSE client before it is dropped as too slow.
@@ -63,6 +67,7 @@ impl AppState {
             ready: AtomicBool::new(false),
             streams: Arc::new(Semaphore::new(max_streams)),
             registering: Default::default(),
+            definitions: Default::default(),
             shutdown,
             sse_buffer: sse_buffer.max(1),
         }))
@@ -76,6 +81,18 @@ impl AppState {
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.0.engine
+    }
+
+    /// A registered definition and its version, parsed once.
+    fn registered(&self, name: &str, version: Option<u32>) -> Result<(Workflow, u32), Problem> {
+        let key = (name.to_string(), version);
+        let cache = || self.0.definitions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = cache().get(&key) {
+            return Ok(hit.clone());
+        }
+        let (wf, v) = registry::get(self.0.engine.store(), name, version)?;
+        cache().insert(key, (wf.clone(), v.version));
+        Ok((wf, v.version))
     }
 
     fn resolve(&self, id: &str) -> Result<RunId, Problem> {
@@ -364,8 +381,8 @@ pub async fn create_run(
     let (wf, version) = match (&req.workflow, &req.workflow_name) {
         (Some(def), None) => (parse_workflow(def)?, None),
         (None, Some(name)) => {
-            let (wf, v) = registry::get(app.0.engine.store(), name, req.version)?;
-            (wf, Some(v.version))
+            let (wf, v) = app.registered(name, req.version)?;
+            (wf, Some(v))
         }
         _ => {
             return Err(Problem::bad_request(
@@ -447,20 +464,28 @@ pub async fn get_run(
 ) -> Result<Json<Value>, Problem> {
     let run = app.resolve(&id)?;
     let wait = q.wait.as_deref().map(parse_wait).transpose()?;
+    let engine = &app.0.engine;
     if let Some(wait) = wait {
-        let engine = &app.0.engine;
         let settled = engine
             .live_state(run)
             .is_some_and(|s| ops::settled(s.status));
         if !settled {
             let mut shutdown = app.0.shutdown.clone();
-            tokio::select! {
-                r = tokio::time::timeout(wait, engine.wait(run)) => { if let Ok(r) = r { r?; } }
-                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {}
+            let state = tokio::select! {
+                r = tokio::time::timeout(wait, engine.wait(run)) => match r {
+                    Ok(r) => Some(r?),
+                    Err(_) => None,
+                },
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => None,
+            };
+            // The state the wait ended on is the fold at the run's head
+            // (the actor publishes it once durable).
+            if let Some(state) = state {
+                return Ok(Json(ops::status_of(engine.store(), &state)?));
             }
         }
     }
-    let (_, v) = ops::status(app.0.engine.store(), run)?;
+    let (_, v) = ops::status(engine.store(), run)?;
     Ok(Json(v))
 }
 
@@ -726,6 +751,11 @@ pub async fn put_workflow(
     let wf = parse_definition(&file, text)?;
     let _one_at_a_time = app.0.registering.lock().await;
     let (entry, new) = registry::register(app.0.engine.store(), &name, &wf).await?;
+    app.0
+        .definitions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     let status = if new {
         StatusCode::CREATED
     } else {

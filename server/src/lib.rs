@@ -127,7 +127,26 @@ pub fn app(state: AppState, token: String, options: &ServeOptions) -> axum::Rout
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(options.body_limit))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    // The route's pattern, not the raw path: run ids stay
+                    // out of span names and cardinality stays bounded.
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map(|m| m.as_str().to_string())
+                        .unwrap_or_else(|| "unmatched".into());
+                    tracing::info_span!("request", method = %req.method(), route, status = tracing::field::Empty, latency_ms = tracing::field::Empty)
+                })
+                .on_response(
+                    |resp: &axum::http::Response<_>, latency: Duration, span: &tracing::Span| {
+                        span.record("status", resp.status().as_u16());
+                        span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+                        tracing::info!(status = resp.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "answered");
+                    },
+                ),
+        )
         .with_state(state)
 }
 

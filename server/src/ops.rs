@@ -117,9 +117,17 @@ pub fn status_json(state: &RunState, forks: &[(RunId, u64)]) -> Value {
 /// Errors: 404 unknown run; 503 for a history that does not fold.
 pub fn status(store: &Store, run: RunId) -> Result<(RunState, Value), Problem> {
     let state = state_at(store, run, Target::Head)?;
-    let forks = chronicle_replay::fork::forks_of(store, run)?;
-    let v = status_json(&state, &forks);
+    let v = status_of(store, &state)?;
     Ok((state, v))
+}
+
+/// The `status --json` object of `state` (its forks read from the store).
+pub fn status_of(store: &Store, state: &RunState) -> Result<Value, Problem> {
+    let forks = match state.run_id {
+        Some(run) => chronicle_replay::fork::forks_of(store, run)?,
+        None => Vec::new(),
+    };
+    Ok(status_json(state, &forks))
 }
 
 /// Whether a run needs nothing more from the engine to settle: ended, or

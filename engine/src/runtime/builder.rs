@@ -176,6 +176,7 @@ impl EngineBuilder {
                 snapshot_every: self.snapshot_every,
                 parent_death_signal: self.parent_death_signal,
                 watchdog: super::processes::Watchdog::new(self.watchdog),
+                ledger: Default::default(),
             }),
         })
     }

@@ -125,12 +125,14 @@ impl Engine {
         if !missing.is_empty() {
             return Err(EngineError::MissingSecrets(missing.join(", ")));
         }
-        let sha = workflow.sha256();
+        // Only a keyed request is compared with the run its key names.
+        let sha = idempotency_key.as_ref().map(|_| workflow.sha256());
+        let sha = sha.as_deref().unwrap_or_default();
         if let Some(k) = &idempotency_key
             && let Some(existing) = self.inner.store.index_get(IDEMPOTENCY, k)?
         {
             let run = parse_run_value(&existing)?;
-            return self.same_request(k, run, &sha, &input).map(|r| (r, false));
+            return self.same_request(k, run, sha, &input).map(|r| (r, false));
         }
         let run_id = self.inner.new_run_id();
         let seed = run_id.0.as_u128() as u64;

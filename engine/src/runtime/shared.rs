@@ -37,6 +37,9 @@ pub(crate) struct Inner {
     pub(crate) parent_death_signal: bool,
     /// Kills the attempts' process groups if this process dies.
     pub(crate) watchdog: super::processes::Watchdog,
+    /// The process ledger, built at the first dispatcher (it reads this
+    /// boot's id and this process's start time: once, not per run).
+    pub(crate) ledger: std::sync::OnceLock<super::processes::ProcessLedger>,
 }
 
 #[derive(Clone)]
@@ -77,7 +80,11 @@ impl Inner {
             process: ProcessExecutor {
                 sink: sink.clone(),
                 ledger: (!self.store.is_read_only()).then(|| {
-                    super::processes::ProcessLedger::new(&self.store, self.watchdog.clone())
+                    self.ledger
+                        .get_or_init(|| {
+                            super::processes::ProcessLedger::new(&self.store, self.watchdog.clone())
+                        })
+                        .clone()
                 }),
                 parent_death_signal: self.parent_death_signal,
             },
