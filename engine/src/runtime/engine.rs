@@ -158,7 +158,7 @@ impl Engine {
             Ok(_) => Ok((run_id, true)),
             Err(EngineError::Store(StoreError::IndexConflict { existing, key, .. })) => {
                 let run = parse_run_value(&existing)?;
-                self.same_request(&key, run, &sha, &input)
+                self.same_request(&key, run, sha, &input)
                     .map(|r| (r, false))
             }
             Err(e) => Err(e),
