@@ -32,6 +32,10 @@ use crate::registry;
 /// Longest `?wait=` honoured (a longer one is cut to this), seconds.
 pub const MAX_WAIT_S: u64 = 60;
 
+/// Parsed registered definitions by `(name, version asked)`, with the
+/// version found.
+type Definitions = std::collections::HashMap<(String, Option<u32>), (Workflow, u32)>;
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState(pub(crate) Arc<Shared>);
@@ -46,8 +50,7 @@ pub(crate) struct Shared {
     pub registering: tokio::sync::Mutex<()>,
     /// Registered definitions already parsed, by `(name, version asked)`;
     /// emptied at each registration (this server is the only writer).
-    pub definitions:
-        std::sync::Mutex<std::collections::HashMap<(String, Option<u32>), (Workflow, u32)>>,
+    pub definitions: std::sync::Mutex<Definitions>,
     /// Becomes true when the server shuts down: streams and long polls end.
     pub shutdown: watch::Receiver<bool>,
     /// Events buffered per SSE client before it is dropped as too slow.
