@@ -805,3 +805,126 @@ fn commands_print_and_exit_alike_with_and_without_a_server() {
     assert_eq!(follow.code, 0);
     assert!(follow.stdout.contains("RunSucceeded"), "{follow:?}");
 }
+
+#[test]
+fn tls_serves_https_and_the_cli_trusts_the_servers_certificate() {
+    let env = Env::new();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let cert_path = env.write("cert.pem", &cert.pem());
+    let key_path = env.write("key.pem", &key.serialize_pem());
+    let mut c = env.cmd();
+    c.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    assert!(url.starts_with("https://127.0.0.1:"), "{line}");
+    let discovery: Value = serde_json::from_str(
+        &std::fs::read_to_string(env.path("chronicle.redb-server.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(discovery["url"], url.as_str());
+    assert!(
+        discovery["tls_cert"]
+            .as_str()
+            .unwrap()
+            .ends_with("cert.pem")
+    );
+    // The CLI goes through the server over TLS, trusting its certificate.
+    let wf = env.write("quick.yaml", QUICK);
+    let t = Instant::now();
+    let run = loop {
+        let r = env.run(&["run", wf.to_str().unwrap()]);
+        if r.code == 0 || t.elapsed() > Duration::from_secs(20) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(run.code, 0, "{run:?}");
+    let list = env.run(&["list", "--json"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    assert_eq!(list.json().as_array().unwrap().len(), 1);
+    // Plain HTTP to the TLS port gets no answer; a client that does not
+    // trust the certificate is refused.
+    let plain = reqwest::blocking::Client::new()
+        .get(url.replace("https://", "http://") + "/healthz")
+        .send();
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+    let untrusted = reqwest::blocking::Client::builder()
+        .tls_certs_only([])
+        .build()
+        .unwrap()
+        .get(format!("{url}/healthz"))
+        .send();
+    assert!(untrusted.is_err());
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn streams_are_capped_and_a_client_that_does_not_read_stalls_nothing() {
+    let env = Env::new();
+    let s = env.serve(&["--max-streams", "2"]);
+    let wf =
+        "name: many\nsteps:\n  - id: a\n    command: ['true']\n    retry: { max_attempts: 1 }\n";
+    // Two clients open a stream of a run that goes on, and never read.
+    let marker = format!("cap-{}", std::process::id());
+    let r = s.post("/v1/runs", &json!({"workflow": slow(&marker, 30)}));
+    let slow_run = r.json::<Value>().unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stuck = || {
+        std::net::TcpStream::connect(s.url.trim_start_matches("http://")).map(|mut c| {
+            use std::io::Write;
+            write!(
+                c,
+                "GET /v1/runs/{slow_run}/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+                s.token
+            )
+            .unwrap();
+            c
+        })
+    };
+    let _c = stuck().unwrap();
+    let _d = stuck().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    problem(
+        s.get(&format!("/v1/runs/{slow_run}/events/stream")),
+        503,
+        "too_many_streams",
+    );
+    // The engine goes on: 50 runs finish while the streams are stuck.
+    for _ in 0..50 {
+        let r = s.post("/v1/runs", &json!({"workflow": wf}));
+        let id = r.json::<Value>().unwrap()["run_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(wait_status(&s, &id)["status"], "succeeded");
+    }
+    s.post(&format!("/v1/runs/{slow_run}/cancel"), &json!({}));
+    crate::support::kill_marked(&marker);
+}
