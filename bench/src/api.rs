@@ -33,6 +33,9 @@ pub struct ApiBench {
     pub runs_per_s_32: f64,
     /// `api_runs_per_s_32 / runs_per_s_32` (target ≥ 0.5).
     pub api_over_in_process: f64,
+    /// `GET /healthz` per second, 32 concurrent clients: what the HTTP
+    /// layer alone (client and server in this process) can carry.
+    pub healthz_per_s_32: f64,
     /// Runs in each throughput measurement.
     pub runs: usize,
 }
@@ -185,6 +188,23 @@ pub fn run(dir: &Path) -> Result<ApiBench, EngineError> {
             r.map_err(|e| io(dir, e))?.map_err(|e| io(dir, e))?;
         }
         let api_rate = RUNS as f64 / t.elapsed().as_secs_f64();
+        // The HTTP layer alone: the same clients on a route that does
+        // nothing (`/healthz`), for the reading of the ratio above.
+        let t = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..CLIENTS {
+            let c = client.clone();
+            tasks.spawn(async move {
+                for _ in (i..RUNS * 4).step_by(CLIENTS) {
+                    c.get_json("/healthz").await.map_err(|p| p.detail)?;
+                }
+                Ok::<_, String>(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.map_err(|e| io(dir, e))?.map_err(|e| io(dir, e))?;
+        }
+        let healthz_rate = (RUNS * 4) as f64 / t.elapsed().as_secs_f64();
         let base2 = in_process(engine.clone()).await?;
         let _ = stop_tx.send(());
         server
@@ -201,6 +221,7 @@ pub fn run(dir: &Path) -> Result<ApiBench, EngineError> {
             api_runs_per_s_32: api_rate,
             runs_per_s_32: base,
             api_over_in_process: api_rate / base,
+            healthz_per_s_32: healthz_rate,
             runs: RUNS,
         })
     })
