@@ -111,6 +111,14 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         | Cmd::Release { .. } => chronicle_server::client::Client::discover(&db)?,
         _ => None,
     };
+    if let (Cmd::Recover { .. }, Some(d)) = (&cli.command, chronicle_server::Discovery::live(&db)) {
+        return Err(CliError::input(format!(
+            "a server ({}, pid {}) holds {}: it recovered every run it found in flight when it started and executes them; stop it (SIGTERM) to recover here",
+            d.url,
+            d.pid,
+            db.display()
+        )));
+    }
     if let Some(c) = server {
         return match cli.command {
             Cmd::List { status, json } => remote::list(&c, status.as_deref(), json).await,

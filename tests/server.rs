@@ -689,6 +689,10 @@ fn two_terminals_status_list_and_cancel_beside_a_running_run() {
     let st = env.run(&["status", &run]);
     assert_eq!(st.code, 0, "{st:?}");
     assert!(st.stdout.contains("running"), "{st:?}");
+    // recover is the server's job while it runs.
+    let r = env.run(&["recover"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("holds"), "{r:?}");
     let c = env.run(&["cancel", &run]);
     assert_eq!(c.code, 0, "{c:?}");
     assert_eq!(c.stdout.trim(), format!("run {run} canceled"));
