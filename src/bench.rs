@@ -22,6 +22,11 @@ pub fn bench(db: &Path, which: &str, json: bool, dir: Option<&Path>) -> Result<u
         "steps" => serde_json::to_value(chronicle_bench::steps::run(&dir)?),
         "replay" => serde_json::to_value(chronicle_bench::replay::run(&dir)?),
         "api" => serde_json::to_value(chronicle_bench::api::run(&dir)?),
+        "cli" => {
+            let exe = std::env::current_exe()
+                .map_err(|e| CliError::storage(format!("cannot find this binary: {e}")))?;
+            serde_json::to_value(chronicle_bench::cli::run(&dir, &exe)?)
+        }
         "scheduler" => serde_json::to_value(
             chronicle_bench::scheduler::run()
                 .map_err(|e| CliError::storage(format!("cannot start the runtime: {e}")))?,

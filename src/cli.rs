@@ -201,7 +201,7 @@ pub enum Cmd {
     /// Benchmarks (figures, not tests).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["store", "steps", "replay", "scheduler", "api"])]
+        #[arg(value_parser = ["store", "steps", "replay", "scheduler", "api", "cli"])]
         which: String,
         /// One JSON object with the figures.
         #[arg(long)]

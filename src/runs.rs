@@ -332,7 +332,8 @@ fn check(db: &Path, run: &str, what: &Control) -> Result<RunId, CliError> {
 /// `chronicle cancel|pause RUN`: append the command's events and exit.
 pub async fn control(db: &Path, run: &str, what: Control) -> Result<u8, CliError> {
     let run = check(db, run, &what)?;
-    let engine = open_engine(db)?;
+    // Nothing is executed: no watchdog.
+    let engine = EngineBuilder::new().db(db).watchdog(false).build()?;
     let state = engine.control_offline(run, command(&what)).await?;
     println!("run {run} {}", state.status.as_str());
     Ok(0)

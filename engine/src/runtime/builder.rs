@@ -139,6 +139,11 @@ impl EngineBuilder {
     ///
     /// Errors: [`EngineError::Store`] when the database cannot be opened.
     pub fn build(self) -> Result<Engine, EngineError> {
+        let watchdog = super::processes::Watchdog::new(self.watchdog);
+        if self.db.is_some() {
+            // An engine opening a database file will run steps.
+            watchdog.prestart();
+        }
         let store = match (self.store, &self.db) {
             (Some(s), _) => s,
             (None, Some(p)) => Store::open(
@@ -175,7 +180,7 @@ impl EngineBuilder {
                 secrets: self.secrets,
                 snapshot_every: self.snapshot_every,
                 parent_death_signal: self.parent_death_signal,
-                watchdog: super::processes::Watchdog::new(self.watchdog),
+                watchdog,
                 ledger: Default::default(),
             }),
         })

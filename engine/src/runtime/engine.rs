@@ -439,30 +439,39 @@ impl Engine {
     /// quarantined with no attempt running.
     pub async fn wait_all(&self) -> Result<(), EngineError> {
         loop {
-            let handles: Vec<(RunId, RunHandle)> = self
+            let handles: Vec<RunHandle> = self
                 .inner
                 .runs
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|(k, v)| (*k, v.clone()))
+                .values()
+                .cloned()
                 .collect();
-            let mut busy = false;
-            for (_, h) in handles {
-                let s = h.state.borrow().clone();
-                if matches!(s.status, RunStatus::Running | RunStatus::Pending) {
-                    busy = true;
+            // The first run still busy; wait for it to change or end, then
+            // look again (no polling: a CLI exits as soon as its run does).
+            let mut busy = None;
+            for mut h in handles {
+                let s = h.state.borrow_and_update().clone();
+                let is_busy = if matches!(s.status, RunStatus::Running | RunStatus::Pending) {
+                    true
                 } else if s.status.is_terminal() {
                     // Let the actor collect its last attempts and deregister.
-                    busy |= !h.tx.is_closed();
+                    !h.tx.is_closed()
                 } else {
-                    busy |= !s.running().is_empty();
+                    !s.running().is_empty()
+                };
+                if is_busy {
+                    busy = Some(h);
+                    break;
                 }
             }
-            if !busy {
+            let Some(mut h) = busy else {
                 return Ok(());
+            };
+            tokio::select! {
+                _ = h.tx.closed() => {}
+                _ = h.state.changed() => {}
             }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 

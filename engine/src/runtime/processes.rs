@@ -99,22 +99,46 @@ END { for (id in live) system("kill -s KILL -- -" id " 2>/dev/null") }
 "#;
 
 /// A process that kills the attempts' process groups when the engine dies
-/// (see the module docs). Started on first use; clones share it. A
-/// watchdog that cannot start or has died only costs this second line:
-/// writes to it are best effort.
+/// (see the module docs). Started on first use, by a thread of its own so
+/// that no step waits for the spawn of `awk`: lines sent meanwhile are
+/// kept and written once it runs. Clones share it. A watchdog that cannot
+/// start or has died only costs this second line: writes to it are best
+/// effort.
 #[derive(Clone, Debug, Default)]
 pub struct Watchdog {
-    pipe: Arc<Mutex<Option<std::process::ChildStdin>>>,
+    state: Arc<Mutex<WatchdogState>>,
     /// Never start one (`EngineBuilder::watchdog(false)`).
     off: bool,
+}
+
+#[derive(Debug, Default)]
+struct WatchdogState {
+    pipe: Option<std::process::ChildStdin>,
+    /// A thread is starting it.
+    starting: bool,
+    /// Lines sent while it starts.
+    pending: Vec<u8>,
 }
 
 impl Watchdog {
     /// A watchdog that starts on first use, or none at all if `!on`.
     pub fn new(on: bool) -> Self {
         Self {
-            pipe: Default::default(),
+            state: Default::default(),
             off: !on,
+        }
+    }
+
+    /// Start it now, in the background (an engine that will run steps
+    /// calls this before opening its store, so the spawn overlaps the
+    /// open's disk waits instead of a step's).
+    pub fn prestart(&self) {
+        if self.off {
+            return;
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.pipe.is_none() {
+            self.start_in_background(&mut st);
         }
     }
 
@@ -123,16 +147,32 @@ impl Watchdog {
         if self.off {
             return;
         }
-        let mut pipe = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
-        if pipe.is_none() {
-            *pipe = Self::start();
-        }
-        let failed = pipe
-            .as_mut()
-            .is_some_and(|p| p.write_all(line.as_bytes()).is_err());
-        if failed {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = st.pipe.as_mut() {
+            if p.write_all(line.as_bytes()).is_ok() {
+                return;
+            }
             // It died: start another for the groups from now on.
-            *pipe = None;
+            st.pipe = None;
+        }
+        st.pending.extend_from_slice(line.as_bytes());
+        self.start_in_background(&mut st);
+    }
+
+    /// Start it from a thread of its own unless one is starting; lines
+    /// sent meanwhile wait in `pending`.
+    fn start_in_background(&self, st: &mut WatchdogState) {
+        use std::io::Write;
+        if !st.starting {
+            st.starting = true;
+            let state = self.state.clone();
+            std::thread::spawn(move || {
+                let pipe = Self::start();
+                let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                st.starting = false;
+                let pending = std::mem::take(&mut st.pending);
+                st.pipe = pipe.and_then(|mut p| p.write_all(&pending).is_ok().then_some(p));
+            });
         }
     }
 
@@ -197,8 +237,9 @@ impl ProcessLedger {
     }
 
     /// The attempt `key` started its process group `pgid`: record it in
-    /// the background (errors are logged: the kernel's parent-death signal
-    /// still covers the leader).
+    /// the background (errors are logged: the watchdog still covers the
+    /// group). The record is durable within one commit of the start, so
+    /// that `recover` finds the group even when the watchdog died too.
     pub fn started(&self, key: String, pgid: u32) {
         self.watchdog.watch(pgid);
         let record = ProcessRecord {
