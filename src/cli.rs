@@ -78,6 +78,10 @@ pub enum Cmd {
         /// TLS private key (PEM).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// The bearer token /metrics needs when listening beyond loopback
+        /// (default: the API token). On loopback /metrics is open.
+        #[arg(long, env = "CHRONICLE_METRICS_TOKEN")]
+        metrics_token: Option<String>,
     },
     /// Check a workflow definition.
     Validate {

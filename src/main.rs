@@ -160,6 +160,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             max_streams,
             tls_cert,
             tls_key,
+            metrics_token,
         } => {
             let options = chronicle_server::ServeOptions {
                 listen,
@@ -167,6 +168,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 body_limit,
                 max_streams,
                 tls: tls_cert.zip(tls_key),
+                metrics_token,
                 ..Default::default()
             };
             serve::serve(&db, options).await

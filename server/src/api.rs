@@ -55,15 +55,21 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Events buffered per SSE client before it is dropped as too slow.
     pub sse_buffer: usize,
+    /// Who may read `/metrics`.
+    pub metrics_access: crate::metrics::MetricsAccess,
 }
 
 impl AppState {
-    /// The state of a server over `engine`.
+    /// The state of a server over `engine`: at most `max_streams` event
+    /// streams, `sse_buffer` events buffered per stream client, ending
+    /// streams and long polls when `shutdown` turns true, `/metrics` read
+    /// as `metrics_access` allows.
     pub fn new(
         engine: Engine,
         max_streams: usize,
         sse_buffer: usize,
         shutdown: watch::Receiver<bool>,
+        metrics_access: crate::metrics::MetricsAccess,
     ) -> Self {
         Self(Arc::new(Shared {
             engine,
@@ -73,6 +79,7 @@ impl AppState {
             definitions: Default::default(),
             shutdown,
             sse_buffer: sse_buffer.max(1),
+            metrics_access,
         }))
     }
 

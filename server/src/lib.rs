@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod discovery;
+pub mod metrics;
 pub mod ops;
 pub mod problem;
 pub mod registry;
@@ -57,6 +58,9 @@ pub struct ServeOptions {
     pub sse_buffer: usize,
     /// TLS certificate and key files (PEM), or plain HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The bearer token `/metrics` needs when the server listens beyond
+    /// loopback (default: the API token). On loopback `/metrics` is open.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for ServeOptions {
@@ -69,6 +73,7 @@ impl Default for ServeOptions {
             max_streams: 256,
             sse_buffer: 1024,
             tls: None,
+            metrics_token: None,
         }
     }
 }
@@ -109,6 +114,7 @@ pub fn app(state: AppState, token: String, options: &ServeOptions) -> axum::Rout
     let timed = axum::Router::new()
         .merge(v1)
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::metrics))
         .route("/readyz", get(readyz))
         .route(
             "/openapi.json",
@@ -221,11 +227,23 @@ pub async fn serve(
         None => None,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    metrics::install();
+    let metrics_access = if addr.ip().is_loopback() {
+        metrics::MetricsAccess::Open
+    } else {
+        metrics::MetricsAccess::Token(Arc::new(
+            options
+                .metrics_token
+                .clone()
+                .unwrap_or_else(|| token.clone()),
+        ))
+    };
     let state = AppState::new(
         engine.clone(),
         options.max_streams,
         options.sse_buffer,
         shutdown_rx,
+        metrics_access,
     );
     let router = app(state.clone(), token, &options);
     let handle = axum_server::Handle::new();

@@ -164,6 +164,7 @@ impl Writer {
             if n > 0 {
                 state.commit_group(&mut group);
                 self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+                crate::metrics::queue_depth(self.shared.queued.load(Ordering::Relaxed));
             }
             state.maintain();
         }

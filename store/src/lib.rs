@@ -51,6 +51,7 @@ mod ids;
 mod index;
 mod journal;
 mod memtable;
+pub mod metrics;
 mod open;
 mod paths;
 mod request;

@@ -246,6 +246,15 @@ impl WriterState {
     /// Errors: storage errors (the memtable keeps its writes; the caller
     /// poisons the writer, and the next open applies the journal).
     fn checkpoint(&mut self, open: bool) -> Result<(), StoreError> {
+        let began = std::time::Instant::now();
+        let r = self.checkpoint_now(open);
+        if r.is_ok() {
+            crate::metrics::checkpointed(began.elapsed());
+        }
+        r
+    }
+
+    fn checkpoint_now(&mut self, open: bool) -> Result<(), StoreError> {
         self.wait_flush()?;
         let lsn = self.journal.as_ref().map(Journal::last_lsn);
         let salt = crate::journal::new_salt();
@@ -312,9 +321,17 @@ impl WriterState {
         let start_position = self.next_position;
         let path = self.path.clone();
         let mut pending = Pending::default();
+        let began = std::time::Instant::now();
         let outcome = crate::guard::guard(&path, || self.write_group(group, &mut pending));
         match outcome {
             Ok(results) => {
+                if crate::metrics::enabled() {
+                    crate::metrics::group_committed(
+                        group.len(),
+                        pending.events.len(),
+                        began.elapsed(),
+                    );
+                }
                 let mut all: Vec<RawEnvelope> = Vec::new();
                 for (job, result) in group.drain(..).zip(results) {
                     if let Ok(envs) = &result

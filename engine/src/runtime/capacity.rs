@@ -174,6 +174,24 @@ impl Capacity {
         self.bump();
     }
 
+    /// Every agent this engine has seen: its name, attempts running on it
+    /// and its circuit state.
+    pub fn agents(&self) -> Vec<(String, u32, crate::circuit::CircuitState)> {
+        let g = self.lock();
+        let mut names: std::collections::BTreeSet<&String> = g.agents.keys().collect();
+        names.extend(g.breakers.keys());
+        names
+            .into_iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    g.agents.get(n).copied().unwrap_or(0),
+                    g.breakers.get(n).map(|b| b.state).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
     /// Attempts running now (all runs).
     pub fn running(&self) -> usize {
         self.lock().running

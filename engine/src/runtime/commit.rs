@@ -174,6 +174,7 @@ impl Inner {
         if deciding == Deciding::WithCapacity {
             release_unstarted(self, &d.next, &d.events);
         }
+        super::metrics::observe_commit(&d.next, &d.events);
         Ok(d)
     }
 }

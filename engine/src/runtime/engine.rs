@@ -212,6 +212,7 @@ impl Engine {
         let req = self.inner.request(crate::ids::Seq(0), &d, extra_index);
         self.inner.store.write(req).await?;
         self.inner.clock.now(); // one tick of a manual clock per durable decision
+        super::metrics::observe_commit(&d.next, &d.events);
         let state = d.next;
         self.begin(state, vec![Command::Start], vec![]).await?;
         Ok(run_id)

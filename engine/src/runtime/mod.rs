@@ -12,6 +12,7 @@ mod commit;
 mod engine;
 pub mod exec;
 pub mod index;
+pub mod metrics;
 pub mod processes;
 mod recovery;
 mod shared;
