@@ -43,6 +43,15 @@ pub struct StepsBench {
     /// durable, then the process) — target ≤ 1.2. The medians come from
     /// the same interleaved samples.
     pub shell_step_overhead_durable: f64,
+    /// `runs_per_s_32` with metrics recorded (the Prometheus recorder
+    /// installed and recording on), measured in slices alternated with
+    /// `runs_per_s_32_no_metrics`.
+    pub runs_per_s_32_metrics: f64,
+    /// The same without recording, in the alternated slices.
+    pub runs_per_s_32_no_metrics: f64,
+    /// `1 − runs_per_s_32_metrics / runs_per_s_32_no_metrics`: what
+    /// metrics cost (target < 0.03; negative is noise).
+    pub metrics_overhead: f64,
 }
 
 fn noop_workflow() -> Workflow {
@@ -172,6 +181,21 @@ pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
         let spawn_us = crate::store::percentile(&mut spawn_us, 0.5);
         let step_fsync_ms = crate::store::percentile(&mut step_fsyncs, 0.5);
         let shell_step_overhead_durable = shell_step_us / (spawn_us + 1000.0 * step_fsync_ms);
+        // Metrics: alternate slices with recording on and off (the
+        // recorder stays installed; only the switch changes).
+        let was = chronicle_store::metrics::enabled();
+        chronicle_server::metrics::install();
+        let (mut on_s, mut off_s) = (0.0, 0.0);
+        let slice = 1000;
+        for _ in 0..4 {
+            chronicle_store::metrics::set_enabled(false);
+            off_s += in_flight(&engine, &wf, slice, 32).await?;
+            chronicle_store::metrics::set_enabled(true);
+            on_s += in_flight(&engine, &wf, slice, 32).await?;
+        }
+        chronicle_store::metrics::set_enabled(was);
+        let runs_per_s_32_metrics = 4.0 * slice as f64 / on_s;
+        let runs_per_s_32_no_metrics = 4.0 * slice as f64 / off_s;
         drop(engine);
         chronicle_store::remove_database(&path);
         Ok(StepsBench {
@@ -186,6 +210,9 @@ pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
             spawn_us,
             shell_step_us,
             shell_step_overhead_durable,
+            runs_per_s_32_metrics,
+            runs_per_s_32_no_metrics,
+            metrics_overhead: 1.0 - runs_per_s_32_metrics / runs_per_s_32_no_metrics,
         })
     })
 }
