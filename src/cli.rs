@@ -22,9 +22,22 @@ pub struct Cli {
     /// Less output: only errors and the final summary.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Log lines (stderr) as text, or as one JSON object per line with
+    /// the `run_id`/`step_id` of the run and attempt they belong to.
+    #[arg(long, global = true, env = "CHRONICLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// The command.
     #[command(subcommand)]
     pub command: Cmd,
+}
+
+/// The format of log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Input of a new run.

@@ -85,10 +85,20 @@ fn init_tracing(cli: &Cli) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        // One JSON object per line, with the fields of the spans it is in
+        // (`run_id`, `step_id`, `attempt`; a request's `method`, `route`).
+        cli::LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .flatten_event(true)
+            .try_init(),
+        cli::LogFormat::Text => builder.try_init(),
+    };
 }
 
 async fn run(cli: Cli) -> Result<u8, CliError> {

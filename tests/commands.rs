@@ -350,3 +350,38 @@ fn without_ca_certificates_only_http_steps_fail_and_nothing_panics() {
         .unwrap_or_default();
     assert!(error.contains("CA certificates"), "{status}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_run_and_step() {
+    let env = Env::new();
+    let wf = env.write("ok.yaml", OK);
+    let out = env.run(&["-vv", "--log-format", "json", "run", wf.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = out.run_id();
+    let logs: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let attempts: Vec<&serde_json::Value> = logs
+        .iter()
+        .filter(|l| l["message"] == "attempt started")
+        .collect();
+    assert_eq!(attempts.len(), 2, "{logs:?}");
+    for (a, step) in attempts.iter().zip(["a", "b"]) {
+        assert_eq!(a["span"]["run_id"], run.as_str());
+        assert_eq!(a["span"]["step_id"], step);
+        assert_eq!(a["level"], "DEBUG");
+        assert!(a["timestamp"].as_str().is_some());
+    }
+    // The same through the environment variable.
+    let mut c = env.cmd();
+    c.env("CHRONICLE_LOG_FORMAT", "json")
+        .args(["-vv", "run", wf.to_str().unwrap()]);
+    let o = crate::support::Out::from(c.output().unwrap());
+    assert!(
+        o.stderr.lines().any(|l| l.starts_with("{\"timestamp\"")),
+        "{o:?}"
+    );
+}
