@@ -165,6 +165,10 @@ pub enum Cmd {
     Verify {
         /// One run (default: every stream).
         run: Option<String>,
+        /// A head hash of RUN recorded earlier (verify --json prints
+        /// head_hash): fail unless the history up to it is unchanged.
+        #[arg(long, requires = "run")]
+        expect_head: Option<String>,
         /// JSON output.
         #[arg(long)]
         json: bool,

@@ -146,7 +146,11 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                     run.ok_or_else(|| CliError::input("give a RUN or --file HISTORY.jsonl"))?;
                 remote::replay(&c, &run, at, at_time.as_deref(), timeline, json).await
             }
-            Cmd::Verify { run, json } => remote::verify(&c, run.as_deref(), json).await,
+            Cmd::Verify {
+                run,
+                json,
+                expect_head,
+            } => remote::verify(&c, run.as_deref(), expect_head.as_deref(), json).await,
             Cmd::Export { run } => remote::export(&c, &run).await,
             Cmd::Import { file } => remote::import(&c, &file).await,
             Cmd::Cancel { run } => remote::control(&c, &run, "cancel").await,
@@ -206,7 +210,11 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             timeline,
             json,
         ),
-        Cmd::Verify { run, json } => queries::verify(&db, run.as_deref(), json),
+        Cmd::Verify {
+            run,
+            json,
+            expect_head,
+        } => queries::verify(&db, run.as_deref(), expect_head.as_deref(), json),
         Cmd::Fork {
             run,
             at,

@@ -317,13 +317,18 @@ pub fn print_state(state: &RunState, json: bool) {
 }
 
 /// `chronicle verify`.
-pub fn verify(db: &Path, run: Option<&str>, json: bool) -> Result<u8, CliError> {
+pub fn verify(
+    db: &Path,
+    run: Option<&str>,
+    expect_head: Option<&str>,
+    json: bool,
+) -> Result<u8, CliError> {
     let engine = engine_existing(db)?;
     let run = run.map(|r| engine.resolve_run(r)).transpose()?;
     // Opening the store checked the commit journal: a crashed database
     // whose journal cannot be read whole was refused (exit 3). Losses a
     // person accepted (`recover --accept-loss`) are listed.
-    let v = ops::verify(engine.store(), run)?;
+    let v = ops::verify(engine.store(), run, expect_head)?;
     Ok(print_verify(&v, json))
 }
 

@@ -212,10 +212,16 @@ pub async fn replay(
 }
 
 /// `verify [RUN]` through the server.
-pub async fn verify(c: &Client, run: Option<&str>, json: bool) -> Result<u8, CliError> {
-    let path = match run {
-        Some(r) => format!("/v1/runs/{}/verify", seg(r)),
-        None => "/v1/verify".to_string(),
+pub async fn verify(
+    c: &Client,
+    run: Option<&str>,
+    expect_head: Option<&str>,
+    json: bool,
+) -> Result<u8, CliError> {
+    let path = match (run, expect_head) {
+        (Some(r), Some(h)) => format!("/v1/runs/{}/verify?expect_head={}", seg(r), seg(h)),
+        (Some(r), None) => format!("/v1/runs/{}/verify", seg(r)),
+        (None, _) => "/v1/verify".to_string(),
     };
     let v = c.get_json(&path).await?;
     Ok(queries::print_verify(&v, json))

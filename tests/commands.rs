@@ -385,3 +385,57 @@ fn json_logs_are_one_object_per_line_with_the_run_and_step() {
         "{o:?}"
     );
 }
+
+#[test]
+fn a_recorded_head_proves_the_history_up_to_it_unchanged() {
+    let env = Env::new();
+    let marker = format!("head-{}", std::process::id());
+    let wf = env.write(
+        "wf.yaml",
+        &format!("name: h\nsteps:\n  - id: a\n    shell: touch a.started; sleep 1 # {marker}\n  - id: b\n    needs: [a]\n    command: ['true']\n"),
+    );
+    // A run left in flight by kill -9: record its head.
+    let mut child = env
+        .cmd()
+        .args(["run", wf.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::support::wait_for(&env.path("a.started"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    crate::support::kill_marked(&marker);
+    let v = env.run(&["verify", "--json"]).json();
+    let stream = &v["streams"][0];
+    let run = stream["stream"].as_str().unwrap().to_string();
+    let head = stream["head_hash"].as_str().unwrap().to_string();
+    let head_seq = stream["head_seq"].as_u64().unwrap();
+    assert_eq!(head.len(), 64);
+    assert_eq!(stream["events"].as_u64().unwrap(), head_seq);
+    // The run goes on: events are appended after the recorded head.
+    let r = env.run(&["recover"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let ok = env.run(&["verify", &run, "--expect-head", &head]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(
+        ok.stdout.contains(&format!(
+            "{head} is event {head_seq}: the history up to it is unchanged"
+        )),
+        "{ok:?}"
+    );
+    let j = env
+        .run(&["verify", &run, "--expect-head", &head, "--json"])
+        .json();
+    assert_eq!(j["expect_head"]["found_at_seq"], head_seq);
+    assert!(j["streams"][0]["head_seq"].as_u64().unwrap() > head_seq);
+    // Another hash: not this run's history.
+    let other = "0".repeat(64);
+    let bad = env.run(&["verify", &run, "--expect-head", &other]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stdout.contains("FAIL  head"), "{bad:?}");
+    let malformed = env.run(&["verify", &run, "--expect-head", "xyz"]);
+    assert_eq!(malformed.code, 2, "{malformed:?}");
+    let no_run = env.run(&["verify", "--expect-head", &head]);
+    assert_eq!(no_run.code, 2, "{no_run:?}");
+}

@@ -32,6 +32,13 @@ pub struct StreamVerification {
     /// The fold from seq 1 succeeded and matched snapshots and index
     /// (runs only; `true` for other streams).
     pub fold_ok: bool,
+    /// The seq of the last event (the stream's head).
+    pub head_seq: u64,
+    /// The hash of the last event, hex: record it elsewhere, and later
+    /// `chronicle verify RUN --expect-head HEX` proves the history up to
+    /// it unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_hash: Option<String>,
 }
 
 impl StreamVerification {
@@ -53,6 +60,8 @@ pub fn verify_stream(store: &Store, stream: &StreamId) -> Result<StreamVerificat
         problems: Vec::new(),
         snapshots_checked: 0,
         fold_ok: true,
+        head_seq: 0,
+        head_hash: None,
     };
     let envs = match store.read_stream(stream, Seq(1)) {
         Ok(e) => e,
@@ -67,6 +76,10 @@ pub fn verify_stream(store: &Store, stream: &StreamId) -> Result<StreamVerificat
     };
     let mut check = ChainCheck::default();
     envs.iter().for_each(|e| check.push(e));
+    if let Some(last) = envs.last() {
+        v.head_seq = last.seq.0;
+        v.head_hash = Some(last.hash_hex());
+    }
     let (events, first_bad) = check.finish(store.head(stream)?.map(|h| (h.last_seq, h.hash)));
     v.events = events;
     if let Some((seq, why)) = first_bad {
@@ -189,4 +202,27 @@ pub fn verify(store: &Store, run: Option<RunId>) -> Result<Vec<StreamVerificatio
         }
         Ok(out)
     })
+}
+
+/// The seq of the event of `run` whose hash is `hex` (a head recorded
+/// earlier), if any. A hash covers the whole chain before it, so finding
+/// it in a chain that verifies proves every event up to it unchanged;
+/// events appended since do not matter.
+///
+/// Errors: [`ReplayError::UnknownRun`]; storage errors.
+pub fn find_head(store: &Store, run: RunId, hex: &str) -> Result<Option<u64>, ReplayError> {
+    let want = hex.trim().to_ascii_lowercase();
+    let mut found = None;
+    let mut any = false;
+    store.for_each_in_stream(&run.stream(), Seq(1), None, |env| {
+        any = true;
+        if found.is_none() && env.hash_hex() == want {
+            found = Some(env.seq.0);
+        }
+        Ok(())
+    })?;
+    if !any {
+        return Err(ReplayError::UnknownRun(run.to_string()));
+    }
+    Ok(found)
 }

@@ -606,24 +606,38 @@ pub async fn import_run(
 )]
 pub async fn verify_all(State(app): State<AppState>) -> Result<Json<Value>, Problem> {
     let engine = app.0.engine.clone();
-    let v = tokio::task::spawn_blocking(move || ops::verify(engine.store(), None))
+    let v = tokio::task::spawn_blocking(move || ops::verify(engine.store(), None, None))
         .await
         .map_err(|e| Problem::storage(format!("verify stopped: {e}")))??;
     Ok(Json(v))
 }
 
-/// Verify one run's hash chain and fold.
+/// `GET /v1/runs/{id}/verify` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct VerifyQuery {
+    /// A head hash recorded earlier (`head_hash`): the run's chain must
+    /// still contain it.
+    pub expect_head: Option<String>,
+}
+
+/// Verify one run's hash chain and fold (and a recorded head).
 #[utoipa::path(
     get, path = "/v1/runs/{id}/verify", tag = "audit",
-    params(("id" = String, Path, description = "Run id or unique prefix")),
+    params(("id" = String, Path, description = "Run id or unique prefix"), VerifyQuery),
     responses((status = 200, body = Object), (status = 404, body = Problem), (status = 503, body = Problem))
 )]
 pub async fn verify_run(
     State(app): State<AppState>,
     Path(id): Path<String>,
+    Q(q): Q<VerifyQuery>,
 ) -> Result<Json<Value>, Problem> {
     let run = app.resolve(&id)?;
-    Ok(Json(ops::verify(app.0.engine.store(), Some(run))?))
+    Ok(Json(ops::verify(
+        app.0.engine.store(),
+        Some(run),
+        q.expect_head.as_deref(),
+    )?))
 }
 
 /// The status object after a control command.

@@ -274,10 +274,35 @@ pub fn whole_history(store: &Store, run: RunId) -> Result<Vec<RawEnvelope>, Prob
     Ok(envs)
 }
 
-/// The `verify --json` object: `{ok, streams, journal, journal_losses}`.
+/// The `verify --json` object: `{ok, streams, journal, journal_losses}`,
+/// and with `expect_head` (a run's head hash recorded earlier)
+/// `expect_head: {hash, found_at_seq}` — not finding it makes `ok` false.
 ///
-/// Errors: 404 for an unknown run; storage errors.
-pub fn verify(store: &Store, run: Option<RunId>) -> Result<Value, Problem> {
+/// Errors: 404 for an unknown run; 400 for `expect_head` without a run or
+/// not 64 hex digits; storage errors.
+pub fn verify(
+    store: &Store,
+    run: Option<RunId>,
+    expect_head: Option<&str>,
+) -> Result<Value, Problem> {
+    let expected = match (expect_head, run) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(Problem::bad_request(
+                "--expect-head needs a RUN: the head hash is a run's",
+            ));
+        }
+        (Some(h), Some(r)) => {
+            let h = h.trim().to_ascii_lowercase();
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(Problem::bad_request(format!(
+                    "--expect-head {h:?} is not a hash: 64 hex digits, as verify --json prints head_hash"
+                )));
+            }
+            let found = chronicle_replay::verify::find_head(store, r, &h)?;
+            Some((h, found))
+        }
+    };
     let losses: Vec<Value> = store
         .index_scan(chronicle_store::JOURNAL_LOSS_INDEX, "")?
         .into_iter()
@@ -291,13 +316,19 @@ pub fn verify(store: &Store, run: Option<RunId>) -> Result<Value, Problem> {
         .collect();
     let journal = store.journal_status()?;
     let reports = chronicle_replay::verify::verify(store, run)?;
-    let bad = reports.iter().filter(|r| !r.ok()).count() + usize::from(journal.problem.is_some());
-    Ok(json!({
+    let bad = reports.iter().filter(|r| !r.ok()).count()
+        + usize::from(journal.problem.is_some())
+        + usize::from(expected.as_ref().is_some_and(|(_, f)| f.is_none()));
+    let mut v = json!({
         "ok": bad == 0,
         "streams": reports,
         "journal": journal,
         "journal_losses": losses,
-    }))
+    });
+    if let Some((hash, found)) = expected {
+        v["expect_head"] = json!({"hash": hash, "found_at_seq": found});
+    }
+    Ok(v)
 }
 
 /// The text of `chronicle verify` from its JSON object.
@@ -334,6 +365,24 @@ pub fn render_verify(v: &Value) -> String {
             l["problem"].as_str().unwrap_or("?"),
             l["frames_applied"]
         );
+    }
+    if let Some(e) = v.get("expect_head") {
+        let hash = e["hash"].as_str().unwrap_or("?");
+        match e["found_at_seq"].as_u64() {
+            Some(seq) => {
+                let _ = writeln!(
+                    out,
+                    "ok    head     {hash} is event {seq}: the history up to it is unchanged"
+                );
+            }
+            None => {
+                bad += 1;
+                let _ = writeln!(
+                    out,
+                    "FAIL  head     no event of this run has hash {hash}: the history up to the recorded head has changed (or the hash is another run's)"
+                );
+            }
+        }
     }
     let streams = v["streams"].as_array().cloned().unwrap_or_default();
     for r in &streams {
