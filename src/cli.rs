@@ -187,6 +187,17 @@ pub enum Cmd {
         #[arg(long = "set-output")]
         set_output: Vec<String>,
     },
+    /// Compare two runs: definition, input, each step, and where their
+    /// histories diverge (exit 0 when equivalent, 1 when they differ).
+    Diff {
+        /// The first run (id or prefix).
+        a: String,
+        /// The second run (id or prefix); often a fork of the first.
+        b: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a run's history as JSON Lines.
     Export {
         /// Run id or prefix.

@@ -346,6 +346,25 @@ pub fn print_verify(v: &Value, json: bool) -> u8 {
     }
 }
 
+/// `chronicle diff A B`.
+pub fn diff(db: &Path, a: &str, b: &str, json: bool) -> Result<u8, CliError> {
+    let engine = engine_existing(db)?;
+    let (a, b) = (engine.resolve_run(a)?, engine.resolve_run(b)?);
+    let store = engine.store().clone();
+    let v = chronicle_server::diff::diff(a, b, &mut |r| ops::whole_history(&store, r))?;
+    Ok(print_diff(&v, json))
+}
+
+/// Print `diff`'s report; its exit code (0 equivalent, 1 different).
+pub fn print_diff(v: &Value, json: bool) -> u8 {
+    if json {
+        print_json(v);
+    } else {
+        print!("{}", chronicle_server::diff::render(v));
+    }
+    if v["equivalent"] == true { 0 } else { 1 }
+}
+
 /// `chronicle export RUN`.
 pub fn export(db: &Path, run: &str) -> Result<u8, CliError> {
     let engine = engine_existing(db)?;

@@ -227,6 +227,47 @@ pub async fn verify(
     Ok(queries::print_verify(&v, json))
 }
 
+/// `diff A B` through the server: the histories (and those of the runs
+/// they were forked from) are fetched, then compared here as on the file.
+pub async fn diff(c: &Client, a: &str, b: &str, json: bool) -> Result<u8, CliError> {
+    use std::collections::HashMap;
+    let mut histories: HashMap<chronicle_engine::ids::RunId, Vec<RawEnvelope>> = HashMap::new();
+    let mut ids = Vec::new();
+    for name in [a, b] {
+        let v = c.get_json(&format!("/v1/runs/{}", seg(name))).await?;
+        let id: chronicle_engine::ids::RunId = v["run_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| CliError::storage("the server's run has no id"))?;
+        ids.push(id);
+    }
+    let mut todo = ids.clone();
+    while let Some(id) = todo.pop() {
+        if histories.contains_key(&id) {
+            continue;
+        }
+        let bytes = c.get_bytes(&format!("/v1/runs/{id}/export")).await?;
+        let envs = chronicle_replay::export::read_history(
+            &format!("run {id}"),
+            std::io::Cursor::new(&bytes[..]),
+        )?;
+        if let Some(first) = envs.first()
+            && let Ok(chronicle_engine::event::RunEvent::RunForked { lineage, .. }) =
+                chronicle_engine::event::RunEvent::from_json(&first.payload)
+        {
+            todo.push(lineage.forked_from);
+        }
+        histories.insert(id, envs);
+    }
+    let v = chronicle_server::diff::diff(ids[0], ids[1], &mut |r| {
+        histories
+            .get(&r)
+            .cloned()
+            .ok_or_else(|| chronicle_server::Problem::unknown_run(&r.to_string()))
+    })?;
+    Ok(queries::print_diff(&v, json))
+}
+
 /// `export RUN` through the server.
 pub async fn export(c: &Client, run: &str) -> Result<u8, CliError> {
     use std::io::Write;

@@ -439,3 +439,64 @@ fn a_recorded_head_proves_the_history_up_to_it_unchanged() {
     let no_run = env.run(&["verify", "--expect-head", &head]);
     assert_eq!(no_run.code, 2, "{no_run:?}");
 }
+
+#[test]
+fn diff_compares_two_runs_and_finds_where_they_diverge() {
+    let env = Env::new();
+    let wf = env.write(
+        "d.yaml",
+        "name: d\ninput: { ok: \"yes\" }\nsteps:\n  - id: check\n    shell: test \"$INPUT_OK\" = yes && echo '{\"n\":1}'\n    retry: { max_attempts: 1 }\n    with: { ok: \"${{ input.ok }}\" }\n  - id: after\n    needs: [check]\n    shell: echo \"$INPUT_N\"\n    with: { n: \"${{ steps.check.output.n }}\" }\n",
+    );
+    let a = env.run(&["run", wf.to_str().unwrap()]);
+    assert_eq!(a.code, 0, "{a:?}");
+    let b = env.run(&["run", wf.to_str().unwrap(), "--input", "{\"ok\": \"no\"}"]);
+    assert_eq!(b.code, 1, "{b:?}");
+    let (a, b) = (a.run_id(), b.run_id());
+    // A run against itself: equivalent, exit 0.
+    let same = env.run(&["diff", &a, &a]);
+    assert_eq!(same.code, 0, "{same:?}");
+    assert!(same.stdout.contains("the runs are equivalent"));
+    // Another input: the input, the steps and the history differ, exit 1.
+    let d = env.run(&["diff", &a, &b, "--json"]);
+    assert_eq!(d.code, 1, "{d:?}");
+    let v = d.json();
+    assert_eq!(v["equivalent"], false);
+    assert_eq!(v["definition"]["same"], true);
+    assert_eq!(v["input"]["changes"][0]["path"], "ok");
+    assert_eq!(v["input"]["changes"][0]["a"], "yes");
+    assert_eq!(v["input"]["changes"][0]["b"], "no");
+    assert_eq!(v["steps"][0]["a"]["status"], "succeeded");
+    assert_eq!(v["steps"][0]["b"]["status"], "failed");
+    // Both histories read: Created, Started, StepStarted check, then the
+    // outcome differs — at seq 4.
+    let seq_of = |run: &str, ty: &str| -> u64 {
+        env.run(&["history", run, "--json"])
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|e| e["payload"]["type"] == ty)
+            .unwrap()["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(v["diverge_at"], seq_of(&a, "StepSucceeded"));
+    assert_eq!(v["diverge"]["a"], "StepSucceeded check");
+    assert_eq!(v["diverge"]["b"], "StepFailed check");
+    let text = env.run(&["diff", &a, &b]);
+    assert!(
+        text.stdout
+            .contains("diverges at seq 4: a StepSucceeded check / b StepFailed check"),
+        "{text:?}"
+    );
+    // A run and its fork with an output override: the histories agree
+    // (the fork goes on as the source did), the outputs differ.
+    let f = env.run(&["fork", &a, "--at", "4", "--set-output", "check={\"n\": 7}"]);
+    assert_eq!(f.code, 0, "{f:?}");
+    let fork = f.run_id();
+    let v = env.run(&["diff", &a, &fork, "--json"]).json();
+    assert_eq!(v["diverge_at"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["steps"][1]["b"]["output"], 7);
+    assert_eq!(v["equivalent"], false);
+    let unknown = env.run(&["diff", &a, "ffff"]);
+    assert_eq!(unknown.code, 2);
+}

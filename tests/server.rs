@@ -745,6 +745,8 @@ fn commands_print_and_exit_alike_with_and_without_a_server() {
         vec!["verify", &run],
         vec!["verify", &run, "--json"],
         vec!["export", &run],
+        vec!["diff", &run, &run],
+        vec!["diff", &run, &failed, "--json"],
         vec!["cancel", &run],
         vec!["pause", &failed],
         vec!["resume", &run],

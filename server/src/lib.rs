@@ -10,6 +10,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod diff;
 pub mod discovery;
 pub mod metrics;
 pub mod ops;
