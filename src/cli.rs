@@ -198,6 +198,22 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Would recorded runs have been decided the same under a new
+    /// definition? (exit 0 when every run checked is compatible)
+    UpgradeCheck {
+        /// The new workflow file.
+        file: PathBuf,
+        /// Runs to check (ids or prefixes; default: every run of the
+        /// workflow the file names).
+        #[arg(long, num_args = 1.., conflicts_with = "workflow")]
+        runs: Vec<String>,
+        /// Every run of this workflow (default: the file's `name`).
+        #[arg(long)]
+        workflow: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a run's history as JSON Lines.
     Export {
         /// Run id or prefix.

@@ -114,6 +114,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         | Cmd::Replay { file: None, .. }
         | Cmd::Verify { .. }
         | Cmd::Diff { .. }
+        | Cmd::UpgradeCheck { .. }
         | Cmd::Export { .. }
         | Cmd::Import { .. }
         | Cmd::Cancel { .. }
@@ -154,6 +155,12 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             } => remote::verify(&c, run.as_deref(), expect_head.as_deref(), json).await,
             Cmd::Export { run } => remote::export(&c, &run).await,
             Cmd::Diff { a, b, json } => remote::diff(&c, &a, &b, json).await,
+            Cmd::UpgradeCheck {
+                file,
+                runs,
+                workflow,
+                json,
+            } => remote::upgrade_check(&c, &file, &runs, workflow.as_deref(), json).await,
             Cmd::Import { file } => remote::import(&c, &file).await,
             Cmd::Cancel { run } => remote::control(&c, &run, "cancel").await,
             Cmd::Pause { run } => remote::control(&c, &run, "pause").await,
@@ -225,6 +232,12 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         } => runs::fork(&db, &run, at, input.as_deref(), &set_output, quiet).await,
         Cmd::Export { run } => queries::export(&db, &run),
         Cmd::Diff { a, b, json } => queries::diff(&db, &a, &b, json),
+        Cmd::UpgradeCheck {
+            file,
+            runs,
+            workflow,
+            json,
+        } => queries::upgrade_check(&db, &file, &runs, workflow.as_deref(), json),
         Cmd::Import { file } => queries::import(&db, &file).await,
         Cmd::Cancel { run } => runs::control(&db, &run, runs::Control::Cancel).await,
         Cmd::Pause { run } => runs::control(&db, &run, runs::Control::Pause).await,

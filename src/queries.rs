@@ -365,6 +365,34 @@ pub fn print_diff(v: &Value, json: bool) -> u8 {
     if v["equivalent"] == true { 0 } else { 1 }
 }
 
+/// `chronicle upgrade-check FILE`.
+pub fn upgrade_check(
+    db: &Path,
+    file: &Path,
+    runs: &[String],
+    workflow: Option<&str>,
+    json: bool,
+) -> Result<u8, CliError> {
+    let new = load_file(file)?;
+    let engine = engine_existing(db)?;
+    let ids: Vec<chronicle_engine::ids::RunId> = runs
+        .iter()
+        .map(|r| engine.resolve_run(r))
+        .collect::<Result<_, _>>()?;
+    let v = ops::upgrade_report(&engine, &new, &ids, workflow)?;
+    Ok(print_upgrade(&v, json))
+}
+
+/// Print `upgrade-check`; its exit code (0 all compatible, 1 not).
+pub fn print_upgrade(v: &Value, json: bool) -> u8 {
+    if json {
+        print_json(v);
+    } else {
+        print!("{}", ops::render_upgrade(v));
+    }
+    if v["compatible"] == true { 0 } else { 1 }
+}
+
 /// `chronicle export RUN`.
 pub fn export(db: &Path, run: &str) -> Result<u8, CliError> {
     let engine = engine_existing(db)?;

@@ -268,6 +268,28 @@ pub async fn diff(c: &Client, a: &str, b: &str, json: bool) -> Result<u8, CliErr
     Ok(queries::print_diff(&v, json))
 }
 
+/// `upgrade-check FILE` through the server (`POST /v1/upgrade-check`):
+/// the definition is checked here first, so its errors read as they do
+/// without a server.
+pub async fn upgrade_check(
+    c: &Client,
+    file: &std::path::Path,
+    runs: &[String],
+    workflow: Option<&str>,
+    json: bool,
+) -> Result<u8, CliError> {
+    let new = chronicle_engine::model::load_file(file)?;
+    let body = json!({
+        "workflow": serde_json::to_value(&new).expect("a workflow serializes"),
+        "runs": runs,
+        "workflow_name": workflow,
+    });
+    let (_, v) = c
+        .send_json(Method::POST, "/v1/upgrade-check", &body, &[])
+        .await?;
+    Ok(queries::print_upgrade(&v, json))
+}
+
 /// `export RUN` through the server.
 pub async fn export(c: &Client, run: &str) -> Result<u8, CliError> {
     use std::io::Write;

@@ -99,6 +99,7 @@ fn health_auth_and_the_openapi_document() {
         "PUT /v1/workflows/{name}",
         "GET /v1/workflows/{name}",
         "GET /v1/workflows",
+        "POST /v1/upgrade-check",
     ]
     .into_iter()
     .map(String::from)
@@ -724,7 +725,12 @@ fn commands_print_and_exit_alike_with_and_without_a_server() {
     let fork = env.run(&["fork", &run, "--at", "4", "--set-output", "a={\"n\": 9}"]);
     assert_eq!(fork.code, 0, "{fork:?}");
     let short = &run[..13];
+    let wf_s = wf.to_str().unwrap();
+    let fails_s = fails.to_str().unwrap();
     let suite: Vec<Vec<&str>> = vec![
+        vec!["upgrade-check", wf_s],
+        vec!["upgrade-check", fails_s, "--json"],
+        vec!["upgrade-check", fails_s, "--runs", &run],
         vec!["list"],
         vec!["list", "--json"],
         vec!["list", "--status", "failed"],

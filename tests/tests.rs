@@ -12,4 +12,5 @@ mod examples;
 mod journal;
 mod server;
 mod terminal;
+mod upgrade;
 mod walkthrough;

@@ -26,6 +26,7 @@ pub mod fork;
 pub mod rebuild;
 pub mod render;
 pub mod timeline;
+pub mod upgrade;
 pub mod verify;
 
 use chronicle_engine::runtime::EngineError;

@@ -157,6 +157,7 @@ pub fn v1_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(fork_run))
         .routes(routes!(put_workflow, get_workflow))
         .routes(routes!(list_workflows))
+        .routes(routes!(upgrade_check))
         .split_for_parts()
 }
 
@@ -824,6 +825,46 @@ pub async fn list_workflows(State(app): State<AppState>) -> Result<Json<Value>, 
         })
         .collect();
     Ok(Json(json!({"workflows": list})))
+}
+
+/// `POST /v1/upgrade-check` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeCheck {
+    /// The new definition: a JSON object, or YAML/JSON text.
+    #[schema(value_type = Object)]
+    pub workflow: Value,
+    /// Runs to check (ids or prefixes; default: every run of the workflow).
+    #[serde(default)]
+    pub runs: Vec<String>,
+    /// Every run of this workflow (default: the definition's `name`).
+    pub workflow_name: Option<String>,
+}
+
+/// Would recorded runs have been decided the same under a new definition?
+/// (the `upgrade-check --json` object)
+#[utoipa::path(
+    post, path = "/v1/upgrade-check", tag = "audit",
+    request_body = UpgradeCheck,
+    responses((status = 200, description = "`{compatible, workflow, workflow_sha256, runs: [verdict]}`", body = Object), (status = 400, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem))
+)]
+pub async fn upgrade_check(
+    State(app): State<AppState>,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, Problem> {
+    let req: UpgradeCheck = json_body(&body)?;
+    let new = parse_workflow(&req.workflow)?;
+    let ids = req
+        .runs
+        .iter()
+        .map(|r| app.resolve(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let engine = app.0.engine.clone();
+    let name = req.workflow_name.clone();
+    tokio::task::spawn_blocking(move || ops::upgrade_report(&engine, &new, &ids, name.as_deref()))
+        .await
+        .map_err(|e| Problem::storage(format!("the check stopped: {e}")))?
+        .map(Json)
 }
 
 use registry::WorkflowVersion;

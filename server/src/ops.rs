@@ -414,3 +414,90 @@ pub fn render_verify(v: &Value) -> String {
     );
     out
 }
+
+/// The `upgrade-check --json` object for runs `ids` of `store` against the
+/// definition `new`: `{compatible, workflow, workflow_sha256, runs:
+/// [{run_id, compatible, events, first_difference_seq, recorded, decided,
+/// reason}]}` (see `chronicle_replay::upgrade`). With no ids, every run of
+/// workflow `workflow` (default: `new.name`), oldest first.
+///
+/// Errors: 422 when there is no run to check; 404 for an unknown run;
+/// 503 for a history that does not decode.
+pub fn upgrade_report(
+    engine: &Engine,
+    new: &chronicle_engine::model::Workflow,
+    ids: &[RunId],
+    workflow: Option<&str>,
+) -> Result<Value, Problem> {
+    let store = engine.store();
+    let ids: Vec<RunId> = if ids.is_empty() {
+        let name = workflow.unwrap_or(&new.name);
+        list_runs(engine, None, Some(name))?
+            .into_iter()
+            .rev()
+            .map(|r| r.run_id)
+            .collect()
+    } else {
+        ids.to_vec()
+    };
+    if ids.is_empty() {
+        return Err(Problem::invalid_input(format!(
+            "no run of workflow {} in this database to check (give runs or a workflow name)",
+            workflow.unwrap_or(&new.name)
+        )));
+    }
+    let agents = chronicle_replay::upgrade::AgentTimelines::read(store)?;
+    let mut rows = Vec::new();
+    for id in ids {
+        let envs = whole_history(store, id)?;
+        let verdict = chronicle_replay::upgrade::check(&envs, new, &|t| agents.at(t)).map_err(
+            |e| match e {
+                chronicle_replay::ReplayError::BadFile { message, .. } => {
+                    Problem::storage(format!("run {id}: {message}"))
+                }
+                other => other.into(),
+            },
+        )?;
+        let mut v = serde_json::to_value(&verdict).expect("a verdict serializes");
+        v["run_id"] = Value::String(id.to_string());
+        rows.push(v);
+    }
+    Ok(json!({
+        "compatible": rows.iter().all(|r| r["compatible"] == true),
+        "workflow": new.name,
+        "workflow_sha256": new.sha256(),
+        "runs": rows,
+    }))
+}
+
+/// The text of `chronicle upgrade-check` from its JSON object.
+pub fn render_upgrade(v: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let runs = v["runs"].as_array().cloned().unwrap_or_default();
+    let ok = runs.iter().filter(|r| r["compatible"] == true).count();
+    for r in &runs {
+        let id = r["run_id"].as_str().unwrap_or("?");
+        if r["compatible"] == true {
+            let _ = writeln!(out, "ok    {id}  compatible ({} events)", r["events"]);
+        } else {
+            let _ = writeln!(
+                out,
+                "FAIL  {id}  differs at seq {}: recorded {}; the new definition decides {} ({})",
+                r["first_difference_seq"],
+                r["recorded"].as_str().unwrap_or("-"),
+                r["decided"].as_str().unwrap_or("-"),
+                r["reason"].as_str().unwrap_or("")
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{} run(s) checked against {} (sha256 {}): {ok} compatible, {} not",
+        runs.len(),
+        v["workflow"].as_str().unwrap_or("?"),
+        v["workflow_sha256"].as_str().unwrap_or("?"),
+        runs.len() - ok
+    );
+    out
+}
