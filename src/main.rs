@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_tracing(&cli);
+    let traces = init_tracing(&cli);
     if let Cmd::Bench { which, json, dir } = &cli.command {
         // Benchmarks build their own runtimes.
         return finish(bench::bench(&cli.db, which, *json, dir.as_deref()));
@@ -46,7 +46,12 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    finish(runtime.block_on(run(cli)))
+    let result = runtime.block_on(run(cli));
+    if let Some(p) = traces {
+        // Flush the spans still batched.
+        let _ = p.shutdown();
+    }
+    finish(result)
 }
 
 fn finish(result: Result<u8, CliError>) -> ExitCode {
@@ -75,8 +80,14 @@ pub fn escape_controls(text: &str) -> String {
         .collect()
 }
 
-fn init_tracing(cli: &Cli) {
-    use tracing_subscriber::EnvFilter;
+/// Logs on stderr (text or JSON, filtered by `-v`/`-q`/`RUST_LOG`) and,
+/// when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (with the other standard
+/// `OTEL_*` variables), traces exported over OTLP/HTTP: the runs' and
+/// attempts' spans (see `chronicle_engine::runtime::trace`) and the
+/// server's request spans. Returns the tracer provider to flush at exit.
+fn init_tracing(cli: &Cli) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, Layer, filter::LevelFilter};
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -85,20 +96,48 @@ fn init_tracing(cli: &Cli) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match cli.log_format {
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match cli.log_format {
         // One JSON object per line, with the fields of the spans it is in
         // (`run_id`, `step_id`, `attempt`; a request's `method`, `route`).
-        cli::LogFormat::Json => builder
+        cli::LogFormat::Json => fmt
             .json()
             .with_current_span(true)
             .with_span_list(true)
             .flatten_event(true)
-            .try_init(),
-        cli::LogFormat::Text => builder.try_init(),
+            .boxed(),
+        cli::LogFormat::Text => fmt.boxed(),
     };
+    let provider = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .filter(|v| !v.is_empty())
+        .and_then(|_| {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()
+                .map_err(|e| eprintln!("warning: traces are not exported: {e}"))
+                .ok()?;
+            Some(
+                opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(
+                        opentelemetry_sdk::Resource::builder()
+                            .with_service_name("chronicle")
+                            .build(),
+                    )
+                    .build(),
+            )
+        });
+    let otel = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider;
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("chronicle"))
+            .with_filter(LevelFilter::INFO)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .try_init();
+    provider
 }
 
 async fn run(cli: Cli) -> Result<u8, CliError> {

@@ -32,6 +32,7 @@ fn req(exec: ExecSpec) -> AttemptRequest {
         step: "s".into(),
         attempt: 1,
         idempotency_key: "run:s".into(),
+        traceparent: Some("00-0123456789abcdef0123456789abcdef-0123456789abcdef-01".into()),
         input: json!({"n": 2}),
         exec,
         deadline: None,
@@ -263,5 +264,53 @@ async fn process_pipes_carry_input_and_large_output() {
         }
         Ok((other, _)) => panic!("expected success, got {other:?}"),
         Err(_) => panic!("an unread input held the attempt for {:?}", t.elapsed()),
+    }
+}
+
+/// Every executor that reaches out gets the attempt's `traceparent`: an
+/// HTTP step as the header, a process as `TRACEPARENT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attempts_traceparent_reaches_http_and_process_steps() {
+    use axum::{Json, Router, http::HeaderMap, routing::post};
+    let app = Router::new().route(
+        "/trace",
+        post(|h: HeaderMap| async move {
+            Json(json!({"traceparent": h.get("traceparent").and_then(|v| v.to_str().ok())}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let sink = OutputSink {
+        dir: None,
+        secrets: Secrets::default(),
+    };
+    let want = req(ExecSpec::default()).traceparent.unwrap();
+    let http = HttpExecutor::new(sink.clone());
+    let r = req(spec(|s| {
+        s.http = Some(HttpSpec {
+            method: "POST".into(),
+            url: format!("http://{addr}/trace"),
+            headers: BTreeMap::new(),
+            body: None,
+        })
+    }));
+    let (_keep, never) = oneshot::channel::<()>();
+    match http.run(r, never).await {
+        AttemptResult::Succeeded { output, .. } => assert_eq!(output["traceparent"], want),
+        other => panic!("expected success, got {other:?}"),
+    }
+    let process = ProcessExecutor {
+        ledger: None,
+        parent_death_signal: false,
+        sink,
+    };
+    let r = req(spec(|s| {
+        s.shell = Some("printf '{\"tp\": \"%s\"}' \"$TRACEPARENT\"".into())
+    }));
+    let (_keep, never) = oneshot::channel::<()>();
+    match process.run(r, never).await {
+        AttemptResult::Succeeded { output, .. } => assert_eq!(output["tp"], want),
+        other => panic!("expected success, got {other:?}"),
     }
 }

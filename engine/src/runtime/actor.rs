@@ -85,6 +85,7 @@ impl RunActor {
 
     pub async fn run(mut self) {
         let span = tracing::info_span!("run", run_id = %self.run_id());
+        super::trace::join_run_trace(&span, self.run_id());
         async move {
             let mut capacity = self.engine.capacity.subscribe();
             loop {
@@ -407,12 +408,13 @@ impl RunActor {
             Some(w) => self.engine.workdir.join(w),
             None => self.engine.workdir.clone(),
         };
-        let req = AttemptRequest {
+        let mut req = AttemptRequest {
             hidden_env: self.state.wf().secrets.clone(),
             run_id,
             step: sa.step.clone(),
             attempt: sa.attempt,
             idempotency_key: sa.idempotency_key.clone(),
+            traceparent: None,
             input: substitute_secrets(&sa.input, &secrets),
             exec,
             deadline: sa.deadline,
@@ -440,11 +442,29 @@ impl RunActor {
         );
         let dispatcher = self.engine.dispatcher(self.secrets.clone());
         let tx = self.tx.clone();
-        let span = tracing::info_span!("attempt", run_id = %run_id, step_id = %sa.step, attempt = sa.attempt);
+        let span = tracing::info_span!(
+            "attempt",
+            run_id = %run_id,
+            step_id = %sa.step,
+            attempt = sa.attempt,
+            agent = sa.agent.as_deref().unwrap_or(""),
+            outcome = tracing::field::Empty,
+        );
+        req.traceparent = Some(super::trace::traceparent(
+            &span,
+            run_id,
+            sa.step.as_str(),
+            sa.attempt,
+        ));
         tokio::spawn(
             async move {
                 tracing::debug!("attempt started");
                 let result = dispatcher.run(req, kill_rx).await;
+                let outcome = match &result {
+                    AttemptResult::Succeeded { .. } => "succeeded",
+                    AttemptResult::Failed { kind, .. } => kind.as_str(),
+                };
+                tracing::Span::current().record("outcome", outcome);
                 tracing::debug!(
                     ok = matches!(result, AttemptResult::Succeeded { .. }),
                     "attempt ended"

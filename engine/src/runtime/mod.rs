@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod processes;
 mod recovery;
 mod shared;
+pub mod trace;
 
 pub use builder::{EngineBuilder, IdSource};
 pub use engine::{Engine, EngineError};

@@ -99,6 +99,10 @@ impl Executor for HttpExecutor {
                 .header("Idempotency-Key", &req.idempotency_key)
                 .header("X-Chronicle-Run-Id", req.run_id.to_string())
                 .header("X-Chronicle-Attempt", req.attempt.to_string())
+                .header(
+                    "traceparent",
+                    req.traceparent.as_deref().unwrap_or_default(),
+                )
                 .json(&body);
             for (k, v) in &spec.headers {
                 rb = rb.header(k, v);

@@ -38,6 +38,9 @@ pub struct AttemptRequest {
     pub attempt: u32,
     /// `RUN_ID:STEP_ID`, the same for every attempt.
     pub idempotency_key: String,
+    /// The W3C `traceparent` of the attempt's span (see `runtime::trace`):
+    /// sent as the `traceparent` header and the `TRACEPARENT` variable.
+    pub traceparent: Option<String>,
     /// Resolved input, secrets substituted (never logged).
     pub input: Value,
     /// The executor spec, templates resolved, secrets substituted.

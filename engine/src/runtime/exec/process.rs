@@ -173,6 +173,10 @@ impl Executor for ProcessExecutor {
                 .env("CHRONICLE_STEP_ID", req.step.as_str())
                 .env("CHRONICLE_ATTEMPT", req.attempt.to_string())
                 .env("CHRONICLE_IDEMPOTENCY_KEY", &req.idempotency_key)
+                .env(
+                    "TRACEPARENT",
+                    req.traceparent.as_deref().unwrap_or_default(),
+                )
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
             if let Some(dl) = req.deadline {
@@ -367,6 +371,7 @@ mod tests {
             step: "s".into(),
             attempt: 1,
             idempotency_key: "run:s".into(),
+            traceparent: None,
             input,
             exec: ExecSpec {
                 shell: Some(shell.into()),
