@@ -1235,3 +1235,39 @@ fn metrics_need_a_token_beyond_loopback() {
         assert!(child.wait().unwrap().success());
     }
 }
+
+#[test]
+fn serve_refuses_a_damaged_or_held_database_and_changes_nothing() {
+    let env = Env::new();
+    std::fs::write(env.db(), b"not a redb file at all, just bytes").unwrap();
+    let before = crate::support::digest(&env.db());
+    let out = env.run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("chronicle.redb"), "{out:?}");
+    assert_eq!(
+        crate::support::digest(&env.db()),
+        before,
+        "the file is untouched"
+    );
+    assert!(!env.path("chronicle.redb-server.json").exists());
+    assert!(!env.path("chronicle.redb-token").exists());
+    // A database another process holds: exit 3, nothing written.
+    let env = Env::new();
+    let marker = format!("held-{}", std::process::id());
+    let wf = env.write("slow.yaml", &slow(&marker, 30));
+    let mut runner = env
+        .cmd()
+        .args(["run", wf.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&env.path(&format!("{marker}.started")));
+    let out = env.run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("in use by another process"), "{out:?}");
+    assert!(!env.path("chronicle.redb-server.json").exists());
+    let _ = runner.kill();
+    let _ = runner.wait();
+    crate::support::kill_marked(&marker);
+}

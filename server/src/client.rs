@@ -22,6 +22,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// The server's pid, when found through its discovery file.
+    pid: Option<u32>,
 }
 
 /// One Server-Sent Event of a run's stream.
@@ -74,6 +76,7 @@ impl Client {
             http,
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
+            pid: None,
         })
     }
 
@@ -96,7 +99,9 @@ impl Client {
                 ),
             )
         })?;
-        Self::new(&d.url, &token, d.tls_cert.as_deref()).map(Some)
+        let mut c = Self::new(&d.url, &token, d.tls_cert.as_deref())?;
+        c.pid = Some(d.pid);
+        Ok(Some(c))
     }
 
     /// The server's base URL.
@@ -105,7 +110,13 @@ impl Client {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> Problem {
-        Problem::storage(format!("cannot reach the server at {}: {e}", self.base))
+        match self.pid {
+            Some(pid) if e.is_connect() => Problem::storage(format!(
+                "cannot reach the server at {} (pid {pid} holds the database; it may be shutting down: retry once it has exited): {e}",
+                self.base
+            )),
+            _ => Problem::storage(format!("cannot reach the server at {}: {e}", self.base)),
+        }
     }
 
     /// Send a request; a non-2xx answer becomes its problem. A server
