@@ -214,6 +214,12 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Every agent: skills, circuit, load, the workflows that declare it.
+    Agents {
+        /// JSON output (with each agent's last transitions).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a run's history as JSON Lines.
     Export {
         /// Run id or prefix.

@@ -154,6 +154,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         | Cmd::Verify { .. }
         | Cmd::Diff { .. }
         | Cmd::UpgradeCheck { .. }
+        | Cmd::Agents { .. }
         | Cmd::Export { .. }
         | Cmd::Import { .. }
         | Cmd::Cancel { .. }
@@ -194,6 +195,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             } => remote::verify(&c, run.as_deref(), expect_head.as_deref(), json).await,
             Cmd::Export { run } => remote::export(&c, &run).await,
             Cmd::Diff { a, b, json } => remote::diff(&c, &a, &b, json).await,
+            Cmd::Agents { json } => remote::agents(&c, json).await,
             Cmd::UpgradeCheck {
                 file,
                 runs,
@@ -271,6 +273,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         } => runs::fork(&db, &run, at, input.as_deref(), &set_output, quiet).await,
         Cmd::Export { run } => queries::export(&db, &run),
         Cmd::Diff { a, b, json } => queries::diff(&db, &a, &b, json),
+        Cmd::Agents { json } => queries::agents(&db, json),
         Cmd::UpgradeCheck {
             file,
             runs,

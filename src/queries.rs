@@ -393,6 +393,22 @@ pub fn print_upgrade(v: &Value, json: bool) -> u8 {
     if v["compatible"] == true { 0 } else { 1 }
 }
 
+/// `chronicle agents`.
+pub fn agents(db: &Path, json: bool) -> Result<u8, CliError> {
+    let engine = engine_existing(db)?;
+    print_agents(&ops::agents(&engine)?, json);
+    Ok(0)
+}
+
+/// Print `agents`.
+pub fn print_agents(v: &Value, json: bool) {
+    if json {
+        print_json(v);
+    } else {
+        print!("{}", ops::render_agents(v));
+    }
+}
+
 /// `chronicle export RUN`.
 pub fn export(db: &Path, run: &str) -> Result<u8, CliError> {
     let engine = engine_existing(db)?;

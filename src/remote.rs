@@ -290,6 +290,13 @@ pub async fn upgrade_check(
     Ok(queries::print_upgrade(&v, json))
 }
 
+/// `agents` through the server (with the load of its running attempts).
+pub async fn agents(c: &Client, json: bool) -> Result<u8, CliError> {
+    let v = c.get_json("/v1/agents").await?;
+    queries::print_agents(&v, json);
+    Ok(0)
+}
+
 /// `export RUN` through the server.
 pub async fn export(c: &Client, run: &str) -> Result<u8, CliError> {
     use std::io::Write;

@@ -500,3 +500,42 @@ fn diff_compares_two_runs_and_finds_where_they_diverge() {
     let unknown = env.run(&["diff", &a, "ffff"]);
     assert_eq!(unknown.code, 2);
 }
+
+#[test]
+fn agents_lists_skills_circuits_and_transitions() {
+    let env = Env::new();
+    let out = env.run_in_root(&["run", "examples/agents.yaml"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v = env.run(&["agents", "--json"]).json();
+    let agents = v["agents"].as_array().unwrap();
+    let by = |n: &str| agents.iter().find(|a| a["name"] == n).unwrap().clone();
+    let names: Vec<&str> = agents.iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["brittle", "classifier", "steady", "summarizer"]);
+    // brittle failed twice in a row: its circuit opened (agents.yaml says
+    // failure_threshold: 2).
+    let brittle = by("brittle");
+    assert_eq!(brittle["circuit"]["state"], "open");
+    assert_eq!(brittle["circuit"]["failures"], 2);
+    assert!(brittle["circuit"]["open_until"].is_string());
+    let events: Vec<&str> = brittle["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["FailureCounted", "FailureCounted", "CircuitOpened"]
+    );
+    assert_eq!(by("steady")["circuit"]["state"], "closed");
+    assert_eq!(by("summarizer")["skills"], serde_json::json!(["summarize"]));
+    assert_eq!(by("summarizer")["concurrency"], 2);
+    assert_eq!(by("classifier")["workflows"], serde_json::json!(["agents"]));
+    let text = env.run(&["agents"]);
+    assert!(
+        text.stdout
+            .lines()
+            .any(|l| l.starts_with("brittle") && l.contains("open")),
+        "{text:?}"
+    );
+}

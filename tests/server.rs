@@ -100,6 +100,7 @@ fn health_auth_and_the_openapi_document() {
         "GET /v1/workflows/{name}",
         "GET /v1/workflows",
         "POST /v1/upgrade-check",
+        "GET /v1/agents",
     ]
     .into_iter()
     .map(String::from)
@@ -751,6 +752,8 @@ fn commands_print_and_exit_alike_with_and_without_a_server() {
         vec!["verify", &run],
         vec!["verify", &run, "--json"],
         vec!["export", &run],
+        vec!["agents"],
+        vec!["agents", "--json"],
         vec!["diff", &run, &run],
         vec!["diff", &run, &failed, "--json"],
         vec!["cancel", &run],

@@ -158,6 +158,7 @@ pub fn v1_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(put_workflow, get_workflow))
         .routes(routes!(list_workflows))
         .routes(routes!(upgrade_check))
+        .routes(routes!(list_agents))
         .split_for_parts()
 }
 
@@ -864,6 +865,21 @@ pub async fn upgrade_check(
     tokio::task::spawn_blocking(move || ops::upgrade_report(&engine, &new, &ids, name.as_deref()))
         .await
         .map_err(|e| Problem::storage(format!("the check stopped: {e}")))?
+        .map(Json)
+}
+
+/// Every agent: skills, concurrency, the workflows that declare it, its
+/// circuit, attempts running on it, its last transitions (the
+/// `agents --json` object).
+#[utoipa::path(
+    get, path = "/v1/agents", tag = "agents",
+    responses((status = 200, description = "`{agents: [{name, skills, concurrency, workflows, circuit: {state, failures, open_until}, load, recent}]}`", body = Object), (status = 503, body = Problem))
+)]
+pub async fn list_agents(State(app): State<AppState>) -> Result<Json<Value>, Problem> {
+    let engine = app.0.engine.clone();
+    tokio::task::spawn_blocking(move || ops::agents(&engine))
+        .await
+        .map_err(|e| Problem::storage(format!("the listing stopped: {e}")))?
         .map(Json)
 }
 

@@ -86,6 +86,16 @@ fn attempt(workflow: &str, status: &'static str, duration_ms: Option<u64>) {
 }
 
 impl Engine {
+    /// Attempts running now on each agent this engine has seen.
+    pub fn agent_loads(&self) -> Vec<(String, u32)> {
+        self.inner
+            .capacity
+            .agents()
+            .into_iter()
+            .map(|(n, load, _)| (n, load))
+            .collect()
+    }
+
     /// Set the gauges that describe this engine now (runs held by status,
     /// each agent's load and circuit); an exporter calls this before each
     /// scrape. Does nothing while metrics are off.
