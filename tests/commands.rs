@@ -539,3 +539,66 @@ fn agents_lists_skills_circuits_and_transitions() {
         "{text:?}"
     );
 }
+
+#[test]
+fn a_failing_health_check_opens_the_agents_circuit_until_it_passes() {
+    let env = Env::new();
+    let wf = env.write(
+        "h.yaml",
+        "name: h\nagents:\n  flaky:\n    skills: [x]\n    shell: echo '{\"ok\":true}'\n    health: { shell: 'test -f healthy', interval: 100ms, timeout: 2s }\n    circuit_breaker: { failure_threshold: 5, cool_down: 300ms }\nsteps:\n  - id: first\n    shell: touch first.started; while [ ! -f healthy ]; do sleep 0.05; done\n  - id: work\n    needs: [first]\n    skills: [x]\n",
+    );
+    let child = env
+        .cmd()
+        .args(["run", wf.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::support::wait_for(&env.path("first.started"));
+    // Several failed checks, then the agent becomes healthy.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::fs::write(env.path("healthy"), "").unwrap();
+    let out = crate::support::Out::from(child.wait_with_output().unwrap());
+    assert_eq!(out.code, 0, "{out:?}");
+    let v = env.run(&["agents", "--json"]).json();
+    let flaky = &v["agents"][0];
+    assert_eq!(flaky["name"], "flaky");
+    assert_eq!(flaky["health"]["healthy"], true, "{flaky}");
+    assert_eq!(flaky["health"]["detail"], "exit 0");
+    assert_eq!(
+        flaky["circuit"]["state"], "closed",
+        "the probe closed it: {flaky}"
+    );
+    let events: Vec<&str> = flaky["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    // A verdict is recorded when it changes; the failing check opened the
+    // circuit; after the cool-down one probe (the step) closed it.
+    let pos = |name: &str| {
+        events
+            .iter()
+            .position(|e| *e == name)
+            .unwrap_or_else(|| panic!("{name} in {events:?}"))
+    };
+    assert_eq!(events[0], "HealthChecked");
+    assert!(
+        pos("CircuitOpened") < pos("CircuitHalfOpened"),
+        "{events:?}"
+    );
+    assert!(
+        pos("CircuitHalfOpened") < pos("CircuitClosed"),
+        "{events:?}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| **e == "HealthChecked").count(),
+        2,
+        "{events:?}"
+    );
+    // The step ran on the agent only once it was healthy again.
+    let work = env.run(&["status", &out.run_id(), "--json"]).json();
+    assert_eq!(work["steps"][1]["agent"], "flaky");
+    assert_eq!(work["steps"][1]["attempts"], 1);
+}

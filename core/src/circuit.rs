@@ -43,7 +43,9 @@ pub fn evolve_circuit(state: CircuitState, event: &AgentEvent) -> CircuitState {
         AgentEvent::CircuitOpened { until, .. } => CircuitState::Open { until: *until },
         AgentEvent::CircuitHalfOpened {} => CircuitState::HalfOpen,
         AgentEvent::CircuitClosed {} => CircuitState::Closed,
-        AgentEvent::FailureCounted { .. } | AgentEvent::FailuresReset { .. } => state,
+        AgentEvent::FailureCounted { .. }
+        | AgentEvent::FailuresReset { .. }
+        | AgentEvent::HealthChecked { .. } => state,
     }
 }
 
@@ -75,7 +77,9 @@ impl Breaker {
         match e {
             AgentEvent::FailureCounted { failures, .. } => self.failures = *failures,
             AgentEvent::FailuresReset { .. } | AgentEvent::CircuitClosed {} => self.failures = 0,
-            AgentEvent::CircuitOpened { .. } | AgentEvent::CircuitHalfOpened {} => {}
+            AgentEvent::CircuitOpened { .. }
+            | AgentEvent::CircuitHalfOpened {}
+            | AgentEvent::HealthChecked { .. } => {}
         }
     }
 
@@ -139,6 +143,25 @@ impl Breaker {
             }
             _ => vec![],
         }
+    }
+
+    /// A health check failed at `now`: a circuit that is not open opens
+    /// for `cool_down` (then half-opens and one probe attempt decides, as
+    /// after failures).
+    pub fn on_health_failed(
+        &mut self,
+        now: DateTime<Utc>,
+        cool_down: chrono::TimeDelta,
+    ) -> Vec<AgentEvent> {
+        if matches!(self.state, CircuitState::Open { .. }) {
+            return vec![];
+        }
+        let e = AgentEvent::CircuitOpened {
+            failures: self.failures,
+            until: now + cool_down,
+        };
+        self.apply(&e);
+        vec![e]
     }
 
     /// When the breaker next needs a tick (end of an open cool-down).

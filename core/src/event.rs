@@ -316,6 +316,14 @@ pub enum AgentEvent {
     CircuitHalfOpened {},
     /// The probe succeeded: the agent takes work again.
     CircuitClosed {},
+    /// The agent's health check changed verdict (recorded at the first
+    /// check and at each change, not at every check).
+    HealthChecked {
+        /// The check passed.
+        healthy: bool,
+        /// What it found: the exit status or HTTP status, or the error.
+        detail: String,
+    },
 }
 
 impl AgentEvent {
@@ -327,6 +335,7 @@ impl AgentEvent {
             Self::CircuitOpened { .. } => "CircuitOpened",
             Self::CircuitHalfOpened {} => "CircuitHalfOpened",
             Self::CircuitClosed {} => "CircuitClosed",
+            Self::HealthChecked { .. } => "HealthChecked",
         }
     }
 }

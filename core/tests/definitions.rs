@@ -241,3 +241,31 @@ fn the_json_schema_is_published_and_current() {
         "docs/workflow.schema.json is stale: rerun with CHRONICLE_WRITE_SCHEMA=1"
     );
 }
+
+#[test]
+fn an_agents_health_check_is_one_command_script_or_url() {
+    let agent = |health: &str| {
+        format!(
+            "name: h\nagents:\n  a:\n    skills: [x]\n    command: ['true']\n    health: {health}\nsteps:\n  - id: s\n    skills: [x]\n"
+        )
+    };
+    let ok = parse_definition("h.yaml", &agent("{ shell: 'true', interval: 10s }")).unwrap();
+    let h = ok.agents["a"].health.as_ref().unwrap();
+    assert_eq!((h.interval.ms, h.timeout.ms), (10_000, 5_000));
+    for (bad, why) in [
+        (
+            "{ shell: 'true', http: 'http://x' }",
+            "exactly one of command, shell, http (has 2)",
+        ),
+        (
+            "{ interval: 10s }",
+            "exactly one of command, shell, http (has 0)",
+        ),
+        ("{ http: 'ftp://x' }", "must start with http:// or https://"),
+        ("{ command: [] }", "health.command is an empty argv list"),
+        ("{ shell: 'true', interval: 0s }", "must be above zero"),
+    ] {
+        let e = parse_definition("h.yaml", &agent(bad)).unwrap_err();
+        assert!(e.to_string().contains(why), "{bad}: {e}");
+    }
+}

@@ -507,8 +507,9 @@ pub fn render_upgrade(v: &Value) -> String {
 /// by the newest run of each workflow, or with a stream of its own — with
 /// its skills and concurrency (from the newest declaration), the
 /// workflows that declare it, its circuit (folded from `agent:NAME`),
-/// attempts running on it in this engine, and its last transitions
-/// (at most 10, newest last).
+/// attempts running on it in this engine, its last health verdict
+/// (`{healthy, detail, since}`, or null without a check), and its last
+/// transitions (at most 10, newest last).
 ///
 /// Errors: storage errors; a history or agent event that does not decode.
 pub fn agents(engine: &Engine) -> Result<Value, Problem> {
@@ -563,9 +564,13 @@ pub fn agents(engine: &Engine) -> Result<Value, Problem> {
     for name in names {
         let mut breaker = chronicle_engine::circuit::Breaker::default();
         let mut recent = Vec::new();
+        let mut health = Value::Null;
         for env in streams.get(&name).into_iter().flatten() {
             let e: chronicle_engine::event::AgentEvent = env.decode()?;
             breaker.apply(&e);
+            if let chronicle_engine::event::AgentEvent::HealthChecked { healthy, detail } = &e {
+                health = json!({"healthy": healthy, "detail": detail, "since": env.recorded_at});
+            }
             recent.push(json!({"seq": env.seq.0, "at": env.recorded_at, "event": e.name()}));
         }
         let keep = recent.len().saturating_sub(10);
@@ -582,6 +587,7 @@ pub fn agents(engine: &Engine) -> Result<Value, Problem> {
             "workflows": k.map(|k| k.workflows.clone()).unwrap_or_default(),
             "circuit": {"state": breaker.state.as_str(), "failures": breaker.failures, "open_until": until},
             "load": load.get(&name).copied().unwrap_or(0),
+            "health": health,
             "recent": recent,
         }));
     }
@@ -594,8 +600,8 @@ pub fn render_agents(v: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<16}  {:<9}  {:>4}  {:>8}  {:<28}  WORKFLOWS",
-        "AGENT", "CIRCUIT", "LOAD", "FAILURES", "SKILLS"
+        "{:<16}  {:<9}  {:<9}  {:>4}  {:>8}  {:<28}  WORKFLOWS",
+        "AGENT", "CIRCUIT", "HEALTH", "LOAD", "FAILURES", "SKILLS"
     );
     for a in v["agents"].as_array().into_iter().flatten() {
         let list = |k: &str| {
@@ -606,11 +612,17 @@ pub fn render_agents(v: &Value) -> String {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let health = match a["health"]["healthy"].as_bool() {
+            Some(true) => "healthy",
+            Some(false) => "failing",
+            None => "-",
+        };
         let _ = writeln!(
             out,
-            "{:<16}  {:<9}  {:>4}  {:>8}  {:<28}  {}",
+            "{:<16}  {:<9}  {:<9}  {:>4}  {:>8}  {:<28}  {}",
             a["name"].as_str().unwrap_or("?"),
             a["circuit"]["state"].as_str().unwrap_or("?"),
+            health,
             a["load"].as_u64().unwrap_or(0),
             a["circuit"]["failures"].as_u64().unwrap_or(0),
             list("skills"),

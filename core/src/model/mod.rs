@@ -111,6 +111,37 @@ pub struct Agent {
     /// Circuit breaker settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitPolicy>,
+    /// A health check the engine runs every `interval` while runs that
+    /// declare the agent are active; a failing check opens its circuit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+}
+
+/// An agent's health check: exactly one of `command`, `shell`, `http`.
+/// A command or script is healthy when it exits 0, a URL when a `GET`
+/// answers 2xx, each within `timeout`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// An argv list, run without a shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// A script run by `/bin/sh -c`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// A URL (`http://` or `https://`) fetched with `GET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Time between checks (default 30s).
+    #[serde(default = "thirty_s")]
+    pub interval: HumanDuration,
+    /// Longest a check may take; longer is a failure (default 5s).
+    #[serde(default = "five_s")]
+    pub timeout: HumanDuration,
+}
+
+fn five_s() -> HumanDuration {
+    HumanDuration::from_secs(5)
 }
 
 fn one() -> u32 {

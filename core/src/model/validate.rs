@@ -138,6 +138,33 @@ pub fn validate(wf: &Workflow) -> Result<(), Invalid> {
         {
             return Err(top(format!("agent {name}: command is an empty argv list")));
         }
+        if let Some(h) = &agent.health {
+            let n = usize::from(h.command.is_some())
+                + usize::from(h.shell.is_some())
+                + usize::from(h.http.is_some());
+            if n != 1 {
+                return Err(top(format!(
+                    "agent {name}: health must have exactly one of command, shell, http (has {n})"
+                )));
+            }
+            if h.command.as_ref().is_some_and(|c| c.is_empty()) {
+                return Err(top(format!(
+                    "agent {name}: health.command is an empty argv list"
+                )));
+            }
+            if let Some(u) = &h.http
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                return Err(top(format!(
+                    "agent {name}: health.http {u:?} must start with http:// or https://"
+                )));
+            }
+            if h.interval.ms == 0 || h.timeout.ms == 0 {
+                return Err(top(format!(
+                    "agent {name}: health.interval and health.timeout must be above zero"
+                )));
+            }
+        }
     }
     let mut ids = BTreeSet::new();
     for s in &wf.steps {

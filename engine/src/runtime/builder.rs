@@ -182,6 +182,7 @@ impl EngineBuilder {
                 parent_death_signal: self.parent_death_signal,
                 watchdog,
                 ledger: Default::default(),
+                health_loops: Default::default(),
             }),
         })
     }

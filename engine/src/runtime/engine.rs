@@ -241,6 +241,7 @@ impl Engine {
 
     pub(crate) fn spawn_actor(&self, state: RunState) -> RunHandle {
         let run_id = state.run_id.expect("a created run has an id");
+        super::health::ensure_loops(&self.inner, state.wf());
         let (tx, rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(Arc::new(state.clone()));
         let handle = RunHandle {

@@ -11,6 +11,7 @@ pub mod capacity;
 mod commit;
 mod engine;
 pub mod exec;
+mod health;
 pub mod index;
 pub mod metrics;
 pub mod processes;

@@ -37,6 +37,8 @@ pub(crate) struct Inner {
     pub(crate) parent_death_signal: bool,
     /// Kills the attempts' process groups if this process dies.
     pub(crate) watchdog: super::processes::Watchdog,
+    /// Agents whose health check loop runs in this engine.
+    pub(crate) health_loops: Mutex<std::collections::HashSet<String>>,
     /// The process ledger, built at the first dispatcher (it reads this
     /// boot's id and this process's start time: once, not per run).
     pub(crate) ledger: std::sync::OnceLock<super::processes::ProcessLedger>,
