@@ -1274,3 +1274,59 @@ fn serve_refuses_a_damaged_or_held_database_and_changes_nothing() {
     let _ = runner.wait();
     crate::support::kill_marked(&marker);
 }
+
+#[test]
+fn a_run_created_with_a_traceparent_joins_the_callers_trace() {
+    let env = Env::new();
+    let s = env.serve(&[]);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = s
+        .http
+        .post(format!("{}/v1/runs", s.url))
+        .bearer_auth(&s.token)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"workflow": QUICK}))
+        .send()
+        .unwrap();
+    let run = r.json::<Value>().unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_status(&s, &run);
+    let first: Value = s
+        .get(&format!("/v1/runs/{run}/events?limit=1"))
+        .json()
+        .unwrap();
+    assert_eq!(first["events"][0]["payload"]["trace_id"], trace);
+    // Without one, the run's own id is its trace.
+    let r = s.post("/v1/runs", &json!({"workflow": QUICK}));
+    let other = r.json::<Value>().unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first: Value = s
+        .get(&format!("/v1/runs/{other}/events?limit=1"))
+        .json()
+        .unwrap();
+    assert_eq!(
+        first["events"][0]["payload"]["trace_id"],
+        other.replace('-', "")
+    );
+    // A step sees the run's trace in TRACEPARENT.
+    let wf = "name: tp\nsteps:\n  - id: a\n    shell: |\n      printf '{\"tp\": \"%s\"}' \"$TRACEPARENT\"\n";
+    let r = s
+        .http
+        .post(format!("{}/v1/runs", s.url))
+        .bearer_auth(&s.token)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"workflow": wf}))
+        .send()
+        .unwrap();
+    let run = r.json::<Value>().unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let st = wait_status(&s, &run);
+    let tp = st["steps"][0]["output"]["tp"].as_str().unwrap().to_string();
+    assert!(tp.starts_with(&format!("00-{trace}-")), "{tp}");
+}

@@ -118,6 +118,7 @@ fn history(run: RunId, steps_done: usize) -> Vec<chronicle_engine::event::RunEve
         input: json!({"file": "HDFS_2k.log"}),
         idempotency_key: None,
         seed: 1,
+        trace_id: None,
     };
     apply(&mut state, create, &mut all);
     apply(&mut state, Command::Start, &mut all);

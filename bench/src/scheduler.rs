@@ -86,6 +86,7 @@ fn new_run(wf: &Arc<Workflow>, i: usize, now: DateTime<Utc>) -> (RunId, Run) {
         input: json!({}),
         idempotency_key: None,
         seed: 1,
+        trace_id: None,
     };
     let _ = step(&mut run, create, now);
     (id, run)

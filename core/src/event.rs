@@ -72,6 +72,11 @@ pub enum RunEvent {
         idempotency_key: Option<String>,
         /// The seed of the run's deterministic randomness (retry jitter).
         seed: u64,
+        /// The run's trace (32 hex digits, W3C): its run id, or the trace
+        /// of the request that created it; every process executing the
+        /// run continues it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace_id: Option<String>,
     },
     /// A run forked from another run at a seq; steps in `carried` keep the
     /// source's outputs, every other step runs again.
@@ -363,6 +368,8 @@ struct RunCreatedRaw<'a> {
     #[serde(default)]
     idempotency_key: Option<String>,
     seed: u64,
+    #[serde(default)]
+    trace_id: Option<String>,
 }
 
 impl RunEvent {
@@ -400,6 +407,7 @@ impl RunEvent {
             input: raw.input,
             idempotency_key: raw.idempotency_key,
             seed: raw.seed,
+            trace_id: raw.trace_id,
         })
     }
 }

@@ -81,6 +81,7 @@ steps:
         input: json!({}),
         idempotency_key: None,
         seed: 1,
+        trace_id: None,
     });
     assert_yaml_snapshot!("routing_3_least_loaded", brief(&sim.cmd(Command::Start)));
 }

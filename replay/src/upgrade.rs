@@ -199,6 +199,7 @@ pub fn check(
             input,
             idempotency_key,
             seed,
+            trace_id,
             ..
         } => RunEvent::RunCreated {
             run_id,
@@ -207,6 +208,7 @@ pub fn check(
             input,
             idempotency_key,
             seed,
+            trace_id,
         },
         RunEvent::RunForked {
             run_id,

@@ -375,7 +375,10 @@ fn created_response(run: RunId, status: StatusCode, mut body: Value) -> Response
 #[utoipa::path(
     post, path = "/v1/runs", tag = "runs",
     request_body = CreateRun,
-    params(("Idempotency-Key" = Option<String>, Header, description = "The same key with the same body returns the existing run (200); with another body, 422")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key with the same body returns the existing run (200); with another body, 422"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context: the run joins this trace (recorded in RunCreated)")
+    ),
     responses(
         (status = 202, description = "Created; executing. `Location` names the run", body = Object),
         (status = 200, description = "The run this idempotency key created", body = Object),
@@ -429,7 +432,12 @@ pub async fn create_run(
             "workflow_version": version,
         })
     };
-    let (run, created) = engine.submit(wf, input, key).await?;
+    // A caller's W3C trace: the run joins it.
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(chronicle_engine::runtime::trace::trace_id_of_traceparent);
+    let (run, created) = engine.submit_traced(wf, input, key, trace).await?;
     Ok(if created {
         created_response(run, StatusCode::ACCEPTED, body(run, "running"))
     } else {

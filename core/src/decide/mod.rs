@@ -79,6 +79,7 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
         input,
         idempotency_key,
         seed,
+        trace_id,
     } = command
     {
         if state.run_id.is_some() {
@@ -93,6 +94,7 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
             input,
             idempotency_key,
             seed,
+            trace_id,
         })?;
         return Ok(d.events);
     }

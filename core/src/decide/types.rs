@@ -97,6 +97,8 @@ pub enum Command {
         idempotency_key: Option<String>,
         /// Seed for retry jitter.
         seed: u64,
+        /// The run's trace id (32 hex digits), recorded in `RunCreated`.
+        trace_id: Option<String>,
     },
     /// Start executing.
     Start,

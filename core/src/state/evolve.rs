@@ -120,6 +120,7 @@ pub fn evolve(
             input,
             idempotency_key,
             seed,
+            trace_id,
         } => {
             begin_run(
                 &mut state,
@@ -131,6 +132,7 @@ pub fn evolve(
                 at,
             );
             state.idempotency_key = idempotency_key.clone();
+            state.trace_id = trace_id.clone();
             state.promote();
         }
         RunEvent::RunForked {

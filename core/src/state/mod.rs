@@ -218,6 +218,9 @@ pub struct RunState {
     /// Its SHA-256.
     #[serde(default)]
     pub workflow_sha256: String,
+    /// The run's trace id, when `RunCreated` recorded one (32 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The run input.
     #[serde(default)]
     pub input: Value,

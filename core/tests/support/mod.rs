@@ -65,6 +65,7 @@ impl Sim {
             input: json!({}),
             idempotency_key: Some("key-1".into()),
             seed: 42,
+            trace_id: None,
         });
         events.extend(sim.cmd(Command::Start));
         (sim, events)

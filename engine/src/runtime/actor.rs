@@ -85,7 +85,7 @@ impl RunActor {
 
     pub async fn run(mut self) {
         let span = tracing::info_span!("run", run_id = %self.run_id());
-        super::trace::join_run_trace(&span, self.run_id());
+        super::trace::join_run_trace(&span, self.run_id(), self.state.trace_id.as_deref());
         async move {
             let mut capacity = self.engine.capacity.subscribe();
             loop {
@@ -453,6 +453,7 @@ impl RunActor {
         req.traceparent = Some(super::trace::traceparent(
             &span,
             run_id,
+            self.state.trace_id.as_deref(),
             sa.step.as_str(),
             sa.attempt,
         ));

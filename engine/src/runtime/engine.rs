@@ -121,6 +121,21 @@ impl Engine {
         input: Value,
         idempotency_key: Option<String>,
     ) -> Result<(RunId, bool), EngineError> {
+        self.submit_traced(workflow, input, idempotency_key, None)
+            .await
+    }
+
+    /// [`Engine::submit`] as part of the trace `trace_id` (32 hex digits,
+    /// e.g. from a request's `traceparent`); without one the run's trace
+    /// is its run id. Either is recorded in `RunCreated`, and every process
+    /// that executes the run continues that trace.
+    pub async fn submit_traced(
+        &self,
+        workflow: Workflow,
+        input: Value,
+        idempotency_key: Option<String>,
+        trace_id: Option<String>,
+    ) -> Result<(RunId, bool), EngineError> {
         let missing = self.inner.missing_secrets(&workflow.secrets);
         if !missing.is_empty() {
             return Err(EngineError::MissingSecrets(missing.join(", ")));
@@ -142,6 +157,11 @@ impl Engine {
             input: input.clone(),
             idempotency_key: idempotency_key.clone(),
             seed,
+            trace_id: Some(
+                trace_id
+                    .filter(|t| super::trace::parse_trace_id(t).is_some())
+                    .unwrap_or_else(|| super::trace::trace_id(run_id).to_string()),
+            ),
         };
         let mut index = Vec::new();
         if let Some(k) = &idempotency_key {
