@@ -602,3 +602,76 @@ fn a_failing_health_check_opens_the_agents_circuit_until_it_passes() {
     assert_eq!(work["steps"][1]["agent"], "flaky");
     assert_eq!(work["steps"][1]["attempts"], 1);
 }
+
+#[test]
+fn traces_are_exported_over_otlp_http_with_the_run_as_the_trace() {
+    use std::io::{Read, Write};
+    // A real OTLP/HTTP receiver: it answers 200 and keeps each request.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            // Read the head, then the body by its Content-Length.
+            let (head, body_start) = loop {
+                let n = c.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break (String::new(), 0);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break (String::from_utf8_lossy(&buf[..i]).to_string(), i + 4);
+                }
+            };
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            while buf.len() < body_start + len {
+                let n = c.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            let _ = tx.send((head, buf[body_start..].to_vec()));
+        }
+    });
+    let env = Env::new();
+    let wf = env.write("ok.yaml", OK);
+    let mut c = env.cmd();
+    c.env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        format!("http://127.0.0.1:{port}"),
+    )
+    .args(["run", wf.to_str().unwrap()]);
+    let out = crate::support::Out::from(c.output().unwrap());
+    assert_eq!(out.code, 0, "{out:?}");
+    let run: uuid::Uuid = out.run_id().parse().unwrap();
+    let (head, body) = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("an OTLP export");
+    assert!(head.starts_with("POST /v1/traces "), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/x-protobuf"),
+        "{head}"
+    );
+    // The spans' trace id is the run id, in the protobuf's bytes.
+    assert!(
+        body.windows(16).any(|w| w == run.as_bytes()),
+        "the run id is the trace id of the exported spans"
+    );
+    assert!(
+        body.windows(7).any(|w| w == b"attempt"),
+        "attempt spans exported"
+    );
+}
