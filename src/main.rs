@@ -10,6 +10,7 @@ mod queries;
 mod remote;
 mod runs;
 mod serve;
+mod signals;
 
 use std::io::Write;
 use std::process::ExitCode;

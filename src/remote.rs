@@ -454,14 +454,7 @@ async fn follow_to_end(
     quiet: bool,
     first_line: Option<String>,
 ) -> Result<u8, CliError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let listen = |kind: SignalKind| {
-        signal(kind).map_err(|e| CliError::storage(format!("cannot handle signals: {e}")))
-    };
-    let (mut int, mut term) = (
-        listen(SignalKind::interrupt())?,
-        listen(SignalKind::terminate())?,
-    );
+    let mut stop = crate::signals::StopSignals::new()?;
     let (tx, rx) = tokio::sync::broadcast::channel(4096);
     let progress = Progress::start(rx, quiet);
     if let (Some(line), false) = (&first_line, quiet) {
@@ -507,8 +500,7 @@ async fn follow_to_end(
             let state = state_of(c, run, "").await?;
             return Ok(crate::runs::summarize(&state, quiet));
         }
-        _ = int.recv() => ("SIGINT", 130),
-        _ = term.recv() => ("SIGTERM", 143),
+        s = stop.recv() => s,
     };
     follower.abort();
     progress.finish().await;

@@ -111,14 +111,7 @@ async fn drive(
     progress: Progress,
     quiet: bool,
 ) -> Result<u8, CliError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let listen = |kind: SignalKind| {
-        signal(kind).map_err(|e| CliError::storage(format!("cannot handle signals: {e}")))
-    };
-    let (mut int, mut term) = (
-        listen(SignalKind::interrupt())?,
-        listen(SignalKind::terminate())?,
-    );
+    let mut stop = crate::signals::StopSignals::new()?;
     let work = async {
         let mut states = Vec::new();
         for r in runs {
@@ -137,8 +130,7 @@ async fn drive(
             }
             return Ok(code);
         }
-        _ = int.recv() => ("SIGINT", 130),
-        _ = term.recv() => ("SIGTERM", 143),
+        s = stop.recv() => s,
     };
     // Stop on purpose: no new attempt starts, running ones are killed with
     // their process groups and recorded as abandoned by the stop.

@@ -10,22 +10,10 @@ use crate::error::CliError;
 
 /// Serve `db` with `options`; exit 0 after a graceful shutdown.
 pub async fn serve(db: &Path, options: ServeOptions) -> Result<u8, CliError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let listen = |kind: SignalKind| {
-        signal(kind).map_err(|e| CliError::storage(format!("cannot handle signals: {e}")))
-    };
-    let (mut int, mut term) = (
-        listen(SignalKind::interrupt())?,
-        listen(SignalKind::terminate())?,
-    );
+    let mut signals = crate::signals::StopSignals::new()?;
     let engine = crate::runs::open_engine(db)?;
     let grace = options.grace;
-    let stop = async move {
-        tokio::select! {
-            _ = int.recv() => "SIGINT".to_string(),
-            _ = term.recv() => "SIGTERM".to_string(),
-        }
-    };
+    let stop = async move { signals.recv().await.0.to_string() };
     let report = chronicle_server::serve(
         engine,
         db,
