@@ -473,12 +473,17 @@ impl Engine {
             // look again (no polling: a CLI exits as soon as its run does).
             let mut busy = None;
             for mut h in handles {
+                if h.tx.is_closed() {
+                    // Its actor has ended (or stopped on a storage failure):
+                    // nothing more happens to this run in this engine.
+                    continue;
+                }
                 let s = h.state.borrow_and_update().clone();
                 let is_busy = if matches!(s.status, RunStatus::Running | RunStatus::Pending) {
                     true
                 } else if s.status.is_terminal() {
                     // Let the actor collect its last attempts and deregister.
-                    !h.tx.is_closed()
+                    true
                 } else {
                     !s.running().is_empty()
                 };
