@@ -1394,7 +1394,7 @@ fn garbage_to_every_route_gets_a_problem_and_changes_nothing() {
                     (vec![""], bodies.iter().collect())
                 };
                 for q in qs {
-                    for body in &bs {
+                    for &body in &bs {
                         let resp = s
                             .http
                             .request(
