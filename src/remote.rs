@@ -18,8 +18,8 @@ use crate::error::CliError;
 use crate::progress::Progress;
 use crate::queries;
 
-/// The path segment of a run id or prefix (ids and prefixes are hex and
-/// dashes; anything else is escaped).
+/// `text` percent-encoded for a path segment or a query value (run ids,
+/// prefixes and hashes are hex and dashes; anything else is escaped).
 fn seg(run: &str) -> String {
     run.bytes()
         .map(|b| {
@@ -32,8 +32,10 @@ fn seg(run: &str) -> String {
         .collect()
 }
 
-fn settled(status: &str) -> bool {
-    matches!(status, "succeeded" | "failed" | "canceled" | "quarantined")
+/// Whether a status object's run has settled (`ops::settled`).
+fn settled(status: &Value) -> bool {
+    serde_json::from_value::<chronicle_engine::state::RunStatus>(status["status"].clone())
+        .is_ok_and(chronicle_server::ops::settled)
 }
 
 /// `list` through the server: every page.
@@ -152,7 +154,7 @@ pub async fn history(c: &Client, run: &str, json: bool, follow: bool) -> Result<
         return Ok(0);
     }
     let v = c.get_json(&format!("/v1/runs/{}", seg(run))).await?;
-    if v["status"].as_str().is_some_and(settled) && v["status"] != "quarantined" {
+    if settled(&v) && v["status"] != "quarantined" {
         return Ok(0);
     }
     c.follow(run, after, |item| {
@@ -185,16 +187,7 @@ pub async fn replay(
         query = format!("?at={n}");
     } else if let Some(t) = at_time {
         chronicle_server::ops::parse_time("--at-time", t)?;
-        let t: String = t
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.' | b'T' | b'Z') {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
+        let t = seg(t);
         query = format!("?at_time={t}");
     }
     if timeline {
@@ -481,7 +474,7 @@ async fn follow_to_end(
             let v = c
                 .get_json(&format!("/v1/runs/{}?wait=60s", seg(run)))
                 .await?;
-            if v["status"].as_str().is_some_and(settled) {
+            if settled(&v) {
                 return Ok::<_, CliError>(v);
             }
         }

@@ -537,11 +537,6 @@ impl Engine {
         left
     }
 
-    /// Attempts running now, over every run of this engine.
-    pub fn running_attempts(&self) -> usize {
-        self.inner.capacity.running()
-    }
-
     /// Send `msg()` to every run actor and wait until each has ended.
     async fn stop_actors(&self, msg: impl Fn() -> Msg) {
         let handles: Vec<RunHandle> = self
