@@ -545,7 +545,7 @@ fn a_failing_health_check_opens_the_agents_circuit_until_it_passes() {
     let env = Env::new();
     let wf = env.write(
         "h.yaml",
-        "name: h\nagents:\n  flaky:\n    skills: [x]\n    shell: echo '{\"ok\":true}'\n    health: { shell: 'test -f healthy', interval: 100ms, timeout: 2s }\n    circuit_breaker: { failure_threshold: 5, cool_down: 300ms }\nsteps:\n  - id: first\n    shell: touch first.started; while [ ! -f healthy ]; do sleep 0.05; done\n  - id: work\n    needs: [first]\n    skills: [x]\n",
+        "name: h\nagents:\n  flaky:\n    skills: [x]\n    shell: echo '{\"ok\":true}'\n    health: { shell: 'test -f healthy', interval: 100ms, timeout: 2s }\n    circuit_breaker: { failure_threshold: 5, cool_down: 300ms }\nsteps:\n  - id: first\n    shell: touch first.started; while [ ! -f healthy ]; do sleep 0.05; done; sleep 0.5\n  - id: work\n    needs: [first]\n    skills: [x]\n",
     );
     let child = env
         .cmd()
@@ -555,7 +555,9 @@ fn a_failing_health_check_opens_the_agents_circuit_until_it_passes() {
         .spawn()
         .unwrap();
     crate::support::wait_for(&env.path("first.started"));
-    // Several failed checks, then the agent becomes healthy.
+    // Several failed checks, then the agent becomes healthy; `first` goes
+    // on 0.5 s later, so a check (every 100 ms) has seen it healthy before
+    // `work` is routed.
     std::thread::sleep(std::time::Duration::from_millis(500));
     std::fs::write(env.path("healthy"), "").unwrap();
     let out = crate::support::Out::from(child.wait_with_output().unwrap());
