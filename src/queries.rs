@@ -289,7 +289,7 @@ pub fn replay(
         }
     };
     if show_timeline {
-        let t = ops::replay_timeline(&envs, target).map_err(fail)?;
+        let t = ops::replay_timeline(&envs, target, None).map_err(fail)?;
         print_timeline(&t, json);
         return Ok(0);
     }

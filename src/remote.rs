@@ -18,18 +18,9 @@ use crate::error::CliError;
 use crate::progress::Progress;
 use crate::queries;
 
-/// `text` percent-encoded for a path segment or a query value (run ids,
-/// prefixes and hashes are hex and dashes; anything else is escaped).
-fn seg(run: &str) -> String {
-    run.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'-' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+/// `text` percent-encoded for a path segment or a query value.
+fn seg(text: &str) -> String {
+    chronicle_server::client::percent_encode(text)
 }
 
 /// Whether a status object's run has settled (`ops::settled`).

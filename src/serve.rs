@@ -22,6 +22,14 @@ pub async fn serve(db: &Path, options: ServeOptions) -> Result<u8, CliError> {
             // Scripts read this first line for the real port.
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "listening on {url}");
+            // The web UI's sign-in link (as Jupyter prints one).
+            if let Some(token) = chronicle_server::auth::client_token(db) {
+                let _ = writeln!(
+                    out,
+                    "web UI: {url}/login?token={}",
+                    chronicle_server::client::percent_encode(&token)
+                );
+            }
             let _ = out.flush();
         },
         stop,

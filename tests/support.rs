@@ -140,6 +140,8 @@ pub struct Server {
     pub child: std::process::Child,
     pub url: String,
     pub token: String,
+    /// The web UI's sign-in link `serve` printed on its second line.
+    pub login: String,
     pub http: reqwest::blocking::Client,
 }
 
@@ -147,9 +149,16 @@ impl Env {
     /// Start `chronicle serve --listen 127.0.0.1:0 EXTRA...` on this
     /// database; returns once it is listening and has recovered.
     pub fn serve(&self, extra: &[&str]) -> Server {
+        self.serve_from(self.dir.path(), extra)
+    }
+
+    /// [`Env::serve`] with the server's working directory at `cwd` (its
+    /// steps run there: the repository root for the examples).
+    pub fn serve_from(&self, cwd: &Path, extra: &[&str]) -> Server {
         use std::io::BufRead;
         let mut c = self.cmd();
-        c.args(["serve", "--listen", "127.0.0.1:0"])
+        c.current_dir(cwd)
+            .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null());
@@ -161,6 +170,13 @@ impl Env {
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("first line {line:?}"))
+            .to_string();
+        let mut second = String::new();
+        out.read_line(&mut second).unwrap();
+        let login = second
+            .trim()
+            .strip_prefix("web UI: ")
+            .unwrap_or_else(|| panic!("second line {second:?}"))
             .to_string();
         // Keep reading stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || {
@@ -177,6 +193,7 @@ impl Env {
             child,
             url,
             token,
+            login,
             http: reqwest::blocking::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
                 .build()

@@ -12,5 +12,6 @@ mod examples;
 mod journal;
 mod server;
 mod terminal;
+mod ui;
 mod upgrade;
 mod walkthrough;

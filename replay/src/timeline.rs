@@ -26,7 +26,16 @@ pub struct TimelineEntry {
 
 /// Fold `envelopes` and describe each event's effect on the state.
 pub fn timeline(envelopes: &[RawEnvelope]) -> Result<Vec<TimelineEntry>, ReplayError> {
-    let mut state = RunState::default();
+    timeline_from(RunState::default(), envelopes)
+}
+
+/// Fold `envelopes` onto `state` (the fold of the events before them) and
+/// describe each one's effect: the entries of [`timeline`] for a part of
+/// a history, without describing the events before it.
+pub fn timeline_from(
+    mut state: RunState,
+    envelopes: &[RawEnvelope],
+) -> Result<Vec<TimelineEntry>, ReplayError> {
     let mut out = Vec::with_capacity(envelopes.len());
     for env in envelopes {
         let ev = RunEvent::from_json(&env.payload)

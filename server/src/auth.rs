@@ -1,6 +1,10 @@
 //! The API token: from `CHRONICLE_TOKEN`, or generated once (32 random
 //! bytes, hex) into `DB-token` with mode 0600; every `/v1` request must
-//! carry it as `Authorization: Bearer TOKEN`, compared in constant time.
+//! carry it as `Authorization: Bearer TOKEN`, compared in constant time,
+//! or the web UI's session cookie (set by `/login?token=TOKEN`; an HMAC
+//! of its expiry keyed by the token) with, for a state-changing request,
+//! the session's CSRF token in `X-CSRF-Token` (double-submit: the page
+//! reads it from the `chronicle_csrf` cookie).
 
 use std::io::Write;
 use std::path::Path;
@@ -81,27 +85,134 @@ pub fn authorized(header: Option<&[u8]>, token: &str) -> bool {
     given.ct_eq(token.as_bytes()).into()
 }
 
-/// Middleware: 401 with `WWW-Authenticate: Bearer` unless the request
-/// carries the token. Nothing about the request is revealed.
-pub async fn require_token(
-    State(token): State<std::sync::Arc<String>>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// Name of the session cookie `/login` sets (`HttpOnly`, `SameSite=Strict`).
+pub const SESSION_COOKIE: &str = "chronicle_session";
+/// Name of the cookie that carries the CSRF token to the page's scripts
+/// (readable by them; `SameSite=Strict`).
+pub const CSRF_COOKIE: &str = "chronicle_csrf";
+/// Header a state-changing request signed in by cookie must carry, with
+/// the value of the [`CSRF_COOKIE`] cookie.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// How long a session lasts, seconds (12 hours).
+pub const SESSION_TTL_S: i64 = 12 * 3600;
+
+/// HMAC-SHA256 keyed by the API token over `purpose` and `expiry`, hex.
+fn mac(token: &str, purpose: &str, expiry: i64) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes())
+        .expect("HMAC takes a key of any length");
+    m.update(purpose.as_bytes());
+    m.update(b"\0");
+    m.update(expiry.to_string().as_bytes());
+    m.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A session cookie value valid until `expiry` (Unix seconds):
+/// `EXPIRY.MAC`, where MAC is an HMAC of the expiry keyed by the API
+/// token. Nothing is stored on the server; changing the token ends every
+/// session.
+pub fn session_value(token: &str, expiry: i64) -> String {
+    format!("{expiry}.{}", mac(token, "chronicle-session", expiry))
+}
+
+/// The CSRF token of the session that expires at `expiry`.
+pub fn csrf_value(token: &str, expiry: i64) -> String {
+    mac(token, "chronicle-csrf", expiry)
+}
+
+/// The expiry of a valid, unexpired session cookie value (`now` in Unix
+/// seconds); None for a forged, damaged or expired one.
+pub fn check_session(token: &str, value: &str, now: i64) -> Option<i64> {
+    let (expiry, _) = value.split_once('.')?;
+    let expiry: i64 = expiry.parse().ok()?;
+    let good: bool = value
+        .as_bytes()
+        .ct_eq(session_value(token, expiry).as_bytes())
+        .into();
+    (good && expiry > now).then_some(expiry)
+}
+
+/// The value of cookie `name` in a request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// What `/v1` and the pages check: the API token, and the clock that
+/// dates sessions.
+#[derive(Clone)]
+pub struct Auth {
+    /// The API token.
+    pub token: std::sync::Arc<String>,
+    /// The server's clock (sessions expire by it).
+    pub clock: std::sync::Arc<dyn chronicle_store::Clock>,
+}
+
+impl Auth {
+    /// Now, Unix seconds.
+    pub fn now(&self) -> i64 {
+        self.clock.peek().timestamp()
+    }
+
+    /// The expiry of the request's valid session cookie, if any.
+    pub fn session(&self, headers: &axum::http::HeaderMap) -> Option<i64> {
+        check_session(&self.token, cookie(headers, SESSION_COOKIE)?, self.now())
+    }
+}
+
+/// Middleware: let a request through with the bearer token, or with a
+/// valid session cookie (and then, unless it is a GET or HEAD, with the
+/// session's CSRF token in `X-CSRF-Token`). Else 401 with
+/// `WWW-Authenticate: Bearer`, or 403 `csrf` for a missing or wrong CSRF
+/// token. Nothing about the request is revealed.
+pub async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -> Response {
     let h = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    if authorized(h, &token) {
-        next.run(req).await
-    } else {
-        Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong bearer token: send Authorization: Bearer TOKEN (CHRONICLE_TOKEN, or the file DB-token beside the database)",
-        )
-        .into_response()
+    if authorized(h, &auth.token) {
+        return next.run(req).await;
     }
+    if let Some(expiry) = auth.session(req.headers()) {
+        let safe = matches!(
+            *req.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
+        let csrf_ok: bool = req
+            .headers()
+            .get(CSRF_HEADER)
+            .map(|v| {
+                v.as_bytes()
+                    .ct_eq(csrf_value(&auth.token, expiry).as_bytes())
+                    .into()
+            })
+            .unwrap_or(false);
+        if safe || csrf_ok {
+            return next.run(req).await;
+        }
+        return Problem::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "a request signed in by the session cookie must carry the session's CSRF token in X-CSRF-Token (the chronicle_csrf cookie)",
+        )
+        .into_response();
+    }
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or wrong bearer token: send Authorization: Bearer TOKEN (CHRONICLE_TOKEN, or the file DB-token beside the database)",
+    )
+    .into_response()
 }
 
 #[cfg(test)]
@@ -116,6 +227,19 @@ mod tests {
         assert!(!authorized(Some(b"bearer abc"), "abc"));
         assert!(!authorized(Some(b"abc"), "abc"));
         assert!(!authorized(None, "abc"));
+    }
+
+    #[test]
+    fn a_session_is_valid_until_it_expires_and_only_for_its_token() {
+        let v = session_value("tok", 1_000);
+        assert_eq!(check_session("tok", &v, 999), Some(1_000));
+        assert_eq!(check_session("tok", &v, 1_000), None, "expired");
+        assert_eq!(check_session("other", &v, 999), None, "another token");
+        let forged = v.replacen("1000", "9000", 1);
+        assert_eq!(check_session("tok", &forged, 999), None, "a moved expiry");
+        assert_eq!(check_session("tok", "garbage", 0), None);
+        assert_eq!(check_session("tok", "", 0), None);
+        assert_ne!(csrf_value("tok", 1_000), session_value("tok", 1_000));
     }
 
     #[test]

@@ -261,3 +261,18 @@ impl Client {
         }
     }
 }
+
+/// `text` percent-encoded for a path segment or a query value: ASCII
+/// letters, digits and `-` stay (run ids, prefixes and hashes are hex and
+/// dashes); every other byte becomes `%XX`.
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

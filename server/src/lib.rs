@@ -17,6 +17,7 @@ pub mod ops;
 pub mod problem;
 pub mod registry;
 pub mod sse;
+pub mod ui;
 
 pub use reqwest::Method;
 
@@ -92,8 +93,13 @@ pub struct ServeReport {
 #[error("{0}")]
 pub struct ServeError(pub String);
 
-/// The whole HTTP application over `state`, checking `token` on `/v1`.
+/// The whole HTTP application over `state`, checking `token` (or the web
+/// UI's session cookie) on `/v1`, with the UI's pages beside it.
 pub fn app(state: AppState, token: String, options: &ServeOptions) -> axum::Router {
+    let auth = auth::Auth {
+        token: Arc::new(token),
+        clock: state.engine().clock().clone(),
+    };
     let (v1, openapi) = api::v1_routes();
     let openapi = Arc::new(openapi);
     let v1 = v1
@@ -102,7 +108,7 @@ pub fn app(state: AppState, token: String, options: &ServeOptions) -> axum::Rout
             require_ready,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(token),
+            auth.clone(),
             auth::require_token,
         ));
     // The timeout covers a request until its response starts (reading
@@ -114,6 +120,7 @@ pub fn app(state: AppState, token: String, options: &ServeOptions) -> axum::Rout
     );
     let timed = axum::Router::new()
         .merge(v1)
+        .merge(ui::routes(auth))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
         .route("/readyz", get(readyz))

@@ -190,3 +190,75 @@ async fn finish(
     let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(end))).await;
     Ok(())
 }
+
+/// Follow every run's changes live (Server-Sent Events): one event per
+/// committed run event, `data: {"run_id", "seq", "type"}`, in commit
+/// order. Nothing is replayed: a client reads the current list first,
+/// then follows. An `event: lagged` says changes were missed (the client
+/// was slow); re-read the list. Ends at shutdown.
+#[utoipa::path(
+    get, path = "/v1/changes", tag = "events",
+    responses(
+        (status = 200, description = "text/event-stream: `data: {run_id, seq, type}` per committed run event; `event: lagged` when some were missed", content_type = "text/event-stream", body = String),
+        (status = 503, body = Problem)
+    )
+)]
+pub async fn changes_stream(State(app): State<AppState>) -> Result<Response, Problem> {
+    let permit = app.0.streams.clone().try_acquire_owned().map_err(|_| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "too many event streams are open on this server; retry later",
+        )
+    })?;
+    let mut feed = app.engine().subscribe();
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(app.0.sse_buffer);
+    let mut shutdown = app.0.shutdown.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        loop {
+            let batch = tokio::select! {
+                b = feed.recv() => b,
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+                _ = tx.closed() => return,
+            };
+            let sent = match batch {
+                Ok(b) => b
+                    .iter()
+                    .filter_map(change_of)
+                    .try_for_each(|e| tx.try_send(Ok(e))),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    tx.try_send(Ok(Event::default().event("lagged").data("{}")))
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            // A client whose buffer is full is told nothing more: it
+            // reconnects and re-reads the list.
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// The change event of a run's envelope (None for other streams).
+fn change_of(env: &RawEnvelope) -> Option<Event> {
+    let chronicle_store::StreamId::Run(run) = &env.stream else {
+        return None;
+    };
+    #[derive(Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    let kind = serde_json::from_slice::<Kind>(&env.payload)
+        .map(|k| k.kind)
+        .unwrap_or_default();
+    Some(
+        Event::default()
+            .data(serde_json::json!({"run_id": run, "seq": env.seq.0, "type": kind}).to_string()),
+    )
+}

@@ -40,6 +40,7 @@ mod cli;
 mod lifecycle;
 mod observability;
 mod routes;
+mod views;
 
 /// Read a run's SSE stream: `(seq, data)` per event, until `stop` events
 /// were read (then the connection is dropped) or the `end` event.

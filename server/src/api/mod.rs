@@ -156,6 +156,8 @@ pub fn v1_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(crate::sse::run_events_stream))
         .routes(routes!(runs::run_state))
         .routes(routes!(runs::run_timeline))
+        .routes(routes!(runs::run_attempts))
+        .routes(routes!(crate::sse::changes_stream))
         .routes(routes!(runs::run_export))
         .routes(routes!(runs::import_run))
         .routes(routes!(audit::verify_all))

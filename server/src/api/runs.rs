@@ -50,6 +50,9 @@ pub struct ListQuery {
     pub status: Option<String>,
     /// Only runs of this workflow.
     pub workflow: Option<String>,
+    /// Only runs whose id starts with this, or whose idempotency key
+    /// contains it.
+    pub q: Option<String>,
     /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
@@ -183,14 +186,21 @@ pub async fn create_run(
 /// List runs, newest first, a page at a time.
 #[utoipa::path(
     get, path = "/v1/runs", tag = "runs", params(ListQuery),
-    responses((status = 200, description = "`{runs: [RunSummary], next_cursor}`", body = Object), (status = 400, body = Problem), (status = 503, body = Problem))
+    responses((status = 200, description = "`{runs: [RunSummary], next_cursor, counts: {STATUS: n}}`; `counts` are per status over the runs the other filters (workflow, q) select", body = Object), (status = 400, body = Problem), (status = 503, body = Problem))
 )]
 pub async fn list_runs(
     State(app): State<AppState>,
     Q(q): Q<ListQuery>,
 ) -> Result<Json<Value>, Problem> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let mut rows = ops::list_runs(&app.0.engine, q.status.as_deref(), q.workflow.as_deref())?;
+    ops::check_status(q.status.as_deref())?;
+    let all = ops::list_runs(&app.0.engine, None, q.workflow.as_deref())?;
+    let all = ops::search_runs(all, q.q.as_deref());
+    let counts = ops::count_by_status(&all);
+    let mut rows: Vec<_> = all
+        .into_iter()
+        .filter(|r| q.status.as_deref().is_none_or(|s| r.status.as_str() == s))
+        .collect();
     if let Some(c) = &q.cursor {
         rows = ops::after_cursor(rows, c)?;
     }
@@ -201,7 +211,9 @@ pub async fn list_runs(
     } else {
         None
     };
-    Ok(Json(json!({"runs": rows, "next_cursor": next})))
+    Ok(Json(
+        json!({"runs": rows, "next_cursor": next, "counts": counts}),
+    ))
 }
 
 /// A run's status (the `chronicle status --json` object); `?wait=30s`
@@ -290,21 +302,50 @@ pub async fn run_state(
     Ok(Json(ops::replay_state(&envs, t)?))
 }
 
+/// `timeline` query beyond [`AtQuery`].
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SinceQuery {
+    /// Only the entries after this seq (the fold still starts at seq 1).
+    pub since: Option<u64>,
+}
+
 /// Each event with what it changed (`chronicle replay --timeline --json`).
 #[utoipa::path(
     get, path = "/v1/runs/{id}/timeline", tag = "time travel",
-    params(("id" = String, Path, description = "Run id or unique prefix"), AtQuery),
+    params(("id" = String, Path, description = "Run id or unique prefix"), AtQuery, SinceQuery),
     responses((status = 200, description = "[TimelineEntry]", body = Object), (status = 400, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem))
 )]
 pub async fn run_timeline(
     State(app): State<AppState>,
     Path(id): Path<String>,
     Q(q): Q<AtQuery>,
+    Q(since): Q<SinceQuery>,
 ) -> Result<Json<Vec<chronicle_replay::timeline::TimelineEntry>>, Problem> {
     let run = app.resolve(&id)?;
     let t = target(&q)?;
     let envs = ops::whole_history(app.0.engine.store(), run)?;
-    Ok(Json(ops::replay_timeline(&envs, t)?))
+    Ok(Json(ops::replay_timeline(&envs, t, since.since)?))
+}
+
+/// Every attempt of a run up to a seq or time, with the seqs of the
+/// events that started and ended it, its outcome, error, stderr excerpt
+/// and backoff, and each step's routing decisions (the run page's Gantt
+/// chart and step panel).
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/attempts", tag = "time travel",
+    params(("id" = String, Path, description = "Run id or unique prefix"), AtQuery),
+    responses((status = 200, description = "`{attempts: [Attempt], routing: {STEP: [Decision]}, seq}`", body = Object), (status = 400, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem))
+)]
+pub async fn run_attempts(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Q(q): Q<AtQuery>,
+) -> Result<Json<ops::AttemptsView>, Problem> {
+    let run = app.resolve(&id)?;
+    let t = target(&q)?;
+    let envs = ops::whole_history(app.0.engine.store(), run)?;
+    Ok(Json(ops::attempts(&envs, t)?))
 }
 
 /// A run's history as JSON Lines (`chronicle export`).

@@ -7,7 +7,7 @@ use chronicle_engine::ids::{RunId, RunStream, StepId};
 use chronicle_engine::runtime::{Engine, RunSummary};
 use chronicle_engine::state::{RunState, RunStatus};
 use chronicle_replay::rebuild::{Target, fold_envelopes, state_at};
-use chronicle_replay::timeline::{TimelineEntry, timeline};
+use chronicle_replay::timeline::{TimelineEntry, timeline_from};
 use chronicle_store::{RawEnvelope, Seq, Store};
 
 use serde_json::{Value, json};
@@ -16,9 +16,11 @@ use crate::problem::Problem;
 
 mod agent_view;
 mod audit;
+mod gantt;
 
 pub use agent_view::{agents, render_agents};
 pub use audit::{render_upgrade, render_verify, upgrade_report, verify};
+pub use gantt::{AttemptView, AttemptsView, Decision, attempts};
 
 /// The run statuses, as `list --status` and `GET /v1/runs?status=` take them.
 pub const STATUSES: [&str; 7] = [
@@ -58,6 +60,31 @@ pub fn list_runs(
         .collect();
     rows.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.run_id.0)));
     Ok(rows)
+}
+
+/// The rows of `rows` whose run id starts with `q` or whose idempotency
+/// key contains it (all of them for no `q` or an empty one).
+pub fn search_runs(rows: Vec<RunSummary>, q: Option<&str>) -> Vec<RunSummary> {
+    let Some(q) = q.map(str::trim).filter(|q| !q.is_empty()) else {
+        return rows;
+    };
+    let lower = q.to_ascii_lowercase();
+    rows.into_iter()
+        .filter(|r| {
+            r.run_id.to_string().starts_with(&lower)
+                || r.idempotency_key.as_deref().is_some_and(|k| k.contains(q))
+        })
+        .collect()
+}
+
+/// How many of `rows` have each status (every status named, 0 included).
+pub fn count_by_status(rows: &[RunSummary]) -> std::collections::BTreeMap<&'static str, usize> {
+    let mut counts: std::collections::BTreeMap<&'static str, usize> =
+        STATUSES.iter().map(|s| (*s, 0)).collect();
+    for r in rows {
+        *counts.entry(r.status.as_str()).or_default() += 1;
+    }
+    counts
 }
 
 /// The cursor that follows `row` in a newest-first listing: opaque to
@@ -253,19 +280,24 @@ pub fn replay_state(envs: &[RawEnvelope], target: Target) -> Result<RunState, Pr
     Ok(state)
 }
 
-/// The timeline of `envs` up to `target` (`replay --timeline --json`).
+/// The timeline of `envs` up to `target` (`replay --timeline --json`);
+/// with `since`, only its entries after that seq (the events up to it are
+/// folded, not described).
 pub fn replay_timeline(
     envs: &[RawEnvelope],
     target: Target,
+    since: Option<u64>,
 ) -> Result<Vec<TimelineEntry>, Problem> {
     check_target(target, envs.last().map(|e| e.seq.0).unwrap_or(0))?;
-    let mut t = timeline(envs)?;
-    match target {
-        Target::Seq(n) => t.retain(|e| e.seq <= n),
-        Target::Time(ts) => t.retain(|e| e.at <= ts),
-        Target::Head => {}
-    }
-    Ok(t)
+    let within = |e: &RawEnvelope| match target {
+        Target::Seq(n) => e.seq.0 <= n,
+        Target::Time(ts) => e.recorded_at <= ts,
+        Target::Head => true,
+    };
+    let end = envs.iter().position(|e| !within(e)).unwrap_or(envs.len());
+    let skip = since.map_or(0, |s| envs[..end].partition_point(|e| e.seq.0 <= s));
+    let before = fold_envelopes(RunState::default(), &envs[..skip], Target::Head)?;
+    Ok(timeline_from(before, &envs[skip..end])?)
 }
 
 /// Every event of a run. Errors: 404 when it has none.
