@@ -189,7 +189,8 @@ fn sign_in_then_a_run_turns_succeeded_live_and_time_travel_matches_replay() {
     let anon = server.http.get(format!("{url}/v1/runs")).send().unwrap();
     assert_eq!(anon.status().as_u16(), 401);
     let out_dir = env.path("out");
-    let input = json!({"pace": 1, "out": out_dir}).to_string();
+    // pace 3: each step sleeps 3 s, time to open the page mid-run.
+    let input = json!({"pace": 3, "out": out_dir}).to_string();
     rt().block_on(async {
         let b = Browser::start().await;
         // Without the cookie, every page redirects to the sign-in form.
@@ -236,7 +237,22 @@ fn sign_in_then_a_run_turns_succeeded_live_and_time_travel_matches_replay() {
         assert!(head >= 29, "{head}");
         assert_eq!(b.js("return document.querySelectorAll('#events-body tr.ev').length").await, json!(head.min(100)), "every event listed live");
         assert!(b.js("return document.querySelectorAll('#gantt .g-bar').length").await.as_u64().unwrap() >= 13);
+        // The attempts chart and the events link both ways: an attempt's
+        // bar marks the events that began and ended it, and an event's
+        // row marks its attempt's bar.
+        let bar = b.c.find(Locator::Css("#gantt .g-bar")).await.unwrap();
+        let started: u64 = bar.attr("data-seq").await.unwrap().unwrap().parse().unwrap();
+        bar.click().await.unwrap();
+        b.wait("the attempt's events marked", 10, &format!("return document.querySelector('#events-body tr.linked[data-seq=\"{started}\"]') !== null")).await;
+        assert_eq!(b.js("return document.querySelectorAll('#events-body tr.linked').length").await, json!(2), "start and end");
+        let other = b.js("const bars = [...document.querySelectorAll('#gantt .g-bar')]; return bars[bars.length - 1].dataset.seq").await;
+        b.c.find(Locator::Css(&format!("#events-body tr.ev[data-seq=\"{}\"]", other.as_str().unwrap()))).await.unwrap().click().await.unwrap();
+        b.wait("the event's attempt marked", 10, &format!("return document.querySelector('#gantt .g-bar.selected')?.dataset.seq === {other}")).await;
+        b.c.set_window_size(1280, 1300).await.unwrap();
+        b.c.goto(&format!("{url}/runs/{run}")).await.unwrap();
+        b.wait("the run page again", 15, READY).await;
         b.screenshot("run.png").await;
+        b.c.set_window_size(1280, 800).await.unwrap();
 
         // Time travel: the statuses shown at N are those of `replay --at N`.
         for n in [1, 3, head / 2, head - 1, head] {
@@ -268,9 +284,26 @@ fn sign_in_then_a_run_turns_succeeded_live_and_time_travel_matches_replay() {
         let jump = b.c.find(Locator::Id("jump-seq")).await.unwrap();
         jump.send_keys(&format!("2{}", Key::Enter)).await.unwrap();
         b.wait("jump to seq 2", 10, "return location.search === '?at=2'").await;
+        // Jump to a time: the state at the last event recorded by then
+        // (`replay --at-time`).
+        let t5 = env.run(&["history", &run, "--json"]).stdout.lines().nth(4).map(|l| serde_json::from_str::<Value>(l).unwrap()["recorded_at"].as_str().unwrap().to_string()).unwrap();
+        let at_time = env.run(&["replay", &run, "--at-time", &t5, "--json"]).json()["seq"].as_u64().unwrap();
+        let when = b.c.find(Locator::Id("jump-time")).await.unwrap();
+        when.send_keys(&format!("{t5}{}", Key::Enter)).await.unwrap();
+        b.wait("jump to a time", 10, &format!("return location.search === '?at={at_time}'")).await;
+        b.c.set_window_size(1280, 1300).await.unwrap();
         b.c.goto(&format!("{url}/runs/{run}?at={}", head / 2)).await.unwrap();
         b.wait("the time-travel page", 15, READY).await;
         b.screenshot("time-travel.png").await;
+        // A phone's width: nothing overflows the page sideways (the graph
+        // and tables scroll in their own boxes).
+        b.c.set_window_size(412, 900).await.unwrap();
+        b.c.goto(&format!("{url}/runs/{run}")).await.unwrap();
+        b.wait("the run page on a phone", 15, READY).await;
+        let overflow = b.js("return document.documentElement.scrollWidth - window.innerWidth").await;
+        assert!(overflow.as_i64().unwrap() <= 0, "the page is {overflow}px wider than a phone");
+        b.screenshot("phone.png").await;
+        b.c.set_window_size(1280, 800).await.unwrap();
 
         // The agents and verify pages answer from the same session.
         b.c.goto(&format!("{url}/verify")).await.unwrap();
@@ -418,6 +451,15 @@ fn the_session_cookie_needs_the_csrf_token_for_changes() {
         .send()
         .unwrap();
     assert_eq!(page.status().as_u16(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
     assert!(page.text().unwrap().contains("/ui/app.js"));
     let before = env.run(&["history", &run, "--json"]).stdout;
     let fork = |csrf: Option<&str>, cookie: &str| {

@@ -514,7 +514,7 @@ async function runPage(root, id) {
   function renderGraph() {
     const wf = R.state.workflow || { steps: [] };
     const nodes = layout(wf.steps);
-    const W = 180, H = 58, GX = 60, GY = 16;
+    const W = 180, H = 50, GX = 60, GY = 12;
     const pos = Object.fromEntries(nodes.map((n) => [n.id, { x: 10 + n.col * (W + GX), y: 10 + n.row * (H + GY) }]));
     const cols = Math.max(1, ...nodes.map((n) => n.col + 1));
     const rows = Math.max(1, ...nodes.map((n) => n.row + 1));
@@ -537,9 +537,9 @@ async function runPage(root, id) {
       const cls = 'node n-' + st.status + (n.id === R.selectedStep ? ' selected' : '') + (n.id === changedStep ? ' changed' : '');
       const g = s('g', { class: cls, tabindex: 0, role: 'button', 'data-step': n.id, 'data-status': st.status, transform: `translate(${p.x},${p.y})`, 'aria-label': `step ${n.id}: ${st.status}, ${tries} attempt(s)${agent ? ', agent ' + agent : ''}` },
         s('rect', { width: W, height: H, rx: 6 }),
-        s('text', { x: 8, y: 17, class: 'title' }, n.id.length > 24 ? n.id.slice(0, 23) + '…' : n.id),
-        s('text', { x: 8, y: 34 }, st.status.toUpperCase() + ' · ' + tries + ' attempt' + (tries === 1 ? '' : 's')),
-        s('text', { x: 8, y: 50, class: 'muted' }, agent ? 'agent ' + agent : (n.id === changedStep ? '◆ changed here' : '')),
+        s('text', { x: 8, y: 15, class: 'title' }, n.id.length > 24 ? n.id.slice(0, 23) + '…' : n.id),
+        s('text', { x: 8, y: 30 }, st.status.toUpperCase() + ' · ' + tries + ' attempt' + (tries === 1 ? '' : 's')),
+        s('text', { x: 8, y: 44, class: 'muted' }, agent ? 'agent ' + agent : (n.id === changedStep ? '◆ changed here' : '')),
         s('title', {}, n.id + ': ' + st.status));
       const pick = () => { R.selectedStep = n.id; renderGraph(); renderPanel(); const again = el.graph.querySelector(`[data-step="${CSS.escape(n.id)}"]`); if (again) again.focus(); };
       g.addEventListener('click', pick);
@@ -701,7 +701,12 @@ async function runPage(root, id) {
 
   function follow() {
     if (['succeeded', 'failed', 'canceled'].includes(R.status.status)) return;
-    const es = new EventSource('/v1/runs/' + R.id + '/events/stream?after=' + R.head);
+    // From the newest event listed when the list reaches the end (an
+    // event may have committed between the page and the head being read).
+    const rows = R.events.rows;
+    const tail = rows.length ? rows[rows.length - 1].seq : 0;
+    const after = rows.length < EVENTS_PAGE && tail > 0 ? Math.min(tail, R.head) : R.head;
+    const es = new EventSource('/v1/runs/' + R.id + '/events/stream?after=' + after);
     R.es = es;
     es.onmessage = (m) => {
       const env = JSON.parse(m.data);

@@ -125,7 +125,7 @@ impl AppState {
 #[openapi(
     info(
         title = "Chronicle",
-        description = "Chronicle's HTTP API: submit, watch, control, audit and time-travel runs of durable workflows. Every /v1 route needs `Authorization: Bearer TOKEN`. Errors are application/problem+json (RFC 9457).",
+        description = "Chronicle's HTTP API: submit, watch, control, audit and time-travel runs of durable workflows. Every /v1 route needs `Authorization: Bearer TOKEN` (or the web UI's session cookie, with `X-CSRF-Token` for a change). Errors are application/problem+json (RFC 9457).",
         license(name = "MIT OR Apache-2.0")
     ),
     components(schemas(Problem)),
