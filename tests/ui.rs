@@ -292,7 +292,8 @@ fn sign_in_then_a_run_turns_succeeded_live_and_time_travel_matches_replay() {
         when.send_keys(&format!("{t5}{}", Key::Enter)).await.unwrap();
         b.wait("jump to a time", 10, &format!("return location.search === '?at={at_time}'")).await;
         b.c.set_window_size(1280, 1300).await.unwrap();
-        b.c.goto(&format!("{url}/runs/{run}?at={}", head / 2)).await.unwrap();
+        // Mid-run: some steps succeeded, others still running.
+        b.c.goto(&format!("{url}/runs/{run}?at={}", head * 2 / 3)).await.unwrap();
         b.wait("the time-travel page", 15, READY).await;
         b.screenshot("time-travel.png").await;
         // A phone's width: nothing overflows the page sideways (the graph

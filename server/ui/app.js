@@ -404,7 +404,19 @@ async function runPage(root, id) {
       R.state = state;
       R.attempts = attempts;
       R.change = changeAt;
+      // Time travel shows the step the event changed, unless one was picked.
+      if (R.at !== null && changeAt && changeAt.step && !R.pinned) R.selectedStep = changeAt.step;
       renderAll();
+      const changed = el.graph.querySelector('.node.changed');
+      if (changed && R.at !== null) {
+        // Scroll the graph's own box (not the page) to the changed step.
+        const wrap = el.graph.querySelector('.graph-wrap');
+        const box = changed.getBBox();
+        const m = changed.transform.baseVal.consolidate();
+        const y = (m ? m.matrix.f : 0) + box.y, x = (m ? m.matrix.e : 0) + box.x;
+        if (y < wrap.scrollTop || y + box.height > wrap.scrollTop + wrap.clientHeight) wrap.scrollTop = Math.max(0, y - wrap.clientHeight / 2);
+        if (x < wrap.scrollLeft || x + box.width > wrap.scrollLeft + wrap.clientWidth) wrap.scrollLeft = Math.max(0, x - wrap.clientWidth / 2);
+      }
       flash('');
     } catch (e) { flash('Cannot read the run: ' + e.message); }
   }
@@ -541,7 +553,7 @@ async function runPage(root, id) {
         s('text', { x: 8, y: 30 }, st.status.toUpperCase() + ' · ' + tries + ' attempt' + (tries === 1 ? '' : 's')),
         s('text', { x: 8, y: 44, class: 'muted' }, agent ? 'agent ' + agent : (n.id === changedStep ? '◆ changed here' : '')),
         s('title', {}, n.id + ': ' + st.status));
-      const pick = () => { R.selectedStep = n.id; renderGraph(); renderPanel(); const again = el.graph.querySelector(`[data-step="${CSS.escape(n.id)}"]`); if (again) again.focus(); };
+      const pick = () => { R.selectedStep = n.id; R.pinned = true; renderGraph(); renderPanel(); const again = el.graph.querySelector(`[data-step="${CSS.escape(n.id)}"]`); if (again) again.focus(); };
       g.addEventListener('click', pick);
       g.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); pick(); } });
       svg.append(g);
