@@ -54,7 +54,7 @@ pub struct AttemptView {
     /// How long it ran, milliseconds (as recorded by the executor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
-    /// The last [`STDERR_EXCERPT`] bytes of its captured stderr.
+    /// The last `STDERR_EXCERPT` (2,048) bytes of its captured stderr.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr: Option<String>,
     /// Whether `stderr` is shorter than what the attempt wrote.
@@ -90,7 +90,7 @@ pub struct Decision {
 pub struct AttemptsView {
     /// Every attempt, in the order they started.
     pub attempts: Vec<AttemptView>,
-    /// The newest [`DECISIONS_KEPT`] routing decisions per step.
+    /// The newest `DECISIONS_KEPT` (20) routing decisions per step.
     pub routing: BTreeMap<String, Vec<Decision>>,
     /// The seq the view is at.
     pub seq: u64,
