@@ -250,6 +250,47 @@ pub enum Cmd {
         /// Run id or prefix.
         run: String,
     },
+    /// Send a signal to a run: consumed by a `signal:` step of that name,
+    /// now or when one waits (signals are buffered in order).
+    Signal {
+        /// Run id or prefix.
+        run: String,
+        /// The signal's name.
+        name: String,
+        /// Its data, JSON (the step's output; default null).
+        #[arg(long)]
+        data: Option<String>,
+        /// An id: a repeat with the same id is recorded once (default: a
+        /// new one).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Approve an `approval:` step (recorded with who and when).
+    Approve {
+        /// Run id or prefix.
+        run: String,
+        /// The approval step.
+        step: String,
+        /// Who approves (default: $USER); must be a listed approver.
+        #[arg(long = "as", value_name = "WHO")]
+        by: Option<String>,
+        /// A comment (recorded).
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject an `approval:` step: the step fails.
+    Reject {
+        /// Run id or prefix.
+        run: String,
+        /// The approval step.
+        step: String,
+        /// Who rejects (default: $USER); must be a listed approver.
+        #[arg(long = "as", value_name = "WHO")]
+        by: Option<String>,
+        /// A comment (recorded).
+        #[arg(long)]
+        comment: Option<String>,
+    },
     /// Print the JSON Schema of the workflow format.
     Schema,
     /// Benchmarks (figures, not tests).

@@ -11,6 +11,7 @@ mod remote;
 mod runs;
 mod serve;
 mod signals;
+mod waits;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -161,7 +162,10 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         | Cmd::Cancel { .. }
         | Cmd::Pause { .. }
         | Cmd::Resume { .. }
-        | Cmd::Release { .. } => chronicle_server::client::Client::discover(&db)?,
+        | Cmd::Release { .. }
+        | Cmd::Signal { .. }
+        | Cmd::Approve { .. }
+        | Cmd::Reject { .. } => chronicle_server::client::Client::discover(&db)?,
         _ => None,
     };
     if let (Cmd::Recover { .. }, Some(d)) = (&cli.command, chronicle_server::Discovery::live(&db)) {
@@ -208,6 +212,38 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             Cmd::Pause { run } => remote::control(&c, &run, "pause").await,
             Cmd::Resume { run } => remote::continue_run(&c, &run, "resume", quiet).await,
             Cmd::Release { run } => remote::continue_run(&c, &run, "release", quiet).await,
+            Cmd::Signal {
+                run,
+                name,
+                data,
+                id,
+            } => waits::signal_remote(&c, &run, &waits::signal_args(&name, data, id)?).await,
+            Cmd::Approve {
+                run,
+                step,
+                by,
+                comment,
+            } => {
+                waits::decide_remote(
+                    &c,
+                    &run,
+                    &waits::decision_args(&step, "approve", by, comment)?,
+                )
+                .await
+            }
+            Cmd::Reject {
+                run,
+                step,
+                by,
+                comment,
+            } => {
+                waits::decide_remote(
+                    &c,
+                    &run,
+                    &waits::decision_args(&step, "reject", by, comment)?,
+                )
+                .await
+            }
             _ => Err(CliError::input("this command does not go through a server")),
         };
     }
@@ -286,6 +322,38 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Cmd::Pause { run } => runs::control(&db, &run, runs::Control::Pause).await,
         Cmd::Resume { run } => runs::continue_run(&db, &run, runs::Control::Resume, quiet).await,
         Cmd::Release { run } => runs::continue_run(&db, &run, runs::Control::Release, quiet).await,
+        Cmd::Signal {
+            run,
+            name,
+            data,
+            id,
+        } => waits::signal_offline(&db, &run, waits::signal_args(&name, data, id)?).await,
+        Cmd::Approve {
+            run,
+            step,
+            by,
+            comment,
+        } => {
+            waits::decide_offline(
+                &db,
+                &run,
+                waits::decision_args(&step, "approve", by, comment)?,
+            )
+            .await
+        }
+        Cmd::Reject {
+            run,
+            step,
+            by,
+            comment,
+        } => {
+            waits::decide_offline(
+                &db,
+                &run,
+                waits::decision_args(&step, "reject", by, comment)?,
+            )
+            .await
+        }
         Cmd::Schema => {
             println!("{}", chronicle_engine::model::json_schema());
             Ok(0)

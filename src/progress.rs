@@ -125,6 +125,41 @@ pub fn describe(env: &RawEnvelope) -> String {
                 format!("{step} attempt {attempt} abandoned")
             }
             RunEvent::StepSkipped { step, reason } => format!("{step}: {reason}"),
+            RunEvent::TimerStarted { step, fire_at, .. } => {
+                format!("{step} sleeps until {}", fire_at.to_rfc3339())
+            }
+            RunEvent::TimerFired { step, .. } => format!("{step} timer fired"),
+            RunEvent::SignalAwaited { step, name, .. } => {
+                format!("{step} waits for signal {name}")
+            }
+            RunEvent::SignalReceived { name, id, .. } => format!("signal {name} (id {id})"),
+            RunEvent::ApprovalRequested {
+                step,
+                approvers,
+                min_approvals,
+                ..
+            } => format!(
+                "{step} waits for {min_approvals} approval(s){}",
+                if approvers.is_empty() {
+                    String::new()
+                } else {
+                    format!(" from {}", approvers.join(", "))
+                }
+            ),
+            RunEvent::ApprovalDecided {
+                step,
+                by,
+                decision,
+                comment,
+                ..
+            } => format!(
+                "{step}: {} by {by}{}",
+                decision.as_str(),
+                comment
+                    .as_ref()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default()
+            ),
             RunEvent::RunQuarantined { reason, .. } => reason.clone(),
             RunEvent::RunFailed { reason } => reason.clone(),
             RunEvent::RunCancelRequested { reason } => reason.clone(),

@@ -68,6 +68,19 @@ pub(crate) fn summarize(state: &RunState, quiet: bool) -> u8 {
     }
     let run = state.run_id.map(|r| r.to_string()).unwrap_or_default();
     println!("run {run} {}", state.status.as_str());
+    if state.parked() {
+        // Nothing more happens without the outside world: say what it
+        // waits for and how to go on (not a failure).
+        for (id, st) in &state.steps {
+            if let Some(text) = chronicle_replay::render::describe_wait(st) {
+                eprintln!("run {run} waits: {id} for {text}");
+            }
+        }
+        eprintln!(
+            "send it with `chronicle signal RUN NAME` / `chronicle approve RUN STEP`, then `chronicle recover` continues the run (or run `chronicle serve`, which executes it)"
+        );
+        return 0;
+    }
     if state.status == RunStatus::Succeeded {
         0
     } else {
@@ -115,7 +128,13 @@ async fn drive(
     let work = async {
         let mut states = Vec::new();
         for r in runs {
-            states.push(engine.wait(*r).await?);
+            states.push(
+                engine
+                    .wait_until(*r, |s| {
+                        s.status.is_terminal() || s.status == RunStatus::Quarantined || s.parked()
+                    })
+                    .await?,
+            );
         }
         engine.wait_all().await?;
         Ok::<_, CliError>(states)
@@ -299,6 +318,8 @@ pub enum Control {
     Resume,
     /// Release.
     Release,
+    /// Another command (a signal, an approval), applied as is.
+    Other(Command),
 }
 
 fn command(what: &Control) -> Command {
@@ -309,6 +330,7 @@ fn command(what: &Control) -> Command {
         Control::Pause => Command::Pause,
         Control::Resume => Command::Resume,
         Control::Release => Command::Release,
+        Control::Other(c) => c.clone(),
     }
 }
 
@@ -323,12 +345,23 @@ fn check(db: &Path, run: &str, what: &Control) -> Result<RunId, CliError> {
 
 /// `chronicle cancel|pause RUN`: append the command's events and exit.
 pub async fn control(db: &Path, run: &str, what: Control) -> Result<u8, CliError> {
+    let (run, state) = control_state(db, run, what).await?;
+    println!("run {run} {}", state.status.as_str());
+    Ok(0)
+}
+
+/// Check `what` on a read-only open (a refused command leaves the
+/// database untouched), append its events, and return the state after.
+pub async fn control_state(
+    db: &Path,
+    run: &str,
+    what: Control,
+) -> Result<(RunId, RunState), CliError> {
     let run = check(db, run, &what)?;
     // Nothing is executed: no watchdog.
     let engine = EngineBuilder::new().db(db).watchdog(false).build()?;
     let state = engine.control_offline(run, command(&what)).await?;
-    println!("run {run} {}", state.status.as_str());
-    Ok(0)
+    Ok((run, state))
 }
 
 /// `chronicle resume|release RUN`: apply, then execute the run to the end.

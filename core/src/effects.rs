@@ -60,6 +60,17 @@ pub fn effects(state: &RunState) -> Vec<Effect> {
         match st.status {
             StepStatus::Running => {
                 let a = st.last_attempt().expect("a running step has an attempt");
+                if let Some(wait) = &st.wait {
+                    // A waiting step runs nothing: wake at its timer and
+                    // its deadline (decide ends the wait; a cancel too).
+                    if let crate::state::Wait::Timer { fire_at } = wait {
+                        out.push(Effect::Timer(*fire_at));
+                    }
+                    if let Some(dl) = a.deadline {
+                        out.push(Effect::Timer(dl));
+                    }
+                    continue;
+                }
                 if state.cancel_requested {
                     out.push(Effect::Kill {
                         step: s.id.clone(),

@@ -223,6 +223,68 @@ pub enum RunEvent {
     },
     /// A person released the quarantined run; it continues.
     RunReleased {},
+    /// A waiting step armed its durable timer (`sleep`, `sleep_until`).
+    TimerStarted {
+        /// The step.
+        step: crate::ids::StepId,
+        /// Its attempt.
+        attempt: u32,
+        /// When the timer comes due (UTC).
+        fire_at: DateTime<Utc>,
+    },
+    /// The timer came due; the step succeeds in the same commit.
+    TimerFired {
+        /// The step.
+        step: crate::ids::StepId,
+        /// Its attempt.
+        attempt: u32,
+    },
+    /// A `signal` step began waiting for signals of `name`.
+    SignalAwaited {
+        /// The step.
+        step: crate::ids::StepId,
+        /// Its attempt.
+        attempt: u32,
+        /// The signal's name.
+        name: String,
+    },
+    /// A signal arrived. It is buffered until a `signal` step of its name
+    /// consumes it (the oldest first); a repeated `id` is not recorded
+    /// again.
+    SignalReceived {
+        /// The signal's name.
+        name: String,
+        /// Its id (the sender's, or one the engine drew).
+        id: String,
+        /// Its data (the output of the step that consumes it).
+        data: Value,
+    },
+    /// An `approval` step asked for decisions.
+    ApprovalRequested {
+        /// The step.
+        step: crate::ids::StepId,
+        /// Its attempt.
+        attempt: u32,
+        /// Who may decide (empty: anyone).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvers: Vec<String>,
+        /// Approvals needed.
+        min_approvals: u32,
+    },
+    /// Someone approved or rejected (the audit trail: who, what, when).
+    ApprovalDecided {
+        /// The step.
+        step: crate::ids::StepId,
+        /// Its attempt.
+        attempt: u32,
+        /// Who decided.
+        by: String,
+        /// `approve` or `reject`.
+        decision: ApprovalDecision,
+        /// Their comment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
     /// The run ended succeeded.
     RunSucceeded {},
     /// The run ended failed.
@@ -230,6 +292,26 @@ pub enum RunEvent {
         /// Why (the failed steps).
         reason: String,
     },
+}
+
+/// An approver's decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalDecision {
+    /// Counts toward `min_approvals`.
+    Approve,
+    /// Fails the step (it follows `on_exhausted`).
+    Reject,
+}
+
+impl ApprovalDecision {
+    /// `approve` or `reject`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Reject => "reject",
+        }
+    }
 }
 
 impl RunEvent {
@@ -252,6 +334,12 @@ impl RunEvent {
             Self::RunCanceled {} => "RunCanceled",
             Self::RunQuarantined { .. } => "RunQuarantined",
             Self::RunReleased {} => "RunReleased",
+            Self::TimerStarted { .. } => "TimerStarted",
+            Self::TimerFired { .. } => "TimerFired",
+            Self::SignalAwaited { .. } => "SignalAwaited",
+            Self::SignalReceived { .. } => "SignalReceived",
+            Self::ApprovalRequested { .. } => "ApprovalRequested",
+            Self::ApprovalDecided { .. } => "ApprovalDecided",
             Self::RunSucceeded {} => "RunSucceeded",
             Self::RunFailed { .. } => "RunFailed",
         }
@@ -266,8 +354,14 @@ impl RunEvent {
             | Self::StepSucceeded { step, .. }
             | Self::StepFailed { step, .. }
             | Self::StepAbandoned { step, .. }
-            | Self::StepSkipped { step, .. } => Some(step),
-            Self::RunCreated { .. }
+            | Self::StepSkipped { step, .. }
+            | Self::TimerStarted { step, .. }
+            | Self::TimerFired { step, .. }
+            | Self::SignalAwaited { step, .. }
+            | Self::ApprovalRequested { step, .. }
+            | Self::ApprovalDecided { step, .. } => Some(step),
+            Self::SignalReceived { .. }
+            | Self::RunCreated { .. }
             | Self::RunForked { .. }
             | Self::RunStarted {}
             | Self::RunPaused {}

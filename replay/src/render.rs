@@ -152,5 +152,65 @@ pub fn render_state(state: &RunState) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    if let Some(w) = &state.workflow {
+        for s in &w.steps {
+            if let Some(st) = state.steps.get(&s.id)
+                && let Some(text) = describe_wait(st)
+            {
+                out.push_str(&fit(&format!("waiting: {} for {text}", s.id), WIDTH));
+                out.push('\n');
+            }
+        }
+    }
+    if !state.signals.is_empty() {
+        let list: Vec<String> = state
+            .signals
+            .iter()
+            .map(|b| format!("{} (id {})", b.name, b.id))
+            .collect();
+        out.push_str(&fit(
+            &format!("signals buffered: {}", list.join(", ")),
+            WIDTH,
+        ));
+        out.push('\n');
+    }
     out
+}
+
+/// What a waiting step waits for, in words — `its timer, due at T`,
+/// `the signal "deployed"`, `approval: 1 of 2 (alice approved; pending:
+/// bob)` — with its timeout; None when it does not wait.
+pub fn describe_wait(st: &chronicle_engine::state::StepState) -> Option<String> {
+    use chronicle_engine::state::Wait;
+    let wait = st.wait.as_ref()?;
+    let mut text = match wait {
+        Wait::Timer { fire_at } => format!("its timer, due at {}", fire_at.to_rfc3339()),
+        Wait::Signal { name } => format!("the signal {name:?}"),
+        Wait::Approval {
+            approvers,
+            min_approvals,
+            approved_by,
+        } => {
+            let pending: Vec<&str> = approvers
+                .iter()
+                .filter(|a| !approved_by.contains(a))
+                .map(String::as_str)
+                .collect();
+            let mut t = format!("approval: {} of {min_approvals}", approved_by.len());
+            if !approved_by.is_empty() {
+                t.push_str(&format!(" ({} approved)", approved_by.join(", ")));
+            }
+            if !pending.is_empty() {
+                t.push_str(&format!("; pending: {}", pending.join(", ")));
+            }
+            t
+        }
+    };
+    if let Some(a) = st.attempts.last() {
+        text.push_str(&format!(", since {}", a.started_at.to_rfc3339()));
+        if let Some(dl) = a.deadline {
+            text.push_str(&format!(", times out at {}", dl.to_rfc3339()));
+        }
+    }
+    Some(text)
 }

@@ -167,6 +167,12 @@ impl From<EngineError> for Problem {
             EngineError::AmbiguousRun(..) => {
                 Self::new(StatusCode::BAD_REQUEST, "ambiguous_run", detail)
             }
+            EngineError::Rejected(chronicle_engine::decide::Rejected::NotApprover { .. }) => {
+                Self::new(StatusCode::CONFLICT, "not_approver", detail)
+            }
+            EngineError::Rejected(chronicle_engine::decide::Rejected::NotWaiting { .. }) => {
+                Self::new(StatusCode::CONFLICT, "not_waiting", detail)
+            }
             EngineError::Rejected(_) => Self::new(StatusCode::CONFLICT, "not_applicable", detail),
             // Histories the engine folds are read from its database: one
             // that does not fold is a damaged log.

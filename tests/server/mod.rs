@@ -41,6 +41,7 @@ mod lifecycle;
 mod observability;
 mod routes;
 mod views;
+mod waits;
 
 /// Read a run's SSE stream: `(seq, data)` per event, until `stop` events
 /// were read (then the connection is dropped) or the `end` event.

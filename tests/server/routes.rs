@@ -65,6 +65,8 @@ fn health_auth_and_the_openapi_document() {
         "POST /v1/runs/{id}/resume",
         "POST /v1/runs/{id}/release",
         "POST /v1/runs/{id}/fork",
+        "POST /v1/runs/{id}/signals/{name}",
+        "POST /v1/runs/{id}/steps/{step}/approval",
         "PUT /v1/workflows/{name}",
         "GET /v1/workflows/{name}",
         "GET /v1/workflows",
@@ -79,7 +81,8 @@ fn health_auth_and_the_openapi_document() {
         let (method, path) = route.split_once(' ').unwrap();
         let path = path
             .replace("{id}", "00000000-0000-0000-0000-000000000000")
-            .replace("{name}", "nothing");
+            .replace("{name}", "nothing")
+            .replace("{step}", "nothing");
         let r = s
             .http
             .request(method.parse().unwrap(), format!("{}{path}", s.url))
@@ -593,7 +596,10 @@ fn garbage_to_every_route_gets_a_problem_and_changes_nothing() {
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
             for seg in segments {
-                let p = path.replace("{id}", seg).replace("{name}", seg);
+                let p = path
+                    .replace("{id}", seg)
+                    .replace("{name}", seg)
+                    .replace("{step}", seg);
                 // GETs get every query; the others every body.
                 let (qs, bs): (Vec<&str>, Vec<&Vec<u8>>) = if method == "get" {
                     (queries.to_vec(), vec![&bodies[0]])

@@ -15,11 +15,11 @@ use serde_json::{Value, json};
 
 use crate::backoff::delay_ms;
 use crate::circuit::CircuitState;
-use crate::event::{Captured, RunEvent};
+use crate::event::{ApprovalDecision, Captured, RunEvent};
 use crate::ids::idempotency_key;
 use crate::model::template::{Scope, resolve};
-use crate::model::{ErrorKind, OnExhausted, RetryOn, Workflow};
-use crate::state::{RunState, RunStatus, StepStatus, evolve};
+use crate::model::{ErrorKind, OnExhausted, RetryOn, TimerSpec, WaitSpec, Workflow};
+use crate::state::{RunState, RunStatus, StepStatus, Wait, evolve};
 
 mod circuit;
 mod fork;
@@ -185,10 +185,17 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
                 })
                 .collect();
             for (step, attempt, ms) in overdue {
-                let message = format!(
-                    "attempt exceeded its timeout of {} ms and was killed",
-                    ms.max(0)
-                );
+                let message = match &state.steps[&step].wait {
+                    Some(w) => format!(
+                        "waited longer than its timeout of {} ms for {}",
+                        ms.max(0),
+                        describe(w)
+                    ),
+                    None => format!(
+                        "attempt exceeded its timeout of {} ms and was killed",
+                        ms.max(0)
+                    ),
+                };
                 fail_attempt(
                     &mut d,
                     &step,
@@ -204,9 +211,10 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
         }
         Command::Recover => recover(&mut d)?,
         Command::Stop { reason } => {
+            // Waiting steps run nothing: they keep waiting across the stop.
             let running: Vec<(crate::ids::StepId, u32)> = d
                 .state
-                .running()
+                .executing()
                 .into_iter()
                 .map(|(s, a)| (crate::ids::StepId::from(s), a))
                 .collect();
@@ -241,6 +249,18 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
             RunStatus::Quarantined => d.push(RunEvent::RunReleased {})?,
             _ => return Err(wrong("quarantined")),
         },
+        Command::Signal { name, id, data } => {
+            if state.signal_ids.contains(&id) {
+                return Ok(vec![]); // a repeated signal id is recorded once
+            }
+            d.push(RunEvent::SignalReceived { name, id, data })?;
+        }
+        Command::Approval {
+            step,
+            by,
+            decision,
+            comment,
+        } => approve(&mut d, &run, step, by, decision, comment)?,
     }
     advance(&mut d)?;
     Ok(d.events)
@@ -309,7 +329,8 @@ fn fail_attempt(
     let used = d.state.steps[step].budget_used();
     let retryable = policy.retry_on.kinds.contains(&kind)
         && !matches!(kind, ErrorKind::Canceled | ErrorKind::Unassigned)
-        && !d.state.cancel_requested;
+        && !d.state.cancel_requested
+        && def.wait().is_none();
     let next_retry_at = (retryable && used < policy.max_attempts).then(|| {
         let ms = delay_ms(&policy, used, d.state.seed, step);
         d.ctx.now + TimeDelta::milliseconds(ms.min(i64::MAX as u64) as i64)
@@ -359,9 +380,11 @@ fn evidence(step: &str, st: &crate::state::StepState) -> Value {
 fn recover(d: &mut Draft<'_>) -> Result<(), Rejected> {
     let wf = d.wf();
     let k = wf.quarantine_after_crashes();
+    // Waiting steps survive the crash: their timers and waits are in the
+    // fold and go on.
     let running: Vec<(crate::ids::StepId, u32)> = d
         .state
-        .running()
+        .executing()
         .into_iter()
         .map(|(s, a)| (crate::ids::StepId::from(s), a))
         .collect();
@@ -470,9 +493,15 @@ fn start_attempt(
             .collect(),
     );
     let resolved = resolve(&with, &scope);
-    let deadline = wf
-        .timeout_of(def)
-        .map(|t| d.ctx.now + TimeDelta::milliseconds(t.ms.min(i64::MAX as u64) as i64));
+    // A waiting step's timeout is its own (`timeout:`), not the
+    // workflow's default per-attempt timeout: a wait is not an attempt
+    // at running something.
+    let timeout = match def.wait() {
+        Some(_) => def.timeout,
+        None => wf.timeout_of(def),
+    };
+    let deadline =
+        timeout.map(|t| d.ctx.now + TimeDelta::milliseconds(t.ms.min(i64::MAX as u64) as i64));
     let input = resolved.clone().unwrap_or(Value::Null);
     if let Some(a) = &agent
         && let Some(v) = d.agents.get_mut(a)
@@ -495,6 +524,11 @@ fn start_attempt(
         idempotency_key: idempotency_key(run_id, id),
         deadline,
     })?;
+    if resolved.is_ok()
+        && let Some(wait) = def.wait()
+    {
+        begin_wait(d, id, attempt, wait)?;
+    }
     if let Err(message) = resolved {
         // The input cannot be built: the attempt fails at once, permanently.
         fail_attempt(
@@ -514,6 +548,25 @@ fn start_attempt(
 
 fn advance(d: &mut Draft<'_>) -> Result<(), Rejected> {
     let wf = d.wf();
+    settle_waits(d)?;
+    // A wait that ends at once (a buffered signal, a timer already due)
+    // lets its dependents start in the same decision: go round until
+    // nothing more starts (at most once per step).
+    for _ in 0..=wf.steps.len() {
+        let before = d.events.len();
+        start_ready(d, &wf)?;
+        let started = d.events.len();
+        settle_waits(d)?;
+        if d.events.len() == started || started == before {
+            break;
+        }
+    }
+    end_run(d, &wf)
+}
+
+/// Start the due steps within the capacity given.
+fn start_ready(d: &mut Draft<'_>, wf: &std::sync::Arc<Workflow>) -> Result<(), Rejected> {
+    let wf = wf.clone();
     if d.state.status == RunStatus::Running && !d.state.cancel_requested {
         skip_dependents(d)?;
         for s in &wf.steps {
@@ -530,6 +583,8 @@ fn advance(d: &mut Draft<'_>) -> Result<(), Rejected> {
                 continue;
             }
             match &s.skills {
+                // A waiting step runs nothing: it takes no slot.
+                None if s.wait().is_some() => start_attempt(d, &wf, &s.id, None)?,
                 None => {
                     start_attempt(d, &wf, &s.id, None)?;
                     d.slots -= 1;
@@ -571,6 +626,11 @@ fn advance(d: &mut Draft<'_>) -> Result<(), Rejected> {
         }
         skip_dependents(d)?;
     }
+    Ok(())
+}
+
+/// End the run when it is canceled and nothing runs, or every step is done.
+fn end_run(d: &mut Draft<'_>, wf: &Workflow) -> Result<(), Rejected> {
     if d.state.cancel_requested && d.state.running().is_empty() && !d.state.status.is_terminal() {
         d.push(RunEvent::RunCanceled {})?;
     }
@@ -591,6 +651,189 @@ fn advance(d: &mut Draft<'_>) -> Result<(), Rejected> {
                 reason: format!("step(s) failed: {}", failed.join(", ")),
             })?;
         }
+    }
+    Ok(())
+}
+
+/// What a wait waits for, in words (for messages).
+fn describe(w: &Wait) -> String {
+    match w {
+        Wait::Timer { fire_at } => format!("its timer (due at {})", fire_at.to_rfc3339()),
+        Wait::Signal { name } => format!("the signal {name:?}"),
+        Wait::Approval {
+            min_approvals,
+            approved_by,
+            ..
+        } => format!("approval ({} of {min_approvals} so far)", approved_by.len()),
+    }
+}
+
+/// Record what a waiting step's attempt waits for.
+fn begin_wait(d: &mut Draft<'_>, step: &str, attempt: u32, wait: WaitSpec) -> Result<(), Rejected> {
+    match wait {
+        WaitSpec::Timer(t) => {
+            let fire_at = match t {
+                TimerSpec::For(dur) => {
+                    d.ctx.now + TimeDelta::milliseconds(dur.ms.min(i64::MAX as u64) as i64)
+                }
+                TimerSpec::Until(text) => chrono::DateTime::parse_from_rfc3339(&text)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    // Validation checked it; a bad one fires at once.
+                    .unwrap_or(d.ctx.now),
+            };
+            d.push(RunEvent::TimerStarted {
+                step: step.into(),
+                attempt,
+                fire_at,
+            })
+        }
+        WaitSpec::Signal(name) => d.push(RunEvent::SignalAwaited {
+            step: step.into(),
+            attempt,
+            name,
+        }),
+        WaitSpec::Approval(a) => d.push(RunEvent::ApprovalRequested {
+            step: step.into(),
+            attempt,
+            approvers: a.approvers,
+            min_approvals: a.min_approvals,
+        }),
+    }
+}
+
+/// End the waits that can end: a due timer fires, a buffered signal is
+/// consumed, enough approvals succeed the step; on cancel every wait
+/// ends as canceled. Any non-terminal run (a paused run's timers fire
+/// too, as its running attempts finish).
+fn settle_waits(d: &mut Draft<'_>) -> Result<(), Rejected> {
+    if d.state.status.is_terminal() {
+        return Ok(());
+    }
+    let wf = d.wf();
+    for s in &wf.steps {
+        let st = &d.state.steps[&s.id];
+        if st.status != StepStatus::Running {
+            continue;
+        }
+        let (Some(wait), Some(a)) = (st.wait.clone(), st.last_attempt()) else {
+            continue;
+        };
+        let (attempt, started) = (a.number, a.started_at);
+        let ms = (d.ctx.now - started).num_milliseconds().max(0) as u64;
+        if d.state.cancel_requested {
+            fail_attempt(
+                d,
+                &s.id,
+                attempt,
+                ErrorKind::Canceled,
+                format!("canceled while waiting for {}", describe(&wait)),
+                None,
+                None,
+                ms,
+                None,
+            )?;
+            continue;
+        }
+        let output = match &wait {
+            Wait::Timer { fire_at } if *fire_at <= d.ctx.now => {
+                d.push(RunEvent::TimerFired {
+                    step: s.id.clone(),
+                    attempt,
+                })?;
+                Some(json!({ "fired_at": fire_at }))
+            }
+            Wait::Signal { name } => d
+                .state
+                .signals
+                .iter()
+                .find(|b| &b.name == name)
+                .map(|b| b.data.clone()),
+            Wait::Approval {
+                min_approvals,
+                approved_by,
+                ..
+            } if approved_by.len() >= *min_approvals as usize => {
+                Some(json!({ "approved_by": approved_by }))
+            }
+            _ => None,
+        };
+        if let Some(output) = output {
+            d.push(RunEvent::StepSucceeded {
+                step: s.id.clone(),
+                attempt,
+                output,
+                duration_ms: ms,
+                stdout: None,
+                stderr: None,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A decision on an approval step: refused when the step does not wait
+/// for one or `by` is not a listed approver (nothing recorded); a repeated
+/// approval by the same person changes nothing; a rejection fails the
+/// step (and follows `on_exhausted`).
+fn approve(
+    d: &mut Draft<'_>,
+    run: &str,
+    step: crate::ids::StepId,
+    by: String,
+    decision: ApprovalDecision,
+    comment: Option<String>,
+) -> Result<(), Rejected> {
+    let not_waiting = |now: String| Rejected::NotWaiting {
+        run: run.to_string(),
+        step: step.to_string(),
+        now,
+    };
+    let Some(st) = d.state.steps.get(&step) else {
+        return Err(not_waiting("; the workflow has no such step".into()));
+    };
+    let Some(Wait::Approval {
+        approvers,
+        approved_by,
+        ..
+    }) = &st.wait
+    else {
+        return Err(not_waiting(format!("; it is {}", st.status.as_str())));
+    };
+    if !approvers.is_empty() && !approvers.contains(&by) {
+        return Err(Rejected::NotApprover {
+            step: step.to_string(),
+            by,
+            approvers: approvers.join(", "),
+        });
+    }
+    if decision == ApprovalDecision::Approve && approved_by.contains(&by) {
+        return Ok(()); // already counted
+    }
+    let attempt = st.last_attempt().map(|a| a.number).unwrap_or(1);
+    let ms = st
+        .last_attempt()
+        .map(|a| (d.ctx.now - a.started_at).num_milliseconds().max(0) as u64)
+        .unwrap_or(0);
+    d.push(RunEvent::ApprovalDecided {
+        step: step.clone(),
+        attempt,
+        by: by.clone(),
+        decision,
+        comment: comment.clone(),
+    })?;
+    if decision == ApprovalDecision::Reject {
+        let why = comment.map(|c| format!(": {c}")).unwrap_or_default();
+        fail_attempt(
+            d,
+            &step,
+            attempt,
+            ErrorKind::Permanent,
+            format!("rejected by {by}{why}"),
+            None,
+            None,
+            ms,
+            None,
+        )?;
     }
     Ok(())
 }

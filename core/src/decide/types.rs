@@ -134,6 +134,27 @@ pub enum Command {
     Resume,
     /// Release from quarantine.
     Release,
+    /// A signal for the run: recorded (once per `id`), then consumed by a
+    /// `signal` step of its name, now or later.
+    Signal {
+        /// The signal's name.
+        name: String,
+        /// Its id (a repeat is ignored).
+        id: String,
+        /// Its data.
+        data: Value,
+    },
+    /// A person's decision on an `approval` step.
+    Approval {
+        /// The step.
+        step: crate::ids::StepId,
+        /// Who decides.
+        by: String,
+        /// Approve or reject.
+        decision: crate::event::ApprovalDecision,
+        /// Their comment.
+        comment: Option<String>,
+    },
 }
 
 /// A command refused: nothing is appended.
@@ -170,6 +191,28 @@ pub enum Rejected {
     /// Fork at a seq past the head or of an empty run.
     #[error("cannot fork: {0}")]
     BadFork(String),
+    /// An approval for a step that does not wait for one.
+    #[error("step {step} of run {run} is not waiting for an approval{now}")]
+    NotWaiting {
+        /// Run.
+        run: String,
+        /// Step.
+        step: String,
+        /// What the step is doing instead (`; it is succeeded`).
+        now: String,
+    },
+    /// A decision by someone the step does not list as an approver.
+    #[error(
+        "{by} is not an approver of step {step} (approvers: {approvers}); nothing was recorded"
+    )]
+    NotApprover {
+        /// Step.
+        step: String,
+        /// Who tried.
+        by: String,
+        /// Who may.
+        approvers: String,
+    },
     /// `decide` produced an event `evolve` refused: a bug in the engine.
     #[error("internal error: {0}")]
     Internal(#[from] TransitionError),
@@ -188,6 +231,8 @@ impl Command {
             Self::Pause => "pause",
             Self::Resume => "resume",
             Self::Release => "release",
+            Self::Signal { .. } => "signal",
+            Self::Approval { .. } => "approval",
         }
     }
 }

@@ -300,6 +300,59 @@ pub struct Step {
     /// Extra environment variables of command/shell steps.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// A durable timer: the step waits this long (`10m`, `36h`), then
+    /// succeeds with `{"fired_at"}`. It survives crashes and restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep: Option<HumanDuration>,
+    /// A durable timer to a moment (RFC 3339, `2026-12-01T09:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep_until: Option<String>,
+    /// Wait for the signal of this name (`chronicle signal RUN NAME`);
+    /// its data is the step's output. Signals that came earlier are
+    /// buffered and consumed in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// Wait for people to approve (`chronicle approve RUN STEP --as WHO`);
+    /// a rejection fails the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// Who must approve a step, and how many.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// Who may decide; empty: anyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// Approvals needed (default 1; at most the number of approvers).
+    #[serde(default = "one_approval")]
+    pub min_approvals: u32,
+}
+
+fn one_approval() -> u32 {
+    1
+}
+
+/// What a waiting step waits for (`sleep`, `sleep_until`, `signal`,
+/// `approval`): nothing runs; an event ends the wait.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WaitSpec {
+    /// Until a moment, or for a duration from the start of the wait.
+    Timer(TimerSpec),
+    /// For a signal of this name.
+    Signal(String),
+    /// For approvals.
+    Approval(Approval),
+}
+
+/// A timer's length or end.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TimerSpec {
+    /// For this long.
+    For(HumanDuration),
+    /// Until this moment (RFC 3339 text, checked by validation).
+    Until(String),
 }
 
 fn is_false(b: &bool) -> bool {
@@ -490,6 +543,35 @@ impl Step {
             http: self.http.clone(),
             function: self.function.clone(),
         }
+    }
+
+    /// What this step waits for, when it is a waiting step (the first of
+    /// `sleep`, `sleep_until`, `signal`, `approval` set; validation
+    /// allows one).
+    pub fn wait(&self) -> Option<WaitSpec> {
+        if let Some(d) = self.sleep {
+            return Some(WaitSpec::Timer(TimerSpec::For(d)));
+        }
+        if let Some(t) = &self.sleep_until {
+            return Some(WaitSpec::Timer(TimerSpec::Until(t.clone())));
+        }
+        if let Some(n) = &self.signal {
+            return Some(WaitSpec::Signal(n.clone()));
+        }
+        self.approval.clone().map(WaitSpec::Approval)
+    }
+
+    /// How many of the waiting kinds are set.
+    pub fn wait_count(&self) -> usize {
+        [
+            self.sleep.is_some(),
+            self.sleep_until.is_some(),
+            self.signal.is_some(),
+            self.approval.is_some(),
+        ]
+        .into_iter()
+        .filter(|b| *b)
+        .count()
     }
 }
 

@@ -203,17 +203,54 @@ fn check_retry(r: &super::RetryPolicy) -> Result<(), String> {
 }
 
 fn check_step(wf: &Workflow, s: &Step, ids: &BTreeSet<&str>) -> Result<(), Invalid> {
-    let n = s.exec().count() + usize::from(s.skills.is_some());
+    let n = s.exec().count() + usize::from(s.skills.is_some()) + s.wait_count();
     if n == 0 {
         return Err(at(
             s,
-            "no executor: set one of command, shell, http, function or skills",
+            "no executor: set one of command, shell, http, function or skills (or a wait: sleep, sleep_until, signal, approval)",
         ));
     }
     if n > 1 {
         return Err(at(
             s,
-            "more than one executor: set only one of command, shell, http, function or skills",
+            "more than one executor: set only one of command, shell, http, function, skills, sleep, sleep_until, signal or approval",
+        ));
+    }
+    if let Some(t) = &s.sleep_until
+        && chrono::DateTime::parse_from_rfc3339(t).is_err()
+    {
+        return Err(at(
+            s,
+            format!("sleep_until {t:?} is not an RFC 3339 time like 2026-12-01T09:00:00Z"),
+        ));
+    }
+    if let Some(name) = &s.signal
+        && (name.is_empty() || name.chars().any(|c| c.is_control() || c == '/'))
+    {
+        return Err(at(
+            s,
+            "signal must be a non-empty name without control characters or '/'",
+        ));
+    }
+    if let Some(a) = &s.approval {
+        if a.min_approvals == 0 {
+            return Err(at(s, "approval.min_approvals must be at least 1"));
+        }
+        if !a.approvers.is_empty() && a.min_approvals as usize > a.approvers.len() {
+            return Err(at(
+                s,
+                format!(
+                    "approval.min_approvals is {} but only {} approver(s) are listed",
+                    a.min_approvals,
+                    a.approvers.len()
+                ),
+            ));
+        }
+    }
+    if s.wait_count() > 0 && (s.at_most_once || s.retry.is_some()) {
+        return Err(at(
+            s,
+            "a waiting step (sleep, sleep_until, signal, approval) runs nothing: retry and at_most_once do not apply",
         ));
     }
     if let Some(c) = &s.command

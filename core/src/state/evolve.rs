@@ -5,10 +5,10 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    Attempt, AttemptOutcome, Quarantine, RunState, RunStatus, StepState, StepStatus,
-    TransitionError,
+    Attempt, AttemptOutcome, BufferedSignal, Quarantine, RunState, RunStatus, StepState,
+    StepStatus, TransitionError, Wait,
 };
-use crate::event::RunEvent;
+use crate::event::{ApprovalDecision, RunEvent};
 use crate::model::{ErrorKind, OnExhausted};
 
 /// What `RunCreated` and `RunForked` both set: the pinned definition, its
@@ -265,6 +265,13 @@ pub fn evolve(
             st.status = StepStatus::Succeeded;
             st.output = Some(output.clone());
             st.crash_streak = 0;
+            // A signal step's success consumes the oldest buffered signal
+            // of its name (the one whose data is its output).
+            if let Some(Wait::Signal { name }) = st.wait.take()
+                && let Some(i) = state.signals.iter().position(|b| b.name == name)
+            {
+                state.signals.remove(i);
+            }
             state.promote();
         }
         RunEvent::StepFailed {
@@ -292,6 +299,7 @@ pub fn evolve(
                     "step {step} attempt {attempt} is not running"
                 )));
             }
+            st.wait = None;
             let a = st.attempts.last_mut().expect("checked");
             if a.outcome == AttemptOutcome::Running {
                 a.outcome = AttemptOutcome::Failed { kind: *kind };
@@ -319,6 +327,7 @@ pub fn evolve(
             stopped,
         } => {
             let st = running_or_fail(&mut state, step, *attempt, &fail)?;
+            st.wait = None;
             let a = st.attempts.last_mut().expect("checked");
             a.outcome = AttemptOutcome::Abandoned;
             a.ended_at = Some(at);
@@ -327,6 +336,84 @@ pub fn evolve(
             // A crash loop counts crashes only: a stop on purpose is not one.
             if !*stopped {
                 st.crash_streak += 1;
+            }
+        }
+        RunEvent::TimerStarted {
+            step,
+            attempt,
+            fire_at,
+        } => {
+            let st = running_or_fail(&mut state, step, *attempt, &fail)?;
+            if st.wait.is_some() {
+                return Err(fail(format!("step {step} already waits")));
+            }
+            st.wait = Some(Wait::Timer { fire_at: *fire_at });
+        }
+        RunEvent::TimerFired { step, attempt } => {
+            let st = running_or_fail(&mut state, step, *attempt, &fail)?;
+            if !matches!(st.wait, Some(Wait::Timer { .. })) {
+                return Err(fail(format!("step {step} has no timer")));
+            }
+        }
+        RunEvent::SignalAwaited {
+            step,
+            attempt,
+            name,
+        } => {
+            let st = running_or_fail(&mut state, step, *attempt, &fail)?;
+            if st.wait.is_some() {
+                return Err(fail(format!("step {step} already waits")));
+            }
+            st.wait = Some(Wait::Signal { name: name.clone() });
+        }
+        RunEvent::SignalReceived { name, id, data } => {
+            if !state.signal_ids.insert(id.clone()) {
+                return Err(fail(format!("signal id {id} was already recorded")));
+            }
+            state.signals.push(BufferedSignal {
+                name: name.clone(),
+                id: id.clone(),
+                data: data.clone(),
+                seq,
+            });
+        }
+        RunEvent::ApprovalRequested {
+            step,
+            attempt,
+            approvers,
+            min_approvals,
+        } => {
+            let st = running_or_fail(&mut state, step, *attempt, &fail)?;
+            if st.wait.is_some() {
+                return Err(fail(format!("step {step} already waits")));
+            }
+            st.wait = Some(Wait::Approval {
+                approvers: approvers.clone(),
+                min_approvals: *min_approvals,
+                approved_by: Vec::new(),
+            });
+        }
+        RunEvent::ApprovalDecided {
+            step,
+            attempt,
+            by,
+            decision,
+            ..
+        } => {
+            let st = running_or_fail(&mut state, step, *attempt, &fail)?;
+            let Some(Wait::Approval {
+                approvers,
+                approved_by,
+                ..
+            }) = st.wait.as_mut()
+            else {
+                return Err(fail(format!("step {step} does not wait for approval")));
+            };
+            if !approvers.is_empty() && !approvers.contains(by) {
+                return Err(fail(format!("{by} is not an approver of step {step}")));
+            }
+            if *decision == ApprovalDecision::Approve && !approved_by.contains(by) {
+                approved_by.push(by.clone());
             }
         }
         RunEvent::StepSkipped { step, reason } => {

@@ -171,6 +171,49 @@ pub struct StepState {
     /// True when the step's output came from the source of a fork.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub carried: bool,
+    /// What the running attempt of a waiting step waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<Wait>,
+}
+
+/// What a waiting step's running attempt waits for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "for")]
+pub enum Wait {
+    /// A durable timer.
+    Timer {
+        /// When it comes due.
+        fire_at: DateTime<Utc>,
+    },
+    /// A signal of this name.
+    Signal {
+        /// The signal's name.
+        name: String,
+    },
+    /// Approvals.
+    Approval {
+        /// Who may decide (empty: anyone).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvers: Vec<String>,
+        /// Approvals needed.
+        min_approvals: u32,
+        /// Who approved so far, in order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approved_by: Vec<String>,
+    },
+}
+
+/// A signal received and not yet consumed by a `signal` step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BufferedSignal {
+    /// Its name.
+    pub name: String,
+    /// Its id.
+    pub id: String,
+    /// Its data.
+    pub data: Value,
+    /// Seq of its `SignalReceived`.
+    pub seq: crate::ids::Seq,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -249,6 +292,12 @@ pub struct RunState {
     /// Assignments made so far (drives round-robin).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub assignments: u32,
+    /// Signals received and not yet consumed, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<BufferedSignal>,
+    /// Ids of every signal recorded (a repeated id is not recorded again).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub signal_ids: std::collections::BTreeSet<String>,
     /// Time of the first event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
@@ -297,11 +346,42 @@ impl RunState {
             .collect()
     }
 
-    /// Steps with a running attempt: `(step, attempt number)`.
+    /// Steps with a running attempt: `(step, attempt number)`, waiting
+    /// steps included.
     pub fn running(&self) -> Vec<(&str, u32)> {
         self.steps
             .iter()
             .filter(|(_, s)| s.status == StepStatus::Running)
+            .filter_map(|(k, s)| s.last_attempt().map(|a| (k.as_str(), a.number)))
+            .collect()
+    }
+
+    /// Whether the run waits only for the outside world: it runs, nothing
+    /// executes, nothing is ready or due for a retry, and every running
+    /// step waits for a signal or an approval (a timer fires by itself).
+    /// A foreground `chronicle run` stops there; a signal or an approval,
+    /// then `chronicle recover` (or a server), continues it.
+    pub fn parked(&self) -> bool {
+        self.status == RunStatus::Running
+            && !self.cancel_requested
+            && self.steps.values().any(|s| s.status == StepStatus::Running)
+            && self.steps.values().all(|s| match s.status {
+                StepStatus::Running => {
+                    matches!(s.wait, Some(Wait::Signal { .. } | Wait::Approval { .. }))
+                }
+                StepStatus::Ready | StepStatus::Retrying | StepStatus::Blocked => false,
+                _ => true,
+            })
+    }
+
+    /// Steps with a running attempt that executes something (a process,
+    /// a request, a function): `(step, attempt number)`. Waiting steps
+    /// are left out: nothing of theirs runs, so a crash or a stop does
+    /// not cut them off.
+    pub fn executing(&self) -> Vec<(&str, u32)> {
+        self.steps
+            .iter()
+            .filter(|(_, s)| s.status == StepStatus::Running && s.wait.is_none())
             .filter_map(|(k, s)| s.last_attempt().map(|a| (k.as_str(), a.number)))
             .collect()
     }

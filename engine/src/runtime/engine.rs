@@ -380,6 +380,59 @@ impl Engine {
         self.control(run, Command::Release).await
     }
 
+    /// Send the signal `name` (with `data`, identified by `id`) to a run:
+    /// recorded as `SignalReceived` and consumed by a `signal` step of
+    /// that name, now or when one waits. Returns false when a signal with
+    /// this `id` was already recorded (nothing changes).
+    ///
+    /// Errors: unknown run; [`Rejected`] for an ended run; storage.
+    pub async fn signal(
+        &self,
+        run: RunId,
+        name: &str,
+        id: &str,
+        data: serde_json::Value,
+    ) -> Result<bool, EngineError> {
+        let seen = self.state(run)?.signal_ids.contains(id);
+        self.control(
+            run,
+            Command::Signal {
+                name: name.to_string(),
+                id: id.to_string(),
+                data,
+            },
+        )
+        .await?;
+        Ok(!seen)
+    }
+
+    /// Record `by`'s decision on the approval step `step`
+    /// (`ApprovalDecided`); enough approvals succeed the step, a
+    /// rejection fails it.
+    ///
+    /// Errors: unknown run; [`Rejected::NotWaiting`] when the step does
+    /// not wait for an approval, [`Rejected::NotApprover`] when `by` is not
+    /// listed (nothing is recorded either way); storage.
+    pub async fn approval(
+        &self,
+        run: RunId,
+        step: &str,
+        by: &str,
+        decision: crate::event::ApprovalDecision,
+        comment: Option<String>,
+    ) -> Result<(), EngineError> {
+        self.control(
+            run,
+            Command::Approval {
+                step: step.into(),
+                by: by.to_string(),
+                decision,
+                comment,
+            },
+        )
+        .await
+    }
+
     /// Apply a control command to a run that no process is executing:
     /// attempts the log shows running (left by a crash) are abandoned
     /// first, nothing new starts, and the events are appended in one
@@ -434,6 +487,23 @@ impl Engine {
 
     /// Wait until the run ends or is quarantined; returns its state.
     pub async fn wait(&self, run: RunId) -> Result<RunState, EngineError> {
+        self.wait_until(run, |s| {
+            s.status.is_terminal() || s.status == RunStatus::Quarantined
+        })
+        .await
+    }
+
+    /// Wait until the run's durable state satisfies `done` (checked at
+    /// once, then at each commit), or its actor has ended; returns that
+    /// state. A run no actor of this engine executes answers at once
+    /// with its stored state.
+    ///
+    /// Errors: unknown run; storage.
+    pub async fn wait_until(
+        &self,
+        run: RunId,
+        done: impl Fn(&RunState) -> bool,
+    ) -> Result<RunState, EngineError> {
         let h = self
             .inner
             .runs
@@ -447,7 +517,7 @@ impl Engine {
         loop {
             {
                 let s = h.state.borrow_and_update();
-                if s.status.is_terminal() || s.status == RunStatus::Quarantined {
+                if done(&s) {
                     return Ok((**s).clone());
                 }
             }
@@ -487,6 +557,9 @@ impl Engine {
                 } else {
                     !s.running().is_empty()
                 };
+                // A run that waits only for a signal or an approval is not
+                // busy: nothing happens to it without the outside world.
+                let is_busy = is_busy && !s.parked();
                 if is_busy {
                     busy = Some(h);
                     break;

@@ -33,6 +33,7 @@ use crate::registry;
 
 mod audit;
 mod runs;
+mod waits;
 mod workflows;
 
 /// Longest `?wait=` honoured (a longer one is cut to this), seconds.
@@ -167,6 +168,8 @@ pub fn v1_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::resume_run))
         .routes(routes!(runs::release_run))
         .routes(routes!(runs::fork_run))
+        .routes(routes!(waits::send_signal))
+        .routes(routes!(waits::decide_approval))
         .routes(routes!(workflows::put_workflow, workflows::get_workflow))
         .routes(routes!(workflows::list_workflows))
         .routes(routes!(audit::upgrade_check))

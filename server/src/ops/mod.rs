@@ -126,6 +126,7 @@ pub fn status_json(state: &RunState, forks: &[(RunId, u64)]) -> Value {
                 "last_error": st.last_error(),
                 "reason": st.reason,
                 "output": st.output,
+                "wait": wait_json(st),
             }))
         })
         .collect();
@@ -143,7 +144,47 @@ pub fn status_json(state: &RunState, forks: &[(RunId, u64)]) -> Value {
         "failure": state.failure,
         "forked_from": state.lineage.as_ref().map(|l| json!({"run_id": l.forked_from, "at_seq": l.at_seq})),
         "forks": forks.iter().map(|(r, at)| json!({"run_id": r, "at_seq": at})).collect::<Vec<_>>(),
+        "signals": state.signals.iter().map(|b| json!({"name": b.name, "id": b.id, "seq": b.seq.0})).collect::<Vec<_>>(),
     })
+}
+
+/// What a waiting step waits for, as `status --json` shows it (null when
+/// it does not wait): `{for: "timer", fire_at}`, `{for: "signal", name}`
+/// or `{for: "approval", approvers, min_approvals, approved_by, pending}`,
+/// each with `since` (the wait's start), `timeout_at` and `text` (the
+/// same in words).
+pub fn wait_json(st: &chronicle_engine::state::StepState) -> Value {
+    use chronicle_engine::state::Wait;
+    let Some(wait) = &st.wait else {
+        return Value::Null;
+    };
+    let mut v = serde_json::to_value(wait).unwrap_or(Value::Null);
+    if let (
+        Wait::Approval {
+            approvers,
+            approved_by,
+            ..
+        },
+        Some(o),
+    ) = (wait, v.as_object_mut())
+    {
+        let pending: Vec<&String> = approvers
+            .iter()
+            .filter(|a| !approved_by.contains(a))
+            .collect();
+        o.insert("pending".into(), json!(pending));
+        o.insert("approved_by".into(), json!(approved_by));
+    }
+    if let Some(o) = v.as_object_mut() {
+        let a = st.attempts.last();
+        o.insert("since".into(), json!(a.map(|a| a.started_at)));
+        o.insert("timeout_at".into(), json!(a.and_then(|a| a.deadline)));
+        o.insert(
+            "text".into(),
+            json!(chronicle_replay::render::describe_wait(st)),
+        );
+    }
+    v
 }
 
 /// A run's state at its head and the `status --json` object.
