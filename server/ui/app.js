@@ -261,6 +261,12 @@ function summary(p) {
     case 'StepFailed': return p.step + a + ': ' + p.kind + ' — ' + p.message + (p.next_retry_at ? ' (retry at ' + fmtTime(p.next_retry_at) + ')' : '');
     case 'StepAbandoned': return p.step + a + ': ' + p.reason;
     case 'StepSkipped': return p.step + ': ' + p.reason;
+    case 'TimerStarted': return p.step + ' sleeps until ' + fmtTime(p.fire_at);
+    case 'TimerFired': return p.step + ': timer fired';
+    case 'SignalAwaited': return p.step + ' waits for the signal ' + p.name;
+    case 'SignalReceived': return 'signal ' + p.name + ' (id ' + p.id + ')';
+    case 'ApprovalRequested': return p.step + ' waits for ' + p.min_approvals + ' approval(s)' + (p.approvers && p.approvers.length ? ' from ' + p.approvers.join(', ') : '');
+    case 'ApprovalDecided': return p.step + ': ' + p.decision + ' by ' + p.by + (p.comment ? ' — ' + p.comment : '');
     case 'RunCancelRequested': case 'RunQuarantined': case 'RunFailed': return p.reason || '';
     default: return '';
   }
@@ -591,11 +597,58 @@ async function runPage(root, id) {
           ? (decision.agent ? 'agent ' + decision.agent + ' — ' + decision.why : 'unassigned — ' + decision.why + (decision.blocked ? ' (waiting for a circuit)' : ''))
           : (st.reason ? st.reason : 'no agent (runs in the engine)')),
         h('dt', {}, 'Circuit'), h('dd', {}, agent ? [badge(agent.circuit.state), ' failures ' + agent.circuit.failures + (agent.circuit.open_until ? ', open until ' + fmtTime(agent.circuit.open_until) : '') + ', load ' + agent.load] : '—'),
+        st.wait ? [h('dt', {}, 'Waits for'), h('dd', { id: 'panel-wait' }, waitText(st))] : null,
         h('dt', {}, 'Last error'), h('dd', { class: lastError ? 'error' : '' }, lastError ? lastError.error : '—'),
         st.reason ? [h('dt', {}, 'Reason'), h('dd', {}, st.reason)] : null),
+      R.at === null && st.wait && st.wait.for === 'approval' ? approvalForm(id) : null,
+      R.at === null && st.wait && st.wait.for === 'signal' ? signalForm(st.wait.name) : null,
       h('h3', {}, 'Resolved input'), h('pre', { id: 'panel-input' }, last ? json(last.input) : '— (not started)'),
       h('h3', {}, 'Output'), h('pre', { id: 'panel-output' }, st.output !== undefined ? json(st.output) : '—'),
       h('h3', {}, 'Stderr (excerpt)'), h('pre', {}, lastView && lastView.stderr ? (lastView.stderr_cut ? '…' : '') + lastView.stderr : '—'));
+  }
+
+  function waitText(st) {
+    const w = st.wait;
+    const a = (st.attempts || [])[st.attempts.length - 1];
+    let t = w.for === 'timer' ? 'its timer, due at ' + fmtTime(w.fire_at)
+      : w.for === 'signal' ? 'the signal "' + w.name + '"'
+      : 'approval: ' + (w.approved_by || []).length + ' of ' + w.min_approvals + ((w.approvers || []).length ? ' (approvers: ' + w.approvers.join(', ') + ')' : '');
+    if (a && a.deadline) t += '; times out at ' + fmtTime(a.deadline);
+    return t;
+  }
+
+  function approvalForm(step) {
+    const who = h('input', { type: 'text', id: 'approve-as', name: 'by', placeholder: 'your name', size: 14, 'aria-label': 'Decide as' });
+    const note = h('input', { type: 'text', id: 'approve-comment', placeholder: 'comment (recorded)', size: 24, 'aria-label': 'Comment' });
+    const decide = async (decision) => {
+      if (!who.value.trim()) { flash('Say who decides.'); who.focus(); return; }
+      const ok = await confirmDialog(decision === 'approve' ? 'Approve' : 'Reject', [h('p', {}, (decision === 'approve' ? 'Approve' : 'Reject') + ' step ' + step + ' as ' + who.value.trim() + '? This is recorded in the history.')], decision === 'approve' ? 'Approve' : 'Reject', decision === 'reject');
+      if (!ok) return;
+      try {
+        await api('/v1/runs/' + R.id + '/steps/' + encodeURIComponent(step) + '/approval', { method: 'POST', body: { by: who.value.trim(), decision, comment: note.value.trim() || null } });
+        flash('Recorded: ' + decision + ' by ' + who.value.trim(), true);
+        await loadStatus(); await loadState();
+      } catch (e) { flash(e.message); }
+    };
+    return h('div', { class: 'row', role: 'group', 'aria-label': 'Approval' }, who, note,
+      h('button', { type: 'button', class: 'primary', id: 'act-approve', onclick: () => decide('approve') }, 'Approve…'),
+      h('button', { type: 'button', class: 'danger', id: 'act-reject', onclick: () => decide('reject') }, 'Reject…'));
+  }
+
+  function signalForm(name) {
+    const data = h('input', { type: 'text', id: 'signal-data', placeholder: 'data (JSON)', size: 30, 'aria-label': 'Signal data (JSON)' });
+    const send = async () => {
+      let value = null;
+      try { value = data.value.trim() ? JSON.parse(data.value) : null; } catch (e) { flash('The data is not JSON: ' + e.message); return; }
+      const ok = await confirmDialog('Send signal', [h('p', {}, 'Send the signal "' + name + '" to run ' + R.id + '? It is recorded in the history.')], 'Send');
+      if (!ok) return;
+      try {
+        await api('/v1/runs/' + R.id + '/signals/' + encodeURIComponent(name), { method: 'POST', body: { data: value } });
+        flash('Signal ' + name + ' sent.', true);
+        await loadStatus(); await loadState();
+      } catch (e) { flash(e.message); }
+    };
+    return h('div', { class: 'row', role: 'group', 'aria-label': 'Signal' }, data, h('button', { type: 'button', class: 'primary', id: 'act-signal', onclick: send }, 'Send signal "' + name + '"…'));
   }
 
   // Gantt -------------------------------------------------------------

@@ -291,3 +291,121 @@ fn a_signal_and_an_approval_on_the_file_without_a_server() {
         "succeeded"
     );
 }
+
+#[test]
+fn the_release_example_waits_for_an_approval_and_a_signal() {
+    let env = Env::new();
+    let s = env.serve_from(&crate::support::root(), &[]);
+    let out_dir = env.path("out");
+    let out = env.run_in_root(&[
+        "run",
+        "examples/release.yaml",
+        "--input",
+        &json!({"out": out_dir}).to_string(),
+        "--detach",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = out
+        .stdout
+        .split_whitespace()
+        .find(|w| w.len() == 36)
+        .unwrap()
+        .to_string();
+    until(&s, &run, "waits for the sign-off", |v| {
+        step(v, "sign-off")["wait"]["for"] == "approval"
+    });
+    let st = env.run(&["status", &run]);
+    assert!(
+        st.stdout
+            .contains("waiting: sign-off for approval: 0 of 1; pending: alice, bob"),
+        "{st:?}"
+    );
+    let ok = env.run(&[
+        "approve",
+        &run,
+        "sign-off",
+        "--as",
+        "alice",
+        "--comment",
+        "ship it",
+    ]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    until(&s, &run, "waits for the deployment", |v| {
+        step(v, "deployed")["wait"]["for"] == "signal"
+    });
+    let sig = env.run(&[
+        "signal",
+        &run,
+        "deployed",
+        "--data",
+        r#"{"version":"1.4.2","url":"https://example.org/app"}"#,
+    ]);
+    assert_eq!(sig.code, 0, "{sig:?}");
+    let done = wait_status(&s, &run);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        step(&done, "notify")["output"]["message"],
+        "release 1.4.2 is live at https://example.org/app"
+    );
+    assert!(
+        step(&done, "deploy")["output"]["approved_by"] == json!(["alice"]),
+        "{done}"
+    );
+    assert!(out_dir.join("app-1.4.2.tar.gz").exists());
+}
+
+#[test]
+fn a_fork_before_the_signal_waits_again_and_after_it_keeps_it() {
+    let env = Env::new();
+    let s = env.serve(&[]);
+    let wf = "name: f\nsteps:\n  - id: deployed\n    signal: deployed\n  - id: after\n    needs: [deployed]\n    command: ['true']\n";
+    let run = submit(&s, wf);
+    until(&s, &run, "waits", |v| {
+        step(v, "deployed")["wait"]["for"] == "signal"
+    });
+    let r = s.post(
+        &format!("/v1/runs/{run}/signals/deployed"),
+        &json!({"data": {"v": 1}}),
+    );
+    assert_eq!(r.status(), 202);
+    let done = wait_status(&s, &run);
+    assert_eq!(done["status"], "succeeded");
+    let evs = events(&s, &run);
+    let received = evs
+        .iter()
+        .position(|e| e["type"] == "SignalReceived")
+        .unwrap() as u64
+        + 1;
+    let consumed = evs
+        .iter()
+        .position(|e| e["type"] == "StepSucceeded" && e["step"] == "deployed")
+        .unwrap() as u64
+        + 1;
+    let fork = |at: u64| -> String {
+        let r = s.post(&format!("/v1/runs/{run}/fork"), &json!({"at": at}));
+        assert_eq!(r.status(), 202, "fork at {at}");
+        r.json::<Value>().unwrap()["run_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let before = fork(received - 1);
+    let waiting = until(&s, &before, "the fork waits again", |v| {
+        step(v, "deployed")["wait"]["for"] == "signal"
+    });
+    assert_eq!(waiting["status"], "running");
+    let after = fork(consumed);
+    let kept = wait_status(&s, &after);
+    assert_eq!(kept["status"], "succeeded", "{kept}");
+    assert_eq!(step(&kept, "deployed")["output"], json!({"v": 1}));
+    // Time travel over the waits: the state at each seq folds.
+    for at in 1..=done["seq"].as_u64().unwrap() {
+        let r = s.get(&format!("/v1/runs/{run}/state?at={at}"));
+        assert_eq!(r.status(), 200, "state at {at}");
+    }
+    let v: Value = s.get("/v1/verify").json().unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    // The waiting fork ends when canceled.
+    let c = s.post(&format!("/v1/runs/{before}/cancel"), &json!({}));
+    assert_eq!(c.json::<Value>().unwrap()["status"], "canceled");
+}
