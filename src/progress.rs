@@ -125,6 +125,9 @@ pub fn describe(env: &RawEnvelope) -> String {
                 format!("{step} attempt {attempt} abandoned")
             }
             RunEvent::StepSkipped { step, reason } => format!("{step}: {reason}"),
+            RunEvent::ChildRunStarted {
+                step, child_run_id, ..
+            } => format!("{step} child run {child_run_id}"),
             RunEvent::TimerStarted { step, fire_at, .. } => {
                 format!("{step} sleeps until {}", fire_at.to_rfc3339())
             }

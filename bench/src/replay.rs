@@ -119,6 +119,7 @@ fn history(run: RunId, steps_done: usize) -> Vec<chronicle_engine::event::RunEve
         idempotency_key: None,
         seed: 1,
         trace_id: None,
+        parent: None,
     };
     apply(&mut state, create, &mut all);
     apply(&mut state, Command::Start, &mut all);

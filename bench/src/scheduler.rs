@@ -87,6 +87,7 @@ fn new_run(wf: &Arc<Workflow>, i: usize, now: DateTime<Utc>) -> (RunId, Run) {
         idempotency_key: None,
         seed: 1,
         trace_id: None,
+        parent: None,
     };
     let _ = step(&mut run, create, now);
     (id, run)

@@ -27,6 +27,15 @@ pub struct Lineage {
     pub at_seq: crate::ids::Seq,
 }
 
+/// The run and step that started a child run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    /// The parent run.
+    pub run_id: RunId,
+    /// Its step whose attempt started the child.
+    pub step: crate::ids::StepId,
+}
+
 /// Captured output of a stream (stdout or stderr), capped.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Captured {
@@ -77,6 +86,9 @@ pub enum RunEvent {
         /// run continues it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         trace_id: Option<String>,
+        /// The run and step that started this one as a child workflow.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentRef>,
     },
     /// A run forked from another run at a seq; steps in `carried` keep the
     /// source's outputs, every other step runs again.
@@ -223,6 +235,16 @@ pub enum RunEvent {
     },
     /// A person released the quarantined run; it continues.
     RunReleased {},
+    /// A `workflow:` step's attempt started (or, after a crash, found
+    /// again by its idempotency key `PARENT_RUN:STEP`) its child run.
+    ChildRunStarted {
+        /// The step.
+        step: crate::ids::StepId,
+        /// Its attempt.
+        attempt: u32,
+        /// The child run.
+        child_run_id: RunId,
+    },
     /// A waiting step armed its durable timer (`sleep`, `sleep_until`).
     TimerStarted {
         /// The step.
@@ -334,6 +356,7 @@ impl RunEvent {
             Self::RunCanceled {} => "RunCanceled",
             Self::RunQuarantined { .. } => "RunQuarantined",
             Self::RunReleased {} => "RunReleased",
+            Self::ChildRunStarted { .. } => "ChildRunStarted",
             Self::TimerStarted { .. } => "TimerStarted",
             Self::TimerFired { .. } => "TimerFired",
             Self::SignalAwaited { .. } => "SignalAwaited",
@@ -355,6 +378,7 @@ impl RunEvent {
             | Self::StepFailed { step, .. }
             | Self::StepAbandoned { step, .. }
             | Self::StepSkipped { step, .. }
+            | Self::ChildRunStarted { step, .. }
             | Self::TimerStarted { step, .. }
             | Self::TimerFired { step, .. }
             | Self::SignalAwaited { step, .. }
@@ -464,6 +488,8 @@ struct RunCreatedRaw<'a> {
     seed: u64,
     #[serde(default)]
     trace_id: Option<String>,
+    #[serde(default)]
+    parent: Option<ParentRef>,
 }
 
 impl RunEvent {
@@ -502,6 +528,7 @@ impl RunEvent {
             idempotency_key: raw.idempotency_key,
             seed: raw.seed,
             trace_id: raw.trace_id,
+            parent: raw.parent,
         })
     }
 }

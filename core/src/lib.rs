@@ -24,7 +24,7 @@
 //! let ctx = Ctx::at(now);
 //! let run = RunId(uuid::Uuid::from_u128(1));
 //! let mut state = RunState::default();
-//! let create = Command::Create { run_id: run, workflow: std::sync::Arc::new(wf), input: serde_json::json!({}), idempotency_key: None, seed: 7, trace_id: None };
+//! let create = Command::Create { run_id: run, workflow: std::sync::Arc::new(wf), input: serde_json::json!({}), idempotency_key: None, seed: 7, trace_id: None, parent: None };
 //! for cmd in [create, Command::Start] {
 //!     for e in decide(&state, cmd, &ctx).unwrap() {
 //!         let seq = state.seq + 1;

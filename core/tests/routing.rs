@@ -82,6 +82,7 @@ steps:
         idempotency_key: None,
         seed: 1,
         trace_id: None,
+        parent: None,
     });
     assert_yaml_snapshot!("routing_3_least_loaded", brief(&sim.cmd(Command::Start)));
 }

@@ -276,3 +276,86 @@ fn waits_hold_no_slot_and_the_state_says_what_they_wait_for() {
     let _ = t0();
     let _ = ErrorKind::Timeout;
 }
+
+/// A parent with a child workflow (the child's definition pinned in the
+/// parent's, as the loader embeds it).
+fn parent_yaml() -> String {
+    "
+name: parent
+steps:
+  - id: audit
+    workflow: child.yaml
+    child: { name: child, steps: [ { id: x, command: [x] } ] }
+    with: { data: d }
+  - id: after
+    needs: [audit]
+    command: [echo]
+"
+    .to_string()
+}
+
+fn child_id() -> chronicle_core::ids::RunId {
+    chronicle_core::ids::RunId(uuid::Uuid::from_u128(
+        0x0190_0000_0000_7000_8000_0000_0000_0002,
+    ))
+}
+
+#[test]
+fn a_child_run_is_recorded_once_and_its_failure_fails_the_step() {
+    let (mut sim, created) = Sim::start(&parent_yaml());
+    assert_yaml_snapshot!("child_1_step_starts", brief(&created[2..]));
+    let fx: Vec<String> = effects(&sim.state)
+        .iter()
+        .map(|e| match e {
+            Effect::Run(sa) => format!(
+                "run {} attempt {}: child {}",
+                sa.step,
+                sa.attempt,
+                sa.exec
+                    .child
+                    .as_ref()
+                    .map(|c| c.name.as_str())
+                    .unwrap_or("-")
+            ),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_yaml_snapshot!("child_2_effect_runs_the_child", fx);
+    let started = sim.cmd(Command::ChildStarted {
+        step: "audit".into(),
+        attempt: 1,
+        child_run_id: child_id(),
+    });
+    assert_yaml_snapshot!("child_3_started_recorded", brief(&started));
+    // The same child found again (a retry of the message): recorded once.
+    assert!(
+        sim.cmd(Command::ChildStarted {
+            step: "audit".into(),
+            attempt: 1,
+            child_run_id: child_id(),
+        })
+        .is_empty()
+    );
+    let failed = sim.fail("audit", ErrorKind::Permanent, None);
+    assert_yaml_snapshot!("child_4_child_failure_fails_the_parent", brief(&failed));
+}
+
+#[test]
+fn canceling_the_parent_kills_the_child_attempt() {
+    let (mut sim, _) = Sim::start(&parent_yaml());
+    sim.cmd(Command::ChildStarted {
+        step: "audit".into(),
+        attempt: 1,
+        child_run_id: child_id(),
+    });
+    sim.cmd(Command::Cancel {
+        reason: "stop it".into(),
+    });
+    let fx: Vec<String> = effects(&sim.state)
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect();
+    assert_yaml_snapshot!("child_parent_cancel_kills_the_child_attempt", fx);
+    let ended = sim.fail("audit", ErrorKind::Canceled, None);
+    assert_yaml_snapshot!("child_parent_canceled", brief(&ended));
+}

@@ -59,6 +59,9 @@ pub fn render_state(state: &RunState) -> String {
             l.forked_from, l.at_seq
         ));
     }
+    if let Some(p) = &state.parent {
+        out.push_str(&format!("child of {} (step {})\n", p.run_id, p.step));
+    }
     if let Some(q) = &state.quarantine {
         out.push_str(&fit(&format!("quarantine: {}", q.reason), WIDTH));
         out.push('\n');
@@ -159,6 +162,18 @@ pub fn render_state(state: &RunState) -> String {
             {
                 out.push_str(&fit(&format!("waiting: {} for {text}", s.id), WIDTH));
                 out.push('\n');
+            }
+        }
+    }
+    if let Some(w) = &state.workflow {
+        for s in &w.steps {
+            if let Some(child) = state
+                .steps
+                .get(&s.id)
+                .and_then(|st| st.attempts.last())
+                .and_then(|a| a.child)
+            {
+                out.push_str(&format!("child run: {} -> {child}\n", s.id));
             }
         }
     }

@@ -200,6 +200,7 @@ pub fn check(
             idempotency_key,
             seed,
             trace_id,
+            parent,
             ..
         } => RunEvent::RunCreated {
             run_id,
@@ -209,6 +210,7 @@ pub fn check(
             idempotency_key,
             seed,
             trace_id,
+            parent,
         },
         RunEvent::RunForked {
             run_id,

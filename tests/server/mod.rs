@@ -36,6 +36,7 @@ fn wait_status(s: &Server, run: &str) -> Value {
     v
 }
 
+mod children;
 mod cli;
 mod lifecycle;
 mod observability;

@@ -80,6 +80,7 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
         idempotency_key,
         seed,
         trace_id,
+        parent,
     } = command
     {
         if state.run_id.is_some() {
@@ -95,6 +96,7 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
             idempotency_key,
             seed,
             trace_id,
+            parent,
         })?;
         return Ok(d.events);
     }
@@ -261,6 +263,25 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
             decision,
             comment,
         } => approve(&mut d, &run, step, by, decision, comment)?,
+        Command::ChildStarted {
+            step,
+            attempt,
+            child_run_id,
+        } => {
+            let current = state.steps.get(&step).is_some_and(|s| {
+                s.status == StepStatus::Running
+                    && s.last_attempt()
+                        .is_some_and(|a| a.number == attempt && a.child.is_none())
+            });
+            if !current {
+                return Ok(vec![]); // stale, or already recorded
+            }
+            d.push(RunEvent::ChildRunStarted {
+                step,
+                attempt,
+                child_run_id,
+            })?;
+        }
     }
     advance(&mut d)?;
     Ok(d.events)

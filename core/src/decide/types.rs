@@ -99,6 +99,8 @@ pub enum Command {
         seed: u64,
         /// The run's trace id (32 hex digits), recorded in `RunCreated`.
         trace_id: Option<String>,
+        /// The parent run and step of a child run.
+        parent: Option<crate::event::ParentRef>,
     },
     /// Start executing.
     Start,
@@ -143,6 +145,15 @@ pub enum Command {
         id: String,
         /// Its data.
         data: Value,
+    },
+    /// A `workflow:` step's attempt has its child run.
+    ChildStarted {
+        /// The step.
+        step: crate::ids::StepId,
+        /// The attempt.
+        attempt: u32,
+        /// The child run.
+        child_run_id: RunId,
     },
     /// A person's decision on an `approval` step.
     Approval {
@@ -233,6 +244,7 @@ impl Command {
             Self::Release => "release",
             Self::Signal { .. } => "signal",
             Self::Approval { .. } => "approval",
+            Self::ChildStarted { .. } => "child started",
         }
     }
 }

@@ -11,6 +11,7 @@ mod validate;
 pub use validate::is_invisible_control;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -196,6 +197,12 @@ pub struct ExecSpec {
     /// The name of a Rust function registered with the engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function: Option<String>,
+    /// A child workflow (its file, as written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// The child's pinned definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<Arc<Workflow>>,
 }
 
 impl ExecSpec {
@@ -206,6 +213,7 @@ impl ExecSpec {
             self.shell.is_some(),
             self.http.is_some(),
             self.function.is_some(),
+            self.workflow.is_some(),
         ]
         .into_iter()
         .filter(|b| *b)
@@ -316,6 +324,15 @@ pub struct Step {
     /// a rejection fails the step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+    /// A child workflow: the file of its definition (relative to the
+    /// working directory). The step starts a child run with `with` as its
+    /// input and succeeds with the child's outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// The child's definition, read from `workflow` when the parent is
+    /// loaded and pinned in the parent's definition (not written by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<Arc<Workflow>>,
 }
 
 /// Who must approve a step, and how many.
@@ -542,6 +559,8 @@ impl Step {
             shell: self.shell.clone(),
             http: self.http.clone(),
             function: self.function.clone(),
+            workflow: self.workflow.clone(),
+            child: self.child.clone(),
         }
     }
 
@@ -583,6 +602,8 @@ impl Agent {
             shell: self.shell.clone(),
             http: self.http.clone(),
             function: self.function.clone(),
+            workflow: None,
+            child: None,
         }
     }
 }

@@ -207,14 +207,25 @@ fn check_step(wf: &Workflow, s: &Step, ids: &BTreeSet<&str>) -> Result<(), Inval
     if n == 0 {
         return Err(at(
             s,
-            "no executor: set one of command, shell, http, function or skills (or a wait: sleep, sleep_until, signal, approval)",
+            "no executor: set one of command, shell, http, function, workflow or skills (or a wait: sleep, sleep_until, signal, approval)",
         ));
     }
     if n > 1 {
         return Err(at(
             s,
-            "more than one executor: set only one of command, shell, http, function, skills, sleep, sleep_until, signal or approval",
+            "more than one executor: set only one of command, shell, http, function, workflow, skills, sleep, sleep_until, signal or approval",
         ));
+    }
+    if s.child.is_some() && s.workflow.is_none() {
+        return Err(at(
+            s,
+            "child is filled from workflow when the definition is loaded; set workflow: FILE",
+        ));
+    }
+    if let Some(w) = &s.workflow
+        && w.trim().is_empty()
+    {
+        return Err(at(s, "workflow must name a definition file"));
     }
     if let Some(t) = &s.sleep_until
         && chrono::DateTime::parse_from_rfc3339(t).is_err()

@@ -121,6 +121,7 @@ pub fn evolve(
             idempotency_key,
             seed,
             trace_id,
+            parent,
         } => {
             begin_run(
                 &mut state,
@@ -133,6 +134,7 @@ pub fn evolve(
             );
             state.idempotency_key = idempotency_key.clone();
             state.trace_id = trace_id.clone();
+            state.parent = parent.clone();
             state.promote();
         }
         RunEvent::RunForked {
@@ -250,6 +252,7 @@ pub fn evolve(
                 exit_code: None,
                 deadline: *deadline,
                 input: input.clone(),
+                child: None,
             });
         }
         RunEvent::StepSucceeded {
@@ -337,6 +340,20 @@ pub fn evolve(
             if !*stopped {
                 st.crash_streak += 1;
             }
+        }
+        RunEvent::ChildRunStarted {
+            step,
+            attempt,
+            child_run_id,
+        } => {
+            let st = running_or_fail(&mut state, step, *attempt, &fail)?;
+            let a = st.attempts.last_mut().expect("checked");
+            if a.child.is_some() {
+                return Err(fail(format!(
+                    "step {step} attempt {attempt} already has its child"
+                )));
+            }
+            a.child = Some(*child_run_id);
         }
         RunEvent::TimerStarted {
             step,

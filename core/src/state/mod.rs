@@ -140,6 +140,9 @@ pub struct Attempt {
     /// The deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<DateTime<Utc>>,
+    /// The child run a `workflow:` step's attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<RunId>,
     /// The resolved input.
     pub input: Value,
 }
@@ -276,6 +279,9 @@ pub struct RunState {
     /// Fork lineage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<Lineage>,
+    /// The parent run and step, for a child run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::event::ParentRef>,
     /// Run status.
     pub status: RunStatus,
     /// A cancel was requested and attempts are being killed.

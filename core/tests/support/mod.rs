@@ -66,6 +66,7 @@ impl Sim {
             idempotency_key: Some("key-1".into()),
             seed: 42,
             trace_id: None,
+            parent: None,
         });
         events.extend(sim.cmd(Command::Start));
         (sim, events)

@@ -371,7 +371,36 @@ impl RunActor {
         (timer, waiting)
     }
 
+    /// Start a `workflow:` step's attempt: its child run.
+    fn spawn_child(&mut self, sa: StartAttempt) {
+        let run_id = self.run_id();
+        let (kill_tx, kill_rx) = oneshot::channel();
+        self.live.insert(
+            (sa.step.clone(), sa.attempt),
+            Live {
+                kill: Some(kill_tx),
+            },
+        );
+        let engine = super::engine::Engine {
+            inner: self.engine.clone(),
+        };
+        let tx = self.tx.clone();
+        let trace = self.state.trace_id.clone();
+        tokio::spawn(async move {
+            let result = super::child::run_child(engine, run_id, &sa, trace, &tx, kill_rx).await;
+            let _ = tx.send(Msg::Done {
+                step: sa.step,
+                attempt: sa.attempt,
+                agent: sa.agent,
+                result,
+            });
+        });
+    }
+
     fn spawn_attempt(&mut self, sa: StartAttempt) {
+        if sa.exec.workflow.is_some() {
+            return self.spawn_child(sa);
+        }
         let run_id = self.run_id();
         let secrets = self.secrets.map();
         let mut exec = sa.exec.clone();

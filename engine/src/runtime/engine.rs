@@ -136,6 +136,36 @@ impl Engine {
         idempotency_key: Option<String>,
         trace_id: Option<String>,
     ) -> Result<(RunId, bool), EngineError> {
+        self.submit_with(workflow, input, idempotency_key, trace_id, None)
+            .await
+    }
+
+    /// Start the child run of a `workflow:` step (its idempotency key is
+    /// `PARENT_RUN:STEP`, so a retry after a crash finds the same child).
+    /// The child's `RunCreated` names its parent; it joins the parent's
+    /// trace.
+    ///
+    /// Errors: as [`Engine::submit`].
+    pub async fn submit_child(
+        &self,
+        workflow: Workflow,
+        input: Value,
+        parent: crate::event::ParentRef,
+        trace_id: Option<String>,
+    ) -> Result<(RunId, bool), EngineError> {
+        let key = crate::ids::idempotency_key(parent.run_id, &parent.step);
+        self.submit_with(workflow, input, Some(key), trace_id, Some(parent))
+            .await
+    }
+
+    async fn submit_with(
+        &self,
+        workflow: Workflow,
+        input: Value,
+        idempotency_key: Option<String>,
+        trace_id: Option<String>,
+        parent: Option<crate::event::ParentRef>,
+    ) -> Result<(RunId, bool), EngineError> {
         let missing = self.inner.missing_secrets(&workflow.secrets);
         if !missing.is_empty() {
             return Err(EngineError::MissingSecrets(missing.join(", ")));
@@ -162,6 +192,7 @@ impl Engine {
                     .filter(|t| super::trace::parse_trace_id(t).is_some())
                     .unwrap_or_else(|| super::trace::trace_id(run_id).to_string()),
             ),
+            parent,
         };
         let mut index = Vec::new();
         if let Some(k) = &idempotency_key {
@@ -280,7 +311,7 @@ impl Engine {
 
     /// The handle of an active run, opening an actor for a run left by
     /// another process (it is recovered first).
-    async fn handle(&self, run: RunId) -> Result<RunHandle, EngineError> {
+    pub(crate) async fn handle(&self, run: RunId) -> Result<RunHandle, EngineError> {
         if let Some(h) = self
             .inner
             .runs

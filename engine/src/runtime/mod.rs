@@ -8,6 +8,7 @@
 mod actor;
 mod builder;
 pub mod capacity;
+mod child;
 mod commit;
 mod engine;
 pub mod exec;

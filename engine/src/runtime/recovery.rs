@@ -180,7 +180,27 @@ impl Engine {
         &self,
         state: RunState,
     ) -> Result<(usize, Option<String>), EngineError> {
-        let (events, now) = self.begin(state, vec![Command::Recover], vec![]).await?;
+        let run = state.run_id.expect("a created run has an id");
+        {
+            // One recovery per run at a time, and none of a run this
+            // engine already executes.
+            let runs = self.inner.runs.lock().unwrap_or_else(|e| e.into_inner());
+            let mut busy = self
+                .inner
+                .recovering
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if runs.get(&run).is_some_and(|h| !h.tx.is_closed()) || !busy.insert(run) {
+                return Ok((0, None));
+            }
+        }
+        let r = self.begin(state, vec![Command::Recover], vec![]).await;
+        self.inner
+            .recovering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run);
+        let (events, now) = r?;
         let abandoned = events
             .iter()
             .filter(|e| matches!(e, RunEvent::StepAbandoned { .. }))

@@ -30,6 +30,9 @@ pub(crate) struct Inner {
     pub(crate) outputs: Option<PathBuf>,
     pub(crate) workdir: PathBuf,
     pub(crate) runs: Mutex<HashMap<RunId, RunHandle>>,
+    /// Runs being recovered right now (so two callers never recover one
+    /// run twice: a child's parent and the engine's recovery, say).
+    pub(crate) recovering: Mutex<std::collections::HashSet<RunId>>,
     pub(crate) agent_heads: tokio::sync::Mutex<HashMap<String, Seq>>,
     pub(crate) http: super::exec::http::LazyClient,
     pub(crate) secrets: BTreeMap<String, String>,

@@ -227,6 +227,14 @@ pub(crate) fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> 
 }
 
 pub(crate) fn parse_workflow(def: &Value) -> Result<Workflow, Problem> {
+    let mut wf = parse_workflow_text(def)?;
+    // `workflow: FILE` steps read their child's definition beside the
+    // server (its working directory), as the CLI does beside itself.
+    chronicle_engine::load::embed_children(&mut wf, "workflow", 0)?;
+    Ok(wf)
+}
+
+fn parse_workflow_text(def: &Value) -> Result<Workflow, Problem> {
     Ok(match def {
         Value::String(text) => {
             let name = if text.trim_start().starts_with('{') {

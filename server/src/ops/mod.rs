@@ -127,6 +127,7 @@ pub fn status_json(state: &RunState, forks: &[(RunId, u64)]) -> Value {
                 "reason": st.reason,
                 "output": st.output,
                 "wait": wait_json(st),
+                "child": st.attempts.last().and_then(|a| a.child),
             }))
         })
         .collect();
@@ -142,6 +143,7 @@ pub fn status_json(state: &RunState, forks: &[(RunId, u64)]) -> Value {
         "steps": steps,
         "quarantine": state.quarantine,
         "failure": state.failure,
+        "parent": state.parent.as_ref().map(|p| json!({"run_id": p.run_id, "step": p.step})),
         "forked_from": state.lineage.as_ref().map(|l| json!({"run_id": l.forked_from, "at_seq": l.at_seq})),
         "forks": forks.iter().map(|(r, at)| json!({"run_id": r, "at_seq": at})).collect::<Vec<_>>(),
         "signals": state.signals.iter().map(|b| json!({"name": b.name, "id": b.id, "seq": b.seq.0})).collect::<Vec<_>>(),

@@ -1,0 +1,110 @@
+//! Child workflows through a real server: kill -9 mid-child, cancel of
+//! the parent, a failing child.
+
+use super::*;
+
+fn submit(s: &Server, wf: &str) -> String {
+    let r = s.post("/v1/runs", &json!({"workflow": wf}));
+    assert_eq!(r.status(), 202, "{:?}", r.text());
+    r.json::<Value>().unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn runs_of(s: &Server, workflow: &str) -> Vec<Value> {
+    s.get(&format!("/v1/runs?workflow={workflow}"))
+        .json::<Value>()
+        .unwrap()["runs"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+const PARENT: &str = "name: parent\nsteps:\n  - id: sub\n    workflow: child.yaml\n    with: { n: 7 }\n  - id: after\n    needs: [sub]\n    shell: echo \"{\\\"got\\\":$INPUT_GOT}\"\n    with: { got: \"${{ steps.sub.output.n }}\" }\n";
+
+#[test]
+fn kill_9_mid_child_then_serve_again_finishes_both_with_one_child() {
+    let env = Env::new();
+    let marker = format!("child-{}", std::process::id());
+    env.write(
+        "child.yaml",
+        &format!(
+            "name: child\ninput: {{ n: 0 }}\noutputs: {{ n: \"${{{{ input.n }}}}\" }}\nsteps:\n  - id: slow\n    shell: touch {marker}.started; exec sleep 2 # {marker}\n"
+        ),
+    );
+    let s = env.serve(&[]);
+    let parent = submit(&s, PARENT);
+    wait_for(&env.path(&format!("{marker}.started")));
+    let children = runs_of(&s, "child");
+    assert_eq!(children.len(), 1);
+    let child = children[0]["run_id"].as_str().unwrap().to_string();
+    let st: Value = s.get(&format!("/v1/runs/{child}")).json().unwrap();
+    assert_eq!(
+        st["parent"],
+        json!({"run_id": parent, "step": "sub"}),
+        "{st}"
+    );
+    s.kill9();
+    let t = Instant::now();
+    while !marked_processes(&marker).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "orphan step process");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = env.serve(&[]);
+    let done = wait_status(&s, &parent);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["steps"][1]["output"], json!({"got": 7}), "{done}");
+    let children = runs_of(&s, "child");
+    assert_eq!(children.len(), 1, "one child only: {children:?}");
+    assert_eq!(children[0]["status"], "succeeded");
+    assert_eq!(done["steps"][0]["child"], json!(child));
+    let v: Value = s.get("/v1/verify").json().unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn canceling_the_parent_cancels_the_child_and_a_failing_child_fails_the_step() {
+    let env = Env::new();
+    let marker = format!("childc-{}", std::process::id());
+    env.write(
+        "child.yaml",
+        &format!(
+            "name: child\nsteps:\n  - id: slow\n    shell: touch {marker}.started; exec sleep 60 # {marker}\n"
+        ),
+    );
+    let s = env.serve(&[]);
+    let parent = submit(&s, PARENT);
+    wait_for(&env.path(&format!("{marker}.started")));
+    let child = runs_of(&s, "child")[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s.post(
+        &format!("/v1/runs/{parent}/cancel"),
+        &json!({"reason": "not now"}),
+    );
+    assert_eq!(r.json::<Value>().unwrap()["status"], "canceled");
+    let c = wait_status(&s, &child);
+    assert_eq!(c["status"], "canceled", "{c}");
+    let t = Instant::now();
+    while !marked_processes(&marker).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the child's step process outlived the cancel"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A child that fails fails the parent's step.
+    env.write("child.yaml", "name: child\nsteps:\n  - id: bad\n    command: ['false']\n    retry: { max_attempts: 1 }\n");
+    let parent = submit(&s, PARENT);
+    let done = wait_status(&s, &parent);
+    assert_eq!(done["status"], "failed", "{done}");
+    let err = done["steps"][0]["last_error"].as_str().unwrap();
+    assert!(err.contains("failed") && err.contains("child run"), "{err}");
+    // A child file that is not there: the definition is refused, nothing created.
+    std::fs::remove_file(env.path("child.yaml")).unwrap();
+    let r = s.post("/v1/runs", &json!({"workflow": PARENT}));
+    let p = problem(r, 422, "invalid_workflow");
+    assert!(p["detail"].as_str().unwrap().contains("child.yaml"), "{p}");
+}
