@@ -128,6 +128,11 @@ pub fn describe(env: &RawEnvelope) -> String {
             RunEvent::ChildRunStarted {
                 step, child_run_id, ..
             } => format!("{step} child run {child_run_id}"),
+            RunEvent::CallbackIssued { step, .. } => format!("{step} callback issued"),
+            RunEvent::CallbackAccepted { step, .. } => {
+                format!("{step} accepted; waits for the callback")
+            }
+            RunEvent::CallbackReceived { step, .. } => format!("{step} callback received"),
             RunEvent::TimerStarted { step, fire_at, .. } => {
                 format!("{step} sleeps until {}", fire_at.to_rfc3339())
             }

@@ -155,8 +155,14 @@ impl Env {
     /// [`Env::serve`] with the server's working directory at `cwd` (its
     /// steps run there: the repository root for the examples).
     pub fn serve_from(&self, cwd: &Path, extra: &[&str]) -> Server {
+        self.serve_with(cwd, &[], extra)
+    }
+
+    /// [`Env::serve_from`] with extra environment variables (secrets).
+    pub fn serve_with(&self, cwd: &Path, vars: &[(&str, &str)], extra: &[&str]) -> Server {
         use std::io::BufRead;
         let mut c = self.cmd();
+        c.envs(vars.iter().copied());
         c.current_dir(cwd)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)

@@ -60,7 +60,14 @@ pub fn effects(state: &RunState) -> Vec<Effect> {
         match st.status {
             StepStatus::Running => {
                 let a = st.last_attempt().expect("a running step has an attempt");
-                if let Some(wait) = &st.wait {
+                let sending = matches!(
+                    st.wait,
+                    Some(crate::state::Wait::Callback {
+                        accepted: false,
+                        ..
+                    })
+                );
+                if let Some(wait) = st.wait.as_ref().filter(|_| !sending) {
                     // A waiting step runs nothing: wake at its timer and
                     // its deadline (decide ends the wait; a cancel too).
                     if let crate::state::Wait::Timer { fire_at } = wait {

@@ -245,6 +245,34 @@ pub enum RunEvent {
         /// The child run.
         child_run_id: RunId,
     },
+    /// A `completion: callback` step's attempt got a one-time callback
+    /// token (only its SHA-256 is recorded), before its request is sent.
+    CallbackIssued {
+        /// The step.
+        step: crate::ids::StepId,
+        /// Its attempt.
+        attempt: u32,
+        /// SHA-256 (hex) of the token.
+        token_sha256: String,
+    },
+    /// The service accepted the request (2xx): the step waits for the
+    /// callback.
+    CallbackAccepted {
+        /// The step.
+        step: crate::ids::StepId,
+        /// Its attempt.
+        attempt: u32,
+        /// What it answered (the response's JSON, or `{status, body}`).
+        response: Value,
+    },
+    /// The callback came (the step succeeds with its body in the same
+    /// commit).
+    CallbackReceived {
+        /// The step.
+        step: crate::ids::StepId,
+        /// Its attempt.
+        attempt: u32,
+    },
     /// A waiting step armed its durable timer (`sleep`, `sleep_until`).
     TimerStarted {
         /// The step.
@@ -357,6 +385,9 @@ impl RunEvent {
             Self::RunQuarantined { .. } => "RunQuarantined",
             Self::RunReleased {} => "RunReleased",
             Self::ChildRunStarted { .. } => "ChildRunStarted",
+            Self::CallbackIssued { .. } => "CallbackIssued",
+            Self::CallbackAccepted { .. } => "CallbackAccepted",
+            Self::CallbackReceived { .. } => "CallbackReceived",
             Self::TimerStarted { .. } => "TimerStarted",
             Self::TimerFired { .. } => "TimerFired",
             Self::SignalAwaited { .. } => "SignalAwaited",
@@ -379,6 +410,9 @@ impl RunEvent {
             | Self::StepAbandoned { step, .. }
             | Self::StepSkipped { step, .. }
             | Self::ChildRunStarted { step, .. }
+            | Self::CallbackIssued { step, .. }
+            | Self::CallbackAccepted { step, .. }
+            | Self::CallbackReceived { step, .. }
             | Self::TimerStarted { step, .. }
             | Self::TimerFired { step, .. }
             | Self::SignalAwaited { step, .. }

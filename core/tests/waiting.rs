@@ -359,3 +359,64 @@ fn canceling_the_parent_kills_the_child_attempt() {
     let ended = sim.fail("audit", ErrorKind::Canceled, None);
     assert_yaml_snapshot!("child_parent_canceled", brief(&ended));
 }
+
+const CALLBACK: &str = "
+name: render
+steps:
+  - id: render
+    http: { method: POST, url: \"http://renderer.example/jobs\" }
+    completion: callback
+    timeout: 1h
+    retry: { max_attempts: 1 }
+  - id: other
+    signal: never
+";
+
+fn issue(sim: &mut Sim) -> Vec<chronicle_core::event::RunEvent> {
+    sim.cmd(Command::CallbackIssued {
+        step: "render".into(),
+        attempt: 1,
+        token_sha256: "ab".repeat(32),
+    })
+}
+
+#[test]
+fn a_callback_completes_the_step_once() {
+    let (mut sim, _) = Sim::start(CALLBACK);
+    assert_yaml_snapshot!("callback_1_issued", brief(&issue(&mut sim)));
+    // The request is in flight: a crash now abandons the attempt.
+    assert_eq!(sim.state.executing().len(), 1);
+    let accepted = sim.ok("render", json!({"job": 7}));
+    assert_yaml_snapshot!("callback_2_accepted_waits", brief(&accepted));
+    assert!(sim.state.executing().is_empty(), "accepted: nothing runs");
+    assert!(sim.state.parked(), "waits only for the outside world");
+    let done = sim.cmd(Command::Callback {
+        token_sha256: "ab".repeat(32),
+        output: json!({"pdf": "x.pdf"}),
+    });
+    assert_yaml_snapshot!("callback_3_received_succeeds", brief(&done));
+    let twice = sim
+        .try_cmd(Command::Callback {
+            token_sha256: "ab".repeat(32),
+            output: json!({}),
+        })
+        .unwrap_err();
+    assert_yaml_snapshot!("callback_4_twice_refused", twice.to_string());
+}
+
+#[test]
+fn a_callback_after_the_timeout_is_refused() {
+    let (mut sim, _) = Sim::start(CALLBACK);
+    issue(&mut sim);
+    sim.ok("render", json!({"job": 7}));
+    sim.advance_ms(60 * 60 * 1000);
+    let timed_out = sim.cmd(Command::Tick);
+    assert_yaml_snapshot!("callback_timeout_fails_the_step", brief(&timed_out));
+    let late = sim
+        .try_cmd(Command::Callback {
+            token_sha256: "ab".repeat(32),
+            output: json!({}),
+        })
+        .unwrap_err();
+    assert!(late.to_string().contains("no step of run"), "{late}");
+}

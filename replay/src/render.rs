@@ -201,6 +201,13 @@ pub fn describe_wait(st: &chronicle_engine::state::StepState) -> Option<String> 
     let mut text = match wait {
         Wait::Timer { fire_at } => format!("its timer, due at {}", fire_at.to_rfc3339()),
         Wait::Signal { name } => format!("the signal {name:?}"),
+        Wait::Callback { accepted, .. } => {
+            if *accepted {
+                "its callback (the service accepted the request)".to_string()
+            } else {
+                "the service to accept its request (callback issued)".to_string()
+            }
+        }
         Wait::Approval {
             approvers,
             min_approvals,

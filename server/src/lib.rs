@@ -224,6 +224,14 @@ pub async fn serve(
         "http"
     };
     let url = format!("{scheme}://{addr}");
+    // Where `completion: callback` steps tell services to call back: this
+    // server (on a wildcard address, through loopback).
+    let reachable = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    engine.set_callback_base(&format!("{scheme}://{reachable}"));
     if !addr.ip().is_loopback() && options.tls.is_none() {
         tracing::warn!(
             %addr,

@@ -170,6 +170,15 @@ impl From<EngineError> for Problem {
             EngineError::Rejected(chronicle_engine::decide::Rejected::NotApprover { .. }) => {
                 Self::new(StatusCode::CONFLICT, "not_approver", detail)
             }
+            EngineError::UnknownCallback => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_callback", detail)
+            }
+            EngineError::BadSignature(_) => {
+                Self::new(StatusCode::UNAUTHORIZED, "bad_signature", detail)
+            }
+            EngineError::Rejected(chronicle_engine::decide::Rejected::CallbackDone { .. }) => {
+                Self::new(StatusCode::CONFLICT, "callback_done", detail)
+            }
             EngineError::Rejected(chronicle_engine::decide::Rejected::NotWaiting { .. }) => {
                 Self::new(StatusCode::CONFLICT, "not_waiting", detail)
             }

@@ -36,6 +36,7 @@ fn wait_status(s: &Server, run: &str) -> Value {
     v
 }
 
+mod callbacks;
 mod children;
 mod cli;
 mod lifecycle;

@@ -67,6 +67,7 @@ fn health_auth_and_the_openapi_document() {
         "POST /v1/runs/{id}/fork",
         "POST /v1/runs/{id}/signals/{name}",
         "POST /v1/runs/{id}/steps/{step}/approval",
+        "POST /v1/callbacks/{token}",
         "PUT /v1/workflows/{name}",
         "GET /v1/workflows/{name}",
         "GET /v1/workflows",
@@ -82,7 +83,8 @@ fn health_auth_and_the_openapi_document() {
         let path = path
             .replace("{id}", "00000000-0000-0000-0000-000000000000")
             .replace("{name}", "nothing")
-            .replace("{step}", "nothing");
+            .replace("{step}", "nothing")
+            .replace("{token}", "nothing");
         let r = s
             .http
             .request(method.parse().unwrap(), format!("{}{path}", s.url))
@@ -599,7 +601,8 @@ fn garbage_to_every_route_gets_a_problem_and_changes_nothing() {
                 let p = path
                     .replace("{id}", seg)
                     .replace("{name}", seg)
-                    .replace("{step}", seg);
+                    .replace("{step}", seg)
+                    .replace("{token}", seg);
                 // GETs get every query; the others every body.
                 let (qs, bs): (Vec<&str>, Vec<&Vec<u8>>) = if method == "get" {
                     (queries.to_vec(), vec![&bodies[0]])

@@ -137,6 +137,22 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
                 return Ok(vec![]); // stale: the attempt already ended (timeout, cancel)
             }
             match result {
+                AttemptResult::Succeeded { output, .. }
+                    if matches!(
+                        state.steps[&step].wait,
+                        Some(Wait::Callback {
+                            accepted: false,
+                            ..
+                        })
+                    ) =>
+                {
+                    // The service accepted the request: now the callback.
+                    d.push(RunEvent::CallbackAccepted {
+                        step,
+                        attempt,
+                        response: output,
+                    })?;
+                }
                 AttemptResult::Succeeded {
                     output,
                     duration_ms,
@@ -263,6 +279,51 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
             decision,
             comment,
         } => approve(&mut d, &run, step, by, decision, comment)?,
+        Command::CallbackIssued {
+            step,
+            attempt,
+            token_sha256,
+        } => {
+            let current = state.steps.get(&step).is_some_and(|s| {
+                s.status == StepStatus::Running
+                    && s.wait.is_none()
+                    && s.last_attempt().is_some_and(|a| a.number == attempt)
+            });
+            if !current {
+                return Ok(vec![]);
+            }
+            d.push(RunEvent::CallbackIssued {
+                step,
+                attempt,
+                token_sha256,
+            })?;
+        }
+        Command::Callback {
+            token_sha256,
+            output,
+        } => {
+            let waiting = state.steps.iter().find_map(|(id, s)| {
+                let holds = s.status == StepStatus::Running
+                    && matches!(&s.wait, Some(Wait::Callback { token_sha256: t, .. }) if *t == token_sha256);
+                let a = s.last_attempt()?;
+                holds.then(|| (id.clone(), a.number, a.started_at))
+            });
+            let Some((step, attempt, started)) = waiting else {
+                return Err(Rejected::CallbackDone { run });
+            };
+            d.push(RunEvent::CallbackReceived {
+                step: step.clone(),
+                attempt,
+            })?;
+            d.push(RunEvent::StepSucceeded {
+                step,
+                attempt,
+                output,
+                duration_ms: (ctx.now - started).num_milliseconds().max(0) as u64,
+                stdout: None,
+                stderr: None,
+            })?;
+        }
         Command::ChildStarted {
             step,
             attempt,
@@ -686,6 +747,13 @@ fn describe(w: &Wait) -> String {
             approved_by,
             ..
         } => format!("approval ({} of {min_approvals} so far)", approved_by.len()),
+        Wait::Callback { accepted, .. } => {
+            if *accepted {
+                "its callback".into()
+            } else {
+                "the service to accept its request".into()
+            }
+        }
     }
 }
 

@@ -146,6 +146,22 @@ pub enum Command {
         /// Its data.
         data: Value,
     },
+    /// A `completion: callback` step's attempt drew its one-time token.
+    CallbackIssued {
+        /// The step.
+        step: crate::ids::StepId,
+        /// The attempt.
+        attempt: u32,
+        /// SHA-256 (hex) of the token.
+        token_sha256: String,
+    },
+    /// A callback came with the token whose SHA-256 is `token_sha256`.
+    Callback {
+        /// SHA-256 (hex) of the token.
+        token_sha256: String,
+        /// The callback's body: the step's output.
+        output: Value,
+    },
     /// A `workflow:` step's attempt has its child run.
     ChildStarted {
         /// The step.
@@ -212,6 +228,14 @@ pub enum Rejected {
         /// What the step is doing instead (`; it is succeeded`).
         now: String,
     },
+    /// A callback whose token no waiting step holds (any more).
+    #[error(
+        "no step of run {run} waits for this callback: it was used, the wait timed out or the run moved on"
+    )]
+    CallbackDone {
+        /// Run.
+        run: String,
+    },
     /// A decision by someone the step does not list as an approver.
     #[error(
         "{by} is not an approver of step {step} (approvers: {approvers}); nothing was recorded"
@@ -245,6 +269,8 @@ impl Command {
             Self::Signal { .. } => "signal",
             Self::Approval { .. } => "approval",
             Self::ChildStarted { .. } => "child started",
+            Self::CallbackIssued { .. } => "callback issued",
+            Self::Callback { .. } => "callback",
         }
     }
 }

@@ -203,6 +203,12 @@ pub struct ExecSpec {
     /// The child's pinned definition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child: Option<Arc<Workflow>>,
+    /// `callback` for an HTTP step completed by a callback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<String>,
+    /// The secret that signs the callback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_secret: Option<String>,
 }
 
 impl ExecSpec {
@@ -333,6 +339,17 @@ pub struct Step {
     /// loaded and pinned in the parent's definition (not written by hand).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child: Option<Arc<Workflow>>,
+    /// How an `http` step completes: `callback` — the request carries a
+    /// callback URL with a one-time token (`Chronicle-Callback-Url`, and
+    /// `callback_url` in a JSON object body); a 2xx answer means accepted,
+    /// and `POST /v1/callbacks/{token}` with the result completes the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<String>,
+    /// With `completion: callback`: the secret (one of the workflow's
+    /// `secrets`) whose HMAC-SHA256 of the callback's body must come in
+    /// `Chronicle-Signature: sha256=HEX`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_secret: Option<String>,
 }
 
 /// Who must approve a step, and how many.
@@ -561,6 +578,8 @@ impl Step {
             function: self.function.clone(),
             workflow: self.workflow.clone(),
             child: self.child.clone(),
+            completion: self.completion.clone(),
+            callback_secret: self.callback_secret.clone(),
         }
     }
 
@@ -604,6 +623,8 @@ impl Agent {
             function: self.function.clone(),
             workflow: None,
             child: None,
+            completion: None,
+            callback_secret: None,
         }
     }
 }

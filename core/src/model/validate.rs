@@ -216,6 +216,30 @@ fn check_step(wf: &Workflow, s: &Step, ids: &BTreeSet<&str>) -> Result<(), Inval
             "more than one executor: set only one of command, shell, http, function, workflow, skills, sleep, sleep_until, signal or approval",
         ));
     }
+    match s.completion.as_deref() {
+        None => {}
+        Some("callback") if s.http.is_some() => {}
+        Some("callback") => {
+            return Err(at(s, "completion: callback applies to http steps"));
+        }
+        Some(other) => {
+            return Err(at(
+                s,
+                format!("completion {other:?} is not known: use callback"),
+            ));
+        }
+    }
+    if let Some(name) = &s.callback_secret {
+        if s.completion.is_none() {
+            return Err(at(s, "callback_secret needs completion: callback"));
+        }
+        if !wf.secrets.contains(name) {
+            return Err(at(
+                s,
+                format!("callback_secret {name:?} is not one of the workflow's secrets"),
+            ));
+        }
+    }
     if s.child.is_some() && s.workflow.is_none() {
         return Err(at(
             s,

@@ -355,6 +355,33 @@ pub fn evolve(
             }
             a.child = Some(*child_run_id);
         }
+        RunEvent::CallbackIssued {
+            step,
+            attempt,
+            token_sha256,
+        } => {
+            let st = running_or_fail(&mut state, step, *attempt, &fail)?;
+            if st.wait.is_some() {
+                return Err(fail(format!("step {step} already waits")));
+            }
+            st.wait = Some(Wait::Callback {
+                token_sha256: token_sha256.clone(),
+                accepted: false,
+            });
+        }
+        RunEvent::CallbackAccepted { step, attempt, .. } => {
+            let st = running_or_fail(&mut state, step, *attempt, &fail)?;
+            match st.wait.as_mut() {
+                Some(Wait::Callback { accepted, .. }) => *accepted = true,
+                _ => return Err(fail(format!("step {step} has no callback"))),
+            }
+        }
+        RunEvent::CallbackReceived { step, attempt } => {
+            let st = running_or_fail(&mut state, step, *attempt, &fail)?;
+            if !matches!(st.wait, Some(Wait::Callback { .. })) {
+                return Err(fail(format!("step {step} has no callback")));
+            }
+        }
         RunEvent::TimerStarted {
             step,
             attempt,

@@ -193,6 +193,15 @@ pub enum Wait {
         /// The signal's name.
         name: String,
     },
+    /// A callback (its request sent, or being sent: `accepted` once the
+    /// service answered 2xx).
+    Callback {
+        /// SHA-256 (hex) of the one-time token.
+        token_sha256: String,
+        /// Whether the service accepted the request.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        accepted: bool,
+    },
     /// Approvals.
     Approval {
         /// Who may decide (empty: anyone).
@@ -373,7 +382,14 @@ impl RunState {
             && self.steps.values().any(|s| s.status == StepStatus::Running)
             && self.steps.values().all(|s| match s.status {
                 StepStatus::Running => {
-                    matches!(s.wait, Some(Wait::Signal { .. } | Wait::Approval { .. }))
+                    matches!(
+                        s.wait,
+                        Some(
+                            Wait::Signal { .. }
+                                | Wait::Approval { .. }
+                                | Wait::Callback { accepted: true, .. }
+                        )
+                    )
                 }
                 StepStatus::Ready | StepStatus::Retrying | StepStatus::Blocked => false,
                 _ => true,
@@ -387,7 +403,16 @@ impl RunState {
     pub fn executing(&self) -> Vec<(&str, u32)> {
         self.steps
             .iter()
-            .filter(|(_, s)| s.status == StepStatus::Running && s.wait.is_none())
+            .filter(|(_, s)| {
+                s.status == StepStatus::Running
+                    && matches!(
+                        s.wait,
+                        None | Some(Wait::Callback {
+                            accepted: false,
+                            ..
+                        })
+                    )
+            })
             .filter_map(|(k, s)| s.last_attempt().map(|a| (k.as_str(), a.number)))
             .collect()
     }

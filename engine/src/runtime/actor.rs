@@ -462,6 +462,34 @@ impl RunActor {
                 })
                 .collect(),
         };
+        // A `completion: callback` step: draw the one-time token, tell the
+        // service where to call back, and record the token's hash (durably,
+        // before the request leaves) — see `callback_issue` below.
+        let callback = if sa.exec.completion.as_deref() == Some("callback") {
+            match self.engine.callback_base.get() {
+                Some(base) => {
+                    let token = format!(
+                        "{}{}",
+                        uuid::Uuid::new_v4().simple(),
+                        uuid::Uuid::new_v4().simple()
+                    );
+                    let url = format!("{base}/v1/callbacks/{token}");
+                    if let Some(h) = req.exec.http.as_mut() {
+                        h.headers
+                            .insert("Chronicle-Callback-Url".into(), url.clone());
+                        let mut body = h.body.clone().unwrap_or_else(|| req.input.clone());
+                        if let Some(o) = body.as_object_mut() {
+                            o.insert("callback_url".into(), Value::String(url));
+                            h.body = Some(body);
+                        }
+                    }
+                    Some(Ok(sha256_hex(&token)))
+                }
+                None => Some(Err(())),
+            }
+        } else {
+            None
+        };
         let (kill_tx, kill_rx) = oneshot::channel();
         self.live.insert(
             (sa.step.clone(), sa.attempt),
@@ -489,7 +517,27 @@ impl RunActor {
         tokio::spawn(
             async move {
                 tracing::debug!("attempt started");
-                let result = dispatcher.run(req, kill_rx).await;
+                let result = match callback {
+                    None => dispatcher.run(req, kill_rx).await,
+                    Some(Err(())) => failed(
+                        "a completion: callback step needs `chronicle serve`: its callback URL is served there",
+                    ),
+                    Some(Ok(sha)) => {
+                        let (reply, issued) = oneshot::channel();
+                        let _ = tx.send(Msg::Control(
+                            Command::CallbackIssued {
+                                step: sa.step.clone(),
+                                attempt: sa.attempt,
+                                token_sha256: sha,
+                            },
+                            reply,
+                        ));
+                        match issued.await {
+                            Ok(Ok(())) => dispatcher.run(req, kill_rx).await,
+                            _ => failed("the callback token could not be recorded"),
+                        }
+                    }
+                };
                 let outcome = match &result {
                     AttemptResult::Succeeded { .. } => "succeeded",
                     AttemptResult::Failed { kind, .. } => kind.as_str(),
@@ -513,4 +561,25 @@ impl RunActor {
 
 fn is_fatal(e: &EngineError) -> bool {
     matches!(e, EngineError::Store(s) if s.is_storage_problem())
+}
+
+/// SHA-256 of `text`, hex.
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An attempt that failed before anything was sent (permanent).
+fn failed(message: &str) -> AttemptResult {
+    AttemptResult::Failed {
+        kind: crate::model::ErrorKind::Permanent,
+        message: message.to_string(),
+        exit_code: None,
+        http_status: None,
+        duration_ms: 0,
+        stderr: None,
+    }
 }

@@ -175,6 +175,7 @@ impl EngineBuilder {
                 outputs,
                 workdir,
                 runs: Mutex::new(HashMap::new()),
+                callback_base: Default::default(),
                 recovering: Mutex::new(Default::default()),
                 agent_heads: tokio::sync::Mutex::new(HashMap::new()),
                 http: super::exec::http::LazyClient::default(),

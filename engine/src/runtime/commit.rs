@@ -110,6 +110,15 @@ impl Inner {
         req.index
             .push(RunSummary::of(&d.next).expect("a run has a summary").put());
         req.index.extend(extra);
+        for e in &d.events {
+            if let RunEvent::CallbackIssued { token_sha256, .. } = e {
+                req.index.push(IndexOp::Insert {
+                    index: super::index::CALLBACKS.into(),
+                    key: token_sha256.clone(),
+                    value: run.to_string().into_bytes(),
+                });
+            }
+        }
         let every = self.snapshot_every;
         if every > 0 && d.next.seq.0 / every > after_seq.0 / every {
             let bytes = serde_json::to_vec(&d.next).expect("a state always serializes");

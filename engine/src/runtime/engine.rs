@@ -57,6 +57,14 @@ pub enum EngineError {
     /// The run's actor stopped (storage failure).
     #[error("the run {0} stopped: {1}")]
     Stopped(RunId, String),
+    /// A callback token no step was ever given.
+    #[error("no callback with this token: it was never issued by this database")]
+    UnknownCallback,
+    /// A callback whose signature does not verify.
+    #[error(
+        "the callback's signature does not verify: send Chronicle-Signature: sha256=HEX, the HMAC-SHA256 of the body keyed by the secret {0}"
+    )]
+    BadSignature(String),
 }
 
 /// The embedded engine. Cheap to clone.
@@ -409,6 +417,79 @@ impl Engine {
     /// Release a quarantined run.
     pub async fn release(&self, run: RunId) -> Result<(), EngineError> {
         self.control(run, Command::Release).await
+    }
+
+    /// Receive a callback: the token (from the URL) names the step that
+    /// waits for it; `body` (JSON) becomes the step's output. When the
+    /// step names a `callback_secret`, `signature` must be `sha256=HEX`,
+    /// the HMAC-SHA256 of `body` keyed by that secret. Returns the run and
+    /// the step it completed.
+    ///
+    /// Errors: [`EngineError::UnknownCallback`] (never issued),
+    /// [`EngineError::BadSignature`], [`Rejected::CallbackDone`] (used
+    /// already, timed out, or the run moved on), storage.
+    pub async fn callback(
+        &self,
+        token: &str,
+        body: serde_json::Value,
+        raw: &[u8],
+        signature: Option<&str>,
+    ) -> Result<(RunId, String), EngineError> {
+        use sha2::Digest;
+        let sha: String = sha2::Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let Some(v) = self.inner.store.index_get(super::index::CALLBACKS, &sha)? else {
+            return Err(EngineError::UnknownCallback);
+        };
+        let run = parse_run_value(&v)?;
+        let state = self.state(run)?;
+        let step = state.steps.iter().find_map(|(id, st)| {
+            matches!(&st.wait, Some(crate::state::Wait::Callback { token_sha256, .. }) if *token_sha256 == sha)
+                .then(|| id.to_string())
+        });
+        let Some(step) = step else {
+            return Err(Rejected::CallbackDone {
+                run: run.to_string(),
+            }
+            .into());
+        };
+        if let Some(secret) = state
+            .wf()
+            .step(&step)
+            .and_then(|s| s.callback_secret.clone())
+        {
+            let key = self
+                .inner
+                .secrets_for(std::slice::from_ref(&secret))
+                .map()
+                .get(&secret)
+                .cloned()
+                .unwrap_or_default();
+            if !super::exec::http::signature_ok(key.as_bytes(), raw, signature) {
+                return Err(EngineError::BadSignature(secret));
+            }
+        }
+        self.control(
+            run,
+            Command::Callback {
+                token_sha256: sha,
+                output: body,
+            },
+        )
+        .await?;
+        Ok((run, step))
+    }
+
+    /// Where callbacks reach this engine (`http://HOST:PORT`, set by
+    /// `chronicle serve` once it listens); without it a `completion:
+    /// callback` step fails at once.
+    pub fn set_callback_base(&self, url: &str) {
+        let _ = self
+            .inner
+            .callback_base
+            .set(url.trim_end_matches('/').to_string());
     }
 
     /// Send the signal `name` (with `data`, identified by `id`) to a run:

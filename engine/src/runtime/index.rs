@@ -14,6 +14,9 @@ use chronicle_store::IndexOp;
 pub const RUNS: &str = "runs";
 /// Index of idempotency keys.
 pub const IDEMPOTENCY: &str = "idempotency";
+/// Index of callback tokens: SHA-256 (hex) of a token → its run id
+/// (written with the `CallbackIssued` that records it).
+pub const CALLBACKS: &str = "callbacks";
 /// Index of forks: key `SOURCE_RUN/CHILD_RUN`.
 pub const FORKS: &str = "forks";
 

@@ -30,6 +30,8 @@ pub(crate) struct Inner {
     pub(crate) outputs: Option<PathBuf>,
     pub(crate) workdir: PathBuf,
     pub(crate) runs: Mutex<HashMap<RunId, RunHandle>>,
+    /// Where callbacks reach this engine (set by `serve`).
+    pub(crate) callback_base: std::sync::OnceLock<String>,
     /// Runs being recovered right now (so two callers never recover one
     /// run twice: a child's parent and the engine's recovery, say).
     pub(crate) recovering: Mutex<std::collections::HashSet<RunId>>,

@@ -170,6 +170,7 @@ pub fn v1_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::fork_run))
         .routes(routes!(waits::send_signal))
         .routes(routes!(waits::decide_approval))
+        .routes(routes!(waits::receive_callback))
         .routes(routes!(workflows::put_workflow, workflows::get_workflow))
         .routes(routes!(workflows::list_workflows))
         .routes(routes!(audit::upgrade_check))

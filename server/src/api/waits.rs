@@ -124,3 +124,47 @@ pub async fn decide_approval(
         .await?;
     Ok(Json(ops::status(app.engine().store(), run)?.1))
 }
+
+/// Complete a `completion: callback` step: the token in the URL (drawn
+/// for one attempt, only its SHA-256 is stored) names the step; the JSON
+/// body becomes its output. No bearer token: the one-time token is the
+/// credential. With a `callback_secret`, `Chronicle-Signature: sha256=HEX`
+/// (HMAC-SHA256 of the body) must verify.
+#[utoipa::path(
+    post, path = "/v1/callbacks/{token}", tag = "control",
+    security(()),
+    params(("token" = String, Path, description = "The one-time token from Chronicle-Callback-Url")),
+    request_body(content = Object, description = "The result: the step's output (JSON)"),
+    responses(
+        (status = 200, description = "`{run_id, step}`: the step succeeded with the body", body = Object),
+        (status = 400, body = Problem),
+        (status = 401, description = "`bad_signature`", body = Problem),
+        (status = 404, description = "`unknown_callback`: never issued", body = Problem),
+        (status = 409, description = "`callback_done`: used already, timed out, or the run moved on", body = Problem),
+        (status = 503, body = Problem)
+    )
+)]
+pub async fn receive_callback(
+    State(app): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, Problem> {
+    if token.is_empty() || token.len() > 128 || !token.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(chronicle_engine::runtime::EngineError::UnknownCallback.into());
+    }
+    let output: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Problem::bad_request(format!("the callback's body must be JSON: {e}")))?
+    };
+    let signature = headers
+        .get("chronicle-signature")
+        .and_then(|v| v.to_str().ok());
+    let (run, step) = app
+        .engine()
+        .callback(&token, output, &body, signature)
+        .await?;
+    Ok(Json(json!({"run_id": run, "step": step})))
+}

@@ -170,3 +170,25 @@ impl Executor for HttpExecutor {
         })
     }
 }
+
+/// Whether `signature` (`sha256=HEX`, as in `Chronicle-Signature`) is the
+/// HMAC-SHA256 of `body` keyed by `key`; compared in constant time.
+pub fn signature_ok(key: &[u8], body: &[u8], signature: Option<&str>) -> bool {
+    use hmac::{KeyInit, Mac};
+    let Some(hex) = signature.and_then(|s| s.trim().strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Some(given) = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+    else {
+        return false;
+    };
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key");
+    m.update(body);
+    m.verify_slice(&given).is_ok()
+}
