@@ -22,6 +22,15 @@ pub fn bench(db: &Path, which: &str, json: bool, dir: Option<&Path>) -> Result<u
         "steps" => serde_json::to_value(chronicle_bench::steps::run(&dir)?),
         "replay" => serde_json::to_value(chronicle_bench::replay::run(&dir)?),
         "api" => serde_json::to_value(chronicle_bench::api::run(&dir)?),
+        "timers" => {
+            // CHRONICLE_BENCH_PENDING_TIMERS: how many runs wait on a timer
+            // during the recovery figure (default 100,000).
+            let pending = std::env::var("CHRONICLE_BENCH_PENDING_TIMERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100_000);
+            serde_json::to_value(chronicle_bench::timers::run(&dir, pending)?)
+        }
         "cli" => {
             let exe = std::env::current_exe()
                 .map_err(|e| CliError::storage(format!("cannot find this binary: {e}")))?;

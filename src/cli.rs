@@ -296,7 +296,7 @@ pub enum Cmd {
     /// Benchmarks (figures, not tests).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["store", "steps", "replay", "scheduler", "api", "cli"])]
+        #[arg(value_parser = ["store", "steps", "replay", "scheduler", "api", "cli", "timers"])]
         which: String,
         /// One JSON object with the figures.
         #[arg(long)]

@@ -1,9 +1,9 @@
 //! # chronicle-bench
 //!
 //! Chronicle's benchmarks, out of the library crates: `chronicle bench
-//! store|steps|replay|scheduler|api|cli` calls [`store::run`],
+//! store|steps|replay|scheduler|api|cli|timers` calls [`store::run`],
 //! [`steps::run`], [`replay::run`], [`scheduler::run`], [`api::run`] and
-//! [`cli::run`]. Figures are measured, not
+//! [`cli::run`], [`timers::run`]. Figures are measured, not
 //! asserted in tests; each target figure has a baseline measured in the
 //! same run (this kind of machine is shared and its speed varies ~2×
 //! between hosts), so compare ratios, not absolute times.
@@ -19,3 +19,4 @@ pub mod replay;
 pub mod scheduler;
 pub mod steps;
 pub mod store;
+pub mod timers;
