@@ -291,6 +291,13 @@ pub enum Cmd {
         #[arg(long)]
         comment: Option<String>,
     },
+    /// Cron schedules: `serve` starts a run at each nominal time (once,
+    /// across crashes and restarts).
+    Schedule {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: ScheduleCmd,
+    },
     /// Print the JSON Schema of the workflow format.
     Schema,
     /// Benchmarks (figures, not tests).
@@ -304,5 +311,58 @@ pub enum Cmd {
         /// Directory to measure in (default: the database's directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+/// `chronicle schedule ...`.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCmd {
+    /// Create a schedule of the workflow in FILE.
+    Add {
+        /// Its name.
+        name: String,
+        /// The workflow file (pinned now).
+        file: PathBuf,
+        /// Five-field crontab expression, e.g. '0 * * * *'.
+        #[arg(long)]
+        cron: String,
+        /// Each run's input (JSON object).
+        #[arg(long)]
+        input: Option<String>,
+        /// IANA time zone the expression is read in.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// A nominal time while the last run still runs: skip or allow.
+        #[arg(long, default_value = "skip", value_parser = ["skip", "allow"])]
+        overlap: String,
+        /// How far back missed times still fire after downtime.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        catch_up: std::time::Duration,
+    },
+    /// List schedules.
+    List {
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a schedule.
+    Pause {
+        /// Its name.
+        name: String,
+    },
+    /// Resume a paused schedule.
+    Resume {
+        /// Its name.
+        name: String,
+    },
+    /// Delete a schedule (its history stays).
+    Delete {
+        /// Its name.
+        name: String,
+    },
+    /// Fire a schedule now.
+    Trigger {
+        /// Its name.
+        name: String,
     },
 }

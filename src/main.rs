@@ -9,6 +9,7 @@ mod progress;
 mod queries;
 mod remote;
 mod runs;
+mod schedules;
 mod serve;
 mod signals;
 mod waits;
@@ -165,7 +166,8 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         | Cmd::Release { .. }
         | Cmd::Signal { .. }
         | Cmd::Approve { .. }
-        | Cmd::Reject { .. } => chronicle_server::client::Client::discover(&db)?,
+        | Cmd::Reject { .. }
+        | Cmd::Schedule { .. } => chronicle_server::client::Client::discover(&db)?,
         _ => None,
     };
     if let (Cmd::Recover { .. }, Some(d)) = (&cli.command, chronicle_server::Discovery::live(&db)) {
@@ -244,6 +246,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 )
                 .await
             }
+            Cmd::Schedule { cmd } => schedules::remote(&c, cmd).await,
             _ => Err(CliError::input("this command does not go through a server")),
         };
     }
@@ -354,6 +357,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             )
             .await
         }
+        Cmd::Schedule { cmd } => schedules::offline(&db, cmd).await,
         Cmd::Schema => {
             println!("{}", chronicle_engine::model::json_schema());
             Ok(0)

@@ -118,13 +118,15 @@ fn print_outputs(state: &RunState) {
     }
 }
 
+/// `stop` is installed by the caller before it starts anything, so a
+/// SIGTERM that comes while the runs start is a stop on purpose too.
 async fn drive(
     engine: &Engine,
     runs: &[RunId],
     progress: Progress,
     quiet: bool,
+    mut stop: crate::signals::StopSignals,
 ) -> Result<u8, CliError> {
-    let mut stop = crate::signals::StopSignals::new()?;
     let work = async {
         let mut states = Vec::new();
         for r in runs {
@@ -185,13 +187,14 @@ pub async fn run(
             "--detach needs a server holding the database: start `chronicle serve` first",
         ));
     }
+    let stop = crate::signals::StopSignals::new()?;
     let engine = open_engine(db)?;
     let progress = Progress::start(engine.subscribe(), quiet);
     let run = engine.start(wf, input, key).await?;
     if !quiet {
         progress.line(&format!("run {run} started"));
     }
-    drive(&engine, &[run], progress, quiet).await
+    drive(&engine, &[run], progress, quiet, stop).await
 }
 
 /// `chronicle recover [RUN...]`.
@@ -201,6 +204,7 @@ pub async fn recover(
     accept_loss: bool,
     quiet: bool,
 ) -> Result<u8, CliError> {
+    let stop = crate::signals::StopSignals::new()?;
     let engine = if accept_loss {
         let store = chronicle_store::Store::open(
             db,
@@ -254,7 +258,7 @@ pub async fn recover(
         println!("nothing to recover");
         return Ok(0);
     }
-    drive(&engine, &runs, progress, quiet).await
+    drive(&engine, &runs, progress, quiet, stop).await
 }
 
 /// `chronicle fork RUN --at SEQ`.
@@ -299,13 +303,14 @@ pub async fn fork(
         .map_err(chronicle_engine::runtime::EngineError::from)?;
         source
     };
+    let stop = crate::signals::StopSignals::new()?;
     let engine = open_engine(db)?;
     let progress = Progress::start(engine.subscribe(), quiet);
     let child = chronicle_replay::fork::fork(&engine, source, at, input, outputs).await?;
     if !quiet {
         eprintln!("run {child} forked from {source} at seq {at}");
     }
-    drive(&engine, &[child], progress, quiet).await
+    drive(&engine, &[child], progress, quiet, stop).await
 }
 
 /// Offline control commands.
@@ -372,6 +377,7 @@ pub async fn continue_run(
     quiet: bool,
 ) -> Result<u8, CliError> {
     let run = check(db, run, &what)?;
+    let stop = crate::signals::StopSignals::new()?;
     let engine = open_engine(db)?;
     let progress = Progress::start(engine.subscribe(), quiet);
     engine.recover_runs(Some(&[run])).await?;
@@ -383,5 +389,5 @@ pub async fn continue_run(
         progress.finish().await;
         return Err(e.into());
     }
-    drive(&engine, &[run], progress, quiet).await
+    drive(&engine, &[run], progress, quiet, stop).await
 }

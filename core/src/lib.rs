@@ -41,4 +41,5 @@ pub mod effects;
 pub mod event;
 pub mod ids;
 pub mod model;
+pub mod schedule;
 pub mod state;

@@ -22,7 +22,7 @@
 //! # }
 //! ```
 
-pub use chronicle_core::{backoff, circuit, decide, effects, event, state};
+pub use chronicle_core::{backoff, circuit, decide, effects, event, schedule, state};
 
 pub mod ids;
 pub mod load;

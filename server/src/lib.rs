@@ -306,6 +306,17 @@ pub async fn serve(
                         "recovery done"
                     );
                     state.set_ready(true);
+                    // Fire due schedules, every second, until shutdown.
+                    let mut shutdown = state.0.shutdown.clone();
+                    loop {
+                        if let Err(e) = engine.fire_due_schedules(engine.clock().peek()).await {
+                            tracing::error!(error = %e, "cannot fire schedules");
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = shutdown.wait_for(|s| *s) => break,
+                        }
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "recovery failed: /v1 stays unavailable"),
             }

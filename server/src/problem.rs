@@ -170,6 +170,10 @@ impl From<EngineError> for Problem {
             EngineError::Rejected(chronicle_engine::decide::Rejected::NotApprover { .. }) => {
                 Self::new(StatusCode::CONFLICT, "not_approver", detail)
             }
+            EngineError::Schedule(_) => Self::new(StatusCode::BAD_REQUEST, "bad_schedule", detail),
+            EngineError::UnknownSchedule(_) => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_schedule", detail)
+            }
             EngineError::UnknownCallback => {
                 Self::new(StatusCode::NOT_FOUND, "unknown_callback", detail)
             }

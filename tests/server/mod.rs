@@ -42,6 +42,7 @@ mod cli;
 mod lifecycle;
 mod observability;
 mod routes;
+mod schedules;
 mod views;
 mod waits;
 

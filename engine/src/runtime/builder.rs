@@ -176,6 +176,7 @@ impl EngineBuilder {
                 workdir,
                 runs: Mutex::new(HashMap::new()),
                 callback_base: Default::default(),
+                schedule_lock: Default::default(),
                 recovering: Mutex::new(Default::default()),
                 agent_heads: tokio::sync::Mutex::new(HashMap::new()),
                 http: super::exec::http::LazyClient::default(),

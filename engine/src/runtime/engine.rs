@@ -57,6 +57,12 @@ pub enum EngineError {
     /// The run's actor stopped (storage failure).
     #[error("the run {0} stopped: {1}")]
     Stopped(RunId, String),
+    /// A schedule that cannot be created or changed as asked.
+    #[error("{0}")]
+    Schedule(String),
+    /// No schedule of this name.
+    #[error("no schedule named {0} (see `chronicle schedule list`)")]
+    UnknownSchedule(String),
     /// A callback token no step was ever given.
     #[error("no callback with this token: it was never issued by this database")]
     UnknownCallback,

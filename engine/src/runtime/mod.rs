@@ -17,6 +17,7 @@ pub mod index;
 pub mod metrics;
 pub mod processes;
 mod recovery;
+mod schedules;
 mod shared;
 pub mod trace;
 
@@ -25,4 +26,5 @@ pub use engine::{Engine, EngineError};
 pub use exec::function::{FunctionCall, FunctionError};
 pub use index::RunSummary;
 pub use recovery::RecoveryReport;
+pub use schedules::NewSchedule;
 pub use shared::{decode_error, fold_envelope};

@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     pub(crate) runs: Mutex<HashMap<RunId, RunHandle>>,
     /// Where callbacks reach this engine (set by `serve`).
     pub(crate) callback_base: std::sync::OnceLock<String>,
+    /// One schedule writer at a time in this engine.
+    pub(crate) schedule_lock: tokio::sync::Mutex<()>,
     /// Runs being recovered right now (so two callers never recover one
     /// run twice: a child's parent and the engine's recovery, say).
     pub(crate) recovering: Mutex<std::collections::HashSet<RunId>>,

@@ -33,6 +33,7 @@ use crate::registry;
 
 mod audit;
 mod runs;
+mod schedules;
 mod waits;
 mod workflows;
 
@@ -171,6 +172,14 @@ pub fn v1_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(waits::send_signal))
         .routes(routes!(waits::decide_approval))
         .routes(routes!(waits::receive_callback))
+        .routes(routes!(
+            schedules::create_schedule,
+            schedules::list_schedules
+        ))
+        .routes(routes!(schedules::get_schedule, schedules::delete_schedule))
+        .routes(routes!(schedules::pause_schedule))
+        .routes(routes!(schedules::resume_schedule))
+        .routes(routes!(schedules::trigger_schedule))
         .routes(routes!(workflows::put_workflow, workflows::get_workflow))
         .routes(routes!(workflows::list_workflows))
         .routes(routes!(audit::upgrade_check))

@@ -355,3 +355,23 @@ pub fn whole_history(store: &Store, run: RunId) -> Result<Vec<RawEnvelope>, Prob
     }
     Ok(envs)
 }
+
+/// A schedule as `schedule list --json` and `/v1/schedules` show it:
+/// `{name, workflow, cron, timezone, status, overlap, catch_up_ms, next,
+/// fired, skipped, last_run, input}`.
+pub fn schedule_json(s: &chronicle_engine::schedule::ScheduleState) -> Value {
+    json!({
+        "name": s.name,
+        "workflow": s.workflow.as_ref().map(|w| w.name.clone()),
+        "cron": s.cron,
+        "timezone": s.timezone,
+        "status": s.status,
+        "overlap": s.overlap,
+        "catch_up_ms": s.catch_up_ms,
+        "next": if s.status == "active" { s.next() } else { None },
+        "fired": s.fired,
+        "skipped": s.skipped,
+        "last_run": s.last_run,
+        "input": s.input,
+    })
+}
