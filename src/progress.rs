@@ -133,6 +133,7 @@ pub fn describe(env: &RawEnvelope) -> String {
                 format!("{step} accepted; waits for the callback")
             }
             RunEvent::CallbackReceived { step, .. } => format!("{step} callback received"),
+            RunEvent::PollStarted { step, url, .. } => format!("{step} accepted; polls {url}"),
             RunEvent::TimerStarted { step, fire_at, .. } => {
                 format!("{step} sleeps until {}", fire_at.to_rfc3339())
             }

@@ -44,6 +44,18 @@ pub enum Effect {
     },
     /// Wake the run at this time (retry due, deadline).
     Timer(DateTime<Utc>),
+    /// Poll `url` every `every_ms` for the step's attempt (until its
+    /// answer is terminal; the result comes back as the attempt's).
+    Poll {
+        /// The step.
+        step: crate::ids::StepId,
+        /// Its attempt.
+        attempt: u32,
+        /// The URL.
+        url: String,
+        /// Between polls, ms.
+        every_ms: u64,
+    },
 }
 
 /// The effects a state asks for. The runtime kills any live attempt that
@@ -67,6 +79,16 @@ pub fn effects(state: &RunState) -> Vec<Effect> {
                         ..
                     })
                 );
+                if let Some(crate::state::Wait::Poll { url, every_ms }) = &st.wait
+                    && !state.cancel_requested
+                {
+                    out.push(Effect::Poll {
+                        step: s.id.clone(),
+                        attempt: a.number,
+                        url: url.clone(),
+                        every_ms: *every_ms,
+                    });
+                }
                 if let Some(wait) = st.wait.as_ref().filter(|_| !sending) {
                     // A waiting step runs nothing: wake at its timer and
                     // its deadline (decide ends the wait; a cancel too).

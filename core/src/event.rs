@@ -265,6 +265,20 @@ pub enum RunEvent {
         /// What it answered (the response's JSON, or `{status, body}`).
         response: Value,
     },
+    /// A `completion: { poll }` step's request was accepted (2xx): the
+    /// engine polls `url` until it answers a terminal state.
+    PollStarted {
+        /// The step.
+        step: crate::ids::StepId,
+        /// Its attempt.
+        attempt: u32,
+        /// The poll URL, templates resolved.
+        url: String,
+        /// Between polls, ms.
+        every_ms: u64,
+        /// What the request answered.
+        response: Value,
+    },
     /// The callback came (the step succeeds with its body in the same
     /// commit).
     CallbackReceived {
@@ -388,6 +402,7 @@ impl RunEvent {
             Self::CallbackIssued { .. } => "CallbackIssued",
             Self::CallbackAccepted { .. } => "CallbackAccepted",
             Self::CallbackReceived { .. } => "CallbackReceived",
+            Self::PollStarted { .. } => "PollStarted",
             Self::TimerStarted { .. } => "TimerStarted",
             Self::TimerFired { .. } => "TimerFired",
             Self::SignalAwaited { .. } => "SignalAwaited",
@@ -413,6 +428,7 @@ impl RunEvent {
             | Self::CallbackIssued { step, .. }
             | Self::CallbackAccepted { step, .. }
             | Self::CallbackReceived { step, .. }
+            | Self::PollStarted { step, .. }
             | Self::TimerStarted { step, .. }
             | Self::TimerFired { step, .. }
             | Self::SignalAwaited { step, .. }

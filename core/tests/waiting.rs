@@ -420,3 +420,28 @@ fn a_callback_after_the_timeout_is_refused() {
         .unwrap_err();
     assert!(late.to_string().contains("no step of run"), "{late}");
 }
+
+#[test]
+fn polling_starts_after_the_request_is_accepted_and_survives_recovery() {
+    let wf = "
+name: poll
+steps:
+  - id: render
+    http: { method: POST, url: \"http://renderer.example/jobs\" }
+    completion: { poll: { url: \"http://renderer.example/jobs/${{ steps.render.output.id }}\", every: 30s } }
+";
+    let (mut sim, _) = Sim::start(wf);
+    let accepted = sim.ok("render", json!({"id": 42}));
+    assert_yaml_snapshot!("poll_1_accepted_polls_the_resolved_url", brief(&accepted));
+    let fx: Vec<String> = effects(&sim.state)
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect();
+    assert_yaml_snapshot!("poll_2_effect_polls", fx);
+    assert!(
+        sim.cmd(Command::Recover).is_empty(),
+        "a crash does not cut the polling"
+    );
+    let done = sim.ok("render", json!({"status": "done", "pdf": "42.pdf"}));
+    assert_yaml_snapshot!("poll_3_terminal_answer_succeeds", brief(&done));
+}

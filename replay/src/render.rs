@@ -201,6 +201,9 @@ pub fn describe_wait(st: &chronicle_engine::state::StepState) -> Option<String> 
     let mut text = match wait {
         Wait::Timer { fire_at } => format!("its timer, due at {}", fire_at.to_rfc3339()),
         Wait::Signal { name } => format!("the signal {name:?}"),
+        Wait::Poll { url, every_ms } => {
+            format!("a terminal state from {url} (polled every {every_ms} ms)")
+        }
         Wait::Callback { accepted, .. } => {
             if *accepted {
                 "its callback (the service accepted the request)".to_string()

@@ -217,3 +217,93 @@ fn a_signed_callback_must_verify() {
         json!({"rendered": "signed.pdf"})
     );
 }
+
+/// A job service: `POST /jobs` answers 202 `{"id": 7}`; `GET /jobs/7`
+/// answers `running` until `done_after` polls, then `done`.
+fn job_service(done_after: usize) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    let polls = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = polls.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 8192];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let (status, body) = if req.starts_with("POST /jobs") {
+                ("202 Accepted", "{\"id\": 7}".to_string())
+            } else if req.starts_with("GET /jobs/7") {
+                let k = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                if k >= done_after {
+                    (
+                        "200 OK",
+                        "{\"status\": \"done\", \"pdf\": \"page-7.pdf\"}".to_string(),
+                    )
+                } else {
+                    ("200 OK", "{\"status\": \"running\"}".to_string())
+                }
+            } else {
+                ("404 Not Found", "{}".to_string())
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (base, polls)
+}
+
+#[test]
+fn polling_completes_the_step_and_survives_kill_9() {
+    use std::sync::atomic::Ordering;
+    let env = Env::new();
+    let (base, polls) = job_service(12);
+    let wf = format!(
+        "name: poll\nsteps:\n  - id: render\n    http: {{ method: POST, url: \"{base}/jobs\" }}\n    completion: {{ poll: {{ url: \"{base}/jobs/${{{{ steps.render.output.id }}}}\", every: 100ms }} }}\n    timeout: 1m\n"
+    );
+    let s = env.serve(&[]);
+    let r = s.post("/v1/runs", &json!({"workflow": wf}));
+    assert_eq!(r.status(), 202, "{:?}", r.text());
+    let run = r.json::<Value>().unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Polling: the step waits on the resolved URL.
+    let t = Instant::now();
+    loop {
+        let v: Value = s.get(&format!("/v1/runs/{run}")).json().unwrap();
+        if v["steps"][0]["wait"]["for"] == "poll" {
+            assert_eq!(v["steps"][0]["wait"]["url"], format!("{base}/jobs/7"));
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while polls.load(Ordering::SeqCst) < 3 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A crash mid-polling: the next server polls on (no new request).
+    s.kill9();
+    let s = env.serve(&[]);
+    let done = wait_status(&s, &run);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["steps"][0]["output"]["pdf"], "page-7.pdf");
+    assert_eq!(done["steps"][0]["attempts"], 1, "the request was sent once");
+    let events: Value = s.get(&format!("/v1/runs/{run}/events")).json().unwrap();
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["payload"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "PollStarted").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(!kinds.contains(&"StepAbandoned"), "{kinds:?}");
+}

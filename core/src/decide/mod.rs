@@ -138,6 +138,48 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
             }
             match result {
                 AttemptResult::Succeeded { output, .. }
+                    if state.steps[&step].wait.is_none()
+                        && poll_of(&state.wf(), &step).is_some() =>
+                {
+                    // Accepted: now the engine polls.
+                    let spec = poll_of(&state.wf(), &step).expect("checked");
+                    let run_text = state.run_id.map(|r| r.to_string()).unwrap_or_default();
+                    let mut outputs = state.outputs();
+                    outputs.insert(step.to_string(), output.clone());
+                    let scope = Scope {
+                        run_id: &run_text,
+                        input: &state.input,
+                        outputs: &outputs,
+                    };
+                    match resolve(&Value::String(spec.url.clone()), &scope) {
+                        Ok(Value::String(url)) => d.push(RunEvent::PollStarted {
+                            step,
+                            attempt,
+                            url,
+                            every_ms: spec.every.ms,
+                            response: output,
+                        })?,
+                        other => fail_attempt(
+                            &mut d,
+                            &step,
+                            attempt,
+                            ErrorKind::Permanent,
+                            format!(
+                                "cannot resolve poll.url {:?}: {}",
+                                spec.url,
+                                match other {
+                                    Err(e) => e,
+                                    Ok(v) => format!("it is {v}, not text"),
+                                }
+                            ),
+                            None,
+                            None,
+                            0,
+                            None,
+                        )?,
+                    }
+                }
+                AttemptResult::Succeeded { output, .. }
                     if matches!(
                         state.steps[&step].wait,
                         Some(Wait::Callback {
@@ -754,7 +796,13 @@ fn describe(w: &Wait) -> String {
                 "the service to accept its request".into()
             }
         }
+        Wait::Poll { url, .. } => format!("a terminal state from {url}"),
     }
+}
+
+/// The polling spec of step `id`, for `completion: { poll }`.
+fn poll_of(wf: &Workflow, id: &str) -> Option<crate::model::PollSpec> {
+    wf.step(id)?.completion.as_ref()?.poll().cloned()
 }
 
 /// Record what a waiting step's attempt waits for.

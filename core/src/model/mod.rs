@@ -203,9 +203,9 @@ pub struct ExecSpec {
     /// The child's pinned definition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child: Option<Arc<Workflow>>,
-    /// `callback` for an HTTP step completed by a callback.
+    /// How an HTTP step completes (callback or polling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion: Option<String>,
+    pub completion: Option<Completion>,
     /// The secret that signs the callback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_secret: Option<String>,
@@ -339,17 +339,63 @@ pub struct Step {
     /// loaded and pinned in the parent's definition (not written by hand).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child: Option<Arc<Workflow>>,
-    /// How an `http` step completes: `callback` — the request carries a
-    /// callback URL with a one-time token (`Chronicle-Callback-Url`, and
-    /// `callback_url` in a JSON object body); a 2xx answer means accepted,
-    /// and `POST /v1/callbacks/{token}` with the result completes the step.
+    /// How an `http` step completes when its service answers at once and
+    /// finishes later: `callback` — the request carries a callback URL with
+    /// a one-time token (`Chronicle-Callback-Url`, and `callback_url` in a
+    /// JSON object body), a 2xx answer means accepted, and `POST
+    /// /v1/callbacks/{token}` with the result completes the step; or
+    /// `{ poll: { url, every } }` — after a 2xx answer the engine GETs
+    /// `url` every `every` until it answers a terminal state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion: Option<String>,
+    pub completion: Option<Completion>,
     /// With `completion: callback`: the secret (one of the workflow's
     /// `secrets`) whose HMAC-SHA256 of the callback's body must come in
     /// `Chronicle-Signature: sha256=HEX`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_secret: Option<String>,
+}
+
+/// How an `http` step completes after its request was accepted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Completion {
+    /// `callback` (the only name).
+    Named(String),
+    /// Polling.
+    Poll {
+        /// What and how often to poll.
+        poll: PollSpec,
+    },
+}
+
+impl Completion {
+    /// Whether this is `completion: callback`.
+    pub fn is_callback(&self) -> bool {
+        matches!(self, Self::Named(n) if n == "callback")
+    }
+
+    /// The polling spec, for `completion: { poll: ... }`.
+    pub fn poll(&self) -> Option<&PollSpec> {
+        match self {
+            Self::Poll { poll } => Some(poll),
+            Self::Named(_) => None,
+        }
+    }
+}
+
+/// Polling: `GET url` every `every` until the answer's `status` (or
+/// `state`) is terminal — `succeeded`, `success`, `completed`, `done`
+/// (the step succeeds with the answer), or `failed`, `error`, `canceled`
+/// (it fails with the answer's `error` or `message`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PollSpec {
+    /// The URL; templates may use the accepted answer as the step's own
+    /// output: `${{ steps.THIS_STEP.output.job_id }}`.
+    pub url: String,
+    /// How often (default 30 s).
+    #[serde(default = "thirty_s")]
+    pub every: HumanDuration,
 }
 
 /// Who must approve a step, and how many.

@@ -216,21 +216,45 @@ fn check_step(wf: &Workflow, s: &Step, ids: &BTreeSet<&str>) -> Result<(), Inval
             "more than one executor: set only one of command, shell, http, function, workflow, skills, sleep, sleep_until, signal or approval",
         ));
     }
-    match s.completion.as_deref() {
-        None => {}
-        Some("callback") if s.http.is_some() => {}
-        Some("callback") => {
-            return Err(at(s, "completion: callback applies to http steps"));
+    if let Some(c) = &s.completion {
+        if s.http.is_none() {
+            return Err(at(s, "completion applies to http steps"));
         }
-        Some(other) => {
-            return Err(at(
-                s,
-                format!("completion {other:?} is not known: use callback"),
-            ));
+        match c {
+            super::Completion::Named(n) if n == "callback" => {}
+            super::Completion::Named(other) => {
+                return Err(at(
+                    s,
+                    format!(
+                        "completion {other:?} is not known: use callback, or {{ poll: {{ url, every }} }}"
+                    ),
+                ));
+            }
+            super::Completion::Poll { poll } => {
+                if !(poll.url.starts_with("http://")
+                    || poll.url.starts_with("https://")
+                    || poll.url.starts_with("${{"))
+                {
+                    return Err(at(
+                        s,
+                        format!(
+                            "poll.url {:?} must start with http:// or https://",
+                            poll.url
+                        ),
+                    ));
+                }
+                if poll.every.ms == 0 {
+                    return Err(at(s, "poll.every must be more than 0"));
+                }
+            }
         }
     }
     if let Some(name) = &s.callback_secret {
-        if s.completion.is_none() {
+        if !s
+            .completion
+            .as_ref()
+            .is_some_and(super::Completion::is_callback)
+        {
             return Err(at(s, "callback_secret needs completion: callback"));
         }
         if !wf.secrets.contains(name) {

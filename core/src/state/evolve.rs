@@ -376,6 +376,22 @@ pub fn evolve(
                 _ => return Err(fail(format!("step {step} has no callback"))),
             }
         }
+        RunEvent::PollStarted {
+            step,
+            attempt,
+            url,
+            every_ms,
+            ..
+        } => {
+            let st = running_or_fail(&mut state, step, *attempt, &fail)?;
+            if st.wait.is_some() {
+                return Err(fail(format!("step {step} already waits")));
+            }
+            st.wait = Some(Wait::Poll {
+                url: url.clone(),
+                every_ms: *every_ms,
+            });
+        }
         RunEvent::CallbackReceived { step, attempt } => {
             let st = running_or_fail(&mut state, step, *attempt, &fail)?;
             if !matches!(st.wait, Some(Wait::Callback { .. })) {

@@ -202,6 +202,13 @@ pub enum Wait {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         accepted: bool,
     },
+    /// The engine polls `url` every `every_ms` for a terminal state.
+    Poll {
+        /// The poll URL.
+        url: String,
+        /// Between polls, ms.
+        every_ms: u64,
+    },
     /// Approvals.
     Approval {
         /// Who may decide (empty: anyone).

@@ -348,6 +348,17 @@ impl RunActor {
                     }
                 }
                 Effect::Timer(t) => timer = Some(timer.map_or(t, |x| x.min(t))),
+                Effect::Poll {
+                    step,
+                    attempt,
+                    url,
+                    every_ms,
+                } => {
+                    wanted.insert((step.clone(), attempt));
+                    if !self.live.contains_key(&(step.clone(), attempt)) {
+                        self.spawn_poll(step, attempt, url, every_ms);
+                    }
+                }
             }
         }
         for (key, l) in self.live.iter_mut() {
@@ -369,6 +380,28 @@ impl RunActor {
                 .values()
                 .any(|s| matches!(s.status, StepStatus::Ready | StepStatus::Blocked));
         (timer, waiting)
+    }
+
+    /// Poll for a `completion: { poll }` step's attempt until its URL
+    /// answers a terminal state; the result comes back as the attempt's.
+    fn spawn_poll(&mut self, step: crate::ids::StepId, attempt: u32, url: String, every_ms: u64) {
+        let (kill_tx, kill_rx) = oneshot::channel();
+        self.live.insert(
+            (step.clone(), attempt),
+            Live {
+                kill: Some(kill_tx),
+            },
+        );
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = super::exec::http::poll_until_terminal(&url, every_ms, kill_rx).await;
+            let _ = tx.send(Msg::Done {
+                step,
+                attempt,
+                agent: None,
+                result,
+            });
+        });
     }
 
     /// Start a `workflow:` step's attempt: its child run.
@@ -465,7 +498,12 @@ impl RunActor {
         // A `completion: callback` step: draw the one-time token, tell the
         // service where to call back, and record the token's hash (durably,
         // before the request leaves) — see `callback_issue` below.
-        let callback = if sa.exec.completion.as_deref() == Some("callback") {
+        let callback = if sa
+            .exec
+            .completion
+            .as_ref()
+            .is_some_and(crate::model::Completion::is_callback)
+        {
             match self.engine.callback_base.get() {
                 Some(base) => {
                     let token = format!(

@@ -192,3 +192,90 @@ pub fn signature_ok(key: &[u8], body: &[u8], signature: Option<&str>) -> bool {
     m.update(body);
     m.verify_slice(&given).is_ok()
 }
+
+/// Answers of a polled URL that end the wait: success, then failure.
+const POLL_DONE: [&str; 5] = ["succeeded", "success", "completed", "complete", "done"];
+const POLL_FAILED: [&str; 6] = [
+    "failed",
+    "failure",
+    "error",
+    "errored",
+    "canceled",
+    "cancelled",
+];
+
+/// `GET url` every `every_ms` until its JSON answer's `status` (or
+/// `state`) is terminal: a success state succeeds with the answer, a
+/// failure state fails (permanent) with its `error` or `message`.
+/// Anything else — another state, a non-JSON or non-2xx answer, a
+/// connection error — is polled again. Ends `canceled` when `kill` fires
+/// or its sender is dropped.
+pub async fn poll_until_terminal(
+    url: &str,
+    every_ms: u64,
+    mut kill: tokio::sync::oneshot::Receiver<()>,
+) -> AttemptResult {
+    let started = std::time::Instant::now();
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return failure(ErrorKind::Permanent, format!("no HTTP client: {e}"), 0),
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(every_ms)) => {}
+            _ = &mut kill => return AttemptResult::Failed {
+                kind: ErrorKind::Canceled,
+                message: "killed while polling".into(),
+                exit_code: None,
+                http_status: None,
+                duration_ms: started.elapsed().as_millis() as u64,
+                stderr: None,
+            },
+        }
+        let answer = async {
+            let r = client.get(url).send().await.ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            r.json::<Value>().await.ok()
+        };
+        let Some(v) = answer.await else {
+            tracing::debug!(url, "poll: no terminal answer yet");
+            continue;
+        };
+        let state = v
+            .get("status")
+            .or_else(|| v.get("state"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let duration_ms = started.elapsed().as_millis() as u64;
+        if POLL_DONE.contains(&state.as_str()) {
+            return AttemptResult::Succeeded {
+                output: v,
+                duration_ms,
+                stdout: None,
+                stderr: None,
+            };
+        }
+        if POLL_FAILED.contains(&state.as_str()) {
+            let why = v
+                .get("error")
+                .or_else(|| v.get("message"))
+                .map(|m| {
+                    m.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| m.to_string())
+                })
+                .unwrap_or_else(|| state.clone());
+            return failure(
+                ErrorKind::Permanent,
+                format!("{url} answered {state}: {why}"),
+                duration_ms,
+            );
+        }
+    }
+}
