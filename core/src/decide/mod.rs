@@ -139,10 +139,10 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
             match result {
                 AttemptResult::Succeeded { output, .. }
                     if state.steps[&step].wait.is_none()
-                        && poll_of(&state.wf(), &step).is_some() =>
+                        && poll_of(state.wf(), &step).is_some() =>
                 {
                     // Accepted: now the engine polls.
-                    let spec = poll_of(&state.wf(), &step).expect("checked");
+                    let spec = poll_of(state.wf(), &step).expect("checked");
                     let run_text = state.run_id.map(|r| r.to_string()).unwrap_or_default();
                     let mut outputs = state.outputs();
                     outputs.insert(step.to_string(), output.clone());
