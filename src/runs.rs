@@ -177,11 +177,21 @@ pub async fn run(
     detach: bool,
     quiet: bool,
 ) -> Result<u8, CliError> {
-    let wf = load_file(file)?;
+    // `workflow_name:` children come from the workflows registered in
+    // this database (read-only here; the run pins them).
+    let lookup = |name: &str| -> Result<chronicle_engine::model::Workflow, String> {
+        let ro = crate::queries::engine_existing(db).map_err(|e| e.message.clone())?;
+        chronicle_server::registry::get(ro.store(), name, None)
+            .map(|(w, _)| w)
+            .map_err(|p| p.detail)
+    };
     let input = read_input(input)?;
     if let Some(c) = chronicle_server::client::Client::discover(db)? {
+        // The server pins `workflow_name:` children from its registry.
+        let wf = load_file(file)?;
         return crate::remote::run(&c, &wf, input, key, detach, quiet).await;
     }
+    let wf = chronicle_engine::load::load_file_with(file, Some(&lookup))?;
     if detach {
         return Err(CliError::input(
             "--detach needs a server holding the database: start `chronicle serve` first",

@@ -445,3 +445,17 @@ steps:
     let done = sim.ok("render", json!({"status": "done", "pdf": "42.pdf"}));
     assert_yaml_snapshot!("poll_3_terminal_answer_succeeds", brief(&done));
 }
+
+#[test]
+fn a_pause_lets_a_timer_fire_but_starts_nothing_until_resumed() {
+    let (mut sim, _) = Sim::start(SLEEP);
+    sim.ok("build", json!(null));
+    sim.cmd(Command::Pause);
+    sim.advance_ms(10 * 60 * 1000);
+    let fired = sim.cmd(Command::Tick);
+    assert_yaml_snapshot!("pause_timer_fires_nothing_starts", brief(&fired));
+    assert_eq!(sim.status("deploy"), "ready");
+    let resumed = sim.cmd(Command::Resume);
+    assert_eq!(resumed.last().unwrap().name(), "StepStarted");
+    assert_eq!(sim.status("deploy"), "running");
+}

@@ -14,8 +14,22 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 /// [`MAX_FILE_BYTES`], a syntax error, an unknown field or any validation
 /// rule (see [`chronicle_core::model::validate`]).
 pub fn load_file(path: &Path) -> Result<Workflow, DefinitionError> {
+    load_file_with(path, None)
+}
+
+/// Look up a registered workflow by name: its latest version.
+pub type Registered<'a> = &'a dyn Fn(&str) -> Result<Workflow, String>;
+
+/// [`load_file`] with `registered` to pin `workflow_name:` children.
+///
+/// Errors: as [`load_file`]; a `workflow_name` the lookup does not find
+/// (or no lookup given).
+pub fn load_file_with(
+    path: &Path,
+    registered: Option<Registered<'_>>,
+) -> Result<Workflow, DefinitionError> {
     let mut wf = load_plain(path)?;
-    embed_children(&mut wf, &path.display().to_string(), 0)?;
+    embed_children_with(&mut wf, &path.display().to_string(), 0, registered)?;
     Ok(wf)
 }
 
@@ -32,7 +46,49 @@ pub const MAX_CHILD_DEPTH: usize = 8;
 /// it cannot be read or is not valid, or nesting past
 /// [`MAX_CHILD_DEPTH`].
 pub fn embed_children(wf: &mut Workflow, file: &str, depth: usize) -> Result<(), DefinitionError> {
+    embed_children_with(wf, file, depth, None)
+}
+
+/// [`embed_children`], pinning `workflow_name:` children with `registered`.
+///
+/// Without `registered`, `workflow_name:` steps are left as they are (the
+/// server that receives the definition pins them).
+///
+/// Errors: as [`embed_children`]; a name `registered` does not find.
+pub fn embed_children_with(
+    wf: &mut Workflow,
+    file: &str,
+    depth: usize,
+    registered: Option<Registered<'_>>,
+) -> Result<(), DefinitionError> {
     for step in &mut wf.steps {
+        // Pinned already (a client read the file beside itself): kept.
+        if step.child.is_some() {
+            continue;
+        }
+        if let Some(name) = step.workflow_name.clone() {
+            let at = |message: String| DefinitionError {
+                file: file.to_string(),
+                step: Some(step.id.to_string()),
+                line: None,
+                column: None,
+                message,
+            };
+            if depth >= MAX_CHILD_DEPTH {
+                return Err(at(format!(
+                    "child workflows nest deeper than {MAX_CHILD_DEPTH} (does {name} include itself?)"
+                )));
+            }
+            // Without a lookup (a client that sends the definition to a
+            // server, `validate`) the child is left for whoever submits it.
+            let Some(lookup) = registered else {
+                continue;
+            };
+            let mut child = lookup(&name).map_err(|e| at(format!("workflow_name {name}: {e}")))?;
+            embed_children_with(&mut child, &name, depth + 1, Some(lookup))?;
+            step.child = Some(std::sync::Arc::new(child));
+            continue;
+        }
         let Some(path) = step.workflow.clone() else {
             continue;
         };
@@ -50,7 +106,7 @@ pub fn embed_children(wf: &mut Workflow, file: &str, depth: usize) -> Result<(),
         }
         let mut child =
             load_plain(Path::new(&path)).map_err(|e| at(format!("child workflow: {e}")))?;
-        embed_children(&mut child, &path, depth + 1)?;
+        embed_children_with(&mut child, &path, depth + 1, registered)?;
         step.child = Some(std::sync::Arc::new(child));
     }
     Ok(())

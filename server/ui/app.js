@@ -261,6 +261,11 @@ function summary(p) {
     case 'StepFailed': return p.step + a + ': ' + p.kind + ' — ' + p.message + (p.next_retry_at ? ' (retry at ' + fmtTime(p.next_retry_at) + ')' : '');
     case 'StepAbandoned': return p.step + a + ': ' + p.reason;
     case 'StepSkipped': return p.step + ': ' + p.reason;
+    case 'ChildRunStarted': return p.step + ' started child run ' + p.child_run_id;
+    case 'CallbackIssued': return p.step + ': callback token issued';
+    case 'CallbackAccepted': return p.step + ': accepted; waits for the callback';
+    case 'CallbackReceived': return p.step + ': callback received';
+    case 'PollStarted': return p.step + ': accepted; polls ' + p.url;
     case 'TimerStarted': return p.step + ' sleeps until ' + fmtTime(p.fire_at);
     case 'TimerFired': return p.step + ': timer fired';
     case 'SignalAwaited': return p.step + ' waits for the signal ' + p.name;
@@ -456,6 +461,7 @@ async function runPage(root, id) {
     const terminal = ['succeeded', 'failed', 'canceled'].includes(st.status);
     const dur = st.created_at ? ((terminal ? new Date(st.updated_at) : Date.now()) - new Date(st.created_at)) : null;
     const lineage = [];
+    if (st.parent) lineage.push(h('span', {}, 'child of ', h('a', { href: '/runs/' + st.parent.run_id, id: 'parent-run' }, short(st.parent.run_id)), ' (step ' + st.parent.step + ')'));
     if (st.forked_from) lineage.push(h('span', {}, 'forked from ', h('a', { href: '/runs/' + st.forked_from.run_id + '?at=' + st.forked_from.at_seq, id: 'forked-from' }, short(st.forked_from.run_id) + ' at seq ' + st.forked_from.at_seq)));
     if (st.forks && st.forks.length) lineage.push(h('span', { id: 'forks' }, 'forks: ', st.forks.map((f, i) => [i ? ', ' : '', h('a', { href: '/runs/' + f.run_id }, short(f.run_id) + ' (seq ' + f.at_seq + ')')])));
     const act = (label, path, opts) => h('button', Object.assign({ type: 'button', id: 'act-' + path, onclick: () => control(path, label) }, opts), label);
@@ -598,6 +604,7 @@ async function runPage(root, id) {
           : (st.reason ? st.reason : 'no agent (runs in the engine)')),
         h('dt', {}, 'Circuit'), h('dd', {}, agent ? [badge(agent.circuit.state), ' failures ' + agent.circuit.failures + (agent.circuit.open_until ? ', open until ' + fmtTime(agent.circuit.open_until) : '') + ', load ' + agent.load] : '—'),
         st.wait ? [h('dt', {}, 'Waits for'), h('dd', { id: 'panel-wait' }, waitText(st))] : null,
+        last && last.child ? [h('dt', {}, 'Child run'), h('dd', {}, h('a', { href: '/runs/' + last.child, id: 'panel-child' }, last.child))] : null,
         h('dt', {}, 'Last error'), h('dd', { class: lastError ? 'error' : '' }, lastError ? lastError.error : '—'),
         st.reason ? [h('dt', {}, 'Reason'), h('dd', {}, st.reason)] : null),
       R.at === null && st.wait && st.wait.for === 'approval' ? approvalForm(id) : null,
@@ -612,6 +619,8 @@ async function runPage(root, id) {
     const a = (st.attempts || [])[st.attempts.length - 1];
     let t = w.for === 'timer' ? 'its timer, due at ' + fmtTime(w.fire_at)
       : w.for === 'signal' ? 'the signal "' + w.name + '"'
+      : w.for === 'callback' ? (w.accepted ? 'its callback' : 'the service to accept its request')
+      : w.for === 'poll' ? 'a terminal state from ' + w.url
       : 'approval: ' + (w.approved_by || []).length + ' of ' + w.min_approvals + ((w.approvers || []).length ? ' (approvers: ' + w.approvers.join(', ') + ')' : '');
     if (a && a.deadline) t += '; times out at ' + fmtTime(a.deadline);
     return t;

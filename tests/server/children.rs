@@ -108,3 +108,43 @@ fn canceling_the_parent_cancels_the_child_and_a_failing_child_fails_the_step() {
     let p = problem(r, 422, "invalid_workflow");
     assert!(p["detail"].as_str().unwrap().contains("child.yaml"), "{p}");
 }
+
+#[test]
+fn a_registered_child_by_workflow_name() {
+    let env = Env::new();
+    let s = env.serve(&[]);
+    let child = "name: sub\ninput: { n: 0 }\noutputs: { doubled: \"${{ steps.double.output.v }}\" }\nsteps:\n  - id: double\n    shell: |\n      echo \"{\\\"v\\\": $((INPUT_N * 2))}\"\n    with: { n: \"${{ input.n }}\" }\n";
+    let r = s
+        .http
+        .put(format!("{}/v1/workflows/sub", s.url))
+        .bearer_auth(&s.token)
+        .body(child)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text());
+    let parent = env.write(
+        "p.yaml",
+        "name: p\nsteps:\n  - id: call\n    workflow_name: sub\n    with: { n: 21 }\n",
+    );
+    // Through the server (the CLI sends the definition; the server pins
+    // the registered child).
+    let out = env.run(&["run", parent.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = out.run_id();
+    let st = env.run(&["status", &run, "--json"]).json();
+    assert_eq!(st["steps"][0]["output"], json!({"doubled": 42}), "{st}");
+    // An unknown name is refused when the definition is submitted.
+    let bad = env.write(
+        "b.yaml",
+        "name: b\nsteps:\n  - id: call\n    workflow_name: nothing\n",
+    );
+    let out = env.run(&["run", bad.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("workflow_name nothing"), "{out:?}");
+    // On the file alone (no server), the CLI reads the registry itself.
+    assert!(s.term().success());
+    let out = env.run(&["run", parent.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let st = env.run(&["status", &out.run_id(), "--json"]).json();
+    assert_eq!(st["steps"][0]["output"], json!({"doubled": 42}), "{st}");
+}

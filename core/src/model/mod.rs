@@ -200,6 +200,9 @@ pub struct ExecSpec {
     /// A child workflow (its file, as written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
+    /// A registered child workflow, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_name: Option<String>,
     /// The child's pinned definition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child: Option<Arc<Workflow>>,
@@ -220,6 +223,7 @@ impl ExecSpec {
             self.http.is_some(),
             self.function.is_some(),
             self.workflow.is_some(),
+            self.workflow_name.is_some(),
         ]
         .into_iter()
         .filter(|b| *b)
@@ -335,6 +339,11 @@ pub struct Step {
     /// input and succeeds with the child's outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
+    /// A child workflow registered in the database (`PUT
+    /// /v1/workflows/{name}`), by name: its latest version, pinned when
+    /// the parent is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_name: Option<String>,
     /// The child's definition, read from `workflow` when the parent is
     /// loaded and pinned in the parent's definition (not written by hand).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -623,6 +632,7 @@ impl Step {
             http: self.http.clone(),
             function: self.function.clone(),
             workflow: self.workflow.clone(),
+            workflow_name: self.workflow_name.clone(),
             child: self.child.clone(),
             completion: self.completion.clone(),
             callback_secret: self.callback_secret.clone(),
@@ -668,6 +678,7 @@ impl Agent {
             http: self.http.clone(),
             function: self.function.clone(),
             workflow: None,
+            workflow_name: None,
             child: None,
             completion: None,
             callback_secret: None,

@@ -207,13 +207,13 @@ fn check_step(wf: &Workflow, s: &Step, ids: &BTreeSet<&str>) -> Result<(), Inval
     if n == 0 {
         return Err(at(
             s,
-            "no executor: set one of command, shell, http, function, workflow or skills (or a wait: sleep, sleep_until, signal, approval)",
+            "no executor: set one of command, shell, http, function, workflow, workflow_name or skills (or a wait: sleep, sleep_until, signal, approval)",
         ));
     }
     if n > 1 {
         return Err(at(
             s,
-            "more than one executor: set only one of command, shell, http, function, workflow, skills, sleep, sleep_until, signal or approval",
+            "more than one executor: set only one of command, shell, http, function, workflow, workflow_name, skills, sleep, sleep_until, signal or approval",
         ));
     }
     if let Some(c) = &s.completion {
@@ -264,10 +264,10 @@ fn check_step(wf: &Workflow, s: &Step, ids: &BTreeSet<&str>) -> Result<(), Inval
             ));
         }
     }
-    if s.child.is_some() && s.workflow.is_none() {
+    if s.child.is_some() && s.workflow.is_none() && s.workflow_name.is_none() {
         return Err(at(
             s,
-            "child is filled from workflow when the definition is loaded; set workflow: FILE",
+            "child is filled from workflow or workflow_name when the definition is loaded; set one of them",
         ));
     }
     if let Some(w) = &s.workflow

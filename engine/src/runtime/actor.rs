@@ -431,7 +431,7 @@ impl RunActor {
     }
 
     fn spawn_attempt(&mut self, sa: StartAttempt) {
-        if sa.exec.workflow.is_some() {
+        if sa.exec.workflow.is_some() || sa.exec.workflow_name.is_some() {
             return self.spawn_child(sa);
         }
         let run_id = self.run_id();

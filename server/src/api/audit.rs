@@ -69,7 +69,7 @@ pub async fn upgrade_check(
     RawBody(body): RawBody,
 ) -> Result<Json<Value>, Problem> {
     let req: UpgradeCheck = json_body(&body)?;
-    let new = parse_workflow(&req.workflow)?;
+    let new = parse_workflow(&req.workflow, app.engine().store())?;
     let ids = req
         .runs
         .iter()

@@ -112,7 +112,16 @@ impl AppState {
         if let Some(hit) = cache().get(&key) {
             return Ok(hit.clone());
         }
-        let (wf, v) = registry::get(self.0.engine.store(), name, version)?;
+        let (mut wf, v) = registry::get(self.0.engine.store(), name, version)?;
+        // Its children (`workflow:` files, `workflow_name:` registered),
+        // pinned now.
+        let store = self.0.engine.store();
+        let lookup = |n: &str| -> Result<Workflow, String> {
+            registry::get(store, n, None)
+                .map(|(w, _)| w)
+                .map_err(|p| p.detail)
+        };
+        chronicle_engine::load::embed_children_with(&mut wf, name, 0, Some(&lookup))?;
         cache().insert(key, (wf.clone(), v.version));
         Ok((wf, v.version))
     }
@@ -236,11 +245,20 @@ pub(crate) fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> 
     })
 }
 
-pub(crate) fn parse_workflow(def: &Value) -> Result<Workflow, Problem> {
+pub(crate) fn parse_workflow(
+    def: &Value,
+    store: &chronicle_store::Store,
+) -> Result<Workflow, Problem> {
     let mut wf = parse_workflow_text(def)?;
     // `workflow: FILE` steps read their child's definition beside the
-    // server (its working directory), as the CLI does beside itself.
-    chronicle_engine::load::embed_children(&mut wf, "workflow", 0)?;
+    // server (its working directory), as the CLI does beside itself;
+    // `workflow_name: NAME` ones the latest registered version.
+    let lookup = |name: &str| -> Result<Workflow, String> {
+        registry::get(store, name, None)
+            .map(|(w, _)| w)
+            .map_err(|p| p.detail)
+    };
+    chronicle_engine::load::embed_children_with(&mut wf, "workflow", 0, Some(&lookup))?;
     Ok(wf)
 }
 

@@ -131,7 +131,7 @@ pub async fn create_run(
 ) -> Result<Response, Problem> {
     let req: CreateRun = json_body(&body)?;
     let (wf, version) = match (&req.workflow, &req.workflow_name) {
-        (Some(def), None) => (parse_workflow(def)?, None),
+        (Some(def), None) => (parse_workflow(def, app.engine().store())?, None),
         (None, Some(name)) => {
             let (wf, v) = app.registered(name, req.version)?;
             (wf, Some(v))

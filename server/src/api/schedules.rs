@@ -47,7 +47,7 @@ pub async fn create_schedule(
 ) -> Result<Response, Problem> {
     let req: CreateSchedule = json_body(&body)?;
     let workflow = match (&req.workflow, &req.workflow_name) {
-        (Some(def), None) => parse_workflow(def)?,
+        (Some(def), None) => parse_workflow(def, app.engine().store())?,
         (None, Some(name)) => app.registered(name, None)?.0,
         _ => {
             return Err(Problem::invalid_input(
