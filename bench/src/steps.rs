@@ -73,7 +73,9 @@ fn true_workflow() -> Workflow {
     parse_definition("true10.yaml", &y).expect("the bench workflow is valid")
 }
 
-async fn in_flight(
+/// Start `total` runs of `wf`, `parallel` at a time, each to its end;
+/// the seconds it took. Panics when a run does not succeed.
+pub(crate) async fn in_flight(
     engine: &chronicle_engine::runtime::Engine,
     wf: &Workflow,
     total: usize,

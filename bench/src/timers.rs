@@ -12,7 +12,6 @@ use serde_json::json;
 
 use chronicle_engine::model::{Workflow, parse_definition};
 use chronicle_engine::runtime::{EngineBuilder, EngineError};
-use chronicle_engine::state::RunStatus;
 
 /// The figures; `--json` prints exactly these keys.
 #[derive(Clone, Debug, Serialize)]
@@ -44,39 +43,14 @@ fn wf(name: &str, step: &str) -> Workflow {
     .expect("the bench workflow is valid")
 }
 
+/// Runs per second of `wf`, `parallel` in flight.
 async fn in_flight(
     engine: &chronicle_engine::runtime::Engine,
     wf: &Workflow,
     total: usize,
     parallel: usize,
 ) -> Result<f64, EngineError> {
-    let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..total {
-        let permit = sem
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let (engine, wf) = (engine.clone(), wf.clone());
-        tasks.spawn(async move {
-            let run = engine.start(wf, json!({}), None).await?;
-            let s = engine.wait(run).await?;
-            drop(permit);
-            Ok::<_, EngineError>(s.status == RunStatus::Succeeded)
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        let ok = r.map_err(|e| {
-            EngineError::Stopped(
-                chronicle_engine::ids::RunId(uuid::Uuid::nil()),
-                e.to_string(),
-            )
-        })??;
-        assert!(ok, "a bench run did not succeed");
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    Ok(total as f64 / crate::steps::in_flight(engine, wf, total, parallel).await?)
 }
 
 fn rss_bytes() -> f64 {
