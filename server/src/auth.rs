@@ -172,7 +172,9 @@ impl Auth {
 
 /// Middleware: let a request through with the bearer token, or with a
 /// valid session cookie (and then, unless it is a GET or HEAD, with the
-/// session's CSRF token in `X-CSRF-Token`). Else 401 with
+/// session's CSRF token in `X-CSRF-Token`). `POST /v1/callbacks/{token}`
+/// passes as it is (its one-time token is checked by the handler). Else
+/// 401 with
 /// `WWW-Authenticate: Bearer`, or 403 `csrf` for a missing or wrong CSRF
 /// token. Nothing about the request is revealed.
 pub async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -> Response {
