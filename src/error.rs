@@ -59,6 +59,9 @@ impl From<EngineError> for CliError {
             // The engine folds only histories read from its database: one
             // that does not fold is a damaged log.
             e @ EngineError::Transition(_) => Self::storage(e.to_string()),
+            // A run whose actor stopped on a storage failure: exit 3, as
+            // the server's `503 stopped` is.
+            e @ EngineError::Stopped(..) => Self::storage(e.to_string()),
             other => Self::input(other.to_string()),
         }
     }
@@ -83,5 +86,22 @@ impl From<ReplayError> for CliError {
             e @ ReplayError::Transition(_) => Self::storage(e.to_string()),
             other => Self::input(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_run_exits_as_the_server_says() {
+        let run = chronicle_engine::ids::RunId(uuid::Uuid::nil());
+        let on_file = CliError::from(EngineError::Stopped(run, "x".into()));
+        let via_server = CliError::from(chronicle_server::Problem::from(EngineError::Stopped(
+            run,
+            "x".into(),
+        )));
+        assert_eq!(on_file.code, via_server.code);
+        assert_eq!(on_file.code, 3);
     }
 }
