@@ -181,9 +181,7 @@ pub async fn run(
     // this database (read-only here; the run pins them).
     let lookup = |name: &str| -> Result<chronicle_engine::model::Workflow, String> {
         let ro = crate::queries::engine_existing(db).map_err(|e| e.message.clone())?;
-        chronicle_server::registry::get(ro.store(), name, None)
-            .map(|(w, _)| w)
-            .map_err(|p| p.detail)
+        chronicle_server::registry::latest(ro.store(), name)
     };
     let input = read_input(input)?;
     if let Some(c) = chronicle_server::client::Client::discover(db)? {

@@ -49,12 +49,7 @@ pub fn signal_args(
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), CliError> {
-    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
-        return Err(CliError::input(format!(
-            "{what} must be 1 to 200 bytes without control characters"
-        )));
-    }
-    Ok(())
+    Ok(chronicle_server::ops::check_name(what, name)?)
 }
 
 /// A decision to record.

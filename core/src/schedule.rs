@@ -264,6 +264,17 @@ pub fn due(s: &ScheduleState, now: DateTime<Utc>, last_running: bool) -> Vec<Due
     out
 }
 
+/// On resume at `now`: the skip that moves the cursor past the nominal
+/// times that came while `s` was paused (they do not fire), if any came.
+pub fn skipped_while_paused(s: &ScheduleState, now: DateTime<Utc>) -> Option<ScheduleEvent> {
+    s.next()
+        .filter(|n| *n <= now)
+        .map(|_| ScheduleEvent::ScheduleSkipped {
+            nominal_time: now,
+            reason: "paused at that time".into(),
+        })
+}
+
 /// The idempotency key of a nominal time's run.
 pub fn run_key(name: &str, nominal: DateTime<Utc>) -> String {
     format!("schedule:{name}:{}", nominal.to_rfc3339())

@@ -43,7 +43,7 @@ pub fn load_or_create_token(db: &Path) -> Result<String, String> {
     }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| format!("cannot draw a random token: {e}"))?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = chronicle_store::hex(&bytes);
     let write = || -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let tmp = path.with_extension("tmp");
@@ -104,11 +104,7 @@ fn mac(token: &str, purpose: &str, expiry: i64) -> String {
     m.update(purpose.as_bytes());
     m.update(b"\0");
     m.update(expiry.to_string().as_bytes());
-    m.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    chronicle_store::hex(&m.finalize().into_bytes())
 }
 
 /// A session cookie value valid until `expiry` (Unix seconds):

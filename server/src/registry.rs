@@ -153,3 +153,11 @@ pub async fn register(
     store.write(req).await?;
     Ok((entry, true))
 }
+
+/// The latest registered definition of `name`, for pinning
+/// `workflow_name:` children (`chronicle_engine::load::Registered`).
+///
+/// Errors: the problem's text (unknown workflow, storage).
+pub fn latest(store: &Store, name: &str) -> Result<Workflow, String> {
+    get(store, name, None).map(|(w, _)| w).map_err(|p| p.detail)
+}

@@ -31,6 +31,15 @@ fn problem(resp: reqwest::blocking::Response, status: u16, code: &str) -> Value 
     v
 }
 
+/// Submit a workflow definition; the new run's id (202 asserted).
+fn submit(s: &Server, wf: &str) -> String {
+    let r = s.post("/v1/runs", &json!({"workflow": wf}));
+    let status = r.status();
+    let v: Value = r.json().unwrap_or(Value::Null);
+    assert_eq!(status, 202, "{v}");
+    v["run_id"].as_str().unwrap().to_string()
+}
+
 fn wait_status(s: &Server, run: &str) -> Value {
     let v: Value = s.get(&format!("/v1/runs/{run}?wait=30s")).json().unwrap();
     v

@@ -3,15 +3,6 @@
 
 use super::*;
 
-fn submit(s: &Server, wf: &str) -> String {
-    let r = s.post("/v1/runs", &json!({"workflow": wf}));
-    assert_eq!(r.status(), 202);
-    r.json::<Value>().unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn events(s: &Server, run: &str) -> Vec<Value> {
     s.get(&format!("/v1/runs/{run}/events?limit=10000"))
         .json::<Value>()

@@ -521,7 +521,7 @@ impl RunActor {
                             h.body = Some(body);
                         }
                     }
-                    Some(Ok(sha256_hex(&token)))
+                    Some(Ok(super::waits::token_sha256(&token)))
                 }
                 None => Some(Err(())),
             }
@@ -599,15 +599,6 @@ impl RunActor {
 
 fn is_fatal(e: &EngineError) -> bool {
     matches!(e, EngineError::Store(s) if s.is_storage_problem())
-}
-
-/// SHA-256 of `text`, hex.
-fn sha256_hex(text: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// An attempt that failed before anything was sent (permanent).

@@ -177,6 +177,7 @@ impl EngineBuilder {
                 runs: Mutex::new(HashMap::new()),
                 callback_base: Default::default(),
                 schedule_lock: Default::default(),
+                schedule_folds: Default::default(),
                 recovering: Mutex::new(Default::default()),
                 agent_heads: tokio::sync::Mutex::new(HashMap::new()),
                 http: super::exec::http::LazyClient::default(),

@@ -20,6 +20,7 @@ mod recovery;
 mod schedules;
 mod shared;
 pub mod trace;
+mod waits;
 
 pub use builder::{EngineBuilder, IdSource};
 pub use engine::{Engine, EngineError};

@@ -82,14 +82,29 @@ impl Engine {
         Ok(s)
     }
 
+    /// A schedule's fold and head seq: the events after the last fold of
+    /// it in this engine are read and folded on (the server folds every
+    /// schedule each second; a schedule's stream only grows).
     fn fold_schedule(&self, stream: &StreamId) -> Result<(ScheduleState, Seq), EngineError> {
-        let mut s = ScheduleState::default();
-        let mut head = Seq(0);
-        for env in self.inner.store.read_stream(stream, Seq(1))? {
+        let key = stream.to_string();
+        let cached = self
+            .inner
+            .schedule_folds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let (mut s, mut head) = cached.unwrap_or_default();
+        for env in self.inner.store.read_stream(stream, Seq(head.0 + 1))? {
             let e: ScheduleEvent = env.decode()?;
             s = s.evolve(&e);
             head = env.seq;
         }
+        self.inner
+            .schedule_folds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (s.clone(), head));
         Ok((s, head))
     }
 
@@ -165,16 +180,12 @@ impl Engine {
                 | (ScheduleEvent::ScheduleResumed {}, "active")
         );
         if !same {
-            // A resume fires times after it, not those missed while paused.
             let mut events = vec![e.clone()];
             if matches!(e, ScheduleEvent::ScheduleResumed {}) {
-                let now = self.inner.clock.peek();
-                if let Some(n) = s.next().filter(|n| *n <= now) {
-                    events.push(ScheduleEvent::ScheduleSkipped {
-                        nominal_time: now.max(n),
-                        reason: "paused at that time".into(),
-                    });
-                }
+                events.extend(crate::schedule::skipped_while_paused(
+                    &s,
+                    self.inner.clock.peek(),
+                ));
             }
             self.append_schedule(name, head, events).await?;
         }

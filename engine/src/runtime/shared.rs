@@ -34,6 +34,9 @@ pub(crate) struct Inner {
     pub(crate) callback_base: std::sync::OnceLock<String>,
     /// One schedule writer at a time in this engine.
     pub(crate) schedule_lock: tokio::sync::Mutex<()>,
+    /// Each schedule's fold and head seq, by stream name.
+    pub(crate) schedule_folds:
+        Mutex<HashMap<String, (crate::schedule::ScheduleState, chronicle_store::Seq)>>,
     /// Runs being recovered right now (so two callers never recover one
     /// run twice: a child's parent and the engine's recovery, say).
     pub(crate) recovering: Mutex<std::collections::HashSet<RunId>>,

@@ -116,11 +116,7 @@ impl AppState {
         // Its children (`workflow:` files, `workflow_name:` registered),
         // pinned now.
         let store = self.0.engine.store();
-        let lookup = |n: &str| -> Result<Workflow, String> {
-            registry::get(store, n, None)
-                .map(|(w, _)| w)
-                .map_err(|p| p.detail)
-        };
+        let lookup = |n: &str| registry::latest(store, n);
         chronicle_engine::load::embed_children_with(&mut wf, name, 0, Some(&lookup))?;
         cache().insert(key, (wf.clone(), v.version));
         Ok((wf, v.version))
@@ -253,11 +249,7 @@ pub(crate) fn parse_workflow(
     // `workflow: FILE` steps read their child's definition beside the
     // server (its working directory), as the CLI does beside itself;
     // `workflow_name: NAME` ones the latest registered version.
-    let lookup = |name: &str| -> Result<Workflow, String> {
-        registry::get(store, name, None)
-            .map(|(w, _)| w)
-            .map_err(|p| p.detail)
-    };
+    let lookup = |name: &str| registry::latest(store, name);
     chronicle_engine::load::embed_children_with(&mut wf, "workflow", 0, Some(&lookup))?;
     Ok(wf)
 }

@@ -4,9 +4,6 @@ use super::*;
 
 use chronicle_engine::event::ApprovalDecision;
 
-/// Longest signal name, signal id or approver name accepted, bytes.
-pub const MAX_NAME: usize = 200;
-
 /// `POST /v1/runs/{id}/signals/{name}` body (optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -33,17 +30,6 @@ pub struct DecideApproval {
     pub comment: Option<String>,
 }
 
-/// Check a name given in a request: not empty, at most [`MAX_NAME`] bytes,
-/// no control characters. Errors: 400 naming `what`.
-pub(crate) fn check_name(what: &str, name: &str) -> Result<(), Problem> {
-    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
-        return Err(Problem::bad_request(format!(
-            "{what} must be 1 to {MAX_NAME} bytes without control characters"
-        )));
-    }
-    Ok(())
-}
-
 /// Send a signal to a run: recorded (`SignalReceived`) and consumed by a
 /// `signal` step of that name — now, or when one waits (signals are
 /// buffered in order). A repeated `id` is recorded once.
@@ -63,10 +49,10 @@ pub async fn send_signal(
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
     let req: SendSignal = json_body(&body)?;
-    check_name("the signal's name", &name)?;
+    ops::check_name("the signal's name", &name)?;
     let signal_id = match req.id {
         Some(i) => {
-            check_name("the signal's id", &i)?;
+            ops::check_name("the signal's id", &i)?;
             i
         }
         None => uuid::Uuid::new_v4().to_string(),
@@ -108,7 +94,7 @@ pub async fn decide_approval(
     RawBody(body): RawBody,
 ) -> Result<Json<Value>, Problem> {
     let req: DecideApproval = json_body(&body)?;
-    check_name("by", &req.by)?;
+    ops::check_name("by", &req.by)?;
     let decision = match req.decision.as_str() {
         "approve" => ApprovalDecision::Approve,
         "reject" => ApprovalDecision::Reject,

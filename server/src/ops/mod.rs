@@ -33,6 +33,21 @@ pub const STATUSES: [&str; 7] = [
     "quarantined",
 ];
 
+/// Longest signal name, signal id or approver name accepted, bytes.
+pub const MAX_NAME: usize = 200;
+
+/// Check a name given from outside (a signal's name or id, an approver):
+/// not empty, at most [`MAX_NAME`] bytes, no control characters.
+/// Errors: 400 naming `what`.
+pub fn check_name(what: &str, name: &str) -> Result<(), Problem> {
+    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(Problem::bad_request(format!(
+            "{what} must be 1 to {MAX_NAME} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
 /// Check a status filter. Errors: 400 naming the statuses.
 pub fn check_status(status: Option<&str>) -> Result<(), Problem> {
     match status {
