@@ -138,6 +138,18 @@ pub enum StoreError {
     /// A write on a store opened read-only.
     #[error("database {0} is open read-only; this command cannot change it")]
     ReadOnly(PathBuf),
+    /// PostgreSQL refused or failed (unreachable server, refused login,
+    /// malformed URL, a failed transaction): a storage problem (exit 3).
+    /// After a failed write the request was not committed.
+    #[error(
+        "PostgreSQL database {target}: {message}; check that the server is running, the URL and the credentials"
+    )]
+    Postgres {
+        /// The database URL, password redacted.
+        target: String,
+        /// What the server or client said.
+        message: String,
+    },
     /// The writer thread is gone.
     #[error("the store is closed")]
     Closed,
@@ -157,6 +169,7 @@ impl StoreError {
                 | Self::JournalLost { .. }
                 | Self::Storage(_)
                 | Self::Decode { .. }
+                | Self::Postgres { .. }
                 | Self::Closed
         )
     }

@@ -162,6 +162,8 @@ impl WeakStore {
 enum Handle {
     Rw(Arc<Database>),
     Ro(redb::ReadOnlyDatabase),
+    /// On PostgreSQL: [`Inner::pg`] holds the backend.
+    Pg,
     /// Taken while the store closes.
     Closed,
 }
@@ -177,6 +179,9 @@ struct Inner {
     events: broadcast::Sender<Arc<[RawEnvelope]>>,
     clock: Arc<dyn Clock>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// The PostgreSQL backend, for a store opened on a `postgres://` URL
+    /// (every method then answers from it).
+    pg: Option<Arc<crate::pg::PgStore>>,
 }
 
 impl Drop for Inner {
@@ -221,6 +226,9 @@ impl Store {
     /// [`StoreError::UnsupportedFormat`] for a newer or foreign format,
     /// [`StoreError::Io`] for file-system failures.
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
+        if let Some(url) = postgres_url(path.as_ref()) {
+            return Self::open_postgres(url, options, false);
+        }
         let path = path.as_ref().to_path_buf();
         crate::guard::guard(&path.clone(), move || {
             let (db, opened) = open_file(
@@ -327,6 +335,7 @@ impl Store {
                 events,
                 clock: options.clock,
                 writer: Some(handle),
+                pg: None,
             }),
         })
     }
@@ -340,6 +349,9 @@ impl Store {
     /// a crash left unapplied ([`StoreError::Unrecovered`]) — open it
     /// read-write once to repair and apply them.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        if let Some(url) = postgres_url(path.as_ref()) {
+            return Self::open_postgres(url, StoreOptions::default(), true);
+        }
         let path = path.as_ref().to_path_buf();
         let (db, index) = crate::guard::guard(&path, || crate::open::open_read_only(&path))?;
         let (tx, _) = mpsc::channel(1);
@@ -354,8 +366,50 @@ impl Store {
                 events,
                 clock: Arc::new(SystemClock),
                 writer: None,
+                pg: None,
             }),
         })
+    }
+
+    /// Open the log in the PostgreSQL database at `url` (`postgres://` or
+    /// `postgresql://`, as libpq reads it; `sslmode=require` for TLS):
+    /// migrations this build has are applied first (unless `read_only`).
+    /// Many processes may open one database at once.
+    ///
+    /// Errors: [`StoreError::Postgres`] for a malformed URL, an unreachable
+    /// server or a refused login; [`StoreError::UnsupportedFormat`] for a
+    /// schema newer than this build's ([`crate::PG_SCHEMA_VERSION`]).
+    pub fn open_postgres(
+        url: &str,
+        options: StoreOptions,
+        read_only: bool,
+    ) -> Result<Self, StoreError> {
+        let (events, _) = broadcast::channel(1024);
+        let pg = crate::pg::PgStore::open(url, &options, events.clone(), read_only)?;
+        let (tx, _) = mpsc::channel(1);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db: Handle::Pg,
+                index: Default::default(),
+                path: pg.path(),
+                tx,
+                shared: None,
+                events,
+                clock: options.clock,
+                writer: None,
+                pg: Some(Arc::new(pg)),
+            }),
+        })
+    }
+
+    /// The PostgreSQL backend, when the store is on one.
+    pub(crate) fn pg(&self) -> Option<&crate::pg::PgStore> {
+        self.inner.pg.as_deref()
+    }
+
+    /// True for a store on PostgreSQL (shared by many processes).
+    pub fn is_postgres(&self) -> bool {
+        self.inner.pg.is_some()
     }
 
     /// A handle that does not keep this store open ([`WeakStore`]).
@@ -365,6 +419,9 @@ impl Store {
 
     /// True for a store opened with [`Store::open_read_only`].
     pub fn is_read_only(&self) -> bool {
+        if let Some(pg) = self.pg() {
+            return pg.read_only;
+        }
         matches!(self.inner.db, Handle::Ro(_))
     }
 
@@ -409,6 +466,9 @@ impl Store {
     /// Errors: as [`Store::append`]; [`StoreError::ReadOnly`] for a
     /// read-only store, [`StoreError::Closed`] once the writer stopped.
     pub async fn write(&self, request: WriteRequest) -> Result<Committed, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.write(request).await;
+        }
         let (shared, request) = match self.inline(request) {
             Ok(done) => return done,
             Err(queue) => queue,
@@ -428,6 +488,9 @@ impl Store {
     ///
     /// Panics if called from inside a tokio runtime thread.
     pub fn write_blocking(&self, request: WriteRequest) -> Result<Committed, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.write_blocking(request);
+        }
         let (shared, request) = match self.inline(request) {
             Ok(done) => return done,
             Err(queue) => queue,
@@ -467,7 +530,7 @@ impl Store {
         let r = match &self.inner.db {
             Handle::Rw(db) => db.begin_read(),
             Handle::Ro(db) => db.begin_read(),
-            Handle::Closed => return Err(StoreError::Closed),
+            Handle::Pg | Handle::Closed => return Err(StoreError::Closed),
         };
         r.map_err(|e| from_redb(&self.inner.path, e))
     }
@@ -478,6 +541,11 @@ impl Store {
             message,
         }
     }
+}
+
+/// The URL in `path` when it names a PostgreSQL database.
+fn postgres_url(path: &Path) -> Option<&str> {
+    path.to_str().filter(|s| crate::pg::is_postgres_url(s))
 }
 
 mod read;

@@ -27,6 +27,9 @@ impl Store {
         to: Option<Seq>,
         f: impl FnMut(RawEnvelope) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.for_each_in_stream(stream, from, to, f);
+        }
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
             self.events_in(stream, from.0, to.map(|s| s.0).unwrap_or(u64::MAX), f)
@@ -203,6 +206,9 @@ impl Store {
     /// The head of `stream` (`None` if it has no events), from the stream
     /// index.
     pub fn head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.head(stream);
+        }
         let index = self.inner.index.read().expect("stream index lock");
         Ok(index.streams.get(&stream.key()).map(|e| StreamHead {
             stream: stream.clone(),
@@ -219,6 +225,9 @@ impl Store {
     /// The streams whose id starts with `prefix` (e.g. `agent:`), with
     /// their heads, ordered by stream id.
     pub fn streams_with_prefix(&self, prefix: &str) -> Result<Vec<StreamHead>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.streams_with_prefix(prefix);
+        }
         let index = self.inner.index.read().expect("stream index lock");
         let mut out = Vec::new();
         for (key, e) in index.streams.range(prefix.to_string()..) {
@@ -240,6 +249,9 @@ impl Store {
     /// Up to `limit` envelopes of the whole database from global position
     /// `from`, ascending (for tails and projections).
     pub fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RawEnvelope>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.read_all(from, limit);
+        }
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
             let p = &self.inner.path;
@@ -288,6 +300,9 @@ impl Store {
         &self,
         mut f: impl FnMut(RecordView<'_>) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.scan_all(f);
+        }
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
             let p = &self.inner.path;
@@ -345,6 +360,9 @@ impl Store {
 
     /// `index[key]`.
     pub fn index_get(&self, index: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.index_get(index, key);
+        }
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
             let p = &self.inner.path;
@@ -369,6 +387,9 @@ impl Store {
         index: &str,
         prefix: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.index_scan(index, prefix);
+        }
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
             let p = &self.inner.path;
@@ -416,6 +437,9 @@ impl Store {
         stream: &StreamId,
         at: Option<Seq>,
     ) -> Result<Option<(Seq, Vec<u8>)>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.load_snapshot(stream, at);
+        }
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
             self.latest_snapshot(stream, at.map_or(u64::MAX, |s| s.0))
@@ -466,6 +490,19 @@ impl Store {
         to: Option<Seq>,
         use_snapshot: bool,
     ) -> Result<(Option<(Seq, Vec<u8>)>, Vec<RawEnvelope>), StoreError> {
+        if let Some(pg) = self.pg() {
+            let snapshot = match use_snapshot {
+                true => pg.load_snapshot(stream, to)?,
+                false => None,
+            };
+            let from = snapshot.as_ref().map_or(Seq(1), |(s, _)| s.next());
+            let mut out = Vec::new();
+            pg.for_each_in_stream(stream, from, to, |env| {
+                out.push(env);
+                Ok(())
+            })?;
+            return Ok((snapshot, out));
+        }
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
             let to = to.map(|s| s.0).unwrap_or(u64::MAX);
@@ -488,6 +525,9 @@ impl Store {
 
     /// Every snapshot seq stored for `stream`, ascending.
     pub fn snapshot_seqs(&self, stream: &StreamId) -> Result<Vec<Seq>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.snapshot_seqs(stream);
+        }
         let path = self.inner.path.clone();
         crate::guard::guard(&path, move || {
             let p = &self.inner.path;
@@ -562,6 +602,14 @@ impl Store {
     ///
     /// Errors: storage errors reading `meta` or the journal file.
     pub fn journal_status(&self) -> Result<JournalStatus, StoreError> {
+        if self.pg().is_some() {
+            return Ok(JournalStatus {
+                open: false,
+                checkpointed_through: 0,
+                frames_past_checkpoint: 0,
+                problem: None,
+            });
+        }
         let path = &self.inner.path;
         let txn = self.read()?;
         let meta = txn

@@ -40,3 +40,52 @@ pub fn ev(text: &str) -> NewEvent {
 pub fn open(path: &Path) -> Store {
     Store::open(path, StoreOptions::default()).expect("open store")
 }
+
+/// The PostgreSQL server the tests use: `CHRONICLE_TEST_POSTGRES`, set by
+/// `scripts/test` (which starts a throwaway cluster with pg_virtualenv).
+pub fn postgres_server() -> String {
+    std::env::var("CHRONICLE_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "CHRONICLE_TEST_POSTGRES is not set: run the tests with scripts/test, which starts a throwaway PostgreSQL (pg_virtualenv, Debian package postgresql-common) and sets it"
+        )
+    })
+}
+
+/// A new, empty database on the test server; its URL.
+pub fn fresh_postgres() -> String {
+    let name = format!("chronicle_t_{}", uuid::Uuid::now_v7().simple());
+    chronicle_store::create_postgres_database(&postgres_server(), &name)
+        .expect("create a test database")
+}
+
+/// One database of a backend under test; `open` gives a new handle to the
+/// same database each call (so a test can close and reopen it).
+pub enum Db {
+    Redb(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Db {
+    pub fn redb() -> Self {
+        Self::Redb(tempfile::tempdir().unwrap())
+    }
+    pub fn postgres() -> Self {
+        Self::Postgres(fresh_postgres())
+    }
+    /// One database on each backend.
+    pub fn all() -> Vec<Self> {
+        vec![Self::redb(), Self::postgres()]
+    }
+    pub fn location(&self) -> std::path::PathBuf {
+        match self {
+            Self::Redb(dir) => dir.path().join("db.redb"),
+            Self::Postgres(url) => url.into(),
+        }
+    }
+    pub fn open(&self) -> Store {
+        self.open_with(StoreOptions::default())
+    }
+    pub fn open_with(&self, options: StoreOptions) -> Store {
+        Store::open(self.location(), options).expect("open store")
+    }
+}

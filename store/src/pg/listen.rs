@@ -1,0 +1,200 @@
+//! The live feed across processes: a connection that `LISTEN`s on
+//! `chronicle_events` (each commit notifies its last position), reads the
+//! events committed since the last one it saw, and sends those another
+//! process committed to [`crate::Store::subscribe`]'s receivers (this
+//! process's own commits are sent by its writer, at once). Should the
+//! connection drop, it reconnects and catches up from where it was; a
+//! poll every second covers a notification lost meanwhile.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+use tokio_postgres::AsyncMessage;
+
+use super::read::{EVENT_COLUMNS, envelope_of};
+use super::{PgStore, pg_error};
+use crate::envelope::{Hash, RawEnvelope};
+use crate::error::StoreError;
+
+/// The events this process's writer sent itself, by hash (with their
+/// position), so that the listener does not send them twice.
+#[derive(Clone, Default)]
+pub(crate) struct Published(Arc<Mutex<HashMap<Hash, u64>>>);
+
+impl Published {
+    /// Mark events `(hash, position)` as sent by the writer (before their
+    /// commit: the notification may come before the writer is answered).
+    pub fn mark(&self, events: impl Iterator<Item = (Hash, u64)>) {
+        let mut m = self.0.lock().expect("published lock");
+        m.extend(events);
+    }
+
+    /// Forget marked events (their commit failed).
+    pub fn unmark(&self, hashes: impl Iterator<Item = Hash>) {
+        let mut m = self.0.lock().expect("published lock");
+        for h in hashes {
+            m.remove(&h);
+        }
+    }
+
+    /// True (and forgotten) when the writer sent `env`.
+    fn take(&self, env: &RawEnvelope) -> bool {
+        self.0
+            .lock()
+            .expect("published lock")
+            .remove(&env.hash)
+            .is_some()
+    }
+
+    /// Forget marks at or below `through` (commits that failed).
+    fn prune(&self, through: u64) {
+        self.0
+            .lock()
+            .expect("published lock")
+            .retain(|_, p| *p > through);
+    }
+}
+
+/// The listener task: runs until the store's runtime shuts down.
+pub(crate) async fn run(
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    pool: deadpool_postgres::Pool,
+    target: String,
+    events: broadcast::Sender<Arc<[RawEnvelope]>>,
+    published: Published,
+) {
+    let mut seen = match head(&pool, &target).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(%target, error = %e, "the live feed cannot start");
+            0
+        }
+    };
+    loop {
+        if let Err(e) = listen(
+            &config, &tls, &pool, &target, &events, &published, &mut seen,
+        )
+        .await
+        {
+            tracing::debug!(%target, error = %e, "the live feed reconnects");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn head(pool: &deadpool_postgres::Pool, target: &str) -> Result<u64, StoreError> {
+    let conn = PgStore::conn(pool, target).await?;
+    let row = conn
+        .query_one("SELECT position FROM chronicle_log_head WHERE id = 1", &[])
+        .await
+        .map_err(|e| pg_error(target, e))?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+async fn listen(
+    config: &tokio_postgres::Config,
+    tls: &Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    pool: &deadpool_postgres::Pool,
+    target: &str,
+    events: &broadcast::Sender<Arc<[RawEnvelope]>>,
+    published: &Published,
+    seen: &mut u64,
+) -> Result<(), StoreError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = match tls {
+        Some(tls) => {
+            let (client, mut conn) = config
+                .connect(tls.clone())
+                .await
+                .map_err(|e| pg_error(target, e))?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                while let Some(Ok(m)) = messages.next().await {
+                    if let AsyncMessage::Notification(_) = m {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+            client
+        }
+        None => {
+            let (client, mut conn) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| pg_error(target, e))?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                while let Some(Ok(m)) = messages.next().await {
+                    if let AsyncMessage::Notification(_) = m {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+            client
+        }
+    };
+    drop(tx);
+    client
+        .batch_execute("LISTEN chronicle_events")
+        .await
+        .map_err(|e| pg_error(target, e))?;
+    loop {
+        catch_up(pool, target, events, published, seen).await?;
+        if client.is_closed() {
+            return Err(pg_error(target, "the listening connection closed"));
+        }
+        // A notification, or a poll every second.
+        match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            Ok(None) => return Err(pg_error(target, "the listening connection closed")),
+            Ok(Some(())) | Err(_) => while rx.try_recv().is_ok() {},
+        }
+    }
+}
+
+/// Send what was committed after `seen` by other processes.
+async fn catch_up(
+    pool: &deadpool_postgres::Pool,
+    target: &str,
+    events: &broadcast::Sender<Arc<[RawEnvelope]>>,
+    published: &Published,
+    seen: &mut u64,
+) -> Result<(), StoreError> {
+    let conn = PgStore::conn(pool, target).await?;
+    loop {
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE position > $1 \
+                     ORDER BY position LIMIT 1000"
+                ),
+                &[&(*seen as i64)],
+            )
+            .await
+            .map_err(|e| pg_error(target, e))?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        *seen = last.get::<_, i64>(0) as u64;
+        let n = rows.len();
+        let mut out = Vec::with_capacity(n);
+        for row in &rows {
+            let env = envelope_of(row, target)?;
+            if !published.take(&env) {
+                out.push(env);
+            }
+        }
+        published.prune(*seen);
+        if !out.is_empty() {
+            let _ = events.send(out.into());
+        }
+        if n < 1000 {
+            return Ok(());
+        }
+    }
+}

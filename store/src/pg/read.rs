@@ -1,0 +1,312 @@
+//! Reads on PostgreSQL: the same answers, checks and errors as the redb
+//! reads (`store/read.rs`). Long reads are paged (`PAGE` rows a query), so
+//! a stream of 100,000 events is not one result set in memory twice.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Row;
+
+use super::{PgStore, pg_error, prefix_end};
+use crate::envelope::{Hash, RawEnvelope};
+use crate::error::StoreError;
+use crate::ids::{Position, Seq, StreamId};
+use crate::store::StreamHead;
+use crate::tables::RecordView;
+
+/// The columns [`envelope_of`] reads, in its order.
+pub(crate) const EVENT_COLUMNS: &str =
+    "position, stream, seq, recorded_at_ns, schema_version, payload, hash";
+
+/// Rows per query of a paged read.
+const PAGE: i64 = 10_000;
+
+fn corrupt(target: &str, message: String) -> StoreError {
+    StoreError::Corruption {
+        path: target.into(),
+        message,
+    }
+}
+
+fn hash_of(bytes: &[u8], target: &str, what: &str) -> Result<Hash, StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| corrupt(target, format!("{what}: a hash is not 32 bytes")))
+}
+
+/// The envelope of a row of [`EVENT_COLUMNS`].
+pub(crate) fn envelope_of(row: &Row, target: &str) -> Result<RawEnvelope, StoreError> {
+    let position: i64 = row.get(0);
+    let key: &str = row.get(1);
+    let seq: i64 = row.get(2);
+    let stream: StreamId = key.parse().map_err(|_| {
+        corrupt(
+            target,
+            format!("position {position}: bad stream key {key:?}"),
+        )
+    })?;
+    Ok(RawEnvelope {
+        stream,
+        seq: Seq(seq as u64),
+        position: Position(position as u64),
+        recorded_at: chrono::DateTime::from_timestamp_nanos(row.get(3)),
+        schema_version: row.get::<_, i32>(4) as u32,
+        payload: row.get(5),
+        hash: hash_of(row.get(6), target, &format!("{key}#{seq}"))?,
+    })
+}
+
+impl PgStore {
+    /// [`crate::Store::for_each_in_stream`]: pages of `PAGE` events,
+    /// checking that seqs run on from `from` with no gap.
+    pub fn for_each_in_stream(
+        &self,
+        stream: &StreamId,
+        from: Seq,
+        to: Option<Seq>,
+        mut f: impl FnMut(RawEnvelope) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let key = stream.key();
+        let to = to.map_or(i64::MAX, |s| s.0.min(i64::MAX as u64) as i64);
+        let mut next = from.0.max(1) as i64;
+        loop {
+            let (pool, target, k) = (self.pool.clone(), self.target.clone(), key.clone());
+            let rows = self.block(async move {
+                let conn = PgStore::conn(&pool, &target).await?;
+                conn.query(
+                    &format!(
+                        "SELECT {EVENT_COLUMNS} FROM chronicle_events \
+                         WHERE stream = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq LIMIT $4"
+                    ),
+                    &[&k, &next, &to, &PAGE],
+                )
+                .await
+                .map_err(|e| pg_error(&target, e))
+            })?;
+            let n = rows.len();
+            for row in &rows {
+                let env = envelope_of(row, &self.target)?;
+                if env.seq.0 as i64 != next {
+                    return Err(corrupt(
+                        &self.target,
+                        format!(
+                            "stream {key}: expected seq {next}, found seq {}: the log has a gap from seq {next}",
+                            env.seq.0
+                        ),
+                    ));
+                }
+                next += 1;
+                f(env)?;
+            }
+            if (n as i64) < PAGE || next > to {
+                return Ok(());
+            }
+        }
+    }
+
+    /// [`crate::Store::head`].
+    pub fn head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError> {
+        let (pool, target, key) = (self.pool.clone(), self.target.clone(), stream.key());
+        let row = self.block(async move {
+            let conn = PgStore::conn(&pool, &target).await?;
+            conn.query_opt(
+                "SELECT last_seq, head FROM chronicle_streams WHERE stream = $1",
+                &[&key],
+            )
+            .await
+            .map_err(|e| pg_error(&target, e))
+        })?;
+        row.map(|r| {
+            Ok(StreamHead {
+                stream: stream.clone(),
+                last_seq: Seq(r.get::<_, i64>(0) as u64),
+                hash: hash_of(r.get(1), &self.target, "a stream head")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// [`crate::Store::streams_with_prefix`].
+    pub fn streams_with_prefix(&self, prefix: &str) -> Result<Vec<StreamHead>, StoreError> {
+        let (pool, target) = (self.pool.clone(), self.target.clone());
+        let (from, end) = (prefix.to_string(), prefix_end(prefix));
+        let rows = self.block(async move {
+            let conn = PgStore::conn(&pool, &target).await?;
+            conn.query(
+                "SELECT stream, last_seq, head FROM chronicle_streams \
+                 WHERE stream >= $1 AND ($2::text IS NULL OR stream < $2) ORDER BY stream",
+                &[&from, &end],
+            )
+            .await
+            .map_err(|e| pg_error(&target, e))
+        })?;
+        rows.iter()
+            .map(|r| {
+                let key: &str = r.get(0);
+                Ok(StreamHead {
+                    stream: key
+                        .parse()
+                        .map_err(|_| corrupt(&self.target, format!("bad stream key {key:?}")))?,
+                    last_seq: Seq(r.get::<_, i64>(1) as u64),
+                    hash: hash_of(r.get(2), &self.target, key)?,
+                })
+            })
+            .collect()
+    }
+
+    /// [`crate::Store::read_all`].
+    pub fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RawEnvelope>, StoreError> {
+        let (pool, target) = (self.pool.clone(), self.target.clone());
+        let (from, limit) = (from.0 as i64, limit.min(i64::MAX as usize) as i64);
+        let rows = self.block(async move {
+            let conn = PgStore::conn(&pool, &target).await?;
+            conn.query(
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE position >= $1 \
+                     ORDER BY position LIMIT $2"
+                ),
+                &[&from, &limit],
+            )
+            .await
+            .map_err(|e| pg_error(&target, e))
+        })?;
+        rows.iter().map(|r| envelope_of(r, &self.target)).collect()
+    }
+
+    /// [`crate::Store::scan_all`]: every event in position order, checking
+    /// that each stream's seqs run 1, 2, … with no gap and end at its head.
+    pub fn scan_all(
+        &self,
+        mut f: impl FnMut(RecordView<'_>) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        let mut last: HashMap<String, u64> = HashMap::new();
+        let mut after = 0i64;
+        let mut n = 0u64;
+        loop {
+            let (pool, target) = (self.pool.clone(), self.target.clone());
+            let rows = self.block(async move {
+                let conn = PgStore::conn(&pool, &target).await?;
+                conn.query(
+                    &format!(
+                        "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE position > $1 \
+                         ORDER BY position LIMIT $2"
+                    ),
+                    &[&after, &PAGE],
+                )
+                .await
+                .map_err(|e| pg_error(&target, e))
+            })?;
+            for row in &rows {
+                let position: i64 = row.get(0);
+                let stream: &str = row.get(1);
+                let seq = row.get::<_, i64>(2) as u64;
+                let prev = last.entry(stream.to_string()).or_insert(0);
+                if seq != *prev + 1 {
+                    return Err(corrupt(
+                        &self.target,
+                        format!(
+                            "position {position} holds {stream}#{seq} after seq {prev} of its stream: the log has a gap"
+                        ),
+                    ));
+                }
+                *prev = seq;
+                let hash: &[u8] = row.get(6);
+                if hash.len() != 32 {
+                    return Err(corrupt(
+                        &self.target,
+                        format!("the record at position {position} has a malformed hash"),
+                    ));
+                }
+                f(RecordView {
+                    position: position as u64,
+                    stream,
+                    seq,
+                    recorded_at_ns: row.get(3),
+                    schema_version: row.get::<_, i32>(4) as u32,
+                    hash,
+                    payload: row.get(5),
+                })?;
+                n += 1;
+                after = position;
+            }
+            if (rows.len() as i64) < PAGE {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// [`crate::Store::index_get`].
+    pub fn index_get(&self, index: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (pool, target) = (self.pool.clone(), self.target.clone());
+        let (index, key) = (index.to_string(), key.to_string());
+        let row = self.block(async move {
+            let conn = PgStore::conn(&pool, &target).await?;
+            conn.query_opt(
+                "SELECT value FROM chronicle_index WHERE name = $1 AND key = $2",
+                &[&index, &key],
+            )
+            .await
+            .map_err(|e| pg_error(&target, e))
+        })?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// [`crate::Store::index_scan`].
+    pub fn index_scan(
+        &self,
+        index: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let (pool, target) = (self.pool.clone(), self.target.clone());
+        let (index, from, end) = (index.to_string(), prefix.to_string(), prefix_end(prefix));
+        let rows = self.block(async move {
+            let conn = PgStore::conn(&pool, &target).await?;
+            conn.query(
+                "SELECT key, value FROM chronicle_index WHERE name = $1 AND key >= $2 \
+                 AND ($3::text IS NULL OR key < $3) ORDER BY key",
+                &[&index, &from, &end],
+            )
+            .await
+            .map_err(|e| pg_error(&target, e))
+        })?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// [`crate::Store::load_snapshot`].
+    pub fn load_snapshot(
+        &self,
+        stream: &StreamId,
+        at: Option<Seq>,
+    ) -> Result<Option<(Seq, Vec<u8>)>, StoreError> {
+        let (pool, target, key) = (self.pool.clone(), self.target.clone(), stream.key());
+        let at = at.map_or(i64::MAX, |s| s.0.min(i64::MAX as u64) as i64);
+        let row = self.block(async move {
+            let conn = PgStore::conn(&pool, &target).await?;
+            conn.query_opt(
+                "SELECT seq, bytes FROM chronicle_snapshots WHERE stream = $1 AND seq <= $2 \
+                 ORDER BY seq DESC LIMIT 1",
+                &[&key, &at],
+            )
+            .await
+            .map_err(|e| pg_error(&target, e))
+        })?;
+        Ok(row.map(|r| (Seq(r.get::<_, i64>(0) as u64), r.get(1))))
+    }
+
+    /// [`crate::Store::snapshot_seqs`].
+    pub fn snapshot_seqs(&self, stream: &StreamId) -> Result<Vec<Seq>, StoreError> {
+        let (pool, target, key) = (self.pool.clone(), self.target.clone(), stream.key());
+        let rows = self.block(async move {
+            let conn = PgStore::conn(&pool, &target).await?;
+            conn.query(
+                "SELECT seq FROM chronicle_snapshots WHERE stream = $1 ORDER BY seq",
+                &[&key],
+            )
+            .await
+            .map_err(|e| pg_error(&target, e))
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| Seq(r.get::<_, i64>(0) as u64))
+            .collect())
+    }
+}
