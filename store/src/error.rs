@@ -150,6 +150,16 @@ pub enum StoreError {
         /// What the server or client said.
         message: String,
     },
+    /// Fencing: the request required a lease its writer no longer holds
+    /// (it expired, or another worker took the run over). Nothing was
+    /// written; the writer must stop executing the run.
+    #[error("lease lost on run {run}: {message}; another worker executes it now")]
+    Fenced {
+        /// The run's stream key.
+        run: String,
+        /// Who holds it now, or why the lease is not live.
+        message: String,
+    },
     /// The writer thread is gone.
     #[error("the store is closed")]
     Closed,

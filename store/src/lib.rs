@@ -73,9 +73,10 @@ pub use paths::{journal_path, outputs_dir, remove_database, server_path, token_p
 pub use pg::{PG_SCHEMA_VERSION, create_postgres_database, is_postgres_url, redact_url};
 pub use redb::StorageBackend;
 pub use redb::backends::{FileBackend, InMemoryBackend};
-pub use request::{Append, Committed, IndexOp, WriteRequest};
+pub use request::{Append, Committed, IndexOp, LeaseOp, WriteRequest};
 pub use store::{
-    ChainReport, JournalStatus, MEMTABLE_BYTES, Store, StoreOptions, StreamHead, WeakStore,
+    ChainReport, JournalStatus, LeaseInfo, MEMTABLE_BYTES, Store, StoreOptions, StreamHead,
+    WeakStore,
 };
 pub use tables::{RecordView, view_record};
 

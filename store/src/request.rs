@@ -46,6 +46,50 @@ pub enum IndexOp {
     },
 }
 
+/// A lease operation made in the same transaction as a request's appends
+/// (PostgreSQL: the `chronicle_leases` table; a redb file is held by one
+/// process, which holds every lease, so there they are no-ops).
+///
+/// A run's lease says which worker executes it: `owner` (a worker id),
+/// `epoch` (grows at every take-over) and an expiry renewed by heartbeat
+/// ([`crate::Store::renew_leases`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseOp {
+    /// A new run no worker holds yet: any worker may claim it at once
+    /// ([`crate::Store::claim_leases`]).
+    Offer {
+        /// The run's stream key.
+        run: String,
+    },
+    /// A new run held by `owner` from the start (epoch 1), for `ttl_ms`
+    /// milliseconds unless renewed.
+    Grant {
+        /// The run's stream key.
+        run: String,
+        /// The worker id.
+        owner: String,
+        /// Lease duration, milliseconds.
+        ttl_ms: u64,
+    },
+    /// Fencing: the whole request fails with
+    /// [`StoreError::Fenced`](crate::StoreError::Fenced) unless `owner`
+    /// holds `run`'s lease at `epoch` and it has not expired (by the
+    /// database's clock).
+    Hold {
+        /// The run's stream key.
+        run: String,
+        /// The worker id.
+        owner: String,
+        /// The epoch the worker claimed.
+        epoch: u64,
+    },
+    /// The run has ended: its lease is removed.
+    End {
+        /// The run's stream key.
+        run: String,
+    },
+}
+
 /// One atomic write: every append, index operation and snapshot in it
 /// commits together or not at all.
 #[derive(Clone, Debug, Default)]
@@ -56,6 +100,8 @@ pub struct WriteRequest {
     pub index: Vec<IndexOp>,
     /// Snapshots `(stream, seq, bytes)` to store.
     pub snapshots: Vec<(StreamId, Seq, Vec<u8>)>,
+    /// Lease operations (fencing and the leases of new and ended runs).
+    pub leases: Vec<LeaseOp>,
 }
 
 impl WriteRequest {

@@ -226,3 +226,105 @@ fn unreachable_servers_and_bad_urls_are_clear_errors() {
     let err = Store::open("postgres://u@h/db?nonsense=1", StoreOptions::default()).unwrap_err();
     assert!(err.to_string().contains("malformed database URL"), "{err}");
 }
+
+/// Leases: two workers claiming at once never get the same run; a write
+/// fenced by an expired or taken-over lease fails and writes nothing; the
+/// new holder's fenced write goes through; renewal reports the lost run.
+#[test]
+fn leases_are_claimed_once_and_fence_the_old_holder() {
+    use chronicle_store::LeaseOp;
+    let url = fresh_postgres();
+    let store = open(&url);
+    let runs: Vec<StreamId> = (0..20)
+        .map(|_| StreamId::Run(uuid::Uuid::now_v7()))
+        .collect();
+    for r in &runs {
+        let mut req = WriteRequest::append(r.clone(), Seq(0), vec![ev("created")]);
+        req.leases.push(LeaseOp::Offer { run: r.key() });
+        store.write_blocking(req).unwrap();
+    }
+    // Two workers claim concurrently: disjoint, all 20 claimed.
+    let claims: Vec<_> = ["w1", "w2"]
+        .into_iter()
+        .map(|w| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let s = open(&url);
+                let mut got = Vec::new();
+                for _ in 0..10 {
+                    got.extend(s.claim_leases(w, 2, 60_000, None).unwrap());
+                }
+                got
+            })
+        })
+        .collect();
+    let got: Vec<Vec<(String, u64)>> = claims.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut all: Vec<&String> = got.iter().flatten().map(|(r, _)| r).collect();
+    assert_eq!(all.len(), 20);
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 20, "a run was claimed twice");
+
+    // A run of the first worker that got one (named w1 below): a short
+    // lease, let it expire, w3 takes it over.
+    let (w, first) = if got[0].is_empty() {
+        ("w2", &got[1])
+    } else {
+        ("w1", &got[0])
+    };
+    let (run, epoch) = first[0].clone();
+    let stream: StreamId = run.parse().unwrap();
+    assert_eq!(
+        store
+            .renew_leases(w, vec![(run.clone(), epoch)], 300)
+            .unwrap(),
+        vec![run.clone()]
+    );
+    let hold = |owner: &str, epoch: u64, after: u64, text: &str| {
+        let mut req = WriteRequest::append(stream.clone(), Seq(after), vec![ev(text)]);
+        req.leases.push(LeaseOp::Hold {
+            run: run.clone(),
+            owner: owner.into(),
+            epoch,
+        });
+        store.write_blocking(req)
+    };
+    hold(w, epoch, 1, "by w1").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let err = hold(w, epoch, 2, "late").unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err:?}");
+    assert!(err.to_string().contains("expired"), "{err}");
+    let taken = store
+        .claim_leases("w3", 5, 60_000, Some(vec![run.clone()]))
+        .unwrap();
+    assert_eq!(taken, vec![(run.clone(), epoch + 1)]);
+    let err = hold(w, epoch, 2, "stale").unwrap_err();
+    assert!(err.to_string().contains("held by w3"), "{err}");
+    hold("w3", epoch + 1, 2, "by w3").unwrap();
+    assert!(
+        store
+            .renew_leases(w, vec![(run.clone(), epoch)], 60_000)
+            .unwrap()
+            .is_empty()
+    );
+    let texts: Vec<String> = store
+        .read_stream(&stream, Seq(1))
+        .unwrap()
+        .iter()
+        .map(|e| String::from_utf8(e.payload.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        vec![r#"{"v":"created"}"#, r#"{"v":"by w1"}"#, r#"{"v":"by w3"}"#]
+    );
+    let info = store.lease(&run).unwrap().unwrap();
+    assert_eq!(
+        (info.owner.as_deref(), info.epoch, info.live),
+        (Some("w3"), epoch + 1, true)
+    );
+    // Ended: the lease is gone.
+    let mut req = WriteRequest::append(stream.clone(), Seq(3), vec![ev("end")]);
+    req.leases.push(LeaseOp::End { run: run.clone() });
+    store.write_blocking(req).unwrap();
+    assert_eq!(store.lease(&run).unwrap(), None);
+}

@@ -20,6 +20,7 @@
 //! (rustls) when the URL asks for it (`sslmode=require`, with
 //! `sslrootcert=PATH` for a private CA; the web PKI's roots otherwise).
 
+pub(crate) mod lease;
 pub(crate) mod listen;
 mod read;
 pub(crate) mod write;
@@ -40,7 +41,7 @@ mod embedded {
 }
 
 /// The schema version this build reads and writes: the last migration.
-pub const PG_SCHEMA_VERSION: u32 = 1;
+pub const PG_SCHEMA_VERSION: u32 = 2;
 
 /// True when `location` names a PostgreSQL database (`postgres://` or
 /// `postgresql://`) rather than a redb file path.

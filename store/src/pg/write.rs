@@ -32,7 +32,7 @@ use crate::clock::Clock;
 use crate::envelope::{GENESIS_HASH, Hash, RawEnvelope, chain_hash_of};
 use crate::error::StoreError;
 use crate::ids::{Position, Seq};
-use crate::request::{Committed, IndexOp, WriteRequest};
+use crate::request::{Committed, IndexOp, LeaseOp, WriteRequest};
 
 /// A queued request and where to answer.
 pub(crate) struct Job {
@@ -154,13 +154,49 @@ impl Writer {
             }
         }
 
+        // The leases fenced or created: run -> (owner, epoch, live).
+        let lease_runs: Vec<String> = requests
+            .iter()
+            .flat_map(|r| r.leases.iter())
+            .map(|op| match op {
+                LeaseOp::Offer { run }
+                | LeaseOp::Grant { run, .. }
+                | LeaseOp::Hold { run, .. }
+                | LeaseOp::End { run } => run.clone(),
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut leases: HashMap<String, Lease> = HashMap::new();
+        if !lease_runs.is_empty() {
+            for row in txn
+                .query(
+                    "SELECT run, owner, epoch, expires_at > now() FROM chronicle_leases \
+                     WHERE run = ANY($1)",
+                    &[&lease_runs],
+                )
+                .await
+                .map_err(e)?
+            {
+                leases.insert(
+                    row.get(0),
+                    Lease {
+                        owner: row.get(1),
+                        epoch: row.get::<_, i64>(2) as u64,
+                        live: row.get(3),
+                    },
+                );
+            }
+        }
+        let mut lease_writes: Vec<LeaseOp> = Vec::new();
+
         // Check each request and build its envelopes.
         let mut next = last as u64 + 1;
         let mut rows = EventRows::default();
         let mut results = Vec::with_capacity(requests.len());
         let mut snapshots: Vec<(String, i64, Vec<u8>)> = Vec::new();
         for req in &mut requests {
-            if let Err(refused) = check(req, &heads, &index) {
+            if let Err(refused) = check(req, &heads, &index).and_then(|()| fence(req, &leases)) {
                 results.push(Err(refused));
                 continue;
             }
@@ -202,6 +238,24 @@ impl Writer {
                     IndexOp::Delete { index, key } => (index, key, None),
                 };
                 index.insert((name.clone(), key.clone()), value);
+            }
+            for op in req.leases.drain(..) {
+                match &op {
+                    LeaseOp::Grant { run, owner, .. } => {
+                        leases.entry(run.clone()).or_insert(Lease {
+                            owner: Some(owner.clone()),
+                            epoch: 1,
+                            live: true,
+                        });
+                    }
+                    LeaseOp::End { run } => {
+                        leases.remove(run);
+                    }
+                    LeaseOp::Offer { .. } | LeaseOp::Hold { .. } => {}
+                }
+                if !matches!(op, LeaseOp::Hold { .. }) {
+                    lease_writes.push(op);
+                }
             }
             for (stream, seq, bytes) in req.snapshots.drain(..) {
                 snapshots.push((stream.key(), seq.0 as i64, bytes));
@@ -315,6 +369,33 @@ impl Writer {
             .await
             .map_err(e)?;
         }
+        for op in &lease_writes {
+            match op {
+                LeaseOp::Offer { run } => {
+                    txn.execute(
+                        "INSERT INTO chronicle_leases (run) VALUES ($1) ON CONFLICT (run) DO NOTHING",
+                        &[run],
+                    )
+                    .await
+                }
+                LeaseOp::Grant { run, owner, ttl_ms } => {
+                    let ttl = *ttl_ms as f64;
+                    txn.execute(
+                        "INSERT INTO chronicle_leases (run, owner, epoch, expires_at) \
+                         VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond') \
+                         ON CONFLICT (run) DO NOTHING",
+                        &[run, owner, &ttl],
+                    )
+                    .await
+                }
+                LeaseOp::End { run } => {
+                    txn.execute("DELETE FROM chronicle_leases WHERE run = $1", &[run])
+                        .await
+                }
+                LeaseOp::Hold { .. } => continue,
+            }
+            .map_err(e)?;
+        }
         let through = next as i64 - 1;
         if through > last {
             txn.execute(
@@ -384,6 +465,39 @@ fn check(
                 existing: existing.clone(),
             });
         }
+    }
+    Ok(())
+}
+
+/// A run's lease as the group sees it.
+struct Lease {
+    owner: Option<String>,
+    epoch: u64,
+    /// Not expired (by the database's clock).
+    live: bool,
+}
+
+/// Fencing: every [`LeaseOp::Hold`] of `req` must name a live lease of
+/// its owner at its epoch.
+fn fence(req: &WriteRequest, leases: &HashMap<String, Lease>) -> Result<(), StoreError> {
+    for op in &req.leases {
+        let LeaseOp::Hold { run, owner, epoch } = op else {
+            continue;
+        };
+        let message = match leases.get(run) {
+            None => "the run has no lease".to_string(),
+            Some(l) if l.owner.as_deref() != Some(owner) || l.epoch != *epoch => format!(
+                "held by {} at epoch {}, not by {owner} at epoch {epoch}",
+                l.owner.as_deref().unwrap_or("no one"),
+                l.epoch
+            ),
+            Some(l) if !l.live => format!("the lease of {owner} at epoch {epoch} expired"),
+            Some(_) => continue,
+        };
+        return Err(StoreError::Fenced {
+            run: run.clone(),
+            message,
+        });
     }
     Ok(())
 }

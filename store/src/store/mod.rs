@@ -548,5 +548,7 @@ fn postgres_url(path: &Path) -> Option<&str> {
     path.to_str().filter(|s| crate::pg::is_postgres_url(s))
 }
 
+mod leases;
 mod read;
+pub use leases::LeaseInfo;
 pub use read::JournalStatus;
