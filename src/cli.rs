@@ -64,7 +64,8 @@ pub enum Cmd {
         #[arg(long)]
         idempotency_key: Option<String>,
         /// With a server holding the database: submit, print the run id
-        /// and return at once (the server executes the run).
+        /// and return at once (the server executes the run). On a shared
+        /// database (postgres://): offer the run to the workers.
         #[arg(long)]
         detach: bool,
     },
@@ -95,6 +96,32 @@ pub enum Cmd {
         /// (default: the API token). On loopback /metrics is open.
         #[arg(long, env = "CHRONICLE_METRICS_TOKEN")]
         metrics_token: Option<String>,
+        /// On a shared database (--db postgres://…): serve the API only;
+        /// runs it creates are executed by `chronicle worker`s.
+        #[arg(long)]
+        no_worker: bool,
+        /// On a shared database: a run's lease; a worker that stops
+        /// renewing it (killed, paused, cut off) loses the run to another
+        /// after this long (10s, 30s).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        lease: std::time::Duration,
+    },
+    /// Execute runs from a shared database (--db postgres://…, or
+    /// CHRONICLE_DB): claim runs no worker holds, execute them, take over
+    /// the runs of workers that died. Any number, on any machines; see the
+    /// README's "Scaling out".
+    Worker {
+        /// Most attempts running at once in this worker.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// A run's lease; a worker that stops renewing it loses the run to
+        /// another after this long (10s, 30s).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        lease: std::time::Duration,
+        /// At SIGINT/SIGTERM, how long running attempts may finish before
+        /// they are killed, recorded, and their runs left to other workers.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
     },
     /// Check a workflow definition.
     Validate {

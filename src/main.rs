@@ -265,6 +265,8 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             tls_cert,
             tls_key,
             metrics_token,
+            no_worker,
+            lease,
         } => {
             let options = chronicle_server::ServeOptions {
                 listen,
@@ -275,8 +277,13 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 metrics_token,
                 ..Default::default()
             };
-            serve::serve(&db, options).await
+            serve::serve(&db, options, !no_worker, lease).await
         }
+        Cmd::Worker {
+            concurrency,
+            lease,
+            grace,
+        } => serve::worker(&db, concurrency, lease, grace).await,
         Cmd::Validate { file } => queries::validate(&file),
         Cmd::Recover { runs, accept_loss } => runs::recover(&db, &runs, accept_loss, quiet).await,
         Cmd::List { status, json } => queries::list(&db, status.as_deref(), json),

@@ -21,6 +21,10 @@ use crate::runs::open_engine;
 /// modifies the file. A file left needing crash repair is opened
 /// read-write once (redb repairs it) and then read.
 pub fn open_existing(db: &Path) -> Result<Store, CliError> {
+    if db.to_str().is_some_and(chronicle_store::is_postgres_url) {
+        // A shared database: read-only handle, no fallback that writes.
+        return Ok(Store::open_read_only(db)?);
+    }
     if !db.exists() {
         return Err(CliError::storage(format!(
             "no database at {}: run a workflow first (chronicle run FILE) or pass --db PATH",

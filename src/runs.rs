@@ -17,11 +17,15 @@ use crate::progress::Progress;
 
 /// Open the engine on `db` (created if absent).
 pub fn open_engine(db: &Path) -> Result<Engine, CliError> {
-    Ok(EngineBuilder::new()
+    Ok(engine_builder(db).build()?)
+}
+
+/// The builder of [`open_engine`], for commands that set more.
+pub fn engine_builder(db: &Path) -> EngineBuilder {
+    EngineBuilder::new()
         .db(db)
         .parent_death_signal(parent_death_signal())
         .watchdog(watchdog())
-        .build()?)
 }
 
 /// `CHRONICLE_WATCHDOG=0`: no process watchdog (see
@@ -191,8 +195,15 @@ pub async fn run(
     }
     let wf = chronicle_engine::load::load_file_with(file, Some(&lookup))?;
     if detach {
+        if chronicle_server::auth::is_shared(db) {
+            // A shared database: the run is offered to the workers.
+            let engine = engine_builder(db).executes(false).build()?;
+            let run = engine.start(wf, input, key).await?;
+            println!("{run}");
+            return Ok(0);
+        }
         return Err(CliError::input(
-            "--detach needs a server holding the database: start `chronicle serve` first",
+            "--detach needs a server holding the database (start `chronicle serve` first) or a shared database (--db postgres://… with `chronicle worker`s)",
         ));
     }
     let stop = crate::signals::StopSignals::new()?;

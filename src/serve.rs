@@ -8,10 +8,20 @@ use chronicle_server::ServeOptions;
 
 use crate::error::CliError;
 
-/// Serve `db` with `options`; exit 0 after a graceful shutdown.
-pub async fn serve(db: &Path, options: ServeOptions) -> Result<u8, CliError> {
+/// Serve `db` with `options`; exit 0 after a graceful shutdown. On a
+/// shared database the server also executes runs as a worker unless
+/// `executes` is false (`--no-worker`), with leases of `lease`.
+pub async fn serve(
+    db: &Path,
+    options: ServeOptions,
+    executes: bool,
+    lease: std::time::Duration,
+) -> Result<u8, CliError> {
     let mut signals = crate::signals::StopSignals::new()?;
-    let engine = crate::runs::open_engine(db)?;
+    let engine = crate::runs::engine_builder(db)
+        .executes(executes)
+        .lease_ms(lease.as_millis() as u64)
+        .build()?;
     let grace = options.grace;
     let stop = async move { signals.recv().await.0.to_string() };
     let report = chronicle_server::serve(
@@ -39,6 +49,50 @@ pub async fn serve(db: &Path, options: ServeOptions) -> Result<u8, CliError> {
     eprintln!(
         "stopped: {} attempt(s) were still running after the {}s grace period and were recorded as abandoned; `chronicle serve` again continues every run",
         report.attempts_cut,
+        grace.as_secs_f64()
+    );
+    Ok(0)
+}
+
+/// `chronicle worker`: execute runs of the shared database `db` until
+/// SIGINT or SIGTERM, then let running attempts finish for `grace`, record
+/// the rest abandoned and release the leases (other workers continue the
+/// runs at once). Exit 0.
+///
+/// Errors: `db` is not a shared database (exit 2); it cannot be opened.
+pub async fn worker(
+    db: &Path,
+    concurrency: usize,
+    lease: std::time::Duration,
+    grace: std::time::Duration,
+) -> Result<u8, CliError> {
+    if !chronicle_server::auth::is_shared(db) {
+        return Err(CliError::input(format!(
+            "chronicle worker executes runs of a shared database, and {} is a file: give --db postgres://USER@HOST/DB (a database file is executed by `chronicle serve` or `chronicle run`)",
+            db.display()
+        )));
+    }
+    let mut signals = crate::signals::StopSignals::new()?;
+    let engine = crate::runs::engine_builder(db)
+        .max_parallel(concurrency.max(1))
+        .lease_ms(lease.as_millis() as u64)
+        .build()?;
+    let work = engine.spawn_worker();
+    eprintln!(
+        "worker {} executing runs of {}",
+        engine.worker_id().unwrap_or("?"),
+        engine.store().path().display()
+    );
+    let (reason, _) = signals.recv().await;
+    work.abort();
+    let cut = engine
+        .drain(
+            grace,
+            &format!("the worker was stopped by {reason}; the attempt's process group was killed after the grace period"),
+        )
+        .await;
+    eprintln!(
+        "stopped: {cut} attempt(s) were still running after the {}s grace period and were recorded as abandoned; other workers continue the runs",
         grace.as_secs_f64()
     );
     Ok(0)

@@ -17,8 +17,21 @@ use subtle::ConstantTimeEq;
 
 use crate::problem::Problem;
 
+/// A token drawn for this process (a server on a shared database with no
+/// `CHRONICLE_TOKEN`): kept in memory only.
+static DRAWN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// True when `db` is a shared database (a `postgres://` URL): no files
+/// beside it.
+pub fn is_shared(db: &Path) -> bool {
+    db.to_str().is_some_and(chronicle_store::is_postgres_url)
+}
+
 /// The token the server checks: `CHRONICLE_TOKEN` when set (not empty),
-/// else the content of `DB-token`, created at first start.
+/// else the content of `DB-token`, created at first start. On a shared
+/// database (PostgreSQL) there is no file: without `CHRONICLE_TOKEN` a
+/// token is drawn for this process (printed in the sign-in link; give
+/// every server of one database the same `CHRONICLE_TOKEN` instead).
 ///
 /// Errors: the token file cannot be read or created (its path and the
 /// OS error in the message).
@@ -28,6 +41,11 @@ pub fn load_or_create_token(db: &Path) -> Result<String, String> {
         .filter(|t| !t.is_empty())
     {
         return Ok(t);
+    }
+    if is_shared(db) {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| format!("cannot draw a random token: {e}"))?;
+        return Ok(DRAWN.get_or_init(|| chronicle_store::hex(&bytes)).clone());
     }
     let path = chronicle_store::token_path(db);
     match std::fs::read_to_string(&path) {
@@ -70,6 +88,9 @@ pub fn client_token(db: &Path) -> Option<String> {
         .filter(|t| !t.is_empty())
     {
         return Some(t);
+    }
+    if is_shared(db) {
+        return DRAWN.get().cloned();
     }
     std::fs::read_to_string(chronicle_store::token_path(db))
         .ok()

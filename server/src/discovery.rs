@@ -25,6 +25,11 @@ impl Discovery {
     ///
     /// Errors: the OS error, with the path.
     pub fn write(&self, db: &Path) -> Result<(), String> {
+        if crate::auth::is_shared(db) {
+            // Many servers share one PostgreSQL database: clients name a
+            // server's URL themselves.
+            return Ok(());
+        }
         let path = chronicle_store::server_path(db);
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(self).expect("plain data serializes");
@@ -45,6 +50,9 @@ impl Discovery {
     /// The discovery file of `db`, whatever its pid (None when absent or
     /// unreadable).
     pub fn read(db: &Path) -> Option<Self> {
+        if crate::auth::is_shared(db) {
+            return None;
+        }
         let text = std::fs::read_to_string(chronicle_store::server_path(db)).ok()?;
         serde_json::from_str(&text).ok()
     }

@@ -306,6 +306,9 @@ pub async fn serve(
                         "recovery done"
                     );
                     state.set_ready(true);
+                    // On a shared database: claim and execute runs as a
+                    // worker (nothing when started with --no-worker).
+                    let _worker = WorkerGuard(engine.spawn_worker());
                     // Fire due schedules, every second, until shutdown.
                     let mut shutdown = state.0.shutdown.clone();
                     loop {
@@ -388,4 +391,13 @@ fn tls_config(
     Ok(axum_server::tls_rustls::RustlsConfig::from_config(
         Arc::new(config),
     ))
+}
+
+/// Aborts the worker loop when the server's background task ends.
+struct WorkerGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -168,7 +168,8 @@ impl RunActor {
                     break;
                 }
             }
-            self.engine.forget(self.run_id());
+            self.engine
+                .forget(self.run_id(), self.state.status.is_terminal());
         }
         .instrument(span)
         .await
@@ -597,8 +598,10 @@ impl RunActor {
     }
 }
 
+/// A storage problem, or a lost lease (fencing): the actor stops and
+/// kills its attempts.
 fn is_fatal(e: &EngineError) -> bool {
-    matches!(e, EngineError::Store(s) if s.is_storage_problem())
+    matches!(e, EngineError::Store(s) if s.is_storage_problem() || matches!(s, chronicle_store::StoreError::Fenced { .. }))
 }
 
 /// An attempt that failed before anything was sent (permanent).

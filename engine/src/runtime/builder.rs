@@ -37,6 +37,9 @@ pub struct EngineBuilder {
     snapshot_every: u64,
     parent_death_signal: bool,
     watchdog: bool,
+    lease_ms: u64,
+    executes: bool,
+    max_runs: usize,
 }
 
 impl Default for EngineBuilder {
@@ -53,6 +56,9 @@ impl Default for EngineBuilder {
             snapshot_every: 100,
             parent_death_signal: false,
             watchdog: true,
+            lease_ms: super::leases::DEFAULT_LEASE_MS,
+            executes: true,
+            max_runs: 1024,
         }
     }
 }
@@ -134,6 +140,30 @@ impl EngineBuilder {
         self
     }
 
+    /// On a shared database (PostgreSQL): how long a run's lease lasts
+    /// unless renewed, milliseconds (default 10,000). A worker that stops
+    /// renewing (killed, paused, cut off) loses its runs to another after
+    /// this long.
+    pub fn lease_ms(mut self, ms: u64) -> Self {
+        self.lease_ms = ms;
+        self
+    }
+
+    /// Whether this engine executes runs (default `true`). `false` (an API
+    /// node started with `--no-worker`, on PostgreSQL): the runs it
+    /// creates are offered to the workers and nothing starts here.
+    pub fn executes(mut self, on: bool) -> Self {
+        self.executes = on;
+        self
+    }
+
+    /// On a shared database: the most runs this engine holds (executes or
+    /// keeps waiting) at once; claims stop there. Default 1,024.
+    pub fn max_runs(mut self, n: usize) -> Self {
+        self.max_runs = n;
+        self
+    }
+
     /// Open the database and build the engine. Does not recover: call
     /// [`Engine::recover`] to continue runs left by a previous process.
     ///
@@ -158,7 +188,15 @@ impl EngineBuilder {
                 ..StoreOptions::default()
             })?,
         };
-        let outputs = self.db.as_deref().map(chronicle_store::outputs_dir);
+        // Full outputs beside a database file; on a shared database they
+        // stay in the log (a folder on one machine is not shared).
+        let outputs = match store.is_postgres() {
+            true => None,
+            false => self.db.as_deref().map(chronicle_store::outputs_dir),
+        };
+        let leases = store.is_postgres().then(|| {
+            super::leases::Leases::new(self.lease_ms, self.executes, self.max_runs)
+        });
         let workdir = match self.workdir {
             Some(w) => w,
             None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
@@ -187,6 +225,7 @@ impl EngineBuilder {
                 watchdog,
                 ledger: Default::default(),
                 health_loops: Default::default(),
+                leases,
             }),
         })
     }

@@ -119,6 +119,13 @@ impl Inner {
                 });
             }
         }
+        super::leases::fence(
+            self,
+            &mut req,
+            run,
+            after_seq.0 == 0,
+            d.next.status.is_terminal(),
+        );
         let every = self.snapshot_every;
         if every > 0 && d.next.seq.0 / every > after_seq.0 / every {
             let bytes = serde_json::to_vec(&d.next).expect("a state always serializes");

@@ -296,6 +296,14 @@ impl Engine {
         commands: Vec<Command>,
         index: Vec<IndexOp>,
     ) -> Result<(Vec<RunEvent>, RunState), EngineError> {
+        if self.inner.leases.as_ref().is_some_and(|l| !l.executes) {
+            // Created for the workers: nothing starts here.
+            let d = self
+                .inner
+                .commit(&state, commands, index, Deciding::Offline)
+                .await?;
+            return Ok((d.events, d.next));
+        }
         let d = self
             .inner
             .commit(&state, commands, index, Deciding::WithCapacity)
@@ -306,6 +314,7 @@ impl Engine {
 
     pub(crate) fn spawn_actor(&self, state: RunState) -> RunHandle {
         let run_id = state.run_id.expect("a created run has an id");
+        self.inner.ensure_heartbeat();
         super::health::ensure_loops(&self.inner, state.wf());
         let (tx, rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(Arc::new(state.clone()));

@@ -13,6 +13,8 @@ mod commit;
 mod engine;
 pub mod exec;
 mod health;
+mod leases;
+pub use leases::DEFAULT_LEASE_MS;
 pub mod index;
 pub mod metrics;
 pub mod processes;

@@ -291,12 +291,28 @@ fn still_ours(rec: &ProcessRecord, boot: &str) -> bool {
 }
 
 /// Kill every process group a previous engine process left running
-/// (records of this process are skipped), wait until each is gone, and
-/// delete the records. Returns the groups killed.
+/// (records of this process are skipped) — of the runs `only`, when given
+/// (on a shared database: the runs this worker took over, never another
+/// live worker's) — wait until each is gone, and delete the records.
+/// Returns the groups killed. A record of another machine's boot cannot
+/// be killed from here: it is deleted (that machine's watchdog killed its
+/// groups when its engine died).
 ///
 /// Errors: storage errors reading or deleting the records.
-pub async fn kill_leftovers(store: &Store) -> Result<Vec<(String, u32)>, EngineError> {
-    let rows = store.index_scan(PROCESSES, "")?;
+pub async fn kill_leftovers(
+    store: &Store,
+    only: Option<&[crate::ids::RunId]>,
+) -> Result<Vec<(String, u32)>, EngineError> {
+    let rows = match only {
+        None => store.index_scan(PROCESSES, "")?,
+        Some(runs) => {
+            let mut rows = Vec::new();
+            for run in runs {
+                rows.extend(store.index_scan(PROCESSES, &format!("{run}/"))?);
+            }
+            rows
+        }
+    };
     if rows.is_empty() {
         return Ok(Vec::new());
     }

@@ -32,6 +32,10 @@ pub struct RecoveryReport {
     pub quarantined: Vec<(RunId, String)>,
 }
 
+/// Most leases claimed by one call of `recover_runs` (workers claim again
+/// every second, so runs spread over the workers polling).
+const CLAIM_BATCH: usize = 64;
+
 enum Recovered {
     Resumed(usize),
     Quarantined(usize, String),
@@ -46,14 +50,30 @@ impl Engine {
         &self,
         only: Option<&[RunId]>,
     ) -> Result<RecoveryReport, EngineError> {
+        let claimed = match &self.inner.leases {
+            Some(_) => match self.claim(only).await? {
+                Some(rows) => Some(rows),
+                None => return Ok(RecoveryReport::default()),
+            },
+            None => None,
+        };
+        let claimed_runs: Option<Vec<RunId>> =
+            claimed.as_ref().map(|rows| rows.iter().map(|r| r.run_id).collect());
         let mut report = RecoveryReport {
             // Before any attempt is retried: nothing of an earlier attempt
             // may still run when its step starts again.
-            processes_killed: super::processes::kill_leftovers(&self.inner.store).await?,
+            processes_killed: super::processes::kill_leftovers(
+                &self.inner.store,
+                claimed_runs.as_deref(),
+            )
+            .await?,
             ..RecoveryReport::default()
         };
-        let rows: Vec<RunSummary> = self
-            .list()?
+        let rows: Vec<RunSummary> = match claimed {
+            Some(rows) => rows,
+            None => self.list()?,
+        };
+        let rows: Vec<RunSummary> = rows
             .into_iter()
             .filter(|row| !row.status.is_terminal() && only.is_none_or(|o| o.contains(&row.run_id)))
             .filter(|row| {
@@ -169,6 +189,47 @@ impl Engine {
                 Ok((run, Recovered::Quarantined(0, reason)))
             }
         }
+    }
+
+    /// On a shared database: claim free and expired leases (of `only`, when
+    /// given), up to this engine's room, and return the non-terminal runs
+    /// claimed (the leases of ended runs are removed). `None` when this
+    /// engine does not execute runs or has no room.
+    async fn claim(
+        &self,
+        only: Option<&[RunId]>,
+    ) -> Result<Option<Vec<RunSummary>>, EngineError> {
+        let Some(leases) = &self.inner.leases else {
+            return Ok(None);
+        };
+        let room = leases.max_held.saturating_sub(leases.count()).min(CLAIM_BATCH);
+        if !leases.executes || room == 0 {
+            return Ok(None);
+        }
+        let store = &self.inner.store;
+        let only = only.map(|o| o.iter().map(|r| r.stream().key()).collect());
+        let mut rows = Vec::new();
+        for (key, epoch) in store.claim_leases(&leases.owner, room, leases.ttl_ms, only)? {
+            let Ok(run) = key.parse::<RunId>() else {
+                continue;
+            };
+            leases.insert(run, epoch);
+            let row = match store.index_get(super::index::RUNS, &key)? {
+                Some(v) => serde_json::from_slice::<RunSummary>(&v).ok(),
+                None => None,
+            };
+            match row {
+                Some(row) if !row.status.is_terminal() => rows.push(row),
+                _ => {
+                    // Ended (its last write or this removal was cut off), or
+                    // not a run: remove the lease.
+                    let mut req = WriteRequest::default();
+                    req.leases = leases.ops(run, false, true);
+                    store.write(req).await?;
+                }
+            }
+        }
+        Ok(Some(rows))
     }
 
     /// [`Self::recover_runs`] for every run.

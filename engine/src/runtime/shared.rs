@@ -52,6 +52,9 @@ pub(crate) struct Inner {
     /// The process ledger, built at the first dispatcher (it reads this
     /// boot's id and this process's start time: once, not per run).
     pub(crate) ledger: std::sync::OnceLock<super::processes::ProcessLedger>,
+    /// Leases of the runs this engine executes, on a shared database
+    /// (PostgreSQL); `None` on redb.
+    pub(crate) leases: Option<super::leases::Leases>,
 }
 
 #[derive(Clone)]
@@ -111,11 +114,12 @@ impl Inner {
         }
     }
 
-    pub fn forget(&self, run: RunId) {
+    pub fn forget(&self, run: RunId, terminal: bool) {
         self.runs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&run);
+        self.drop_lease(run, terminal);
     }
 
     pub(crate) fn new_run_id(&self) -> RunId {

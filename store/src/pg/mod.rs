@@ -148,12 +148,16 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| pg_error(&target, e))?;
-        let migrate = {
-            let pool = pool.clone();
-            let target = target.clone();
-            rt.block_on(async move { migrate(&pool, &target, read_only).await })
-        };
-        migrate?;
+        {
+            // Not `block_on`: the caller may be inside another runtime.
+            let (pool, t) = (pool.clone(), target.clone());
+            let (done, wait) = std::sync::mpsc::sync_channel(1);
+            rt.spawn(async move {
+                let _ = done.send(migrate(&pool, &t, read_only).await);
+            });
+            wait.recv()
+                .map_err(|_| pg_error(&target, "the migration task stopped"))??;
+        }
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let writer = write::Writer {
             pool: pool.clone(),

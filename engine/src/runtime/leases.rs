@@ -1,0 +1,298 @@
+//! Leases: on a database many workers share (PostgreSQL), a run is
+//! executed only by the engine holding its lease (see
+//! `chronicle_store::LeaseOp`).
+//!
+//! - A run this engine creates and executes is granted to it in the write
+//!   of `RunCreated`; a run it creates for others (`--no-worker`) is
+//!   offered to any worker.
+//! - Every later write of a held run carries a `Hold` of the epoch the
+//!   engine claimed: a write after the lease was lost (expired while this
+//!   process was paused or cut off, or taken over) fails with
+//!   `StoreError::Fenced`, writes nothing, and the run's actor stops and
+//!   kills the attempts it started.
+//! - The heartbeat renews every held lease each third of the lease
+//!   duration; a run the renewal does not return is lost, and its actor is
+//!   stopped the same way — also when renewals keep failing for a whole
+//!   lease (the database unreachable: another worker may take over).
+//! - Worker mode claims free and expired leases (`Engine::recover_runs`)
+//!   and recovers those runs exactly as crash recovery does on redb:
+//!   attempts in flight are recorded abandoned, with the same quarantine
+//!   after repeated crashes.
+//! - When a run ends, its lease is removed; when the engine stops, its
+//!   leases are released so another worker takes the runs over at once.
+//!
+//! On a redb file (one process) the engine has no leases: nothing here runs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use chronicle_store::{LeaseOp, WriteRequest};
+
+use super::actor::Msg;
+use super::shared::Inner;
+use crate::ids::{RunId, RunStream};
+
+/// Default lease duration, milliseconds (`--lease 10s`).
+pub const DEFAULT_LEASE_MS: u64 = 10_000;
+
+/// This engine's leases.
+pub(crate) struct Leases {
+    /// This worker's id: host, pid and a random part (unique per process).
+    pub owner: String,
+    /// Lease duration, milliseconds.
+    pub ttl_ms: u64,
+    /// Runs held, with the epoch claimed.
+    pub held: Mutex<HashMap<RunId, u64>>,
+    /// Whether this engine executes the runs it creates (false for an API
+    /// node started with `--no-worker`).
+    pub executes: bool,
+    /// Most runs held at once; claims stop there.
+    pub max_held: usize,
+    /// The heartbeat task, started with the first lease.
+    heartbeat: std::sync::Once,
+}
+
+impl Leases {
+    pub fn new(ttl_ms: u64, executes: bool, max_held: usize) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            owner: format!("{host}/{}/{}", std::process::id(), &random[..8]),
+            ttl_ms: ttl_ms.max(100),
+            held: Mutex::new(HashMap::new()),
+            executes,
+            max_held: max_held.max(1),
+            heartbeat: std::sync::Once::new(),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, u64>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The epoch of `run`'s lease, if held.
+    pub fn epoch(&self, run: RunId) -> Option<u64> {
+        self.held().get(&run).copied()
+    }
+
+    pub fn insert(&self, run: RunId, epoch: u64) {
+        self.held().insert(run, epoch);
+    }
+
+    pub fn remove(&self, run: RunId) -> Option<u64> {
+        self.held().remove(&run)
+    }
+
+    pub fn count(&self) -> usize {
+        self.held().len()
+    }
+
+    /// The lease operations of a write to `run`: a grant (or an offer) for
+    /// the write that creates it, the fence of a held run's write, and
+    /// the end of the lease with the write that ends it.
+    pub fn ops(&self, run: RunId, creating: bool, terminal: bool) -> Vec<LeaseOp> {
+        let key = run.stream().key();
+        let mut ops = Vec::new();
+        if creating {
+            if self.executes {
+                self.insert(run, 1);
+                ops.push(LeaseOp::Grant {
+                    run: key.clone(),
+                    owner: self.owner.clone(),
+                    ttl_ms: self.ttl_ms,
+                });
+            } else {
+                ops.push(LeaseOp::Offer { run: key.clone() });
+            }
+        } else if let Some(epoch) = self.epoch(run) {
+            ops.push(LeaseOp::Hold {
+                run: key.clone(),
+                owner: self.owner.clone(),
+                epoch,
+            });
+        }
+        if terminal && !creating {
+            // Later writes of the ended run (attempts it killed) need no
+            // lease: the run is over.
+            self.remove(run);
+            ops.push(LeaseOp::End { run: key });
+        }
+        ops
+    }
+}
+
+impl Inner {
+    /// Start the heartbeat (once per engine), on the current runtime.
+    pub(crate) fn ensure_heartbeat(self: &Arc<Self>) {
+        let Some(leases) = &self.leases else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        leases.heartbeat.call_once(|| {
+            tokio::spawn(heartbeat(weak));
+        });
+    }
+
+    /// The run's actor has ended: forget its lease; give it up for another
+    /// worker when the run is not over (this engine stops).
+    pub(crate) fn drop_lease(&self, run: RunId, terminal: bool) {
+        let Some(leases) = &self.leases else {
+            return;
+        };
+        if let Some(epoch) = leases.remove(run)
+            && !terminal
+        {
+            // Before the engine can exit (one round trip): another worker
+            // takes the run over at once instead of after the lease.
+            if let Err(e) = self
+                .store
+                .release_lease(&run.stream().key(), &leases.owner, epoch)
+            {
+                tracing::warn!(%run, error = %e, "cannot release a lease");
+            }
+        }
+    }
+}
+
+/// Renew every held lease each third of the lease; stop the actors of
+/// lost runs.
+async fn heartbeat(engine: Weak<Inner>) {
+    let mut last_ok = std::time::Instant::now();
+    loop {
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
+        let Some(leases) = &inner.leases else {
+            return;
+        };
+        let period = Duration::from_millis(leases.ttl_ms / 3);
+        let held: Vec<(RunId, u64)> = leases.held().iter().map(|(r, e)| (*r, *e)).collect();
+        if !held.is_empty() {
+            let store = inner.store.clone();
+            let owner = leases.owner.clone();
+            let ttl = leases.ttl_ms;
+            let asked: Vec<(String, u64)> =
+                held.iter().map(|(r, e)| (r.stream().key(), *e)).collect();
+            let renewed =
+                tokio::task::spawn_blocking(move || store.renew_leases(&owner, asked, ttl)).await;
+            match renewed {
+                Ok(Ok(renewed)) => {
+                    last_ok = std::time::Instant::now();
+                    let renewed: std::collections::HashSet<String> = renewed.into_iter().collect();
+                    for (run, epoch) in held {
+                        if !renewed.contains(&run.stream().key()) && leases.epoch(run) == Some(epoch) {
+                            tracing::warn!(%run, "lease lost: stopping the run's attempts here");
+                            lost(&inner, run);
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot renew leases");
+                    if last_ok.elapsed() >= Duration::from_millis(leases.ttl_ms) {
+                        for (run, _) in held {
+                            tracing::warn!(%run, "leases not renewed for a whole lease: stopping the run's attempts here");
+                            lost(&inner, run);
+                        }
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        drop(inner);
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// Stop `run`'s actor (its attempts are killed, nothing is recorded: the
+/// new holder records them abandoned).
+fn lost(inner: &Inner, run: RunId) {
+    if let Some(leases) = &inner.leases {
+        leases.remove(run);
+    }
+    if let Some(h) = inner
+        .runs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&run)
+    {
+        let _ = h.tx.send(Msg::Shutdown);
+    }
+}
+
+/// Add the lease operations of a write to `run` to `req`.
+pub(crate) fn fence(
+    inner: &Inner,
+    req: &mut WriteRequest,
+    run: RunId,
+    creating: bool,
+    terminal: bool,
+) {
+    if let Some(leases) = &inner.leases {
+        req.leases.extend(leases.ops(run, creating, terminal));
+    }
+}
+
+impl super::engine::Engine {
+    /// True on a shared database (PostgreSQL), where runs are leased.
+    pub fn is_shared(&self) -> bool {
+        self.inner.leases.is_some()
+    }
+
+    /// This engine's worker id on a shared database (`HOST/PID/RANDOM`).
+    pub fn worker_id(&self) -> Option<&str> {
+        self.inner.leases.as_ref().map(|l| l.owner.as_str())
+    }
+
+    /// Worker mode on a shared database: claim free and expired leases and
+    /// execute those runs ([`Self::recover_runs`]), again whenever a run is
+    /// created (the live feed: LISTEN/NOTIFY) and at least every second
+    /// (a lease that expires notifies no one). Runs until the task is
+    /// aborted. Does nothing on redb (`serve` recovers once at start).
+    pub fn spawn_worker(&self) -> tokio::task::JoinHandle<()> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            if !engine.is_shared() {
+                return;
+            }
+            let mut feed = engine.subscribe();
+            loop {
+                match engine.recover_runs(None).await {
+                    Ok(r) if !r.resumed.is_empty() || !r.quarantined.is_empty() => {
+                        tracing::info!(
+                            claimed = r.resumed.len() + r.quarantined.len(),
+                            abandoned = r.attempts_abandoned,
+                            "claimed runs"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot claim runs"),
+                }
+                let wake = async {
+                    loop {
+                        match feed.recv().await {
+                            Ok(batch) => {
+                                if batch
+                                    .iter()
+                                    .any(|e| e.seq.0 == 1 && e.stream.as_run().is_some())
+                                {
+                                    return;
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                std::future::pending::<()>().await
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = wake => {}
+                }
+            }
+        })
+    }
+}
