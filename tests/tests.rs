@@ -15,3 +15,4 @@ mod terminal;
 mod ui;
 mod upgrade;
 mod walkthrough;
+mod workers;

@@ -194,9 +194,9 @@ impl EngineBuilder {
             true => None,
             false => self.db.as_deref().map(chronicle_store::outputs_dir),
         };
-        let leases = store.is_postgres().then(|| {
-            super::leases::Leases::new(self.lease_ms, self.executes, self.max_runs)
-        });
+        let leases = store
+            .is_postgres()
+            .then(|| super::leases::Leases::new(self.lease_ms, self.executes, self.max_runs));
         let workdir = match self.workdir {
             Some(w) => w,
             None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),

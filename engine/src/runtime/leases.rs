@@ -183,7 +183,9 @@ async fn heartbeat(engine: Weak<Inner>) {
                     last_ok = std::time::Instant::now();
                     let renewed: std::collections::HashSet<String> = renewed.into_iter().collect();
                     for (run, epoch) in held {
-                        if !renewed.contains(&run.stream().key()) && leases.epoch(run) == Some(epoch) {
+                        if !renewed.contains(&run.stream().key())
+                            && leases.epoch(run) == Some(epoch)
+                        {
                             tracing::warn!(%run, "lease lost: stopping the run's attempts here");
                             lost(&inner, run);
                         }

@@ -57,8 +57,9 @@ impl Engine {
             },
             None => None,
         };
-        let claimed_runs: Option<Vec<RunId>> =
-            claimed.as_ref().map(|rows| rows.iter().map(|r| r.run_id).collect());
+        let claimed_runs: Option<Vec<RunId>> = claimed
+            .as_ref()
+            .map(|rows| rows.iter().map(|r| r.run_id).collect());
         let mut report = RecoveryReport {
             // Before any attempt is retried: nothing of an earlier attempt
             // may still run when its step starts again.
@@ -195,14 +196,14 @@ impl Engine {
     /// given), up to this engine's room, and return the non-terminal runs
     /// claimed (the leases of ended runs are removed). `None` when this
     /// engine does not execute runs or has no room.
-    async fn claim(
-        &self,
-        only: Option<&[RunId]>,
-    ) -> Result<Option<Vec<RunSummary>>, EngineError> {
+    async fn claim(&self, only: Option<&[RunId]>) -> Result<Option<Vec<RunSummary>>, EngineError> {
         let Some(leases) = &self.inner.leases else {
             return Ok(None);
         };
-        let room = leases.max_held.saturating_sub(leases.count()).min(CLAIM_BATCH);
+        let room = leases
+            .max_held
+            .saturating_sub(leases.count())
+            .min(CLAIM_BATCH);
         if !leases.executes || room == 0 {
             return Ok(None);
         }

@@ -1,0 +1,331 @@
+//! Workers on PostgreSQL, as real processes: many `chronicle worker`s on
+//! one database, SIGKILLed at random and restarted while 1,000 runs of real
+//! command steps execute; a worker paused with SIGSTOP past its lease; and
+//! the CLI on a PostgreSQL database.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chronicle_store::{Seq, Store, StoreOptions};
+use serde_json::Value;
+
+use crate::support::{BIN, Env, marked_processes, root};
+
+/// The test server (`scripts/test` starts one with pg_virtualenv).
+fn postgres_server() -> String {
+    std::env::var("CHRONICLE_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "CHRONICLE_TEST_POSTGRES is not set: run the tests with scripts/test, which starts a throwaway PostgreSQL (pg_virtualenv, Debian package postgresql-common) and sets it"
+        )
+    })
+}
+
+/// A new, empty database; its URL.
+pub fn fresh_postgres() -> String {
+    let name = format!("chronicle_t_{}", uuid::Uuid::now_v7().simple());
+    chronicle_store::create_postgres_database(&postgres_server(), &name).unwrap()
+}
+
+fn worker(env: &Env, url: &str, lease: &str, log: &str) -> Child {
+    let err = std::fs::File::create(env.path(log)).unwrap();
+    Command::new(BIN)
+        .current_dir(env.dir.path())
+        .args(["--db", url, "worker", "--lease", lease, "--grace", "1s"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap()
+}
+
+fn chronicle(env: &Env, url: &str, args: &[&str]) -> crate::support::Out {
+    let mut c = Command::new(BIN);
+    c.current_dir(env.dir.path())
+        .arg("--db")
+        .arg(url)
+        .args(args);
+    crate::support::Out::from(c.output().unwrap())
+}
+
+/// Every run's events as JSON payloads with their seq and time.
+fn histories(url: &str) -> HashMap<String, Vec<(u64, chrono::DateTime<chrono::Utc>, Value)>> {
+    let store = Store::open_read_only(url).unwrap();
+    let mut out = HashMap::new();
+    for head in store.streams().unwrap() {
+        if head.stream.as_run().is_none() {
+            continue;
+        }
+        let events = store
+            .read_stream(&head.stream, Seq(1))
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq.0, e.recorded_at, e.decode::<Value>().unwrap()))
+            .collect();
+        out.insert(head.stream.key(), events);
+    }
+    out
+}
+
+/// No step of `events` has two attempts running at once: in seq order a
+/// step's attempt starts only after its previous attempt's outcome, and
+/// its recorded start is not before that outcome's time.
+fn assert_no_overlap(run: &str, events: &[(u64, chrono::DateTime<chrono::Utc>, Value)]) {
+    // step -> (attempt running, since)
+    let mut running: HashMap<String, (u64, chrono::DateTime<chrono::Utc>)> = HashMap::new();
+    let mut ended: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    for (seq, at, p) in events {
+        let (Some(step), Some(attempt)) = (p["step"].as_str(), p["attempt"].as_u64()) else {
+            continue;
+        };
+        let kind = p["type"].as_str().unwrap_or("");
+        if kind == "StepStarted" {
+            if let Some((other, _)) = running.get(step) {
+                panic!(
+                    "run {run} seq {seq}: step {step} attempt {attempt} started while attempt {other} runs"
+                );
+            }
+            if let Some(end) = ended.get(step) {
+                assert!(
+                    at >= end,
+                    "run {run} seq {seq}: step {step} attempt {attempt} starts at {at}, before the previous attempt ended at {end}"
+                );
+            }
+            running.insert(step.to_string(), (attempt, *at));
+        } else if running.get(step).is_some_and(|(a, _)| *a == attempt) {
+            running.remove(step);
+            ended.insert(step.to_string(), *at);
+        }
+    }
+}
+
+const THREE_STEPS: &str = r#"
+name: three-steps
+steps:
+  - id: fetch
+    command: [sh, -c, 'echo "{\"n\": 1}"']
+  - id: transform
+    needs: [fetch]
+    command: [sh, -c, 'sleep 0.05; echo "{\"n\": 2}"']
+  - id: store
+    needs: [transform]
+    command: [sh, -c, 'echo "{\"n\": 3}"']
+"#;
+
+/// Four workers execute 1,000 runs while a random one is SIGKILLed every
+/// second and restarted: every run succeeds, `verify` passes, and no step
+/// of any run had two attempts running at once.
+#[test]
+fn four_workers_killed_at_random_finish_every_run_once() {
+    let env = Env::new();
+    let url = fresh_postgres();
+    let wf = env.write("three.yaml", THREE_STEPS);
+    // Create the schema, then offer 1,000 runs from one process.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let submitted: Vec<String> = rt.block_on(async {
+        let engine = chronicle_engine::runtime::EngineBuilder::new()
+            .db(&url)
+            .executes(false)
+            .build()
+            .unwrap();
+        let workflow = chronicle_engine::model::load_file(&wf).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..1000 {
+            let run = engine
+                .start(workflow.clone(), serde_json::json!({ "i": i }), None)
+                .await
+                .unwrap();
+            ids.push(run.to_string());
+        }
+        ids
+    });
+    let mut workers: Vec<Child> = (0..4)
+        .map(|i| worker(&env, &url, "2s", &format!("w{i}.log")))
+        .collect();
+    let started = Instant::now();
+    let mut kills = 0;
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ std::process::id() as u64;
+    let store = Store::open_read_only(&url).unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let done = store
+            .index_scan("runs", "")
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| {
+                let v: Value = serde_json::from_slice(v).unwrap();
+                v["status"] == "succeeded"
+            })
+            .count();
+        if done == submitted.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {done} of 1000 runs succeeded in 10 minutes"
+        );
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let i = (rng % 4) as usize;
+        let _ = workers[i].kill(); // SIGKILL
+        let _ = workers[i].wait();
+        kills += 1;
+        workers[i] = worker(&env, &url, "2s", &format!("w{i}-{kills}.log"));
+    }
+    let took = started.elapsed();
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    eprintln!(
+        "1000 runs with 4 workers and {kills} SIGKILLs: {:.1} s",
+        took.as_secs_f64()
+    );
+    assert!(kills >= 3, "the workers were killed {kills} times only");
+    let verify = chronicle(&env, &url, &["verify"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    let histories = histories(&url);
+    assert_eq!(histories.len(), 1000);
+    let mut abandoned = 0;
+    for (run, events) in &histories {
+        assert_no_overlap(run, events);
+        abandoned += events
+            .iter()
+            .filter(|(_, _, p)| p["type"] == "StepAbandoned")
+            .count();
+        let last = &events.last().unwrap().2;
+        assert_eq!(last["type"], "RunSucceeded", "run {run}: {last}");
+    }
+    eprintln!("attempts abandoned by the kills and taken over: {abandoned}");
+}
+
+/// A worker paused with SIGSTOP past its lease loses the run: another
+/// worker takes it over (kills the paused worker's step, records it
+/// abandoned, runs it again); continued, the paused worker writes nothing.
+#[test]
+fn a_worker_paused_past_its_lease_writes_nothing_after() {
+    let env = Env::new();
+    let url = fresh_postgres();
+    let marker = format!("paused-{}", uuid::Uuid::now_v7().simple());
+    let wf = env.write(
+        "slow.yaml",
+        &format!(
+            "name: slow\nsteps:\n  - id: slow\n    command: [sh, -c, 'sleep 3; echo {{}}', {marker}]\n"
+        ),
+    );
+    let submitted = chronicle(&env, &url, &["run", wf.to_str().unwrap(), "--detach"]);
+    assert_eq!(submitted.code, 0, "{submitted:?}");
+    let run = submitted.stdout.trim().to_string();
+    let mut a = worker(&env, &url, "1s", "a.log");
+    let t = Instant::now();
+    while marked_processes(&marker).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = nix::unistd::Pid::from_raw(a.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let mut b = worker(&env, &url, "1s", "b.log");
+    let t = Instant::now();
+    loop {
+        let s = chronicle(&env, &url, &["status", &run, "--json"]);
+        if s.code == 0 && s.json()["status"] == "succeeded" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the run did not finish on the second worker: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = histories(&url).remove(&run).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = histories(&url).remove(&run).unwrap();
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "the continued worker wrote to the run it had lost: {:?}",
+        &after[before.len()..]
+    );
+    let kinds: Vec<String> = after
+        .iter()
+        .filter(|(_, _, p)| p["step"] == "slow")
+        .map(|(_, _, p)| format!("{}#{}", p["type"].as_str().unwrap(), p["attempt"]))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "StepStarted#1",
+            "StepAbandoned#1",
+            "StepStarted#2",
+            "StepSucceeded#2"
+        ]
+    );
+    assert_no_overlap(&run, &after);
+    assert!(
+        marked_processes(&marker).is_empty(),
+        "a step process outlived the test"
+    );
+    for w in [&mut a, &mut b] {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let log = std::fs::read_to_string(env.path("a.log")).unwrap();
+    assert!(
+        log.contains("lease"),
+        "the paused worker did not notice it lost its lease: {log}"
+    );
+}
+
+/// The CLI on a PostgreSQL database: run the log-audit example in the
+/// foreground, then list, status, verify, replay and export it; the export
+/// imports into a redb file and verifies there, byte for byte the same
+/// history; and an exported redb history imports into PostgreSQL.
+#[test]
+fn the_cli_works_on_postgres_and_histories_move_between_backends() {
+    let env = Env::new();
+    let url = fresh_postgres();
+    let mut c = Command::new(BIN);
+    c.current_dir(root())
+        .args(["--db", &url, "run", "examples/log-audit.yaml"]);
+    let out = crate::support::Out::from(c.output().unwrap());
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = out.run_id();
+    let list = chronicle(&env, &url, &["list", "--json"]);
+    assert_eq!(list.json()[0]["status"], "succeeded");
+    assert_eq!(chronicle(&env, &url, &["verify"]).code, 0);
+    let at = chronicle(&env, &url, &["replay", &run, "--at", "3", "--json"]);
+    assert_eq!(at.code, 0, "{at:?}");
+    assert_eq!(at.json()["seq"], 3);
+    let export = chronicle(&env, &url, &["export", &run]);
+    assert_eq!(export.code, 0);
+    let file = env.write("history.jsonl", &export.stdout);
+    let redb = env.path("copy.redb");
+    let mut c = Command::new(BIN);
+    c.current_dir(env.dir.path())
+        .arg("--db")
+        .arg(&redb)
+        .args(["import", file.to_str().unwrap()]);
+    assert_eq!(c.status().unwrap().code(), Some(0));
+    let mut c = Command::new(BIN);
+    c.current_dir(env.dir.path())
+        .arg("--db")
+        .arg(&redb)
+        .args(["export", &run]);
+    let back = crate::support::Out::from(c.output().unwrap());
+    assert_eq!(back.stdout, export.stdout, "the history changed on the way");
+    // And from redb into another PostgreSQL database.
+    let other = fresh_postgres();
+    let imported = chronicle(&env, &other, &["import", file.to_str().unwrap()]);
+    assert_eq!(imported.code, 0, "{imported:?}");
+    assert_eq!(
+        chronicle(&env, &other, &["export", &run]).stdout,
+        export.stdout
+    );
+    assert_eq!(chronicle(&env, &other, &["verify"]).code, 0);
+    drop(Store::open(&other, StoreOptions::default()).unwrap());
+}
