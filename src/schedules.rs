@@ -67,9 +67,11 @@ pub async fn offline(db: &Path, cmd: ScheduleCmd) -> Result<u8, CliError> {
         print_list(&list, json);
         return Ok(0);
     }
+    // On a shared database a triggered run is offered to the workers.
     let engine = chronicle_engine::runtime::EngineBuilder::new()
         .db(db)
         .watchdog(false)
+        .executes(!chronicle_server::auth::is_shared(db))
         .build()?;
     let s = match cmd {
         ScheduleCmd::Add {
@@ -115,9 +117,11 @@ pub async fn offline(db: &Path, cmd: ScheduleCmd) -> Result<u8, CliError> {
         ScheduleCmd::Trigger { name } => {
             let run = engine.schedule_trigger(&name).await?;
             println!("schedule {name} fired: run {run}");
-            eprintln!(
-                "note: no server holds the database: `chronicle recover` (or `chronicle serve`) executes the run"
-            );
+            if !chronicle_server::auth::is_shared(db) {
+                eprintln!(
+                    "note: no server holds the database: `chronicle recover` (or `chronicle serve`) executes the run"
+                );
+            }
             engine.shutdown().await;
             return Ok(0);
         }

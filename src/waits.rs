@@ -114,8 +114,9 @@ fn print_decision(run: &str, a: &DecisionArgs, step_status: &str, status: &str) 
 
 /// A note for a run no process executes (on the file, no server): the
 /// signal or decision is recorded, and the run goes on when it is run.
-fn note_offline(state: &RunState) {
-    if !state.status.is_terminal() {
+fn note_offline(db: &Path, state: &RunState) {
+    // On a shared database the workers go on with it.
+    if !state.status.is_terminal() && !chronicle_server::auth::is_shared(db) {
         eprintln!(
             "note: no server holds the database: the run goes on when `chronicle serve` or `chronicle recover` executes it"
         );
@@ -140,7 +141,7 @@ pub async fn signal_offline(db: &Path, run: &str, a: SignalArgs) -> Result<u8, C
     )
     .await?;
     print_signal(&run.to_string(), &a, !seen, state.status.as_str());
-    note_offline(&state);
+    note_offline(db, &state);
     Ok(0)
 }
 
@@ -195,7 +196,7 @@ pub async fn decide_offline(db: &Path, run: &str, a: DecisionArgs) -> Result<u8,
         .map(|s| s.status.as_str())
         .unwrap_or("?");
     print_decision(&run.to_string(), &a, step, state.status.as_str());
-    note_offline(&state);
+    note_offline(db, &state);
     Ok(0)
 }
 

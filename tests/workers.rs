@@ -329,3 +329,73 @@ fn the_cli_works_on_postgres_and_histories_move_between_backends() {
     assert_eq!(chronicle(&env, &other, &["verify"]).code, 0);
     drop(Store::open(&other, StoreOptions::default()).unwrap());
 }
+
+/// Commands from other processes reach the worker executing the run: a
+/// signal sent with the CLI lets the run go on in the worker, and a cancel
+/// sent with the CLI makes the worker kill the running step; the history
+/// records both, and no attempt is abandoned.
+#[test]
+fn signals_and_cancels_from_the_cli_reach_the_worker_holding_the_run() {
+    let env = Env::new();
+    let url = fresh_postgres();
+    let marker = format!("remote-{}", uuid::Uuid::now_v7().simple());
+    let wf = env.write(
+        "waits.yaml",
+        &format!(
+            "name: waits\nsteps:\n  - id: go\n    signal: go\n  - id: long\n    needs: [go]\n    command: [sh, -c, 'sleep 60; echo {{}}', {marker}]\n"
+        ),
+    );
+    let mut w = worker(&env, &url, "5s", "w.log");
+    let run = chronicle(&env, &url, &["run", wf.to_str().unwrap(), "--detach"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = run.stdout.trim().to_string();
+    let status = |step: &str| -> String {
+        let s = chronicle(&env, &url, &["status", &run, "--json"]).json();
+        let steps = s["steps"].as_array().cloned().unwrap_or_default();
+        let st = steps
+            .iter()
+            .find(|x| x["id"] == step)
+            .cloned()
+            .unwrap_or_default();
+        st["status"].as_str().unwrap_or("").to_string()
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !ok() {
+            assert!(t.elapsed() < Duration::from_secs(20), "never: {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("the worker waits for the signal", &|| {
+        status("go") == "running"
+    });
+    let sent = chronicle(&env, &url, &["signal", &run, "go", "--data", r#"{"x":1}"#]);
+    assert_eq!(sent.code, 0, "{sent:?}");
+    wait("the long step runs", &|| {
+        !marked_processes(&marker).is_empty()
+    });
+    let canceled = chronicle(&env, &url, &["cancel", &run]);
+    assert_eq!(canceled.code, 0, "{canceled:?}");
+    wait("the run ends canceled", &|| {
+        chronicle(&env, &url, &["status", &run, "--json"]).json()["status"] == "canceled"
+    });
+    wait("the step's process is gone", &|| {
+        marked_processes(&marker).is_empty()
+    });
+    let _ = w.kill();
+    let _ = w.wait();
+    let h = histories(&url).remove(&run).unwrap();
+    let types: Vec<&str> = h
+        .iter()
+        .map(|(_, _, p)| p["type"].as_str().unwrap())
+        .collect();
+    assert!(types.contains(&"SignalReceived"), "{types:?}");
+    assert!(types.contains(&"RunCancelRequested"), "{types:?}");
+    assert!(!types.contains(&"StepAbandoned"), "{types:?}");
+    assert_eq!(*types.last().unwrap(), "RunCanceled");
+    let go = h
+        .iter()
+        .find(|(_, _, p)| p["type"] == "StepSucceeded")
+        .unwrap();
+    assert_eq!(go.2["output"], serde_json::json!({"x": 1}));
+}

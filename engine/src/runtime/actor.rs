@@ -32,6 +32,9 @@ pub(crate) enum Msg {
     /// them to end, record each as abandoned with `reason` (not a crash),
     /// then stop.
     Stop(String),
+    /// Another process appended to the run (a command on a shared
+    /// database): fold what is new, then act on the new state.
+    Refresh,
     /// An attempt ended.
     Done {
         step: crate::ids::StepId,
@@ -146,6 +149,15 @@ impl RunActor {
                             self.engine.capacity.release(agent.as_deref());
                             self.finished(step, attempt, agent, result).await
                         }
+                        Some(Msg::Refresh) => match self.refresh() {
+                            // Decide on the new state: start what a signal
+                            // or a resume allows.
+                            Ok(()) => self.handle_logged(Command::Tick).await,
+                            Err(e) => {
+                                tracing::error!(error = %e, "the run stops: its new events do not fold");
+                                Err(())
+                            }
+                        },
                         Some(Msg::Shutdown) | None => Err(()),
                     },
                     _ = sleep => {
@@ -222,10 +234,31 @@ impl RunActor {
                 .collect(),
             _ => Vec::new(),
         };
-        let d = self
-            .engine
-            .commit_with(&self.state, vec![cmd], ended, Deciding::WithCapacity, agent)
-            .await?;
+        // On a shared database another process may have appended a
+        // command (cancel, a signal) since this actor's last write: fold it
+        // and decide again on the new state.
+        let mut tries = 0;
+        let d = loop {
+            match self
+                .engine
+                .commit_with(
+                    &self.state,
+                    vec![cmd.clone()],
+                    ended.clone(),
+                    Deciding::WithCapacity,
+                    agent,
+                )
+                .await
+            {
+                Err(EngineError::Store(chronicle_store::StoreError::Conflict {
+                    stream, ..
+                })) if tries < 8 && stream == self.run_id().to_string() => {
+                    tries += 1;
+                    self.refresh()?;
+                }
+                r => break r?,
+            }
+        };
         if d.events.is_empty() {
             return Ok(());
         }
@@ -238,6 +271,35 @@ impl RunActor {
             *s = state;
             changed
         });
+        Ok(())
+    }
+
+    /// Fold the events other processes appended after this actor's state.
+    ///
+    /// Errors: storage errors, or an event that does not fold.
+    fn refresh(&mut self) -> Result<(), EngineError> {
+        let run = self.run_id();
+        let mut state = (*self.state).clone();
+        let from = chronicle_store::Seq(state.seq.0 + 1);
+        let mut n = 0;
+        for env in self
+            .engine
+            .store
+            .read_stream(&crate::ids::RunStream::stream(run), from)?
+        {
+            state = super::shared::fold_envelope(state, &env)?;
+            n += 1;
+        }
+        if n > 0 {
+            tracing::info!(events = n, "folded events another process appended");
+            self.state = Arc::new(state);
+            let state = self.state.clone();
+            self.state_tx.send_if_modified(move |s| {
+                let changed = s.status != state.status;
+                *s = state;
+                changed
+            });
+        }
         Ok(())
     }
 

@@ -127,6 +127,13 @@ async fn follow(engine: &Engine, child: RunId) -> Result<RunState, EngineError> 
         match engine.handle(child).await {
             Ok(_) => break,
             Err(EngineError::Stopped(..)) => {
+                // Executed elsewhere (another worker, on a shared
+                // database) or being recovered: its stored state says when
+                // it is over.
+                let s = engine.state(child)?;
+                if s.status.is_terminal() || s.status == crate::state::RunStatus::Quarantined {
+                    return Ok(s);
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => return Err(e),

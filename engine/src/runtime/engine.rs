@@ -352,6 +352,12 @@ impl Engine {
             let (_, rx) = watch::channel(Arc::new(state));
             return Ok(RunHandle { tx, state: rx });
         }
+        if !self.take_lease(run)? {
+            return Err(EngineError::Stopped(
+                run,
+                "another worker executes it".into(),
+            ));
+        }
         self.recover_run(state).await?;
         self.inner
             .runs
@@ -391,6 +397,11 @@ impl Engine {
 
     /// Send a control command and wait for it to be durable.
     pub(crate) async fn control(&self, run: RunId, cmd: Command) -> Result<(), EngineError> {
+        if !self.take_lease(run)? {
+            // Executed by another worker: append the command's events; its
+            // actor folds them and acts (see `leases`).
+            return self.control_remote(run, cmd).await;
+        }
         let h = self.handle(run).await?;
         let (reply, rx) = oneshot::channel();
         if h.tx.send(Msg::Control(cmd.clone(), reply)).is_err() {
@@ -441,12 +452,31 @@ impl Engine {
     ///
     /// Errors: unknown run; [`Rejected`] when the command does not apply.
     pub async fn control_offline(&self, run: RunId, cmd: Command) -> Result<RunState, EngineError> {
+        if !self.take_lease(run)? {
+            // On a shared database, executed by a live worker: nothing of
+            // its attempts is abandoned; it folds the command and acts.
+            self.control_remote(run, cmd).await?;
+            return self.state(run);
+        }
         let state = self.state(run)?;
         let commands = offline_commands(&state, cmd);
         let d = self
             .inner
             .commit(&state, commands, Vec::new(), Deciding::Offline)
-            .await?;
+            .await;
+        // A lease taken for this write only is given back: a worker
+        // executes the run.
+        let executing = self
+            .inner
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&run);
+        if !executing {
+            let terminal = d.as_ref().is_ok_and(|d| d.next.status.is_terminal());
+            self.inner.drop_lease(run, terminal);
+        }
+        let d = d?;
         Ok(if d.events.is_empty() { state } else { d.next })
     }
 

@@ -132,7 +132,8 @@ impl Inner {
         };
         let weak = Arc::downgrade(self);
         leases.heartbeat.call_once(|| {
-            tokio::spawn(heartbeat(weak));
+            tokio::spawn(heartbeat(weak.clone()));
+            tokio::spawn(watch_foreign(weak, self.store.subscribe_foreign()));
         });
     }
 
@@ -208,6 +209,46 @@ async fn heartbeat(engine: Weak<Inner>) {
     }
 }
 
+/// Tell the actors of held runs that another process appended to them
+/// (a command from the CLI or an API node): they fold it and act.
+async fn watch_foreign(
+    engine: Weak<Inner>,
+    mut feed: tokio::sync::broadcast::Receiver<Arc<[chronicle_store::RawEnvelope]>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let batch = feed.recv().await;
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
+        let runs = inner.runs.lock().unwrap_or_else(|e| e.into_inner());
+        match batch {
+            Ok(batch) => {
+                let mut told = std::collections::HashSet::new();
+                for env in batch.iter() {
+                    let Some(id) = env.stream.as_run() else {
+                        continue;
+                    };
+                    let run = RunId(id);
+                    if let Some(h) = runs.get(&run)
+                        && env.seq.0 > h.state.borrow().seq.0
+                        && told.insert(run)
+                    {
+                        let _ = h.tx.send(Msg::Refresh);
+                    }
+                }
+            }
+            // Fell behind: every actor looks.
+            Err(RecvError::Lagged(_)) => {
+                for h in runs.values() {
+                    let _ = h.tx.send(Msg::Refresh);
+                }
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
 /// Stop `run`'s actor (its attempts are killed, nothing is recorded: the
 /// new holder records them abandoned).
 fn lost(inner: &Inner, run: RunId) {
@@ -238,6 +279,72 @@ pub(crate) fn fence(
 }
 
 impl super::engine::Engine {
+    /// Whether this engine may execute `run` now: always on redb; on a
+    /// shared database when it holds the run's lease or takes it now (the
+    /// lease was free or expired). `false`: a live worker holds it, or
+    /// this engine executes nothing (`--no-worker`).
+    ///
+    /// Errors: storage errors of the claim.
+    pub(crate) fn take_lease(&self, run: RunId) -> Result<bool, super::engine::EngineError> {
+        let Some(leases) = &self.inner.leases else {
+            return Ok(true);
+        };
+        if leases.epoch(run).is_some() {
+            return Ok(true);
+        }
+        if !leases.executes {
+            return Ok(false);
+        }
+        let key = run.stream().key();
+        let claimed = self.inner.store.claim_leases(
+            &leases.owner,
+            1,
+            leases.ttl_ms,
+            Some(vec![key.clone()]),
+        )?;
+        match claimed.into_iter().find(|(r, _)| *r == key) {
+            Some((_, epoch)) => {
+                leases.insert(run, epoch);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// A command on a run another worker executes: decide it on the run's
+    /// stored state (nothing starts here) and append its events with
+    /// optimistic concurrency, again on a conflict; the holder's actor
+    /// folds them (`Msg::Refresh`) and acts — kills the attempts of a
+    /// canceled run, starts what a signal or a resume allows.
+    ///
+    /// Errors: unknown run; [`crate::decide::Rejected`] when the command
+    /// does not apply; storage errors.
+    pub(crate) async fn control_remote(
+        &self,
+        run: RunId,
+        cmd: crate::decide::Command,
+    ) -> Result<(), super::engine::EngineError> {
+        let mut tries = 0;
+        loop {
+            let state = self.state(run)?;
+            match self
+                .inner
+                .commit(
+                    &state,
+                    vec![cmd.clone()],
+                    Vec::new(),
+                    super::commit::Deciding::Offline,
+                )
+                .await
+            {
+                Err(super::engine::EngineError::Store(chronicle_store::StoreError::Conflict {
+                    ..
+                })) if tries < 16 => tries += 1,
+                r => return r.map(|_| ()),
+            }
+        }
+    }
+
     /// True on a shared database (PostgreSQL), where runs are leased.
     pub fn is_shared(&self) -> bool {
         self.inner.leases.is_some()

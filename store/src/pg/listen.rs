@@ -65,6 +65,7 @@ pub(crate) async fn run(
     pool: deadpool_postgres::Pool,
     target: String,
     events: broadcast::Sender<Arc<[RawEnvelope]>>,
+    foreign: broadcast::Sender<Arc<[RawEnvelope]>>,
     published: Published,
 ) {
     let mut seen = match head(&pool, &target).await {
@@ -75,11 +76,8 @@ pub(crate) async fn run(
         }
     };
     loop {
-        if let Err(e) = listen(
-            &config, &tls, &pool, &target, &events, &published, &mut seen,
-        )
-        .await
-        {
+        let feeds = (&events, &foreign);
+        if let Err(e) = listen(&config, &tls, &pool, &target, feeds, &published, &mut seen).await {
             tracing::debug!(%target, error = %e, "the live feed reconnects");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -100,7 +98,7 @@ async fn listen(
     tls: &Option<tokio_postgres_rustls::MakeRustlsConnect>,
     pool: &deadpool_postgres::Pool,
     target: &str,
-    events: &broadcast::Sender<Arc<[RawEnvelope]>>,
+    feeds: Feeds<'_>,
     published: &Published,
     seen: &mut u64,
 ) -> Result<(), StoreError> {
@@ -145,7 +143,7 @@ async fn listen(
         .await
         .map_err(|e| pg_error(target, e))?;
     loop {
-        catch_up(pool, target, events, published, seen).await?;
+        catch_up(pool, target, feeds, published, seen).await?;
         if client.is_closed() {
             return Err(pg_error(target, "the listening connection closed"));
         }
@@ -158,10 +156,16 @@ async fn listen(
 }
 
 /// Send what was committed after `seen` by other processes.
+/// The feed of every commit, and the feed of other processes' commits.
+type Feeds<'a> = (
+    &'a broadcast::Sender<Arc<[RawEnvelope]>>,
+    &'a broadcast::Sender<Arc<[RawEnvelope]>>,
+);
+
 async fn catch_up(
     pool: &deadpool_postgres::Pool,
     target: &str,
-    events: &broadcast::Sender<Arc<[RawEnvelope]>>,
+    (events, foreign): Feeds<'_>,
     published: &Published,
     seen: &mut u64,
 ) -> Result<(), StoreError> {
@@ -191,7 +195,9 @@ async fn catch_up(
         }
         published.prune(*seen);
         if !out.is_empty() {
-            let _ = events.send(out.into());
+            let out: Arc<[RawEnvelope]> = out.into();
+            let _ = foreign.send(out.clone());
+            let _ = events.send(out);
         }
         if n < 1000 {
             return Ok(());

@@ -117,6 +117,7 @@ impl PgStore {
         url: &str,
         options: &StoreOptions,
         events: broadcast::Sender<Arc<[RawEnvelope]>>,
+        foreign: broadcast::Sender<Arc<[RawEnvelope]>>,
         read_only: bool,
     ) -> Result<Self, StoreError> {
         let target = redact_url(url);
@@ -177,6 +178,7 @@ impl PgStore {
             pool.clone(),
             target.clone(),
             events.clone(),
+            foreign,
             published,
         ));
         Ok(Self {

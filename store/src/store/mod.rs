@@ -177,6 +177,8 @@ struct Inner {
     /// The writer's lock and queue count (read-write stores).
     shared: Option<Arc<Shared>>,
     events: broadcast::Sender<Arc<[RawEnvelope]>>,
+    /// Commits of other processes (a shared database only).
+    foreign: broadcast::Sender<Arc<[RawEnvelope]>>,
     clock: Arc<dyn Clock>,
     writer: Option<std::thread::JoinHandle<()>>,
     /// The PostgreSQL backend, for a store opened on a `postgres://` URL
@@ -333,6 +335,7 @@ impl Store {
                 tx,
                 shared: Some(shared),
                 events,
+                foreign: broadcast::channel(1).0,
                 clock: options.clock,
                 writer: Some(handle),
                 pg: None,
@@ -364,6 +367,7 @@ impl Store {
                 tx,
                 shared: None,
                 events,
+                foreign: broadcast::channel(1).0,
                 clock: Arc::new(SystemClock),
                 writer: None,
                 pg: None,
@@ -385,7 +389,9 @@ impl Store {
         read_only: bool,
     ) -> Result<Self, StoreError> {
         let (events, _) = broadcast::channel(1024);
-        let pg = crate::pg::PgStore::open(url, &options, events.clone(), read_only)?;
+        let (foreign, _) = broadcast::channel(1024);
+        let pg =
+            crate::pg::PgStore::open(url, &options, events.clone(), foreign.clone(), read_only)?;
         let (tx, _) = mpsc::channel(1);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -395,6 +401,7 @@ impl Store {
                 tx,
                 shared: None,
                 events,
+                foreign,
                 clock: options.clock,
                 writer: None,
                 pg: Some(Arc::new(pg)),
@@ -524,6 +531,13 @@ impl Store {
     /// `RecvError::Lagged` and should re-read from the log.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<[RawEnvelope]>> {
         self.inner.events.subscribe()
+    }
+
+    /// The envelopes other processes commit, as they commit (a shared
+    /// database: PostgreSQL's LISTEN/NOTIFY; on redb nothing arrives). For
+    /// an engine to see commands other processes append to its runs.
+    pub fn subscribe_foreign(&self) -> broadcast::Receiver<Arc<[RawEnvelope]>> {
+        self.inner.foreign.subscribe()
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
