@@ -196,6 +196,10 @@ impl RunActor {
     async fn handle_with(&mut self, cmd: Command, agent: Option<&AgentAppend>) -> Result<(), ()> {
         match self.handle_agent(cmd, agent).await {
             Ok(()) => Ok(()),
+            Err(e @ EngineError::Store(chronicle_store::StoreError::Fenced { .. })) => {
+                tracing::warn!(error = %e, "the run stops here: its lease was lost");
+                Err(())
+            }
             Err(e) if is_fatal(&e) => {
                 tracing::error!(error = %e, "the run stops: storage failed");
                 Err(())

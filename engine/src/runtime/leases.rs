@@ -305,6 +305,7 @@ impl super::engine::Engine {
         match claimed.into_iter().find(|(r, _)| *r == key) {
             Some((_, epoch)) => {
                 leases.insert(run, epoch);
+                self.inner.ensure_heartbeat();
                 Ok(true)
             }
             None => Ok(false),

@@ -269,11 +269,35 @@ impl ProcessLedger {
     }
 }
 
+/// Whether group `pgid` has a member that is not a zombie. (A killed
+/// member stays a zombie until its parent reaps it — and a parent that is
+/// stopped, say an engine paused with SIGSTOP, reaps nothing: such a
+/// group runs nothing any more.)
 fn group_alive(pgid: u32) -> bool {
     let Ok(id) = i32::try_from(pgid) else {
         return false;
     };
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(id), None).is_ok()
+    if nix::sys::signal::killpg(nix::unistd::Pid::from_raw(id), None).is_err() {
+        return false;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .any(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // After the command's closing parenthesis: state, ppid, pgrp.
+            let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+            let state = rest.next();
+            let pgrp = rest.nth(1).and_then(|p| p.parse::<u32>().ok());
+            pgrp == Some(pgid) && state != Some("Z")
+        })
 }
 
 /// Whether `rec`'s group, if alive, is still the attempt's group.

@@ -215,6 +215,9 @@ impl Engine {
                 continue;
             };
             leases.insert(run, epoch);
+            // Renewed from now on: recovery may take a while (killing what
+            // the last holder left running).
+            self.inner.ensure_heartbeat();
             let row = match store.index_get(super::index::RUNS, &key)? {
                 Some(v) => serde_json::from_slice::<RunSummary>(&v).ok(),
                 None => None,

@@ -196,7 +196,9 @@ impl Writer {
         let mut results = Vec::with_capacity(requests.len());
         let mut snapshots: Vec<(String, i64, Vec<u8>)> = Vec::new();
         for req in &mut requests {
-            if let Err(refused) = check(req, &heads, &index).and_then(|()| fence(req, &leases)) {
+            // The fence first: a writer that lost its lease learns that,
+            // not that the stream moved (which it would refold and retry).
+            if let Err(refused) = fence(req, &leases).and_then(|()| check(req, &heads, &index)) {
                 results.push(Err(refused));
                 continue;
             }
