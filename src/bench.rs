@@ -6,8 +6,10 @@ use crate::error::CliError;
 
 /// `chronicle bench store|steps|replay`.
 pub fn bench(db: &Path, which: &str, json: bool, dir: Option<&Path>) -> Result<u8, CliError> {
+    let postgres = db.to_str().filter(|s| chronicle_store::is_postgres_url(s));
     let dir = match dir {
         Some(d) => d.to_path_buf(),
+        None if postgres.is_some() => ".".into(),
         None => db
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -19,7 +21,22 @@ pub fn bench(db: &Path, which: &str, json: bool, dir: Option<&Path>) -> Result<u
         .map_err(|e| CliError::storage(format!("cannot create {}: {e}", dir.display())))?;
     let value = match which {
         "store" => serde_json::to_value(chronicle_bench::store::run(&dir)?),
-        "steps" => serde_json::to_value(chronicle_bench::steps::run(&dir)?),
+        "steps" => serde_json::to_value(chronicle_bench::steps::run_on(&dir, postgres)?),
+        "workers" => {
+            let Some(server) = postgres else {
+                return Err(CliError::input(
+                    "bench workers measures workers on PostgreSQL: give --db postgres://USER@HOST/DB",
+                ));
+            };
+            let exe = std::env::current_exe()
+                .map_err(|e| CliError::storage(format!("cannot find this binary: {e}")))?;
+            // CHRONICLE_BENCH_RUNS: runs measured per worker count.
+            let runs = std::env::var("CHRONICLE_BENCH_RUNS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3000);
+            serde_json::to_value(chronicle_bench::workers::run(&exe, server, runs)?)
+        }
         "replay" => serde_json::to_value(chronicle_bench::replay::run(&dir)?),
         "api" => serde_json::to_value(chronicle_bench::api::run(&dir)?),
         "timers" => {

@@ -330,7 +330,10 @@ pub enum Cmd {
     /// Benchmarks (figures, not tests).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["store", "steps", "replay", "scheduler", "api", "cli", "timers"])]
+        /// `steps` and `workers` measure on PostgreSQL with
+        /// --db postgres://… (a fresh database per measurement on that
+        /// server, dropped after); `workers` needs it.
+        #[arg(value_parser = ["store", "steps", "replay", "scheduler", "api", "cli", "timers", "workers"])]
         which: String,
         /// One JSON object with the figures.
         #[arg(long)]

@@ -20,12 +20,18 @@ pub fn open_engine(db: &Path) -> Result<Engine, CliError> {
     Ok(engine_builder(db).build()?)
 }
 
-/// The builder of [`open_engine`], for commands that set more.
+/// The builder of [`open_engine`], for commands that set more. Every
+/// engine of the CLI has the built-in functions `chronicle.echo` (its
+/// output is its resolved input, `with`) and `chronicle.noop` (output
+/// `null`): steps that do nothing but record, for trying a workflow's shape
+/// and for measuring the engine itself (`chronicle bench workers`).
 pub fn engine_builder(db: &Path) -> EngineBuilder {
     EngineBuilder::new()
         .db(db)
         .parent_death_signal(parent_death_signal())
         .watchdog(watchdog())
+        .function("chronicle.echo", |c| async move { Ok(c.input) })
+        .function("chronicle.noop", |_c| async { Ok(Value::Null) })
 }
 
 /// `CHRONICLE_WATCHDOG=0`: no process watchdog (see

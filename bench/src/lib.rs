@@ -20,3 +20,5 @@ pub mod scheduler;
 pub mod steps;
 pub mod store;
 pub mod timers;
+pub mod pg;
+pub mod workers;

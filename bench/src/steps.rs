@@ -111,8 +111,44 @@ pub(crate) async fn in_flight(
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// Run the benchmark in `dir`.
+/// The baseline of `fsync_ms`: the disk's own write + fdatasync, or, on
+/// PostgreSQL, the server's own durable commit.
+enum Baseline {
+    File(crate::store::FsyncProbe),
+    Pg(crate::pg::CommitProbe),
+}
+
+impl Baseline {
+    async fn new(dir: &Path, url: Option<&str>) -> Result<Self, EngineError> {
+        Ok(match url {
+            Some(url) => Self::Pg(crate::pg::CommitProbe::new(url).await?),
+            None => Self::File(crate::store::FsyncProbe::new(dir)?),
+        })
+    }
+
+    async fn sample(&self, n: usize) -> Result<Vec<f64>, EngineError> {
+        match self {
+            Self::File(p) => Ok(p.sample(n)?),
+            Self::Pg(p) => p.sample(n).await,
+        }
+    }
+}
+
+/// Run the benchmark in `dir`, on a redb file there.
 pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
+    run_on(dir, None)
+}
+
+/// Run the benchmark in `dir`, on a fresh database of the PostgreSQL
+/// server `postgres` when given (dropped after; `fsync_ms` is then the
+/// server's durable commit latency, see [`crate::pg::CommitProbe`]), else
+/// on a redb file in `dir`.
+pub fn run_on(dir: &Path, postgres: Option<&str>) -> Result<StepsBench, EngineError> {
+    let fresh = match postgres {
+        Some(server) => Some(crate::pg::fresh_database(server, "steps")?),
+        None => None,
+    };
+    let url = fresh.as_ref().map(|(u, _)| u.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -120,8 +156,11 @@ pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
             path: dir.to_path_buf(),
             source,
         })?;
-    rt.block_on(async {
-        let path = dir.join("bench-steps.redb");
+    let figures = rt.block_on(async {
+        let path = match &url {
+            Some(u) => std::path::PathBuf::from(u),
+            None => dir.join("bench-steps.redb"),
+        };
         chronicle_store::remove_database(&path);
         let engine = EngineBuilder::new()
             .db(&path)
@@ -135,9 +174,9 @@ pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
         // disk's speed drifts by ±20 % within a minute.
         let mut lat = Vec::with_capacity(200);
         let mut fsyncs = Vec::with_capacity(300);
-        let probe = crate::store::FsyncProbe::new(dir)?;
+        let probe = Baseline::new(dir, url.as_deref()).await?;
         for _ in 0..4 {
-            fsyncs.extend(probe.sample(75)?);
+            fsyncs.extend(probe.sample(75).await?);
             for _ in 0..50 {
                 let t = Instant::now();
                 let run = engine.start(wf.clone(), json!({}), None).await?;
@@ -161,7 +200,7 @@ pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
         // 11 pairs, median ratio: one pair swings by ±10 % on this machine.
         let mut ratios = Vec::new();
         let (mut step_us, mut spawn_us, mut step_fsyncs) = (Vec::new(), Vec::new(), Vec::new());
-        let probe = crate::store::FsyncProbe::new(dir)?;
+        let probe = Baseline::new(dir, url.as_deref()).await?;
         for _ in 0..11 {
             let t = Instant::now();
             let run = engine.start(tw.clone(), json!({}), None).await?;
@@ -175,7 +214,7 @@ pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
             ratios.push(engine_s / direct_s);
             step_us.push(engine_s * 1e5);
             spawn_us.push(direct_s * 1e5);
-            step_fsyncs.extend(probe.sample(10)?);
+            step_fsyncs.extend(probe.sample(10).await?);
         }
         drop(probe);
         let shell_step_overhead = crate::store::percentile(&mut ratios, 0.5);
@@ -216,5 +255,9 @@ pub fn run(dir: &Path) -> Result<StepsBench, EngineError> {
             runs_per_s_32_no_metrics,
             metrics_overhead: 1.0 - runs_per_s_32_metrics / runs_per_s_32_no_metrics,
         })
-    })
+    });
+    if let (Some(server), Some((_, name))) = (postgres, &fresh) {
+        rt.block_on(crate::pg::drop_database(server, name))?;
+    }
+    figures
 }
