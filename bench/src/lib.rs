@@ -15,10 +15,10 @@
 
 pub mod api;
 pub mod cli;
+pub mod pg;
 pub mod replay;
 pub mod scheduler;
 pub mod steps;
 pub mod store;
 pub mod timers;
-pub mod pg;
 pub mod workers;

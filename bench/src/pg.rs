@@ -67,7 +67,10 @@ impl CommitProbe {
         for _ in 0..samples {
             let t = std::time::Instant::now();
             self.client
-                .execute("UPDATE chronicle_bench_probe SET v = $1 WHERE id = 1", &[&v])
+                .execute(
+                    "UPDATE chronicle_bench_probe SET v = $1 WHERE id = 1",
+                    &[&v],
+                )
                 .await
                 .map_err(|e| pg("the probe", e))?;
             out.push(t.elapsed().as_secs_f64() * 1e3);

@@ -58,7 +58,14 @@ fn workflow() -> Workflow {
 /// that ended before anyone waited.
 #[derive(Clone, Default)]
 #[allow(clippy::type_complexity)]
-struct Tracker(Arc<Mutex<(HashMap<uuid::Uuid, oneshot::Sender<bool>>, HashMap<uuid::Uuid, bool>)>>);
+struct Tracker(
+    Arc<
+        Mutex<(
+            HashMap<uuid::Uuid, oneshot::Sender<bool>>,
+            HashMap<uuid::Uuid, bool>,
+        )>,
+    >,
+);
 
 impl Tracker {
     fn start(engine: &Engine) -> Self {
@@ -138,7 +145,10 @@ async fn measure(
     }
     while let Some(r) = tasks.join_next().await {
         let ok = r.map_err(|e| {
-            EngineError::Stopped(chronicle_engine::ids::RunId(uuid::Uuid::nil()), e.to_string())
+            EngineError::Stopped(
+                chronicle_engine::ids::RunId(uuid::Uuid::nil()),
+                e.to_string(),
+            )
         })??;
         assert!(ok, "a bench run did not succeed within 2 minutes");
     }
@@ -152,7 +162,12 @@ pub fn run(exe: &Path, server: &str, runs: usize) -> Result<WorkersBench, Engine
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| EngineError::Stopped(chronicle_engine::ids::RunId(uuid::Uuid::nil()), e.to_string()))?;
+        .map_err(|e| {
+            EngineError::Stopped(
+                chronicle_engine::ids::RunId(uuid::Uuid::nil()),
+                e.to_string(),
+            )
+        })?;
     let wf = workflow();
     let mut out = WorkersBench {
         pg_commit_ms: 0.0,
@@ -174,7 +189,16 @@ pub fn run(exe: &Path, server: &str, runs: usize) -> Result<WorkersBench, Engine
             for _ in 0..n {
                 workers.push(
                     std::process::Command::new(exe)
-                        .args(["--db", &url, "-q", "worker", "--concurrency", "256", "--grace", "1s"])
+                        .args([
+                            "--db",
+                            &url,
+                            "-q",
+                            "worker",
+                            "--concurrency",
+                            "256",
+                            "--grace",
+                            "1s",
+                        ])
                         .stdout(std::process::Stdio::null())
                         .stderr(std::process::Stdio::null())
                         .spawn()

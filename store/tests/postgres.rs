@@ -328,3 +328,55 @@ fn leases_are_claimed_once_and_fence_the_old_holder() {
     store.write_blocking(req).unwrap();
     assert_eq!(store.lease(&run).unwrap(), None);
 }
+
+/// Races another process wins: handles creating one new stream at once,
+/// and handles inserting one unique key at once — exactly one of each
+/// succeeds, the others get the error the redb writer gives (a conflict
+/// naming the winner's seq, the winner's value).
+#[test]
+fn races_on_new_streams_and_unique_keys_have_one_winner() {
+    use chronicle_store::IndexOp;
+    let url = fresh_postgres();
+    drop(open(&url));
+    for round in 0..5 {
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|w| {
+                let (url, barrier) = (url.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let store = open(&url);
+                    let s = StreamId::named(format!("race:{round}")).unwrap();
+                    let req = WriteRequest::append(s, Seq(0), vec![ev(&format!("w{w}"))])
+                        .with_index(IndexOp::Insert {
+                            index: "idem".into(),
+                            key: format!("key-{round}"),
+                            value: format!("w{w}").into_bytes(),
+                        });
+                    barrier.wait();
+                    store.write_blocking(req)
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(won.len(), 1, "round {round}: {results:?}");
+        for r in &results {
+            match r {
+                Ok(_) => {}
+                Err(StoreError::Conflict { expected, actual, .. }) => {
+                    assert_eq!((*expected, *actual), (0, 1))
+                }
+                Err(StoreError::IndexConflict { existing, .. }) => {
+                    assert!(existing.starts_with(b"w"))
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+    }
+    let store = open(&url);
+    for round in 0..5 {
+        let s = StreamId::named(format!("race:{round}")).unwrap();
+        assert_eq!(store.read_stream(&s, Seq(1)).unwrap().len(), 1);
+        assert!(store.verify_stream(&s).unwrap().ok());
+    }
+}

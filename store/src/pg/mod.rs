@@ -362,6 +362,13 @@ fn connect_config(
     if config.get_application_name().is_none() {
         config.application_name("chronicle");
     }
+    // Acknowledged means committed: whatever the server's default, every
+    // commit of this client waits for its WAL to be flushed.
+    let options = match config.get_options() {
+        Some(o) => format!("{o} -c synchronous_commit=on"),
+        None => "-c synchronous_commit=on".to_string(),
+    };
+    config.options(&options);
     let tls = match config.get_ssl_mode() {
         tokio_postgres::config::SslMode::Require => {
             let mut roots = rustls::RootCertStore::empty();

@@ -87,48 +87,76 @@ impl Writer {
         }
     }
 
-    /// Commit `requests` in one transaction; one result per request.
+    /// Commit `requests` in one transaction; one result per request. When
+    /// the database refuses the group for a race another process won (a
+    /// unique key or a new stream taken meanwhile, a deadlock), each
+    /// request is tried again alone: its check then sees the winner's
+    /// commit and gives the request its own error.
     async fn commit(
         &self,
-        mut requests: Vec<WriteRequest>,
+        requests: Vec<WriteRequest>,
     ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
+        match self.try_commit(&requests).await {
+            Err(Attempt::Lost(why)) => {
+                tracing::debug!(target = %self.target, %why, "a group lost a race; its requests commit one by one");
+                let mut out = Vec::with_capacity(requests.len());
+                for req in requests {
+                    let one = std::slice::from_ref(&req);
+                    let mut tries = 0;
+                    let r = loop {
+                        match self.try_commit(one).await {
+                            Ok(mut r) => break r.pop().expect("one result per request"),
+                            Err(Attempt::Lost(why)) if tries < 3 => {
+                                tries += 1;
+                                tracing::debug!(%why, "a request lost a race; again");
+                            }
+                            Err(Attempt::Lost(why)) => break Err(pg_error(&self.target, why)),
+                            Err(Attempt::Failed(e)) => break Err(e),
+                        }
+                    };
+                    out.push(r);
+                }
+                Ok(out)
+            }
+            Err(Attempt::Failed(e)) => Err(e),
+            Ok(results) => Ok(results),
+        }
+    }
+
+    /// One transaction for `requests`, in few round trips:
+    /// 1. `BEGIN`;
+    /// 2. pipelined: the heads of the streams appended to, locked in key
+    ///    order (`FOR UPDATE`: a concurrent writer of a stream waits), the
+    ///    unique keys inserted, and the leases fenced or written (`FOR
+    ///    SHARE`: a take-over waits until this commit);
+    /// 3. the checks, the hash chains;
+    /// 4. pipelined: the heads, index rows, snapshots and lease rows, then
+    ///    `UPDATE chronicle_log_head` — the one row every writer locks,
+    ///    last and briefly — which gives the group its positions;
+    /// 5. pipelined: the events and `pg_notify`, then `COMMIT` (durable:
+    ///    `synchronous_commit = on` on every connection).
+    ///
+    /// Positions are given out under the log-head lock held to commit, so
+    /// they are gapless and in commit order.
+    async fn try_commit(
+        &self,
+        requests: &[WriteRequest],
+    ) -> Result<Vec<Result<Committed, StoreError>>, Attempt> {
         let t = &self.target;
-        let e = |e: tokio_postgres::Error| pg_error(t, e);
-        let mut conn = PgStore::conn(&self.pool, t).await?;
+        let e = |e: tokio_postgres::Error| Attempt::of(t, e);
+        let mut conn = PgStore::conn(&self.pool, t)
+            .await
+            .map_err(Attempt::Failed)?;
         let txn = conn.transaction().await.map_err(e)?;
-        txn.batch_execute("SET LOCAL synchronous_commit = on")
-            .await
-            .map_err(e)?;
-        let last: i64 = txn
-            .query_one(
-                "SELECT position FROM chronicle_log_head WHERE id = 1 FOR UPDATE",
-                &[],
-            )
-            .await
-            .map_err(e)?
-            .get(0);
-        // The heads and taken keys this group needs, in two queries.
-        let keys: Vec<String> = requests
+
+        // What the group reads, in one round trip.
+        let mut keys: Vec<String> = requests
             .iter()
             .flat_map(|r| r.appends.iter().map(|a| a.stream.key()))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let mut heads: HashMap<String, (u64, Hash)> = HashMap::new();
-        for row in txn
-            .query(
-                "SELECT stream, last_seq, head FROM chronicle_streams WHERE stream = ANY($1)",
-                &[&keys],
-            )
-            .await
-            .map_err(e)?
-        {
-            let head: Vec<u8> = row.get(2);
-            let head: Hash = head
-                .try_into()
-                .map_err(|_| pg_error(t, "a stream head is not 32 bytes"))?;
-            heads.insert(row.get(0), (row.get::<_, i64>(1) as u64, head));
-        }
+        keys.sort();
         let (names, inserted): (Vec<String>, Vec<String>) = requests
             .iter()
             .flat_map(|r| r.index.iter())
@@ -137,25 +165,7 @@ impl Writer {
                 _ => None,
             })
             .unzip();
-        // (name, key) -> value as this group sees it (None: absent).
-        let mut index: HashMap<(String, String), Option<Vec<u8>>> = HashMap::new();
-        if !names.is_empty() {
-            for row in txn
-                .query(
-                    "SELECT i.name, i.key, i.value FROM chronicle_index i \
-                     JOIN unnest($1::text[], $2::text[]) AS k(name, key) \
-                     ON i.name = k.name AND i.key = k.key",
-                    &[&names, &inserted],
-                )
-                .await
-                .map_err(e)?
-            {
-                index.insert((row.get(0), row.get(1)), Some(row.get(2)));
-            }
-        }
-
-        // The leases fenced or created: run -> (owner, epoch, live).
-        let lease_runs: Vec<String> = requests
+        let mut lease_runs: Vec<String> = requests
             .iter()
             .flat_map(|r| r.leases.iter())
             .map(|op| match op {
@@ -167,35 +177,85 @@ impl Writer {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let mut leases: HashMap<String, Lease> = HashMap::new();
-        if !lease_runs.is_empty() {
-            for row in txn
-                .query(
-                    "SELECT run, owner, epoch, expires_at > now() FROM chronicle_leases \
-                     WHERE run = ANY($1)",
-                    &[&lease_runs],
-                )
-                .await
-                .map_err(e)?
-            {
-                leases.insert(
-                    row.get(0),
-                    Lease {
-                        owner: row.get(1),
-                        epoch: row.get::<_, i64>(2) as u64,
-                        live: row.get(3),
-                    },
-                );
+        lease_runs.sort();
+        let heads_q = async {
+            if keys.is_empty() {
+                return Ok(Vec::new());
             }
+            txn.query(
+                "SELECT stream, last_seq, head FROM chronicle_streams WHERE stream = ANY($1) \
+                 ORDER BY stream FOR UPDATE",
+                &[&keys],
+            )
+            .await
+        };
+        let index_q = async {
+            if names.is_empty() {
+                return Ok(Vec::new());
+            }
+            txn.query(
+                "SELECT i.name, i.key, i.value FROM chronicle_index i \
+                 JOIN unnest($1::text[], $2::text[]) AS k(name, key) \
+                 ON i.name = k.name AND i.key = k.key",
+                &[&names, &inserted],
+            )
+            .await
+        };
+        let leases_q = async {
+            if lease_runs.is_empty() {
+                return Ok(Vec::new());
+            }
+            txn.query(
+                "SELECT run, owner, epoch, expires_at > now() FROM chronicle_leases \
+                 WHERE run = ANY($1) ORDER BY run FOR SHARE",
+                &[&lease_runs],
+            )
+            .await
+        };
+        let (head_rows, index_rows, lease_rows) =
+            futures_util::future::try_join3(heads_q, index_q, leases_q)
+                .await
+                .map_err(e)?;
+        let mut heads: HashMap<String, (u64, Hash)> = HashMap::new();
+        for row in head_rows {
+            let head: Vec<u8> = row.get(2);
+            let head: Hash = head
+                .try_into()
+                .map_err(|_| Attempt::Failed(pg_error(t, "a stream head is not 32 bytes")))?;
+            heads.insert(row.get(0), (row.get::<_, i64>(1) as u64, head));
         }
-        let mut lease_writes: Vec<LeaseOp> = Vec::new();
+        let existing_streams: HashSet<String> = heads.keys().cloned().collect();
+        // (name, key) -> value as this group sees it (None: absent).
+        let mut index: HashMap<(String, String), Option<Vec<u8>>> = HashMap::new();
+        for row in index_rows {
+            index.insert((row.get(0), row.get(1)), Some(row.get(2)));
+        }
+        // Unique keys absent when checked: inserted without overwriting, so
+        // a concurrent insert of the same key fails this transaction.
+        let absent: HashSet<(String, String)> = names
+            .iter()
+            .cloned()
+            .zip(inserted.iter().cloned())
+            .filter(|k| !index.contains_key(k))
+            .collect();
+        let mut leases: HashMap<String, Lease> = HashMap::new();
+        for row in lease_rows {
+            leases.insert(
+                row.get(0),
+                Lease {
+                    owner: row.get(1),
+                    epoch: row.get::<_, i64>(2) as u64,
+                    live: row.get(3),
+                },
+            );
+        }
 
-        // Check each request and build its envelopes.
-        let mut next = last as u64 + 1;
-        let mut rows = EventRows::default();
-        let mut results = Vec::with_capacity(requests.len());
-        let mut snapshots: Vec<(String, i64, Vec<u8>)> = Vec::new();
-        for req in &mut requests {
+        // Check each request and build its envelopes (positions later).
+        let mut lease_writes: Vec<LeaseOp> = Vec::new();
+        let mut results: Vec<Result<Committed, StoreError>> = Vec::with_capacity(requests.len());
+        let mut snapshots: HashMap<(String, i64), Vec<u8>> = HashMap::new();
+        let mut written: Vec<(String, String)> = Vec::new();
+        for req in requests {
             // The fence first: a writer that lost its lease learns that,
             // not that the stream moved (which it would refold and retry).
             if let Err(refused) = fence(req, &leases).and_then(|()| check(req, &heads, &index)) {
@@ -203,10 +263,10 @@ impl Writer {
                 continue;
             }
             let mut committed = Vec::new();
-            for a in &mut req.appends {
+            for a in &req.appends {
                 let key = a.stream.key();
                 let (mut seq, mut hash) = heads.get(&key).copied().unwrap_or((0, GENESIS_HASH));
-                for ev in a.events.drain(..) {
+                for ev in &a.events {
                     seq += 1;
                     let recorded_at = ev.recorded_at.unwrap_or_else(|| self.clock.now());
                     hash = chain_hash_of(
@@ -217,18 +277,15 @@ impl Writer {
                         ev.schema_version,
                         &ev.payload,
                     );
-                    let env = RawEnvelope {
+                    committed.push(RawEnvelope {
                         stream: a.stream.clone(),
                         seq: Seq(seq),
-                        position: Position(next),
+                        position: Position(0),
                         recorded_at,
                         schema_version: ev.schema_version,
-                        payload: ev.payload,
+                        payload: ev.payload.clone(),
                         hash,
-                    };
-                    next += 1;
-                    rows.push(&key, &env);
-                    committed.push(env);
+                    });
                 }
                 heads.insert(key, (seq, hash));
             }
@@ -240,9 +297,10 @@ impl Writer {
                     IndexOp::Delete { index, key } => (index, key, None),
                 };
                 index.insert((name.clone(), key.clone()), value);
+                written.push((name.clone(), key.clone()));
             }
-            for op in req.leases.drain(..) {
-                match &op {
+            for op in &req.leases {
+                match op {
                     LeaseOp::Grant { run, owner, .. } => {
                         leases.entry(run.clone()).or_insert(Lease {
                             owner: Some(owner.clone()),
@@ -256,11 +314,12 @@ impl Writer {
                     LeaseOp::Offer { .. } | LeaseOp::Hold { .. } => {}
                 }
                 if !matches!(op, LeaseOp::Hold { .. }) {
-                    lease_writes.push(op);
+                    lease_writes.push(op.clone());
                 }
             }
-            for (stream, seq, bytes) in req.snapshots.drain(..) {
-                snapshots.push((stream.key(), seq.0 as i64, bytes));
+            for (stream, seq, bytes) in &req.snapshots {
+                // Last write of a (stream, seq) wins, as on redb.
+                snapshots.insert((stream.key(), seq.0 as i64), bytes.clone());
             }
             results.push(Ok(committed));
         }
@@ -268,150 +327,191 @@ impl Writer {
             txn.rollback().await.map_err(e)?;
             return Ok(results);
         }
+        let n_events: i64 = results
+            .iter()
+            .map(|r| r.as_ref().map_or(0, |c| c.len() as i64))
+            .sum();
 
-        if !rows.position.is_empty() {
-            txn.execute(
+        // The writes, in one round trip; the log-head lock last.
+        let touched: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .flat_map(|c| c.iter().map(|e| e.stream.key()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let (mut new_s, mut new_l, mut new_h) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut old_s, mut old_l, mut old_h) = (Vec::new(), Vec::new(), Vec::new());
+        for key in touched {
+            let (seq, hash) = heads[&key];
+            if existing_streams.contains(&key) {
+                old_s.push(key);
+                old_l.push(seq as i64);
+                old_h.push(hash.to_vec());
+            } else {
+                new_s.push(key);
+                new_l.push(seq as i64);
+                new_h.push(hash.to_vec());
+            }
+        }
+        let (mut fresh_n, mut fresh_k, mut fresh_v) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut put_n, mut put_k, mut put_v) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut del_n, mut del_k) = (Vec::new(), Vec::new());
+        for k in written.into_iter().collect::<HashSet<_>>() {
+            match index.get(&k) {
+                Some(Some(v)) if absent.contains(&k) => {
+                    fresh_n.push(k.0);
+                    fresh_k.push(k.1);
+                    fresh_v.push(v.clone());
+                }
+                Some(Some(v)) => {
+                    put_n.push(k.0);
+                    put_k.push(k.1);
+                    put_v.push(v.clone());
+                }
+                _ => {
+                    del_n.push(k.0);
+                    del_k.push(k.1);
+                }
+            }
+        }
+        let (mut snap_s, mut snap_q, mut snap_b) = (Vec::new(), Vec::new(), Vec::new());
+        for ((stream, seq), bytes) in snapshots {
+            snap_s.push(stream);
+            snap_q.push(seq);
+            snap_b.push(bytes);
+        }
+        let (mut offer, mut grant_r, mut grant_o, mut grant_t, mut end) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for op in lease_writes {
+            match op {
+                LeaseOp::Offer { run } => offer.push(run),
+                LeaseOp::Grant { run, owner, ttl_ms } => {
+                    grant_r.push(run);
+                    grant_o.push(owner);
+                    grant_t.push(ttl_ms as f64);
+                }
+                LeaseOp::End { run } => end.push(run),
+                LeaseOp::Hold { .. } => {}
+            }
+        }
+        type Params<'p> = Vec<&'p (dyn tokio_postgres::types::ToSql + Sync)>;
+        let mut stmts: Vec<(&str, Params<'_>)> = Vec::new();
+        if !new_s.is_empty() {
+            stmts.push((
+                "INSERT INTO chronicle_streams (stream, last_seq, head) \
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])",
+                vec![&new_s, &new_l, &new_h],
+            ));
+        }
+        if !old_s.is_empty() {
+            stmts.push((
+                "UPDATE chronicle_streams s SET last_seq = u.l, head = u.h \
+                 FROM unnest($1::text[], $2::int8[], $3::bytea[]) AS u(s, l, h) WHERE s.stream = u.s",
+                vec![&old_s, &old_l, &old_h],
+            ));
+        }
+        if !fresh_n.is_empty() {
+            stmts.push((
+                "INSERT INTO chronicle_index (name, key, value) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])",
+                vec![&fresh_n, &fresh_k, &fresh_v],
+            ));
+        }
+        if !put_n.is_empty() {
+            stmts.push((
+                "INSERT INTO chronicle_index (name, key, value) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) \
+                 ON CONFLICT (name, key) DO UPDATE SET value = EXCLUDED.value",
+                vec![&put_n, &put_k, &put_v],
+            ));
+        }
+        if !del_n.is_empty() {
+            stmts.push((
+                "DELETE FROM chronicle_index i USING unnest($1::text[], $2::text[]) AS k(name, key) \
+                 WHERE i.name = k.name AND i.key = k.key",
+                vec![&del_n, &del_k],
+            ));
+        }
+        if !snap_s.is_empty() {
+            stmts.push((
+                "INSERT INTO chronicle_snapshots (stream, seq, bytes) \
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[]) \
+                 ON CONFLICT (stream, seq) DO UPDATE SET bytes = EXCLUDED.bytes",
+                vec![&snap_s, &snap_q, &snap_b],
+            ));
+        }
+        if !offer.is_empty() {
+            stmts.push((
+                "INSERT INTO chronicle_leases (run) SELECT * FROM unnest($1::text[]) \
+                 ON CONFLICT (run) DO NOTHING",
+                vec![&offer],
+            ));
+        }
+        if !grant_r.is_empty() {
+            stmts.push((
+                "INSERT INTO chronicle_leases (run, owner, epoch, expires_at) \
+                 SELECT r, o, 1, now() + t * interval '1 millisecond' \
+                 FROM unnest($1::text[], $2::text[], $3::float8[]) AS g(r, o, t) \
+                 ON CONFLICT (run) DO NOTHING",
+                vec![&grant_r, &grant_o, &grant_t],
+            ));
+        }
+        if !end.is_empty() {
+            stmts.push((
+                "DELETE FROM chronicle_leases WHERE run = ANY($1)",
+                vec![&end],
+            ));
+        }
+        let writes = stmts
+            .iter()
+            .map(|(sql, params)| txn.execute(*sql, params.as_slice()));
+        let head_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&n_events];
+        let head_q = txn.query_one(
+            "UPDATE chronicle_log_head SET position = position + $1 WHERE id = 1 RETURNING position",
+            &head_params,
+        );
+        let (_, head_row) =
+            futures_util::future::try_join(futures_util::future::try_join_all(writes), head_q)
+                .await
+                .map_err(e)?;
+        let through: i64 = head_row.get(0);
+
+        // Positions, the events and the notification; then commit.
+        let mut next = (through - n_events + 1) as u64;
+        let mut rows = EventRows::default();
+        for r in results.iter_mut() {
+            if let Ok(envs) = r {
+                for env in envs.iter_mut() {
+                    env.position = Position(next);
+                    next += 1;
+                    rows.push(&env.stream.key(), env);
+                }
+            }
+        }
+        if n_events > 0 {
+            let event_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+                &rows.position,
+                &rows.stream,
+                &rows.seq,
+                &rows.recorded_at_ns,
+                &rows.schema_version,
+                &rows.payload,
+                &rows.hash,
+            ];
+            let insert = txn.execute(
                 "INSERT INTO chronicle_events \
                  (position, stream, seq, recorded_at_ns, schema_version, payload, hash) \
                  SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[], \
                  $5::int4[], $6::bytea[], $7::bytea[])",
-                &[
-                    &rows.position,
-                    &rows.stream,
-                    &rows.seq,
-                    &rows.recorded_at_ns,
-                    &rows.schema_version,
-                    &rows.payload,
-                    &rows.hash,
-                ],
-            )
-            .await
-            .map_err(e)?;
-            let touched: HashSet<&str> = rows.stream.iter().map(String::as_str).collect();
-            let (mut s, mut l, mut h) = (Vec::new(), Vec::new(), Vec::new());
-            for key in touched {
-                let (seq, hash) = heads[key];
-                s.push(key.to_string());
-                l.push(seq as i64);
-                h.push(hash.to_vec());
-            }
-            txn.execute(
-                "INSERT INTO chronicle_streams (stream, last_seq, head) \
-                 SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[]) \
-                 ON CONFLICT (stream) DO UPDATE SET last_seq = EXCLUDED.last_seq, head = EXCLUDED.head",
-                &[&s, &l, &h],
-            )
-            .await
-            .map_err(e)?;
-        }
-        // The index rows written by the accepted requests, last write wins.
-        let written: HashSet<(String, String)> = requests
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| r.is_ok())
-            .flat_map(|(req, _)| req.index.iter())
-            .map(|op| match op {
-                IndexOp::Put { index, key, .. }
-                | IndexOp::Insert { index, key, .. }
-                | IndexOp::Delete { index, key } => (index.clone(), key.clone()),
-            })
-            .collect();
-        let (mut pn, mut pk, mut pv, mut dn, mut dk) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (name, key) in written {
-            match index.get(&(name.clone(), key.clone())) {
-                Some(Some(value)) => {
-                    pn.push(name);
-                    pk.push(key);
-                    pv.push(value.clone());
-                }
-                _ => {
-                    dn.push(name);
-                    dk.push(key);
-                }
-            }
-        }
-        if !pn.is_empty() {
-            txn.execute(
-                "INSERT INTO chronicle_index (name, key, value) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) \
-                 ON CONFLICT (name, key) DO UPDATE SET value = EXCLUDED.value",
-                &[&pn, &pk, &pv],
-            )
-            .await
-            .map_err(e)?;
-        }
-        if !dn.is_empty() {
-            txn.execute(
-                "DELETE FROM chronicle_index i USING unnest($1::text[], $2::text[]) AS k(name, key) \
-                 WHERE i.name = k.name AND i.key = k.key",
-                &[&dn, &dk],
-            )
-            .await
-            .map_err(e)?;
-        }
-        if !snapshots.is_empty() {
-            // Last write of a (stream, seq) wins, as on redb.
-            let mut last: HashMap<(String, i64), Vec<u8>> = HashMap::new();
-            for (s, q, b) in snapshots {
-                last.insert((s, q), b);
-            }
-            let (mut s, mut q, mut b) = (Vec::new(), Vec::new(), Vec::new());
-            for ((stream, seq), bytes) in last {
-                s.push(stream);
-                q.push(seq);
-                b.push(bytes);
-            }
-            txn.execute(
-                "INSERT INTO chronicle_snapshots (stream, seq, bytes) \
-                 SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[]) \
-                 ON CONFLICT (stream, seq) DO UPDATE SET bytes = EXCLUDED.bytes",
-                &[&s, &q, &b],
-            )
-            .await
-            .map_err(e)?;
-        }
-        for op in &lease_writes {
-            match op {
-                LeaseOp::Offer { run } => {
-                    txn.execute(
-                        "INSERT INTO chronicle_leases (run) VALUES ($1) ON CONFLICT (run) DO NOTHING",
-                        &[run],
-                    )
-                    .await
-                }
-                LeaseOp::Grant { run, owner, ttl_ms } => {
-                    let ttl = *ttl_ms as f64;
-                    txn.execute(
-                        "INSERT INTO chronicle_leases (run, owner, epoch, expires_at) \
-                         VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond') \
-                         ON CONFLICT (run) DO NOTHING",
-                        &[run, owner, &ttl],
-                    )
-                    .await
-                }
-                LeaseOp::End { run } => {
-                    txn.execute("DELETE FROM chronicle_leases WHERE run = $1", &[run])
-                        .await
-                }
-                LeaseOp::Hold { .. } => continue,
-            }
-            .map_err(e)?;
-        }
-        let through = next as i64 - 1;
-        if through > last {
-            txn.execute(
-                "UPDATE chronicle_log_head SET position = $1 WHERE id = 1",
-                &[&through],
-            )
-            .await
-            .map_err(e)?;
-            txn.execute(
-                "SELECT pg_notify('chronicle_events', $1)",
-                &[&through.to_string()],
-            )
-            .await
-            .map_err(e)?;
+                &event_params,
+            );
+            let through_text = through.to_string();
+            let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&through_text];
+            let notify = txn.execute("SELECT pg_notify('chronicle_events', $1)", &notify_params);
+            futures_util::future::try_join(insert, notify)
+                .await
+                .map_err(e)?;
         }
         self.published.mark(
             rows.hash
@@ -428,6 +528,31 @@ impl Writer {
             return Err(e(err));
         }
         Ok(results)
+    }
+}
+
+/// Why a transaction did not commit.
+enum Attempt {
+    /// A race with another process (a unique key, a new stream, a
+    /// deadlock): try the requests again, one by one.
+    Lost(String),
+    /// Anything else: every request of the group gets the error.
+    Failed(StoreError),
+}
+
+impl Attempt {
+    fn of(target: &str, e: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        match e.code() {
+            Some(c)
+                if *c == SqlState::UNIQUE_VIOLATION
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
+            {
+                Self::Lost(e.to_string())
+            }
+            _ => Self::Failed(pg_error(target, e)),
+        }
     }
 }
 
