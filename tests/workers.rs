@@ -27,11 +27,16 @@ pub fn fresh_postgres() -> String {
     chronicle_store::create_postgres_database(&postgres_server(), &name).unwrap()
 }
 
+/// A `chronicle worker` on `url`, its log in `log`. At most 4 attempts at
+/// once: on 2 cores, hundreds of processes at once stretch each attempt to
+/// seconds, and an attempt cut by 3 kills in a row quarantines its run (as
+/// it should: a step that keeps taking its engine down is a poison run).
 fn worker(env: &Env, url: &str, lease: &str, log: &str) -> Child {
     let err = std::fs::File::create(env.path(log)).unwrap();
     Command::new(BIN)
         .current_dir(env.dir.path())
         .args(["--db", url, "worker", "--lease", lease, "--grace", "1s"])
+        .args(["--concurrency", "4"])
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(err)
