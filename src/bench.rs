@@ -35,7 +35,15 @@ pub fn bench(db: &Path, which: &str, json: bool, dir: Option<&Path>) -> Result<u
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(3000);
-            serde_json::to_value(chronicle_bench::workers::run(&exe, server, runs)?)
+            // CHRONICLE_BENCH_WORKERS: the worker counts (default 1,2,4).
+            let counts: Vec<usize> = std::env::var("CHRONICLE_BENCH_WORKERS")
+                .ok()
+                .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+                .filter(|c: &Vec<usize>| !c.is_empty())
+                .unwrap_or_else(|| vec![1, 2, 4]);
+            serde_json::to_value(chronicle_bench::workers::run_counts(
+                &exe, server, runs, &counts,
+            )?)
         }
         "replay" => serde_json::to_value(chronicle_bench::replay::run(&dir)?),
         "api" => serde_json::to_value(chronicle_bench::api::run(&dir)?),

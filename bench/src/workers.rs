@@ -159,6 +159,17 @@ async fn measure(
 /// `server` the PostgreSQL server (a database on it is created per worker
 /// count and dropped after), `runs` the runs measured per count.
 pub fn run(exe: &Path, server: &str, runs: usize) -> Result<WorkersBench, EngineError> {
+    run_counts(exe, server, runs, &[1, 2, 4])
+}
+
+/// [`run`] for the worker counts `counts` (`scaling_2`/`scaling_4` are 0
+/// unless 1 and 2 / 4 are among them).
+pub fn run_counts(
+    exe: &Path,
+    server: &str,
+    runs: usize,
+    counts: &[usize],
+) -> Result<WorkersBench, EngineError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -179,7 +190,7 @@ pub fn run(exe: &Path, server: &str, runs: usize) -> Result<WorkersBench, Engine
         runs,
     };
     let mut baseline = Vec::new();
-    for n in [1usize, 2, 4] {
+    for &n in counts {
         let (url, name) = fresh_database(server, &format!("w{n}"))?;
         let r = rt.block_on(async {
             let engine = EngineBuilder::new().db(&url).executes(false).build()?;
@@ -239,7 +250,11 @@ pub fn run(exe: &Path, server: &str, runs: usize) -> Result<WorkersBench, Engine
             .insert(key, (after.1 - before.1) as f64 / runs as f64);
     }
     out.pg_commit_ms = crate::store::percentile(&mut baseline, 0.5);
-    out.scaling_2 = out.runs_per_s_32["2"] / out.runs_per_s_32["1"];
-    out.scaling_4 = out.runs_per_s_32["4"] / out.runs_per_s_32["1"];
+    let ratio = |k: &str| match (out.runs_per_s_32.get(k), out.runs_per_s_32.get("1")) {
+        (Some(a), Some(b)) => a / b,
+        _ => 0.0,
+    };
+    out.scaling_2 = ratio("2");
+    out.scaling_4 = ratio("4");
     Ok(out)
 }

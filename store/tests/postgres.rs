@@ -363,7 +363,9 @@ fn races_on_new_streams_and_unique_keys_have_one_winner() {
         for r in &results {
             match r {
                 Ok(_) => {}
-                Err(StoreError::Conflict { expected, actual, .. }) => {
+                Err(StoreError::Conflict {
+                    expected, actual, ..
+                }) => {
                     assert_eq!((*expected, *actual), (0, 1))
                 }
                 Err(StoreError::IndexConflict { existing, .. }) => {

@@ -4,7 +4,7 @@
 use crate::ids::RunStream;
 use std::sync::Arc;
 
-use chronicle_store::{ChainCheck, Seq, StoreError, WriteRequest};
+use chronicle_store::{ChainCheck, StoreError, WriteRequest};
 use uuid::Uuid;
 
 use super::index::RunSummary;
@@ -39,6 +39,9 @@ const CLAIM_BATCH: usize = 64;
 enum Recovered {
     Resumed(usize),
     Quarantined(usize, String),
+    /// A claimed run that had ended (its lease outlived it): the lease is
+    /// removed.
+    Ended,
 }
 
 impl Engine {
@@ -50,40 +53,59 @@ impl Engine {
         &self,
         only: Option<&[RunId]>,
     ) -> Result<RecoveryReport, EngineError> {
+        // On a shared database: the runs this engine claims now. Those
+        // claimed at epoch 1 were never executed (offered by their
+        // creator): nothing of theirs can be running anywhere.
         let claimed = match &self.inner.leases {
             Some(_) => match self.claim(only).await? {
-                Some(rows) => Some(rows),
+                Some(claimed) => Some(claimed),
                 None => return Ok(RecoveryReport::default()),
             },
             None => None,
         };
-        let claimed_runs: Option<Vec<RunId>> = claimed
-            .as_ref()
-            .map(|rows| rows.iter().map(|r| r.run_id).collect());
+        let processes_killed = match &claimed {
+            Some(claimed) => {
+                let taken_over: Vec<RunId> = claimed
+                    .iter()
+                    .filter(|(_, epoch)| *epoch > 1)
+                    .map(|(run, _)| *run)
+                    .collect();
+                match taken_over.is_empty() {
+                    true => Vec::new(),
+                    false => {
+                        super::processes::kill_leftovers(&self.inner.store, Some(&taken_over))
+                            .await?
+                    }
+                }
+            }
+            None => super::processes::kill_leftovers(&self.inner.store, None).await?,
+        };
         let mut report = RecoveryReport {
             // Before any attempt is retried: nothing of an earlier attempt
             // may still run when its step starts again.
-            processes_killed: super::processes::kill_leftovers(
-                &self.inner.store,
-                claimed_runs.as_deref(),
-            )
-            .await?,
+            processes_killed,
             ..RecoveryReport::default()
         };
-        let rows: Vec<RunSummary> = match claimed {
-            Some(rows) => rows,
-            None => self.list()?,
+        let targets: Vec<(RunId, Option<RunSummary>)> = match claimed {
+            Some(claimed) => claimed.into_iter().map(|(run, _)| (run, None)).collect(),
+            None => self
+                .list()?
+                .into_iter()
+                .filter(|row| {
+                    !row.status.is_terminal() && only.is_none_or(|o| o.contains(&row.run_id))
+                })
+                .map(|row| (row.run_id, Some(row)))
+                .collect(),
         };
-        let rows: Vec<RunSummary> = rows
+        let rows: Vec<(RunId, Option<RunSummary>)> = targets
             .into_iter()
-            .filter(|row| !row.status.is_terminal() && only.is_none_or(|o| o.contains(&row.run_id)))
-            .filter(|row| {
+            .filter(|(run, _)| {
                 !self
                     .inner
                     .runs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .contains_key(&row.run_id)
+                    .contains_key(run)
             })
             .collect();
         // Runs recover concurrently so that their appends share group commits.
@@ -97,7 +119,7 @@ impl Engine {
                 .await
                 .expect("the semaphore is never closed");
             tasks.spawn(async move {
-                let r = engine.recover_one(row).await;
+                let r = engine.recover_one(row.0, row.1).await;
                 drop(permit);
                 r
             });
@@ -114,6 +136,7 @@ impl Engine {
                     report.attempts_abandoned += n;
                     report.quarantined.push((run, why));
                 }
+                Recovered::Ended => {}
             }
         }
         report.resumed.sort();
@@ -124,19 +147,18 @@ impl Engine {
     /// Recover one run: verify its chain, fold it, decide `Recover`. A run
     /// whose chain breaks or whose history does not fold is quarantined in
     /// the run index with the reason (the log cannot be extended safely).
-    async fn recover_one(&self, row: RunSummary) -> Result<(RunId, Recovered), EngineError> {
-        let run = row.run_id;
-        // One read: the chain is checked and the history folded from the
-        // same envelopes.
-        let folded = match self.inner.store.read_stream(&run.stream(), Seq(1)) {
-            Ok(envs) => {
+    async fn recover_one(
+        &self,
+        run: RunId,
+        row: Option<RunSummary>,
+    ) -> Result<(RunId, Recovered), EngineError> {
+        // One read (one round trip on PostgreSQL): the chain is checked and
+        // the history folded from the same envelopes.
+        let folded = match self.inner.store.read_stream_and_head(&run.stream()) {
+            Ok((envs, head)) => {
                 let mut check = ChainCheck::default();
                 envs.iter().for_each(|e| check.push(e));
-                let head = self
-                    .inner
-                    .store
-                    .head(&run.stream())?
-                    .map(|h| (h.last_seq, h.hash));
+                let head = head.map(|h| (h.last_seq, h.hash));
                 match check.finish(head) {
                     (_, Some((seq, why))) => Err(format!("hash chain broken at seq {seq}: {why}")),
                     (_, None) => {
@@ -168,6 +190,15 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         match folded {
+            Ok(state) if state.status.is_terminal() => {
+                // Claimed on a shared database after it ended: its lease goes.
+                if let Some(leases) = &self.inner.leases {
+                    let mut req = WriteRequest::default();
+                    req.leases = leases.ops(run, false, true);
+                    self.inner.store.write(req).await?;
+                }
+                Ok((run, Recovered::Ended))
+            }
             Ok(state) => {
                 let (abandoned, quarantined) = self.recover_run(state).await?;
                 let outcome = match quarantined {
@@ -177,26 +208,37 @@ impl Engine {
                 Ok((run, outcome))
             }
             Err(reason) => {
-                let mut bad = row.clone();
-                bad.status = RunStatus::Quarantined;
-                bad.reason = Some(reason.clone());
-                self.inner
-                    .store
-                    .write(WriteRequest {
-                        index: vec![bad.put()],
-                        ..Default::default()
-                    })
-                    .await?;
+                let row = match row {
+                    Some(row) => Some(row),
+                    None => self
+                        .inner
+                        .store
+                        .index_get(super::index::RUNS, &run.to_string())?
+                        .and_then(|v| serde_json::from_slice::<RunSummary>(&v).ok()),
+                };
+                if let Some(mut bad) = row {
+                    bad.status = RunStatus::Quarantined;
+                    bad.reason = Some(reason.clone());
+                    self.inner
+                        .store
+                        .write(WriteRequest {
+                            index: vec![bad.put()],
+                            ..Default::default()
+                        })
+                        .await?;
+                }
                 Ok((run, Recovered::Quarantined(0, reason)))
             }
         }
     }
 
     /// On a shared database: claim free and expired leases (of `only`, when
-    /// given), up to this engine's room, and return the non-terminal runs
-    /// claimed (the leases of ended runs are removed). `None` when this
-    /// engine does not execute runs or has no room.
-    async fn claim(&self, only: Option<&[RunId]>) -> Result<Option<Vec<RunSummary>>, EngineError> {
+    /// given), up to this engine's room: `(run, epoch)` of each. `None`
+    /// when this engine does not execute runs or has no room.
+    async fn claim(
+        &self,
+        only: Option<&[RunId]>,
+    ) -> Result<Option<Vec<(RunId, u64)>>, EngineError> {
         let Some(leases) = &self.inner.leases else {
             return Ok(None);
         };
@@ -207,33 +249,25 @@ impl Engine {
         if !leases.executes || room == 0 {
             return Ok(None);
         }
-        let store = &self.inner.store;
         let only = only.map(|o| o.iter().map(|r| r.stream().key()).collect());
-        let mut rows = Vec::new();
-        for (key, epoch) in store.claim_leases(&leases.owner, room, leases.ttl_ms, only)? {
+        let mut claimed = Vec::new();
+        for (key, epoch) in
+            self.inner
+                .store
+                .claim_leases(&leases.owner, room, leases.ttl_ms, only)?
+        {
             let Ok(run) = key.parse::<RunId>() else {
                 continue;
             };
             leases.insert(run, epoch);
+            claimed.push((run, epoch));
+        }
+        if !claimed.is_empty() {
             // Renewed from now on: recovery may take a while (killing what
             // the last holder left running).
             self.inner.ensure_heartbeat();
-            let row = match store.index_get(super::index::RUNS, &key)? {
-                Some(v) => serde_json::from_slice::<RunSummary>(&v).ok(),
-                None => None,
-            };
-            match row {
-                Some(row) if !row.status.is_terminal() => rows.push(row),
-                _ => {
-                    // Ended (its last write or this removal was cut off), or
-                    // not a run: remove the lease.
-                    let mut req = WriteRequest::default();
-                    req.leases = leases.ops(run, false, true);
-                    store.write(req).await?;
-                }
-            }
         }
-        Ok(Some(rows))
+        Ok(Some(claimed))
     }
 
     /// [`Self::recover_runs`] for every run.

@@ -20,11 +20,24 @@ use crate::envelope::{Hash, RawEnvelope};
 use crate::error::StoreError;
 
 /// The events this process's writer sent itself, by hash (with their
-/// position), so that the listener does not send them twice.
-#[derive(Clone, Default)]
-pub(crate) struct Published(Arc<Mutex<HashMap<Hash, u64>>>);
+/// position), so that the listener does not send them twice; and the
+/// writer's id, which its notifications carry.
+#[derive(Clone)]
+pub(crate) struct Published(Arc<Mutex<HashMap<Hash, u64>>>, Arc<str>);
+
+impl Default for Published {
+    fn default() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Self(Default::default(), id[..12].into())
+    }
+}
 
 impl Published {
+    /// The writer's id in its notifications.
+    pub fn writer(&self) -> &str {
+        &self.1
+    }
+
     /// Mark events `(hash, position)` as sent by the writer (before their
     /// commit: the notification may come before the writer is answered).
     pub fn mark(&self, events: impl Iterator<Item = (Hash, u64)>) {
@@ -113,8 +126,8 @@ async fn listen(
             tokio::spawn(async move {
                 let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
                 while let Some(Ok(m)) = messages.next().await {
-                    if let AsyncMessage::Notification(_) = m {
-                        let _ = tx.send(());
+                    if let AsyncMessage::Notification(n) = m {
+                        let _ = tx.send(n.payload().to_string());
                     }
                 }
             });
@@ -129,8 +142,8 @@ async fn listen(
             tokio::spawn(async move {
                 let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
                 while let Some(Ok(m)) = messages.next().await {
-                    if let AsyncMessage::Notification(_) = m {
-                        let _ = tx.send(());
+                    if let AsyncMessage::Notification(n) = m {
+                        let _ = tx.send(n.payload().to_string());
                     }
                 }
             });
@@ -142,17 +155,46 @@ async fn listen(
         .batch_execute("LISTEN chronicle_events")
         .await
         .map_err(|e| pg_error(target, e))?;
+    let mut query = true;
     loop {
-        catch_up(pool, target, feeds, published, seen).await?;
+        if query {
+            catch_up(pool, target, feeds, published, seen).await?;
+        }
         if client.is_closed() {
             return Err(pg_error(target, "the listening connection closed"));
         }
-        // A notification, or a poll every second.
-        match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+        // Notifications, or a poll every second. A notification of this
+        // process's own commit that follows what was seen needs no query:
+        // its writer sent those events already.
+        query = match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
             Ok(None) => return Err(pg_error(target, "the listening connection closed")),
-            Ok(Some(())) | Err(_) => while rx.try_recv().is_ok() {},
-        }
+            Err(_) => true,
+            Ok(Some(first)) => {
+                let mut query = false;
+                let mut next = Some(first);
+                while let Some(payload) = next {
+                    match own_commit(&payload, published) {
+                        Some((from, through)) if !query && from == *seen + 1 => {
+                            *seen = through;
+                            published.prune(through);
+                        }
+                        _ => query = true,
+                    }
+                    next = rx.try_recv().ok();
+                }
+                query
+            }
+        };
     }
+}
+
+/// `(first, through)` of a notification (`FIRST:THROUGH:WRITER`) when
+/// this process's writer sent it.
+fn own_commit(payload: &str, published: &Published) -> Option<(u64, u64)> {
+    let mut parts = payload.splitn(3, ':');
+    let first = parts.next()?.parse().ok()?;
+    let through = parts.next()?.parse().ok()?;
+    (parts.next()? == published.writer()).then_some((first, through))
 }
 
 /// Send what was committed after `seen` by other processes.

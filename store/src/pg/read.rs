@@ -103,6 +103,58 @@ impl PgStore {
         }
     }
 
+    /// [`crate::Store::read_stream_and_head`]: the two queries pipelined
+    /// on one connection, then the same gap check as a paged read.
+    #[allow(clippy::type_complexity)]
+    pub fn read_stream_and_head(
+        &self,
+        stream: &StreamId,
+    ) -> Result<(Vec<RawEnvelope>, Option<StreamHead>), StoreError> {
+        let (pool, target, key) = (self.pool.clone(), self.target.clone(), stream.key());
+        let (rows, head) = self.block(async move {
+            let conn = PgStore::conn(&pool, &target).await?;
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE stream = $1 ORDER BY seq"
+            );
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+            let events = conn.query(&sql, &params);
+            let head = conn.query_opt(
+                "SELECT last_seq, head FROM chronicle_streams WHERE stream = $1",
+                &params,
+            );
+            futures_util::future::try_join(events, head)
+                .await
+                .map_err(|e| pg_error(&target, e))
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            let env = envelope_of(row, &self.target)?;
+            if env.seq.0 != i as u64 + 1 {
+                return Err(corrupt(
+                    &self.target,
+                    format!(
+                        "stream {}: expected seq {}, found seq {}: the log has a gap from seq {}",
+                        stream.key(),
+                        i + 1,
+                        env.seq.0,
+                        i + 1
+                    ),
+                ));
+            }
+            out.push(env);
+        }
+        let head = head
+            .map(|r| {
+                Ok::<_, StoreError>(StreamHead {
+                    stream: stream.clone(),
+                    last_seq: Seq(r.get::<_, i64>(0) as u64),
+                    hash: hash_of(r.get(1), &self.target, "a stream head")?,
+                })
+            })
+            .transpose()?;
+        Ok((out, head))
+    }
+
     /// [`crate::Store::head`].
     pub fn head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError> {
         let (pool, target, key) = (self.pool.clone(), self.target.clone(), stream.key());

@@ -506,7 +506,13 @@ impl Writer {
                  $5::int4[], $6::bytea[], $7::bytea[])",
                 &event_params,
             );
-            let through_text = through.to_string();
+            // FIRST:THROUGH:WRITER — a listener skips its own process's
+            // commits without reading them back.
+            let through_text = format!(
+                "{}:{through}:{}",
+                through - n_events + 1,
+                self.published.writer()
+            );
             let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&through_text];
             let notify = txn.execute("SELECT pg_notify('chronicle_events', $1)", &notify_params);
             futures_util::future::try_join(insert, notify)

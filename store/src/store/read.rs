@@ -190,6 +190,19 @@ impl Store {
         Ok(out)
     }
 
+    /// Every envelope of `stream` and its head, read together (one round
+    /// trip on PostgreSQL): what a chain check needs.
+    #[allow(clippy::type_complexity)]
+    pub fn read_stream_and_head(
+        &self,
+        stream: &StreamId,
+    ) -> Result<(Vec<RawEnvelope>, Option<StreamHead>), StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.read_stream_and_head(stream);
+        }
+        Ok((self.read_stream(stream, Seq(1))?, self.head(stream)?))
+    }
+
     /// The last envelope of `stream`, if any (one index lookup, one read).
     pub fn last_event(&self, stream: &StreamId) -> Result<Option<RawEnvelope>, StoreError> {
         let Some(head) = self.head(stream)? else {
