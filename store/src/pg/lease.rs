@@ -93,8 +93,13 @@ impl PgStore {
         self.block(async move {
             let conn = PgStore::conn(&pool, &target).await?;
             conn.execute(
-                "UPDATE chronicle_leases SET owner = NULL, expires_at = 'epoch' \
+                &conn
+                    .prepare_cached(
+                        "UPDATE chronicle_leases SET owner = NULL, expires_at = 'epoch' \
                  WHERE run = $1 AND owner = $2 AND epoch = $3",
+                    )
+                    .await
+                    .map_err(|e| pg_error(&target, e))?,
                 &[&run, &owner, &epoch],
             )
             .await

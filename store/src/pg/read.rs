@@ -73,10 +73,13 @@ impl PgStore {
             let rows = self.block(async move {
                 let conn = PgStore::conn(&pool, &target).await?;
                 conn.query(
-                    &format!(
-                        "SELECT {EVENT_COLUMNS} FROM chronicle_events \
+                    &conn
+                        .prepare_cached(&format!(
+                            "SELECT {EVENT_COLUMNS} FROM chronicle_events \
                          WHERE stream = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq LIMIT $4"
-                    ),
+                        ))
+                        .await
+                        .map_err(|e| pg_error(&target, e))?,
                     &[&k, &next, &to, &PAGE],
                 )
                 .await
@@ -117,11 +120,14 @@ impl PgStore {
                 "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE stream = $1 ORDER BY seq"
             );
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
-            let events = conn.query(&sql, &params);
-            let head = conn.query_opt(
-                "SELECT last_seq, head FROM chronicle_streams WHERE stream = $1",
-                &params,
-            );
+            let e = |e| pg_error(&target, e);
+            let events_st = conn.prepare_cached(&sql).await.map_err(e)?;
+            let head_st = conn
+                .prepare_cached("SELECT last_seq, head FROM chronicle_streams WHERE stream = $1")
+                .await
+                .map_err(e)?;
+            let events = conn.query(&events_st, &params);
+            let head = conn.query_opt(&head_st, &params);
             futures_util::future::try_join(events, head)
                 .await
                 .map_err(|e| pg_error(&target, e))
@@ -161,7 +167,12 @@ impl PgStore {
         let row = self.block(async move {
             let conn = PgStore::conn(&pool, &target).await?;
             conn.query_opt(
-                "SELECT last_seq, head FROM chronicle_streams WHERE stream = $1",
+                &conn
+                    .prepare_cached(
+                        "SELECT last_seq, head FROM chronicle_streams WHERE stream = $1",
+                    )
+                    .await
+                    .map_err(|e| pg_error(&target, e))?,
                 &[&key],
             )
             .await
@@ -184,8 +195,13 @@ impl PgStore {
         let rows = self.block(async move {
             let conn = PgStore::conn(&pool, &target).await?;
             conn.query(
-                "SELECT stream, last_seq, head FROM chronicle_streams \
+                &conn
+                    .prepare_cached(
+                        "SELECT stream, last_seq, head FROM chronicle_streams \
                  WHERE stream >= $1 AND ($2::text IS NULL OR stream < $2) ORDER BY stream",
+                    )
+                    .await
+                    .map_err(|e| pg_error(&target, e))?,
                 &[&from, &end],
             )
             .await
@@ -212,10 +228,13 @@ impl PgStore {
         let rows = self.block(async move {
             let conn = PgStore::conn(&pool, &target).await?;
             conn.query(
-                &format!(
-                    "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE position >= $1 \
+                &conn
+                    .prepare_cached(&format!(
+                        "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE position >= $1 \
                      ORDER BY position LIMIT $2"
-                ),
+                    ))
+                    .await
+                    .map_err(|e| pg_error(&target, e))?,
                 &[&from, &limit],
             )
             .await
@@ -238,10 +257,13 @@ impl PgStore {
             let rows = self.block(async move {
                 let conn = PgStore::conn(&pool, &target).await?;
                 conn.query(
-                    &format!(
-                        "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE position > $1 \
+                    &conn
+                        .prepare_cached(&format!(
+                            "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE position > $1 \
                          ORDER BY position LIMIT $2"
-                    ),
+                        ))
+                        .await
+                        .map_err(|e| pg_error(&target, e))?,
                     &[&after, &PAGE],
                 )
                 .await
@@ -293,7 +315,12 @@ impl PgStore {
         let row = self.block(async move {
             let conn = PgStore::conn(&pool, &target).await?;
             conn.query_opt(
-                "SELECT value FROM chronicle_index WHERE name = $1 AND key = $2",
+                &conn
+                    .prepare_cached(
+                        "SELECT value FROM chronicle_index WHERE name = $1 AND key = $2",
+                    )
+                    .await
+                    .map_err(|e| pg_error(&target, e))?,
                 &[&index, &key],
             )
             .await
@@ -313,8 +340,13 @@ impl PgStore {
         let rows = self.block(async move {
             let conn = PgStore::conn(&pool, &target).await?;
             conn.query(
-                "SELECT key, value FROM chronicle_index WHERE name = $1 AND key >= $2 \
+                &conn
+                    .prepare_cached(
+                        "SELECT key, value FROM chronicle_index WHERE name = $1 AND key >= $2 \
                  AND ($3::text IS NULL OR key < $3) ORDER BY key",
+                    )
+                    .await
+                    .map_err(|e| pg_error(&target, e))?,
                 &[&index, &from, &end],
             )
             .await
@@ -334,8 +366,8 @@ impl PgStore {
         let row = self.block(async move {
             let conn = PgStore::conn(&pool, &target).await?;
             conn.query_opt(
-                "SELECT seq, bytes FROM chronicle_snapshots WHERE stream = $1 AND seq <= $2 \
-                 ORDER BY seq DESC LIMIT 1",
+                &conn.prepare_cached("SELECT seq, bytes FROM chronicle_snapshots WHERE stream = $1 AND seq <= $2 \
+                 ORDER BY seq DESC LIMIT 1").await.map_err(|e| pg_error(&target, e))?,
                 &[&key, &at],
             )
             .await
@@ -350,7 +382,12 @@ impl PgStore {
         let rows = self.block(async move {
             let conn = PgStore::conn(&pool, &target).await?;
             conn.query(
-                "SELECT seq FROM chronicle_snapshots WHERE stream = $1 ORDER BY seq",
+                &conn
+                    .prepare_cached(
+                        "SELECT seq FROM chronicle_snapshots WHERE stream = $1 ORDER BY seq",
+                    )
+                    .await
+                    .map_err(|e| pg_error(&target, e))?,
                 &[&key],
             )
             .await

@@ -49,41 +49,73 @@ pub(crate) struct Writer {
     pub published: Published,
 }
 
+/// Groups committing at once per process. One group at a time left the
+/// writer's connection busy for the whole round trips of each group (a
+/// worker at ~430 groups/s was its own bottleneck); several overlap their
+/// round trips and meet only at the log-head lock, held from positions to
+/// commit. Measured with `chronicle bench workers` (see the README).
+const CONCURRENT_GROUPS: usize = 1;
+
 impl Writer {
+    /// Take groups from `rx` and commit them, up to [`CONCURRENT_GROUPS`]
+    /// at a time: a group is gathered when a commit slot is free, so that
+    /// requests queue into larger groups while every slot is busy. Each
+    /// caller is answered after its group's commit; the feed gets a
+    /// group's envelopes then (per stream in order: a stream has one
+    /// appender at a time; across streams, groups committing at once may
+    /// be sent out of position order).
     pub async fn run(self, mut rx: mpsc::Receiver<Job>) {
-        let mut group = Vec::new();
-        while let Some(first) = rx.recv().await {
-            group.push(first);
-            while group.len() < self.max_group {
+        let this = Arc::new(self);
+        let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_GROUPS));
+        loop {
+            let slot = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let Some(first) = rx.recv().await else {
+                break;
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < this.max_group {
                 match rx.try_recv() {
-                    Ok(job) => group.push(job),
+                    Ok(job) => jobs.push(job),
                     Err(_) => break,
                 }
             }
-            let jobs = std::mem::take(&mut group);
-            let (replies, requests): (Vec<_>, Vec<_>) =
-                jobs.into_iter().map(|j| (j.reply, j.request)).unzip();
-            let results = match self.commit(requests).await {
-                Ok(results) => results,
-                Err(e) => {
-                    let message = e.to_string();
-                    tracing::warn!(target = %self.target, error = %message, "a group commit failed");
-                    replies
-                        .iter()
-                        .map(|_| Err(pg_error(&self.target, &message)))
-                        .collect()
-                }
-            };
-            let mut published = Vec::new();
-            for (reply, result) in replies.into_iter().zip(results) {
-                if let Ok(envs) = &result {
-                    published.extend(envs.iter().cloned());
-                }
-                let _ = reply.send(result);
+            let this = this.clone();
+            tokio::spawn(async move {
+                this.commit_and_answer(jobs).await;
+                drop(slot);
+            });
+        }
+        // The queue closed: wait for the groups still committing.
+        let _ = slots.acquire_many(CONCURRENT_GROUPS as u32).await;
+    }
+
+    async fn commit_and_answer(&self, jobs: Vec<Job>) {
+        let (replies, requests): (Vec<_>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.reply, j.request)).unzip();
+        let results = match self.commit(requests).await {
+            Ok(results) => results,
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(target = %self.target, error = %message, "a group commit failed");
+                replies
+                    .iter()
+                    .map(|_| Err(pg_error(&self.target, &message)))
+                    .collect()
             }
-            if !published.is_empty() {
-                let _ = self.events.send(published.into());
+        };
+        let mut published = Vec::new();
+        for (reply, result) in replies.into_iter().zip(results) {
+            if let Ok(envs) = &result {
+                published.extend(envs.iter().cloned());
             }
+            let _ = reply.send(result);
+        }
+        if !published.is_empty() {
+            let _ = self.events.send(published.into());
         }
     }
 
@@ -182,35 +214,38 @@ impl Writer {
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
-            txn.query(
-                "SELECT stream, last_seq, head FROM chronicle_streams WHERE stream = ANY($1) \
+            let st = txn
+                .prepare_cached(
+                    "SELECT stream, last_seq, head FROM chronicle_streams WHERE stream = ANY($1) \
                  ORDER BY stream FOR UPDATE",
-                &[&keys],
-            )
-            .await
+                )
+                .await?;
+            txn.query(&st, &[&keys]).await
         };
         let index_q = async {
             if names.is_empty() {
                 return Ok(Vec::new());
             }
-            txn.query(
-                "SELECT i.name, i.key, i.value FROM chronicle_index i \
+            let st = txn
+                .prepare_cached(
+                    "SELECT i.name, i.key, i.value FROM chronicle_index i \
                  JOIN unnest($1::text[], $2::text[]) AS k(name, key) \
                  ON i.name = k.name AND i.key = k.key",
-                &[&names, &inserted],
-            )
-            .await
+                )
+                .await?;
+            txn.query(&st, &[&names, &inserted]).await
         };
         let leases_q = async {
             if lease_runs.is_empty() {
                 return Ok(Vec::new());
             }
-            txn.query(
-                "SELECT run, owner, epoch, expires_at > now() FROM chronicle_leases \
+            let st = txn
+                .prepare_cached(
+                    "SELECT run, owner, epoch, expires_at > now() FROM chronicle_leases \
                  WHERE run = ANY($1) ORDER BY run FOR SHARE",
-                &[&lease_runs],
-            )
-            .await
+                )
+                .await?;
+            txn.query(&st, &[&lease_runs]).await
         };
         let (head_rows, index_rows, lease_rows) =
             futures_util::future::try_join3(heads_q, index_q, leases_q)
@@ -463,62 +498,70 @@ impl Writer {
                 vec![&end],
             ));
         }
+        let mut prepared = Vec::with_capacity(stmts.len());
+        for (sql, _) in &stmts {
+            prepared.push(txn.prepare_cached(sql).await.map_err(e)?);
+        }
         let writes = stmts
             .iter()
-            .map(|(sql, params)| txn.execute(*sql, params.as_slice()));
-        let head_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&n_events];
-        let head_q = txn.query_one(
-            "UPDATE chronicle_log_head SET position = position + $1 WHERE id = 1 RETURNING position",
-            &head_params,
-        );
-        let (_, head_row) =
-            futures_util::future::try_join(futures_util::future::try_join_all(writes), head_q)
-                .await
-                .map_err(e)?;
-        let through: i64 = head_row.get(0);
-
-        // Positions, the events and the notification; then commit.
-        let mut next = (through - n_events + 1) as u64;
+            .zip(&prepared)
+            .map(|((_, params), st)| txn.execute(st, params.as_slice()));
+        // The events take their positions in the statement that locks the
+        // log head (last of this round trip, held to commit), which also
+        // notifies the other processes: FIRST:THROUGH:WRITER (a listener
+        // skips its own process's commits without reading them back).
         let mut rows = EventRows::default();
-        for r in results.iter_mut() {
-            if let Ok(envs) = r {
-                for env in envs.iter_mut() {
-                    env.position = Position(next);
-                    next += 1;
-                    rows.push(&env.stream.key(), env);
-                }
-            }
+        for env in results.iter().filter_map(|r| r.as_ref().ok()).flatten() {
+            rows.push(&env.stream.key(), env);
         }
-        if n_events > 0 {
-            let event_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
-                &rows.position,
-                &rows.stream,
-                &rows.seq,
-                &rows.recorded_at_ns,
-                &rows.schema_version,
-                &rows.payload,
-                &rows.hash,
-            ];
-            let insert = txn.execute(
-                "INSERT INTO chronicle_events \
-                 (position, stream, seq, recorded_at_ns, schema_version, payload, hash) \
-                 SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[], \
-                 $5::int4[], $6::bytea[], $7::bytea[])",
-                &event_params,
-            );
-            // FIRST:THROUGH:WRITER — a listener skips its own process's
-            // commits without reading them back.
-            let through_text = format!(
-                "{}:{through}:{}",
-                through - n_events + 1,
-                self.published.writer()
-            );
-            let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&through_text];
-            let notify = txn.execute("SELECT pg_notify('chronicle_events', $1)", &notify_params);
-            futures_util::future::try_join(insert, notify)
+        let writer = self.published.writer().to_string();
+        let event_params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+            &rows.stream,
+            &rows.seq,
+            &rows.recorded_at_ns,
+            &rows.schema_version,
+            &rows.payload,
+            &rows.hash,
+            &writer,
+            &n_events,
+        ];
+        let events_st = txn
+            .prepare_cached(
+                "WITH h AS ( \
+                   UPDATE chronicle_log_head SET position = position + $8 WHERE id = 1 \
+                   RETURNING position - $8 AS base), \
+                 ins AS ( \
+                   INSERT INTO chronicle_events \
+                   (position, stream, seq, recorded_at_ns, schema_version, payload, hash) \
+                   SELECT h.base + u.ord, u.stream, u.seq, u.rec, u.sv, u.payload, u.hash \
+                   FROM h, unnest($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::bytea[], \
+                     $6::bytea[]) WITH ORDINALITY AS u(stream, seq, rec, sv, payload, hash, ord)) \
+                 SELECT base, pg_notify('chronicle_events', \
+                   (base + 1)::text || ':' || (base + $8)::text || ':' || $7) FROM h",
+            )
+            .await
+            .map_err(e)?;
+        let base: i64 = if n_events > 0 {
+            let events_q = txn.query_one(&events_st, &event_params);
+            let (_, row) = futures_util::future::try_join(
+                futures_util::future::try_join_all(writes),
+                events_q,
+            )
+            .await
+            .map_err(e)?;
+            row.get(0)
+        } else {
+            futures_util::future::try_join_all(writes)
                 .await
                 .map_err(e)?;
+            0
+        };
+        let mut next = base as u64 + 1;
+        for env in results.iter_mut().filter_map(|r| r.as_mut().ok()).flatten() {
+            env.position = Position(next);
+            next += 1;
         }
+        rows.position = (base + 1..base + 1 + n_events).collect();
         self.published.mark(
             rows.hash
                 .iter()
@@ -635,7 +678,8 @@ fn fence(req: &WriteRequest, leases: &HashMap<String, Lease>) -> Result<(), Stor
     Ok(())
 }
 
-/// The columns of the events a group inserts.
+/// The columns of the events a group inserts (positions given by the
+/// statement that inserts them).
 #[derive(Default)]
 struct EventRows {
     position: Vec<i64>,
@@ -649,7 +693,6 @@ struct EventRows {
 
 impl EventRows {
     fn push(&mut self, key: &str, env: &RawEnvelope) {
-        self.position.push(env.position.0 as i64);
         self.stream.push(key.to_string());
         self.seq.push(env.seq.0 as i64);
         self.recorded_at_ns.push(nanos(env.recorded_at));
