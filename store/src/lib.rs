@@ -70,6 +70,7 @@ pub use guard::install_panic_hook;
 pub use ids::{MAX_STREAM_NAME, Position, Seq, StreamId};
 pub use journal::{CHECKPOINT_BYTES, JOURNAL_LOSS_INDEX, JournalFile};
 pub use paths::{journal_path, outputs_dir, remove_database, server_path, token_path};
+pub use pg::listen::Change;
 pub use pg::{PG_SCHEMA_VERSION, create_postgres_database, is_postgres_url, redact_url};
 pub use redb::StorageBackend;
 pub use redb::backends::{FileBackend, InMemoryBackend};

@@ -90,6 +90,7 @@ fn the_live_feed_carries_other_handles_commits_once() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut sub = reader.subscribe();
+        let mut changes = reader.subscribe_changes();
         let a = StreamId::named("feed:a").unwrap();
         let b = StreamId::named("feed:b").unwrap();
         writer
@@ -125,6 +126,14 @@ fn the_live_feed_carries_other_handles_commits_once() {
         // Nothing more arrives (no duplicates) within a second.
         let more = tokio::time::timeout(std::time::Duration::from_secs(1), sub.recv()).await;
         assert!(more.is_err(), "an event was delivered twice: {more:?}");
+        // The changes feed names the other handle's streams, not its own.
+        let mut touched = Vec::new();
+        while let Ok(c) = changes.try_recv() {
+            assert!(!c.offers);
+            touched.extend(c.streams.clone().unwrap());
+        }
+        touched.dedup();
+        assert_eq!(touched, vec!["feed:a".to_string()]);
     });
 }
 

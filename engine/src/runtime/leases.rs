@@ -133,7 +133,7 @@ impl Inner {
         let weak = Arc::downgrade(self);
         leases.heartbeat.call_once(|| {
             tokio::spawn(heartbeat(weak.clone()));
-            tokio::spawn(watch_foreign(weak, self.store.subscribe_foreign()));
+            tokio::spawn(watch_foreign(weak, self.store.subscribe_changes()));
         });
     }
 
@@ -213,7 +213,7 @@ async fn heartbeat(engine: Weak<Inner>) {
 /// (a command from the CLI or an API node): they fold it and act.
 async fn watch_foreign(
     engine: Weak<Inner>,
-    mut feed: tokio::sync::broadcast::Receiver<Arc<[chronicle_store::RawEnvelope]>>,
+    mut feed: tokio::sync::broadcast::Receiver<Arc<chronicle_store::Change>>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     loop {
@@ -223,21 +223,23 @@ async fn watch_foreign(
         };
         let runs = inner.runs.lock().unwrap_or_else(|e| e.into_inner());
         match batch {
-            Ok(batch) => {
-                let mut told = std::collections::HashSet::new();
-                for env in batch.iter() {
-                    let Some(id) = env.stream.as_run() else {
-                        continue;
-                    };
-                    let run = RunId(id);
-                    if let Some(h) = runs.get(&run)
-                        && env.seq.0 > h.state.borrow().seq.0
-                        && told.insert(run)
-                    {
+            Ok(change) => match &change.streams {
+                Some(streams) => {
+                    for key in streams {
+                        let Ok(id) = key.parse::<uuid::Uuid>() else {
+                            continue;
+                        };
+                        if let Some(h) = runs.get(&RunId(id)) {
+                            let _ = h.tx.send(Msg::Refresh);
+                        }
+                    }
+                }
+                None => {
+                    for h in runs.values() {
                         let _ = h.tx.send(Msg::Refresh);
                     }
                 }
-            }
+            },
             // Fell behind: every actor looks.
             Err(RecvError::Lagged(_)) => {
                 for h in runs.values() {
@@ -250,11 +252,10 @@ async fn watch_foreign(
 }
 
 /// Stop `run`'s actor (its attempts are killed, nothing is recorded: the
-/// new holder records them abandoned).
+/// new holder records them abandoned). The lease stays in `held` until the
+/// actor has ended, so that any write the actor still tries carries the
+/// lost epoch and is refused ([`LeaseOp::Hold`]), never written unfenced.
 fn lost(inner: &Inner, run: RunId) {
-    if let Some(leases) = &inner.leases {
-        leases.remove(run);
-    }
     if let Some(h) = inner
         .runs
         .lock()
@@ -367,7 +368,7 @@ impl super::engine::Engine {
             if !engine.is_shared() {
                 return;
             }
-            let mut feed = engine.subscribe();
+            let mut changes = engine.inner.store.subscribe_changes();
             loop {
                 match engine.recover_runs(None).await {
                     Ok(r) if !r.resumed.is_empty() || !r.quarantined.is_empty() => {
@@ -380,17 +381,12 @@ impl super::engine::Engine {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot claim runs"),
                 }
+                // Another process offered runs (its notification says so).
                 let wake = async {
                     loop {
-                        match feed.recv().await {
-                            Ok(batch) => {
-                                if batch
-                                    .iter()
-                                    .any(|e| e.seq.0 == 1 && e.stream.as_run().is_some())
-                                {
-                                    return;
-                                }
-                            }
+                        match changes.recv().await {
+                            Ok(change) if change.offers => return,
+                            Ok(_) => {}
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                                 std::future::pending::<()>().await

@@ -1,8 +1,12 @@
 //! The live feed across processes: a connection that `LISTEN`s on
-//! `chronicle_events` (each commit notifies its last position), reads the
-//! events committed since the last one it saw, and sends those another
-//! process committed to [`crate::Store::subscribe`]'s receivers (this
-//! process's own commits are sent by its writer, at once). Should the
+//! `chronicle_events`. Each commit notifies
+//! `FIRST:THROUGH:WRITER:FLAGS:STREAMS` (its positions, the writing
+//! process, `o` when it offers runs, the streams appended to). A commit of
+//! another process is announced at once to
+//! [`crate::Store::subscribe_changes`] (from the notification alone), and,
+//! while anyone holds a [`crate::Store::subscribe`] receiver, its events
+//! are read and sent there (this process's own commits are sent by its
+//! writer, at once). Should the
 //! connection drop, it reconnects and catches up from where it was; a
 //! poll every second covers a notification lost meanwhile.
 
@@ -78,7 +82,7 @@ pub(crate) async fn run(
     pool: deadpool_postgres::Pool,
     target: String,
     events: broadcast::Sender<Arc<[RawEnvelope]>>,
-    foreign: broadcast::Sender<Arc<[RawEnvelope]>>,
+    foreign: broadcast::Sender<Arc<Change>>,
     published: Published,
 ) {
     let mut seen = match head(&pool, &target).await {
@@ -172,13 +176,27 @@ async fn listen(
             Ok(Some(first)) => {
                 let mut query = false;
                 let mut next = Some(first);
+                let reading = feeds.0.receiver_count() > 0;
                 while let Some(payload) = next {
-                    match own_commit(&payload, published) {
-                        Some((from, through)) if !query && from == *seen + 1 => {
-                            *seen = through;
-                            published.prune(through);
-                        }
-                        _ => query = true,
+                    let Some(n) = Notice::parse(&payload) else {
+                        query = true;
+                        next = rx.try_recv().ok();
+                        continue;
+                    };
+                    let own = n.writer == published.writer();
+                    if !own {
+                        let _ = feeds.1.send(Arc::new(Change {
+                            streams: n.streams,
+                            offers: n.offers,
+                        }));
+                    }
+                    if !query && n.first == *seen + 1 && (own || !reading) {
+                        // Own events were sent by the writer; foreign ones
+                        // only matter while someone reads the feed.
+                        *seen = n.through;
+                        published.prune(n.through);
+                    } else {
+                        query = true;
                     }
                     next = rx.try_recv().ok();
                 }
@@ -188,20 +206,53 @@ async fn listen(
     }
 }
 
-/// `(first, through)` of a notification (`FIRST:THROUGH:WRITER`) when
-/// this process's writer sent it.
-fn own_commit(payload: &str, published: &Published) -> Option<(u64, u64)> {
-    let mut parts = payload.splitn(3, ':');
-    let first = parts.next()?.parse().ok()?;
-    let through = parts.next()?.parse().ok()?;
-    (parts.next()? == published.writer()).then_some((first, through))
+/// A commit another process made, as its notification tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The streams it appended to (keys, as [`crate::StreamId::key`]);
+    /// `None` when the notification could not list them all.
+    pub streams: Option<Vec<String>>,
+    /// It offered new runs to the workers.
+    pub offers: bool,
+}
+
+/// A notification's payload: `FIRST:THROUGH:WRITER:FLAGS:STREAMS`.
+struct Notice {
+    first: u64,
+    through: u64,
+    writer: String,
+    offers: bool,
+    streams: Option<Vec<String>>,
+}
+
+impl Notice {
+    fn parse(payload: &str) -> Option<Self> {
+        let mut parts = payload.splitn(5, ':');
+        let first = parts.next()?.parse().ok()?;
+        let through = parts.next()?.parse().ok()?;
+        let writer = parts.next()?.to_string();
+        let offers = parts.next()? == "o";
+        let streams = match parts.next()? {
+            "*" => None,
+            "" => Some(Vec::new()),
+            list => Some(list.split(',').map(str::to_string).collect()),
+        };
+        Some(Self {
+            first,
+            through,
+            writer,
+            offers,
+            streams,
+        })
+    }
 }
 
 /// Send what was committed after `seen` by other processes.
-/// The feed of every commit, and the feed of other processes' commits.
+/// The feed of every commit's events, and the feed of other processes'
+/// commits as [`Change`]s.
 type Feeds<'a> = (
     &'a broadcast::Sender<Arc<[RawEnvelope]>>,
-    &'a broadcast::Sender<Arc<[RawEnvelope]>>,
+    &'a broadcast::Sender<Arc<Change>>,
 );
 
 async fn catch_up(
@@ -237,9 +288,19 @@ async fn catch_up(
         }
         published.prune(*seen);
         if !out.is_empty() {
-            let out: Arc<[RawEnvelope]> = out.into();
-            let _ = foreign.send(out.clone());
-            let _ = events.send(out);
+            // Read after a lost notification (a reconnection, the poll):
+            // announced here too.
+            let mut streams: Vec<String> = out.iter().map(|e| e.stream.key()).collect();
+            streams.sort_unstable();
+            streams.dedup();
+            let offers = out
+                .iter()
+                .any(|e| e.seq.0 == 1 && e.stream.as_run().is_some());
+            let _ = foreign.send(Arc::new(Change {
+                streams: Some(streams),
+                offers,
+            }));
+            let _ = events.send(out.into());
         }
         if n < 1000 {
             return Ok(());

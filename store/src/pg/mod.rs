@@ -21,7 +21,7 @@
 //! `sslrootcert=PATH` for a private CA; the web PKI's roots otherwise).
 
 pub(crate) mod lease;
-pub(crate) mod listen;
+pub mod listen;
 mod read;
 pub(crate) mod write;
 
@@ -117,7 +117,7 @@ impl PgStore {
         url: &str,
         options: &StoreOptions,
         events: broadcast::Sender<Arc<[RawEnvelope]>>,
-        foreign: broadcast::Sender<Arc<[RawEnvelope]>>,
+        foreign: broadcast::Sender<Arc<listen::Change>>,
         read_only: bool,
     ) -> Result<Self, StoreError> {
         let target = redact_url(url);

@@ -514,7 +514,24 @@ impl Writer {
         for env in results.iter().filter_map(|r| r.as_ref().ok()).flatten() {
             rows.push(&env.stream.key(), env);
         }
-        let writer = self.published.writer().to_string();
+        // WRITER:FLAGS:STREAMS — flag `o` when the group offers runs to the
+        // workers; the streams appended to (`*` when too many for a
+        // notification's 8,000 bytes).
+        let offers = requests.iter().zip(&results).any(|(r, ok)| {
+            ok.is_ok() && r.leases.iter().any(|l| matches!(l, LeaseOp::Offer { .. }))
+        });
+        let mut streams: Vec<&str> = rows.stream.iter().map(String::as_str).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let mut streams = streams.join(",");
+        if streams.len() > 7000 {
+            streams = "*".into();
+        }
+        let writer = format!(
+            "{}:{}:{streams}",
+            self.published.writer(),
+            if offers { "o" } else { "-" }
+        );
         let event_params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
             &rows.stream,
             &rows.seq,

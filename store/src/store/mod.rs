@@ -178,7 +178,7 @@ struct Inner {
     shared: Option<Arc<Shared>>,
     events: broadcast::Sender<Arc<[RawEnvelope]>>,
     /// Commits of other processes (a shared database only).
-    foreign: broadcast::Sender<Arc<[RawEnvelope]>>,
+    foreign: broadcast::Sender<Arc<crate::Change>>,
     clock: Arc<dyn Clock>,
     writer: Option<std::thread::JoinHandle<()>>,
     /// The PostgreSQL backend, for a store opened on a `postgres://` URL
@@ -533,10 +533,13 @@ impl Store {
         self.inner.events.subscribe()
     }
 
-    /// The envelopes other processes commit, as they commit (a shared
-    /// database: PostgreSQL's LISTEN/NOTIFY; on redb nothing arrives). For
-    /// an engine to see commands other processes append to its runs.
-    pub fn subscribe_foreign(&self) -> broadcast::Receiver<Arc<[RawEnvelope]>> {
+    /// What other processes commit, as they commit: the streams each
+    /// commit appended to and whether it offered runs to the workers (a
+    /// shared database: PostgreSQL's LISTEN/NOTIFY, from the notification
+    /// alone — nothing is read; on redb nothing arrives). For an engine to
+    /// see commands other processes append to its runs, and a worker to
+    /// wake for new runs.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<crate::Change>> {
         self.inner.foreign.subscribe()
     }
 
