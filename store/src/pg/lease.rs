@@ -74,8 +74,8 @@ impl PgStore {
                 .query(
                     "UPDATE chronicle_leases l SET expires_at = now() + $4 * interval '1 millisecond' \
                      FROM unnest($2::text[], $3::int8[]) AS h(run, epoch) \
-                     WHERE l.run = h.run AND l.epoch = h.epoch AND l.owner = $1 \
-                       AND l.expires_at > now() \
+                     WHERE l.run = ANY($2) AND l.run = h.run AND l.epoch = h.epoch \
+                       AND l.owner = $1 AND l.expires_at > now() \
                      RETURNING l.run",
                     &[&owner, &runs, &epochs, &ttl],
                 )

@@ -174,12 +174,33 @@ impl Writer {
         &self,
         requests: &[WriteRequest],
     ) -> Result<Vec<Result<Committed, StoreError>>, Attempt> {
-        let t = &self.target;
-        let e = |e: tokio_postgres::Error| Attempt::of(t, e);
-        let mut conn = PgStore::conn(&self.pool, t)
+        let conn = PgStore::conn(&self.pool, &self.target)
             .await
             .map_err(Attempt::Failed)?;
-        let txn = conn.transaction().await.map_err(e)?;
+        let r = self.transaction(&conn, requests).await;
+        if r.is_err() {
+            // Pipelined: the failure may have come before or after the
+            // server ended the transaction. A connection that cannot even
+            // roll back leaves the pool.
+            if conn.batch_execute("ROLLBACK").await.is_err() {
+                let _ = deadpool_postgres::Object::take(conn);
+            }
+        }
+        r
+    }
+
+    /// The transaction of [`Self::try_commit`] on `txn`, a connection of
+    /// the pool (`BEGIN` and `COMMIT` are sent pipelined with the
+    /// statements around them: the log-head lock is held for the events'
+    /// statement and the commit's flush only, not for a round trip).
+    async fn transaction(
+        &self,
+        txn: &deadpool_postgres::Object,
+        requests: &[WriteRequest],
+    ) -> Result<Vec<Result<Committed, StoreError>>, Attempt> {
+        let t = &self.target;
+        let e = |e: tokio_postgres::Error| Attempt::of(t, e);
+        let begin = txn.batch_execute("BEGIN");
 
         // What the group reads, in one round trip.
         let mut keys: Vec<String> = requests
@@ -230,7 +251,8 @@ impl Writer {
                 .prepare_cached(
                     "SELECT i.name, i.key, i.value FROM chronicle_index i \
                  JOIN unnest($1::text[], $2::text[]) AS k(name, key) \
-                 ON i.name = k.name AND i.key = k.key",
+                 ON i.name = k.name AND i.key = k.key \
+                 WHERE i.name = ANY($1) AND i.key = ANY($2)",
                 )
                 .await?;
             txn.query(&st, &[&names, &inserted]).await
@@ -247,8 +269,8 @@ impl Writer {
                 .await?;
             txn.query(&st, &[&lease_runs]).await
         };
-        let (head_rows, index_rows, lease_rows) =
-            futures_util::future::try_join3(heads_q, index_q, leases_q)
+        let (_, head_rows, index_rows, lease_rows) =
+            futures_util::future::try_join4(begin, heads_q, index_q, leases_q)
                 .await
                 .map_err(e)?;
         let mut heads: HashMap<String, (u64, Hash)> = HashMap::new();
@@ -359,7 +381,7 @@ impl Writer {
             results.push(Ok(committed));
         }
         if results.iter().all(|r| r.is_err()) {
-            txn.rollback().await.map_err(e)?;
+            txn.batch_execute("ROLLBACK").await.map_err(e)?;
             return Ok(results);
         }
         let n_events: i64 = results
@@ -442,7 +464,8 @@ impl Writer {
         if !old_s.is_empty() {
             stmts.push((
                 "UPDATE chronicle_streams s SET last_seq = u.l, head = u.h \
-                 FROM unnest($1::text[], $2::int8[], $3::bytea[]) AS u(s, l, h) WHERE s.stream = u.s",
+                 FROM unnest($1::text[], $2::int8[], $3::bytea[]) AS u(s, l, h) \
+                 WHERE s.stream = ANY($1) AND s.stream = u.s",
                 vec![&old_s, &old_l, &old_h],
             ));
         }
@@ -464,7 +487,7 @@ impl Writer {
         if !del_n.is_empty() {
             stmts.push((
                 "DELETE FROM chronicle_index i USING unnest($1::text[], $2::text[]) AS k(name, key) \
-                 WHERE i.name = k.name AND i.key = k.key",
+                 WHERE i.name = ANY($1) AND i.key = ANY($2) AND i.name = k.name AND i.key = k.key",
                 vec![&del_n, &del_k],
             ));
         }
@@ -558,41 +581,43 @@ impl Writer {
             )
             .await
             .map_err(e)?;
-        let base: i64 = if n_events > 0 {
+        // Marked before the commit (its notification may reach this
+        // process's listener first), with positions once known.
+        let hashes: Vec<Hash> = rows
+            .hash
+            .iter()
+            .map(|h| h.as_slice().try_into().expect("32 bytes"))
+            .collect();
+        self.published.mark(hashes.iter().map(|h| (*h, u64::MAX)));
+        let commit = txn.batch_execute("COMMIT");
+        let done = if n_events > 0 {
             let events_q = txn.query_one(&events_st, &event_params);
-            let (_, row) = futures_util::future::try_join(
+            futures_util::future::try_join3(
                 futures_util::future::try_join_all(writes),
                 events_q,
+                commit,
             )
             .await
-            .map_err(e)?;
-            row.get(0)
+            .map(|(_, row, _)| row.get::<_, i64>(0))
         } else {
-            futures_util::future::try_join_all(writes)
+            futures_util::future::try_join(futures_util::future::try_join_all(writes), commit)
                 .await
-                .map_err(e)?;
-            0
+                .map(|_| 0)
+        };
+        let base = match done {
+            Ok(base) => base,
+            Err(err) => {
+                self.published.unmark(hashes.into_iter());
+                return Err(e(err));
+            }
         };
         let mut next = base as u64 + 1;
         for env in results.iter_mut().filter_map(|r| r.as_mut().ok()).flatten() {
             env.position = Position(next);
             next += 1;
         }
-        rows.position = (base + 1..base + 1 + n_events).collect();
-        self.published.mark(
-            rows.hash
-                .iter()
-                .zip(&rows.position)
-                .map(|(h, p)| (h.as_slice().try_into().expect("32 bytes"), *p as u64)),
-        );
-        if let Err(err) = txn.commit().await {
-            self.published.unmark(
-                rows.hash
-                    .iter()
-                    .map(|h| h.as_slice().try_into().expect("32 bytes")),
-            );
-            return Err(e(err));
-        }
+        self.published
+            .mark(hashes.into_iter().zip(base as u64 + 1..));
         Ok(results)
     }
 }
@@ -695,11 +720,10 @@ fn fence(req: &WriteRequest, leases: &HashMap<String, Lease>) -> Result<(), Stor
     Ok(())
 }
 
-/// The columns of the events a group inserts (positions given by the
-/// statement that inserts them).
+/// The columns of the events a group inserts (their positions are given
+/// by the statement that inserts them).
 #[derive(Default)]
 struct EventRows {
-    position: Vec<i64>,
     stream: Vec<String>,
     seq: Vec<i64>,
     recorded_at_ns: Vec<i64>,
