@@ -407,3 +407,58 @@ fn signals_and_cancels_from_the_cli_reach_the_worker_holding_the_run() {
         .unwrap();
     assert_eq!(go.2["output"], serde_json::json!({"x": 1}));
 }
+
+/// Runs whose agents have circuit breakers, executed by two workers at
+/// once: both append to the agents' streams (optimistic concurrency, a
+/// conflict refolds the stream and decides again); every run ends as on
+/// one engine, and every chain verifies.
+#[test]
+fn two_workers_share_the_agents_circuit_breakers() {
+    let url = fresh_postgres();
+    let spawn = |log: &str| {
+        let err = std::fs::File::create(std::env::temp_dir().join(log)).unwrap();
+        Command::new(BIN)
+            .current_dir(root())
+            .args(["--db", &url, "worker", "--lease", "5s", "--grace", "1s"])
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap()
+    };
+    let mut workers = [spawn("agents-w1.log"), spawn("agents-w2.log")];
+    let mut runs = Vec::new();
+    for _ in 0..6 {
+        let mut c = Command::new(BIN);
+        c.current_dir(root())
+            .args(["--db", &url, "run", "examples/agents.yaml", "--detach"]);
+        let out = crate::support::Out::from(c.output().unwrap());
+        assert_eq!(out.code, 0, "{out:?}");
+        runs.push(out.stdout.trim().to_string());
+    }
+    let env = Env::new();
+    let t = Instant::now();
+    for run in &runs {
+        loop {
+            let s = chronicle(&env, &url, &["status", run, "--json"]).json();
+            if s["status"] == "succeeded" {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "run {run} did not succeed: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let verify = chronicle(&env, &url, &["verify", "--json"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    let agents = Store::open_read_only(&url)
+        .unwrap()
+        .streams_with_prefix("agent:")
+        .unwrap();
+    assert!(!agents.is_empty(), "no agent stream was written");
+}

@@ -16,7 +16,6 @@ use super::processes;
 use super::shared::Inner;
 use crate::decide::{AttemptResult, Command, decide_circuit};
 use crate::effects::{Effect, StartAttempt, effects};
-use crate::ids::agent_stream;
 use crate::model::template::{Scope, resolve, substitute_secrets};
 use crate::state::{RunState, RunStatus, StepStatus};
 use chronicle_store::Seq;
@@ -194,7 +193,14 @@ impl RunActor {
     /// [`Self::handle`] with an agent's events in the same write; logs a
     /// rejected command, and `Err` when the run must stop (storage).
     async fn handle_with(&mut self, cmd: Command, agent: Option<&AgentAppend>) -> Result<(), ()> {
-        match self.handle_agent(cmd, agent).await {
+        let r = self.handle_agent(cmd, agent).await;
+        self.log_outcome(r)
+    }
+
+    /// Log a command's error; `Err` when the run must stop (storage, a
+    /// lost lease).
+    fn log_outcome(&self, r: Result<(), EngineError>) -> Result<(), ()> {
+        match r {
             Ok(()) => Ok(()),
             Err(e @ EngineError::Store(chronicle_store::StoreError::Fenced { .. })) => {
                 tracing::warn!(error = %e, "the run stops here: its lease was lost");
@@ -336,50 +342,61 @@ impl RunActor {
         };
         let engine = self.engine.clone();
         let mut heads = engine.agent_heads.lock().await;
-        let after = match heads.get(&agent) {
-            Some(s) => Ok(*s),
-            None => agent_stream(&agent)
-                .and_then(|s| engine.store.head(&s))
-                .map(|h| h.map(|h| h.last_seq).unwrap_or(Seq(0))),
-        };
-        let after = match after {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(agent, error = %e, "cannot read the agent's stream; the run stops");
-                return Err(());
+        // On a shared database other workers append to the agent's stream
+        // too: fold what they appended first, and on a conflict (one
+        // appended meanwhile) fold again and decide again.
+        let mut tries = 0;
+        loop {
+            let after = match engine.sync_agent(&agent, &mut heads) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(agent, error = %e, "cannot read the agent's stream; the run stops");
+                    return Err(());
+                }
+            };
+            let events = decide_circuit(
+                &self.state,
+                &agent,
+                &step,
+                attempt,
+                &result,
+                &engine.capacity.breaker(&agent),
+                engine.clock.peek(),
+            );
+            let append = AgentAppend {
+                agent: agent.clone(),
+                events,
+                after,
+            };
+            let seq_before = self.state.seq;
+            let cmd = Command::Finished {
+                step: step.clone(),
+                attempt,
+                result: result.clone(),
+            };
+            match self.handle_agent(cmd.clone(), Some(&append)).await {
+                Err(EngineError::Store(chronicle_store::StoreError::Conflict {
+                    stream, ..
+                })) if tries < 8 && stream != self.run_id().to_string() => {
+                    tries += 1;
+                    heads.remove(&agent);
+                    continue;
+                }
+                Err(e) => {
+                    drop(heads);
+                    // Logged and judged as every other command's error.
+                    return self.log_outcome(Err(e));
+                }
+                Ok(()) => {
+                    if self.state.seq > seq_before && !append.events.is_empty() {
+                        // Written with the run's events: fold them in.
+                        heads.insert(agent.clone(), Seq(after.0 + append.events.len() as u64));
+                        engine.capacity.apply_agent(&agent, &append.events);
+                    }
+                    return Ok(());
+                }
             }
-        };
-        let events = decide_circuit(
-            &self.state,
-            &agent,
-            &step,
-            attempt,
-            &result,
-            &engine.capacity.breaker(&agent),
-            engine.clock.peek(),
-        );
-        let append = AgentAppend {
-            agent: agent.clone(),
-            events,
-            after,
-        };
-        let seq_before = self.state.seq;
-        let outcome = self
-            .handle_with(
-                Command::Finished {
-                    step,
-                    attempt,
-                    result,
-                },
-                Some(&append),
-            )
-            .await;
-        if self.state.seq > seq_before && !append.events.is_empty() {
-            // Written with the run's events: fold them in.
-            heads.insert(agent.clone(), Seq(after.0 + append.events.len() as u64));
-            engine.capacity.apply_agent(&agent, &append.events);
         }
-        outcome
     }
 
     /// Half-open the circuits of this run's agents whose cool-down ended.

@@ -140,6 +140,55 @@ impl Inner {
         }
     }
 
+    /// The agent's stream head as this engine knows it (`heads`, the
+    /// agents' lock held), reading it when unknown; on a shared database
+    /// the events other workers appended since are folded into the
+    /// agent's breaker first, so a decision sees every worker's outcomes.
+    ///
+    /// Errors: storage errors; an agent event that does not decode.
+    pub(crate) fn sync_agent(
+        &self,
+        agent: &str,
+        heads: &mut HashMap<String, Seq>,
+    ) -> Result<Seq, EngineError> {
+        let stream = agent_stream(agent)?;
+        let known = heads.get(agent).copied();
+        let shared = self.leases.is_some();
+        let head = match (known, shared) {
+            (Some(s), false) => return Ok(s),
+            (None, false) => self
+                .store
+                .head(&stream)?
+                .map(|h| h.last_seq)
+                .unwrap_or(Seq(0)),
+            (known, true) => {
+                let from = known.unwrap_or(Seq(0));
+                let new = self.store.read_stream(&stream, Seq(from.0 + 1))?;
+                match known {
+                    // Known: fold what others appended since.
+                    Some(_) => {
+                        let events: Vec<AgentEvent> = new
+                            .iter()
+                            .map(|e| e.decode::<AgentEvent>())
+                            .collect::<Result<_, _>>()?;
+                        self.capacity.apply_agent(agent, &events);
+                    }
+                    // Unknown (a conflict reset it): fold the whole stream.
+                    None => {
+                        let mut breaker = crate::circuit::Breaker::default();
+                        for e in &new {
+                            breaker.apply(&e.decode::<AgentEvent>()?);
+                        }
+                        self.capacity.load_breaker(agent, breaker);
+                    }
+                }
+                new.last().map(|e| e.seq).unwrap_or(from)
+            }
+        };
+        heads.insert(agent.to_string(), head);
+        Ok(head)
+    }
+
     /// Append an agent's circuit events to its stream.
     pub async fn append_agent(
         &self,
@@ -151,14 +200,7 @@ impl Inner {
         }
         let stream = agent_stream(agent)?;
         let mut heads = self.agent_heads.lock().await;
-        let head = match heads.get(agent) {
-            Some(s) => *s,
-            None => self
-                .store
-                .head(&stream)?
-                .map(|h| h.last_seq)
-                .unwrap_or(Seq(0)),
-        };
+        let head = self.sync_agent(agent, &mut heads)?;
         let now = self.clock.now();
         let evs = events
             .iter()
