@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "chronicle", version, about, long_about = None)]
 pub struct Cli {
-    /// The database file (its commit journal is PATH-journal, beside it).
+    /// The database: a redb file (its commit journal is PATH-journal,
+    /// beside it), or a PostgreSQL URL (postgres://USER@HOST/DB) shared by
+    /// many processes and `chronicle worker`s (README: "Scaling out").
     #[arg(
         long,
         global = true,

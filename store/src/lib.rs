@@ -2,8 +2,11 @@
 //!
 //! Chronicle's event log: durable, append-only, hash-chained streams of
 //! events in one [redb](https://docs.rs/redb) file (`PATH`) and its commit
-//! journal (`PATH-journal`). It knows streams, sequence numbers, envelopes
-//! and bytes — not workflows.
+//! journal (`PATH-journal`) — or in a PostgreSQL database many processes
+//! share ([`Store::open`] with a `postgres://` URL; the source's `pg/`:
+//! the same model, envelope and chain, group commit in one transaction,
+//! leases and fencing for workers, a LISTEN/NOTIFY feed). It knows
+//! streams, sequence numbers, envelopes and bytes — not workflows.
 //!
 //! - **Layout**: events keyed by global position in one table, so a group
 //!   commit writes at one edge of one B-tree; the positions of each stream's

@@ -193,8 +193,10 @@ impl Engine {
             Ok(state) if state.status.is_terminal() => {
                 // Claimed on a shared database after it ended: its lease goes.
                 if let Some(leases) = &self.inner.leases {
-                    let mut req = WriteRequest::default();
-                    req.leases = leases.ops(run, false, true);
+                    let req = WriteRequest {
+                        leases: leases.ops(run, false, true),
+                        ..Default::default()
+                    };
                     self.inner.store.write(req).await?;
                 }
                 Ok((run, Recovered::Ended))

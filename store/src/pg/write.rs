@@ -611,10 +611,9 @@ impl Writer {
                 return Err(e(err));
             }
         };
-        let mut next = base as u64 + 1;
-        for env in results.iter_mut().filter_map(|r| r.as_mut().ok()).flatten() {
-            env.position = Position(next);
-            next += 1;
+        let envs = results.iter_mut().filter_map(|r| r.as_mut().ok()).flatten();
+        for (position, env) in (base as u64 + 1..).zip(envs) {
+            env.position = Position(position);
         }
         self.published
             .mark(hashes.into_iter().zip(base as u64 + 1..));
