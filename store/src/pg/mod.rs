@@ -206,6 +206,29 @@ impl PgStore {
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
+    /// The rows of `sql` with `params`, on a pooled connection (the
+    /// statement prepared once per connection and cached), waiting on this
+    /// thread ([`Self::block`]).
+    ///
+    /// Errors: [`StoreError::Postgres`] naming the database.
+    pub fn rows(
+        &self,
+        sql: String,
+        params: Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let (pool, target) = (self.pool.clone(), self.target.clone());
+        self.block(async move {
+            let conn = PgStore::conn(&pool, &target).await?;
+            let e = |e| pg_error(&target, e);
+            let st = conn.prepare_cached(&sql).await.map_err(e)?;
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            conn.query(&st, &refs).await.map_err(e)
+        })
+    }
+
     /// A pooled connection.
     pub async fn conn(pool: &Pool, target: &str) -> Result<deadpool_postgres::Object, StoreError> {
         pool.get().await.map_err(|e| pg_error(target, e))

@@ -69,22 +69,19 @@ impl PgStore {
         let to = to.map_or(i64::MAX, |s| s.0.min(i64::MAX as u64) as i64);
         let mut next = from.0.max(1) as i64;
         loop {
-            let (pool, target, k) = (self.pool.clone(), self.target.clone(), key.clone());
-            let rows = self.block(async move {
-                let conn = PgStore::conn(&pool, &target).await?;
-                conn.query(
-                    &conn
-                        .prepare_cached(&format!(
-                            "SELECT {EVENT_COLUMNS} FROM chronicle_events \
+            let k = key.clone();
+            let rows = self.rows(
+                format!(
+                    "SELECT {EVENT_COLUMNS} FROM chronicle_events \
                          WHERE stream = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq LIMIT $4"
-                        ))
-                        .await
-                        .map_err(|e| pg_error(&target, e))?,
-                    &[&k, &next, &to, &PAGE],
-                )
-                .await
-                .map_err(|e| pg_error(&target, e))
-            })?;
+                ),
+                vec![
+                    Box::new(k.clone()),
+                    Box::new(next.clone()),
+                    Box::new(to.clone()),
+                    Box::new(PAGE.clone()),
+                ],
+            )?;
             let n = rows.len();
             for row in &rows {
                 let env = envelope_of(row, &self.target)?;
@@ -163,21 +160,13 @@ impl PgStore {
 
     /// [`crate::Store::head`].
     pub fn head(&self, stream: &StreamId) -> Result<Option<StreamHead>, StoreError> {
-        let (pool, target, key) = (self.pool.clone(), self.target.clone(), stream.key());
-        let row = self.block(async move {
-            let conn = PgStore::conn(&pool, &target).await?;
-            conn.query_opt(
-                &conn
-                    .prepare_cached(
-                        "SELECT last_seq, head FROM chronicle_streams WHERE stream = $1",
-                    )
-                    .await
-                    .map_err(|e| pg_error(&target, e))?,
-                &[&key],
+        let key = stream.key();
+        let row = self
+            .rows(
+                "SELECT last_seq, head FROM chronicle_streams WHERE stream = $1".to_string(),
+                vec![Box::new(key.clone())],
             )
-            .await
-            .map_err(|e| pg_error(&target, e))
-        })?;
+            .map(|rows| rows.into_iter().next())?;
         row.map(|r| {
             Ok(StreamHead {
                 stream: stream.clone(),
@@ -190,23 +179,13 @@ impl PgStore {
 
     /// [`crate::Store::streams_with_prefix`].
     pub fn streams_with_prefix(&self, prefix: &str) -> Result<Vec<StreamHead>, StoreError> {
-        let (pool, target) = (self.pool.clone(), self.target.clone());
         let (from, end) = (prefix.to_string(), prefix_end(prefix));
-        let rows = self.block(async move {
-            let conn = PgStore::conn(&pool, &target).await?;
-            conn.query(
-                &conn
-                    .prepare_cached(
-                        "SELECT stream, last_seq, head FROM chronicle_streams \
-                 WHERE stream >= $1 AND ($2::text IS NULL OR stream < $2) ORDER BY stream",
-                    )
-                    .await
-                    .map_err(|e| pg_error(&target, e))?,
-                &[&from, &end],
-            )
-            .await
-            .map_err(|e| pg_error(&target, e))
-        })?;
+        let rows = self.rows(
+            "SELECT stream, last_seq, head FROM chronicle_streams \
+                 WHERE stream >= $1 AND ($2::text IS NULL OR stream < $2) ORDER BY stream"
+                .to_string(),
+            vec![Box::new(from.clone()), Box::new(end.clone())],
+        )?;
         rows.iter()
             .map(|r| {
                 let key: &str = r.get(0);
@@ -223,23 +202,14 @@ impl PgStore {
 
     /// [`crate::Store::read_all`].
     pub fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RawEnvelope>, StoreError> {
-        let (pool, target) = (self.pool.clone(), self.target.clone());
         let (from, limit) = (from.0 as i64, limit.min(i64::MAX as usize) as i64);
-        let rows = self.block(async move {
-            let conn = PgStore::conn(&pool, &target).await?;
-            conn.query(
-                &conn
-                    .prepare_cached(&format!(
-                        "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE position >= $1 \
+        let rows = self.rows(
+            format!(
+                "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE position >= $1 \
                      ORDER BY position LIMIT $2"
-                    ))
-                    .await
-                    .map_err(|e| pg_error(&target, e))?,
-                &[&from, &limit],
-            )
-            .await
-            .map_err(|e| pg_error(&target, e))
-        })?;
+            ),
+            vec![Box::new(from.clone()), Box::new(limit.clone())],
+        )?;
         rows.iter().map(|r| envelope_of(r, &self.target)).collect()
     }
 
@@ -253,22 +223,13 @@ impl PgStore {
         let mut after = 0i64;
         let mut n = 0u64;
         loop {
-            let (pool, target) = (self.pool.clone(), self.target.clone());
-            let rows = self.block(async move {
-                let conn = PgStore::conn(&pool, &target).await?;
-                conn.query(
-                    &conn
-                        .prepare_cached(&format!(
-                            "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE position > $1 \
+            let rows = self.rows(
+                format!(
+                    "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE position > $1 \
                          ORDER BY position LIMIT $2"
-                        ))
-                        .await
-                        .map_err(|e| pg_error(&target, e))?,
-                    &[&after, &PAGE],
-                )
-                .await
-                .map_err(|e| pg_error(&target, e))
-            })?;
+                ),
+                vec![Box::new(after.clone()), Box::new(PAGE.clone())],
+            )?;
             for row in &rows {
                 let position: i64 = row.get(0);
                 let stream: &str = row.get(1);
@@ -310,22 +271,13 @@ impl PgStore {
 
     /// [`crate::Store::index_get`].
     pub fn index_get(&self, index: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let (pool, target) = (self.pool.clone(), self.target.clone());
         let (index, key) = (index.to_string(), key.to_string());
-        let row = self.block(async move {
-            let conn = PgStore::conn(&pool, &target).await?;
-            conn.query_opt(
-                &conn
-                    .prepare_cached(
-                        "SELECT value FROM chronicle_index WHERE name = $1 AND key = $2",
-                    )
-                    .await
-                    .map_err(|e| pg_error(&target, e))?,
-                &[&index, &key],
+        let row = self
+            .rows(
+                "SELECT value FROM chronicle_index WHERE name = $1 AND key = $2".to_string(),
+                vec![Box::new(index.clone()), Box::new(key.clone())],
             )
-            .await
-            .map_err(|e| pg_error(&target, e))
-        })?;
+            .map(|rows| rows.into_iter().next())?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -335,23 +287,17 @@ impl PgStore {
         index: &str,
         prefix: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let (pool, target) = (self.pool.clone(), self.target.clone());
         let (index, from, end) = (index.to_string(), prefix.to_string(), prefix_end(prefix));
-        let rows = self.block(async move {
-            let conn = PgStore::conn(&pool, &target).await?;
-            conn.query(
-                &conn
-                    .prepare_cached(
-                        "SELECT key, value FROM chronicle_index WHERE name = $1 AND key >= $2 \
-                 AND ($3::text IS NULL OR key < $3) ORDER BY key",
-                    )
-                    .await
-                    .map_err(|e| pg_error(&target, e))?,
-                &[&index, &from, &end],
-            )
-            .await
-            .map_err(|e| pg_error(&target, e))
-        })?;
+        let rows = self.rows(
+            "SELECT key, value FROM chronicle_index WHERE name = $1 AND key >= $2 \
+                 AND ($3::text IS NULL OR key < $3) ORDER BY key"
+                .to_string(),
+            vec![
+                Box::new(index.clone()),
+                Box::new(from.clone()),
+                Box::new(end.clone()),
+            ],
+        )?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -361,38 +307,26 @@ impl PgStore {
         stream: &StreamId,
         at: Option<Seq>,
     ) -> Result<Option<(Seq, Vec<u8>)>, StoreError> {
-        let (pool, target, key) = (self.pool.clone(), self.target.clone(), stream.key());
+        let key = stream.key();
         let at = at.map_or(i64::MAX, |s| s.0.min(i64::MAX as u64) as i64);
-        let row = self.block(async move {
-            let conn = PgStore::conn(&pool, &target).await?;
-            conn.query_opt(
-                &conn.prepare_cached("SELECT seq, bytes FROM chronicle_snapshots WHERE stream = $1 AND seq <= $2 \
-                 ORDER BY seq DESC LIMIT 1").await.map_err(|e| pg_error(&target, e))?,
-                &[&key, &at],
+        let row = self
+            .rows(
+                "SELECT seq, bytes FROM chronicle_snapshots WHERE stream = $1 AND seq <= $2 \
+                 ORDER BY seq DESC LIMIT 1"
+                    .to_string(),
+                vec![Box::new(key.clone()), Box::new(at.clone())],
             )
-            .await
-            .map_err(|e| pg_error(&target, e))
-        })?;
+            .map(|rows| rows.into_iter().next())?;
         Ok(row.map(|r| (Seq(r.get::<_, i64>(0) as u64), r.get(1))))
     }
 
     /// [`crate::Store::snapshot_seqs`].
     pub fn snapshot_seqs(&self, stream: &StreamId) -> Result<Vec<Seq>, StoreError> {
-        let (pool, target, key) = (self.pool.clone(), self.target.clone(), stream.key());
-        let rows = self.block(async move {
-            let conn = PgStore::conn(&pool, &target).await?;
-            conn.query(
-                &conn
-                    .prepare_cached(
-                        "SELECT seq FROM chronicle_snapshots WHERE stream = $1 ORDER BY seq",
-                    )
-                    .await
-                    .map_err(|e| pg_error(&target, e))?,
-                &[&key],
-            )
-            .await
-            .map_err(|e| pg_error(&target, e))
-        })?;
+        let key = stream.key();
+        let rows = self.rows(
+            "SELECT seq FROM chronicle_snapshots WHERE stream = $1 ORDER BY seq".to_string(),
+            vec![Box::new(key.clone())],
+        )?;
         Ok(rows
             .iter()
             .map(|r| Seq(r.get::<_, i64>(0) as u64))
