@@ -77,9 +77,9 @@ impl PgStore {
                 ),
                 vec![
                     Box::new(k.clone()),
-                    Box::new(next.clone()),
-                    Box::new(to.clone()),
-                    Box::new(PAGE.clone()),
+                    Box::new(next),
+                    Box::new(to),
+                    Box::new(PAGE),
                 ],
             )?;
             let n = rows.len();
@@ -184,7 +184,7 @@ impl PgStore {
             "SELECT stream, last_seq, head FROM chronicle_streams \
                  WHERE stream >= $1 AND ($2::text IS NULL OR stream < $2) ORDER BY stream"
                 .to_string(),
-            vec![Box::new(from.clone()), Box::new(end.clone())],
+            vec![Box::new(from), Box::new(end.clone())],
         )?;
         rows.iter()
             .map(|r| {
@@ -208,7 +208,7 @@ impl PgStore {
                 "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE position >= $1 \
                      ORDER BY position LIMIT $2"
             ),
-            vec![Box::new(from.clone()), Box::new(limit.clone())],
+            vec![Box::new(from), Box::new(limit)],
         )?;
         rows.iter().map(|r| envelope_of(r, &self.target)).collect()
     }
@@ -228,7 +228,7 @@ impl PgStore {
                     "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE position > $1 \
                          ORDER BY position LIMIT $2"
                 ),
-                vec![Box::new(after.clone()), Box::new(PAGE.clone())],
+                vec![Box::new(after), Box::new(PAGE)],
             )?;
             for row in &rows {
                 let position: i64 = row.get(0);
@@ -294,7 +294,7 @@ impl PgStore {
                 .to_string(),
             vec![
                 Box::new(index.clone()),
-                Box::new(from.clone()),
+                Box::new(from),
                 Box::new(end.clone()),
             ],
         )?;
@@ -314,7 +314,7 @@ impl PgStore {
                 "SELECT seq, bytes FROM chronicle_snapshots WHERE stream = $1 AND seq <= $2 \
                  ORDER BY seq DESC LIMIT 1"
                     .to_string(),
-                vec![Box::new(key.clone()), Box::new(at.clone())],
+                vec![Box::new(key.clone()), Box::new(at)],
             )
             .map(|rows| rows.into_iter().next())?;
         Ok(row.map(|r| (Seq(r.get::<_, i64>(0) as u64), r.get(1))))
