@@ -462,3 +462,111 @@ fn two_workers_share_the_agents_circuit_breakers() {
         .unwrap();
     assert!(!agents.is_empty(), "no agent stream was written");
 }
+
+/// `chronicle serve --no-worker` on PostgreSQL answers the API and offers
+/// the runs submitted to it; a `chronicle worker` executes them; the API
+/// then shows them succeeded, and cancels a waiting run a worker holds.
+#[test]
+fn an_api_node_without_a_worker_offers_runs_to_the_workers() {
+    let env = Env::new();
+    let url = fresh_postgres();
+    let mut serve = Command::new(BIN)
+        .current_dir(env.dir.path())
+        .args([
+            "--db",
+            &url,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-worker",
+        ])
+        .env("CHRONICLE_TOKEN", "api-token")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let http = reqwest::blocking::Client::new();
+    let call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        let mut r = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth("api-token");
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let wait_ready = Instant::now();
+    while call(reqwest::Method::GET, "/readyz", None).0 != 200 {
+        assert!(
+            wait_ready.elapsed() < Duration::from_secs(20),
+            "never ready"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let wf = serde_json::json!({"name": "echo", "steps": [
+        {"id": "a", "function": "chronicle.echo", "with": {"x": 1}},
+        {"id": "gate", "needs": ["a"], "signal": "go"}
+    ]});
+    let (code, created) = call(
+        reqwest::Method::POST,
+        "/v1/runs",
+        Some(serde_json::json!({"workflow": wf, "input": {}})),
+    );
+    assert_eq!(code, 202, "{created}");
+    let run = created["run_id"].as_str().unwrap().to_string();
+    // Nothing executes it until a worker runs.
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, s) = call(reqwest::Method::GET, &format!("/v1/runs/{run}"), None);
+    assert_eq!(s["seq"], 2, "the API node executed the run itself: {s}");
+    let mut w = worker(&env, &url, "5s", "w.log");
+    let t = Instant::now();
+    loop {
+        let (_, s) = call(reqwest::Method::GET, &format!("/v1/runs/{run}"), None);
+        let steps = s["steps"].as_array().cloned().unwrap_or_default();
+        if steps
+            .iter()
+            .any(|x| x["id"] == "gate" && x["status"] == "running")
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the worker never got to the gate: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _) = call(
+        reqwest::Method::POST,
+        &format!("/v1/runs/{run}/signals/go"),
+        Some(serde_json::json!({"data": {"ok": true}})),
+    );
+    assert_eq!(code / 100, 2);
+    let t = Instant::now();
+    loop {
+        let (_, s) = call(reqwest::Method::GET, &format!("/v1/runs/{run}"), None);
+        if s["status"] == "succeeded" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "not succeeded: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for c in [&mut w, &mut serve] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
