@@ -5,7 +5,7 @@ use super::*;
 /// Verify every stream's hash chain and fold, and the commit journal.
 #[utoipa::path(
     get, path = "/v1/verify", tag = "audit",
-    responses((status = 200, description = "`{ok, streams, journal, journal_losses}` (as `chronicle verify --json`)", body = Object), (status = 503, body = Problem))
+    responses((status = 200, description = "`{ok, streams, journal, journal_losses, backend}` (as `chronicle verify --json`)", body = Object), (status = 503, body = Problem))
 )]
 pub async fn verify_all(State(app): State<AppState>) -> Result<Json<Value>, Problem> {
     let engine = app.0.engine.clone();
