@@ -23,6 +23,7 @@
 pub(crate) mod lease;
 pub mod listen;
 mod read;
+mod rules;
 pub(crate) mod write;
 
 use std::path::PathBuf;

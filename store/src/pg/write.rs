@@ -27,7 +27,8 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::listen::Published;
-use super::{PgStore, nanos, pg_error};
+use super::rules::{Attempt, EventRows, Lease, check, fence};
+use super::{PgStore, pg_error};
 use crate::clock::Clock;
 use crate::envelope::{GENESIS_HASH, Hash, RawEnvelope, chain_hash_of};
 use crate::error::StoreError;
@@ -49,11 +50,10 @@ pub(crate) struct Writer {
     pub published: Published,
 }
 
-/// Groups committing at once per process. One group at a time left the
-/// writer's connection busy for the whole round trips of each group (a
-/// worker at ~430 groups/s was its own bottleneck); several overlap their
-/// round trips and meet only at the log-head lock, held from positions to
-/// commit. Measured with `chronicle bench workers` (see the README).
+/// Groups committing at once per process. Measured with `chronicle bench
+/// workers` (one worker, 2026-11-30): one at a time 656–711 runs/s, two
+/// 464, four 341 — groups committing at once are smaller and all meet at
+/// the log-head lock, so one at a time, which batches the most, is kept.
 const CONCURRENT_GROUPS: usize = 1;
 
 impl Writer {
@@ -618,126 +618,5 @@ impl Writer {
         self.published
             .mark(hashes.into_iter().zip(base as u64 + 1..));
         Ok(results)
-    }
-}
-
-/// Why a transaction did not commit.
-enum Attempt {
-    /// A race with another process (a unique key, a new stream, a
-    /// deadlock): try the requests again, one by one.
-    Lost(String),
-    /// Anything else: every request of the group gets the error.
-    Failed(StoreError),
-}
-
-impl Attempt {
-    fn of(target: &str, e: tokio_postgres::Error) -> Self {
-        use tokio_postgres::error::SqlState;
-        match e.code() {
-            Some(c)
-                if *c == SqlState::UNIQUE_VIOLATION
-                    || *c == SqlState::T_R_DEADLOCK_DETECTED
-                    || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
-            {
-                Self::Lost(e.to_string())
-            }
-            _ => Self::Failed(pg_error(target, e)),
-        }
-    }
-}
-
-/// Check `req` against the heads and index as the group sees them: the
-/// redb writer's rules, with the same errors.
-fn check(
-    req: &WriteRequest,
-    heads: &HashMap<String, (u64, Hash)>,
-    index: &HashMap<(String, String), Option<Vec<u8>>>,
-) -> Result<(), StoreError> {
-    let mut seen = HashSet::new();
-    for a in &req.appends {
-        let key = a.stream.key();
-        if !seen.insert(key.clone()) {
-            return Err(StoreError::InvalidRequest(format!(
-                "stream {key} appears twice in one request"
-            )));
-        }
-        let last = heads.get(&key).map_or(0, |h| h.0);
-        if last != a.expected.0 {
-            return Err(StoreError::Conflict {
-                stream: key,
-                expected: a.expected.0,
-                actual: last,
-            });
-        }
-    }
-    for op in &req.index {
-        if let IndexOp::Insert {
-            index: name, key, ..
-        } = op
-            && let Some(Some(existing)) = index.get(&(name.clone(), key.clone()))
-        {
-            return Err(StoreError::IndexConflict {
-                index: name.clone(),
-                key: key.clone(),
-                existing: existing.clone(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// A run's lease as the group sees it.
-struct Lease {
-    owner: Option<String>,
-    epoch: u64,
-    /// Not expired (by the database's clock).
-    live: bool,
-}
-
-/// Fencing: every [`LeaseOp::Hold`] of `req` must name a live lease of
-/// its owner at its epoch.
-fn fence(req: &WriteRequest, leases: &HashMap<String, Lease>) -> Result<(), StoreError> {
-    for op in &req.leases {
-        let LeaseOp::Hold { run, owner, epoch } = op else {
-            continue;
-        };
-        let message = match leases.get(run) {
-            None => "the run has no lease".to_string(),
-            Some(l) if l.owner.as_deref() != Some(owner) || l.epoch != *epoch => format!(
-                "held by {} at epoch {}, not by {owner} at epoch {epoch}",
-                l.owner.as_deref().unwrap_or("no one"),
-                l.epoch
-            ),
-            Some(l) if !l.live => format!("the lease of {owner} at epoch {epoch} expired"),
-            Some(_) => continue,
-        };
-        return Err(StoreError::Fenced {
-            run: run.clone(),
-            message,
-        });
-    }
-    Ok(())
-}
-
-/// The columns of the events a group inserts (their positions are given
-/// by the statement that inserts them).
-#[derive(Default)]
-struct EventRows {
-    stream: Vec<String>,
-    seq: Vec<i64>,
-    recorded_at_ns: Vec<i64>,
-    schema_version: Vec<i32>,
-    payload: Vec<Vec<u8>>,
-    hash: Vec<Vec<u8>>,
-}
-
-impl EventRows {
-    fn push(&mut self, key: &str, env: &RawEnvelope) {
-        self.stream.push(key.to_string());
-        self.seq.push(env.seq.0 as i64);
-        self.recorded_at_ns.push(nanos(env.recorded_at));
-        self.schema_version.push(env.schema_version as i32);
-        self.payload.push(env.payload.clone());
-        self.hash.push(env.hash.to_vec());
     }
 }
