@@ -81,6 +81,28 @@ pub(crate) async fn in_flight(
     total: usize,
     parallel: usize,
 ) -> Result<f64, EngineError> {
+    in_flight_with(total, parallel, || {
+        let (engine, wf) = (engine.clone(), wf.clone());
+        async move {
+            let run = engine.start(wf, json!({}), None).await?;
+            let s = engine.wait(run).await?;
+            Ok(s.status == RunStatus::Succeeded)
+        }
+    })
+    .await
+}
+
+/// Run `one()` `total` times, `parallel` at a time; the seconds it took.
+/// Panics when one answers `false` (a bench run that did not succeed).
+pub(crate) async fn in_flight_with<F, Fut>(
+    total: usize,
+    parallel: usize,
+    one: F,
+) -> Result<f64, EngineError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, EngineError>> + Send + 'static,
+{
     let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -90,13 +112,11 @@ pub(crate) async fn in_flight(
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        let engine = engine.clone();
-        let wf = wf.clone();
+        let run = one();
         tasks.spawn(async move {
-            let run = engine.start(wf, json!({}), None).await?;
-            let s = engine.wait(run).await?;
+            let ok = run.await;
             drop(permit);
-            Ok::<_, EngineError>(s.status == RunStatus::Succeeded)
+            ok
         });
     }
     while let Some(r) = tasks.join_next().await {
@@ -106,7 +126,7 @@ pub(crate) async fn in_flight(
                 e.to_string(),
             )
         })??;
-        assert!(ok, "a no-op bench run did not succeed");
+        assert!(ok, "a bench run did not succeed");
     }
     Ok(start.elapsed().as_secs_f64())
 }

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -122,37 +122,18 @@ async fn measure(
     total: usize,
     parallel: usize,
 ) -> Result<f64, EngineError> {
-    let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..total {
-        let permit = sem
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+    crate::steps::in_flight_with(total, parallel, || {
         let (engine, wf, tracker) = (engine.clone(), wf.clone(), tracker.clone());
-        tasks.spawn(async move {
+        async move {
             let run = engine.start(wf, json!({}), None).await?;
             let done = tracker.wait(run.0);
-            let ok = tokio::time::timeout(Duration::from_secs(120), done)
+            Ok(tokio::time::timeout(Duration::from_secs(120), done)
                 .await
                 .map(|r| r.unwrap_or(false))
-                .unwrap_or(false);
-            drop(permit);
-            Ok::<_, EngineError>(ok)
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        let ok = r.map_err(|e| {
-            EngineError::Stopped(
-                chronicle_engine::ids::RunId(uuid::Uuid::nil()),
-                e.to_string(),
-            )
-        })??;
-        assert!(ok, "a bench run did not succeed within 2 minutes");
-    }
-    Ok(start.elapsed().as_secs_f64())
+                .unwrap_or(false))
+        }
+    })
+    .await
 }
 
 /// Run the benchmark: `exe` is the `chronicle` binary the workers run,

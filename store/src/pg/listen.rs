@@ -121,39 +121,10 @@ async fn listen(
 ) -> Result<(), StoreError> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let client = match tls {
-        Some(tls) => {
-            let (client, mut conn) = config
-                .connect(tls.clone())
-                .await
-                .map_err(|e| pg_error(target, e))?;
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-                while let Some(Ok(m)) = messages.next().await {
-                    if let AsyncMessage::Notification(n) = m {
-                        let _ = tx.send(n.payload().to_string());
-                    }
-                }
-            });
-            client
-        }
-        None => {
-            let (client, mut conn) = config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| pg_error(target, e))?;
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-                while let Some(Ok(m)) = messages.next().await {
-                    if let AsyncMessage::Notification(n) = m {
-                        let _ = tx.send(n.payload().to_string());
-                    }
-                }
-            });
-            client
-        }
-    };
+        Some(tls) => connect(config, tls.clone(), tx.clone()).await,
+        None => connect(config, tokio_postgres::NoTls, tx.clone()).await,
+    }
+    .map_err(|e| pg_error(target, e))?;
     drop(tx);
     client
         .batch_execute("LISTEN chronicle_events")
@@ -204,6 +175,29 @@ async fn listen(
             }
         };
     }
+}
+
+/// A connection to `config` over `tls` whose notifications' payloads go
+/// to `tx` (its connection task ends with it).
+async fn connect<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut conn) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    Ok(client)
 }
 
 /// A commit another process made, as its notification tells it.
