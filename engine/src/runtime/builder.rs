@@ -9,7 +9,6 @@ use serde_json::Value;
 
 use super::capacity::Capacity;
 use super::exec::function::{Function, FunctionCall, FunctionError, FunctionFuture};
-use crate::event::AgentEvent;
 
 use super::engine::{Engine, EngineError};
 use super::shared::Inner;
@@ -241,11 +240,8 @@ fn load_breakers(store: &Store, capacity: &Capacity) -> Result<(), EngineError> 
         let Some(agent) = name.strip_prefix("agent:") else {
             continue;
         };
-        let mut breaker = crate::circuit::Breaker::default();
-        for env in store.read_stream(&head.stream, Seq(1))? {
-            breaker.apply(&env.decode::<AgentEvent>()?);
-        }
-        capacity.load_breaker(agent, breaker);
+        let envs = store.read_stream(&head.stream, Seq(1))?;
+        capacity.load_breaker(agent, super::shared::breaker_of(&envs)?);
     }
     Ok(())
 }

@@ -174,13 +174,7 @@ impl Inner {
                         self.capacity.apply_agent(agent, &events);
                     }
                     // Unknown (a conflict reset it): fold the whole stream.
-                    None => {
-                        let mut breaker = crate::circuit::Breaker::default();
-                        for e in &new {
-                            breaker.apply(&e.decode::<AgentEvent>()?);
-                        }
-                        self.capacity.load_breaker(agent, breaker);
-                    }
+                    None => self.capacity.load_breaker(agent, breaker_of(&new)?),
                 }
                 new.last().map(|e| e.seq).unwrap_or(from)
             }
@@ -244,4 +238,15 @@ pub(crate) fn encode(events: &[RunEvent], now: chrono::DateTime<chrono::Utc>) ->
             ..NewEvent::json(SCHEMA_VERSION, e).expect("run events serialize")
         })
         .collect()
+}
+
+/// An agent's circuit breaker folded from its stream's envelopes.
+///
+/// Errors: an agent event that does not decode.
+pub(crate) fn breaker_of(envs: &[RawEnvelope]) -> Result<crate::circuit::Breaker, EngineError> {
+    let mut breaker = crate::circuit::Breaker::default();
+    for env in envs {
+        breaker.apply(&env.decode::<AgentEvent>()?);
+    }
+    Ok(breaker)
 }

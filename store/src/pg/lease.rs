@@ -3,7 +3,7 @@
 //! renewed in one statement per heartbeat, compared against the
 //! database's clock.
 
-use super::{PgStore, pg_error};
+use super::PgStore;
 use crate::error::StoreError;
 
 /// One run's lease as the database holds it.
@@ -32,28 +32,26 @@ impl PgStore {
         ttl_ms: u64,
         only: Option<Vec<String>>,
     ) -> Result<Vec<(String, u64)>, StoreError> {
-        let (pool, target, owner) = (self.pool.clone(), self.target.clone(), owner.to_string());
-        let (max, ttl) = (max.min(i64::MAX as usize) as i64, ttl_ms as f64);
-        self.block(async move {
-            let conn = PgStore::conn(&pool, &target).await?;
-            let rows = conn
-                .query(
-                    "WITH free AS ( \
-                       SELECT run FROM chronicle_leases \
-                       WHERE expires_at <= now() AND ($4::text[] IS NULL OR run = ANY($4)) \
-                       ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                     UPDATE chronicle_leases l SET owner = $1, epoch = l.epoch + 1, \
-                       expires_at = now() + $3 * interval '1 millisecond' \
-                     FROM free WHERE l.run = free.run RETURNING l.run, l.epoch",
-                    &[&owner, &max, &ttl, &only],
-                )
-                .await
-                .map_err(|e| pg_error(&target, e))?;
-            Ok(rows
-                .iter()
-                .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
-                .collect())
-        })
+        let rows = self.rows(
+            "WITH free AS ( \
+               SELECT run FROM chronicle_leases \
+               WHERE expires_at <= now() AND ($4::text[] IS NULL OR run = ANY($4)) \
+               ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE chronicle_leases l SET owner = $1, epoch = l.epoch + 1, \
+               expires_at = now() + $3 * interval '1 millisecond' \
+             FROM free WHERE l.run = free.run RETURNING l.run, l.epoch"
+                .to_string(),
+            vec![
+                Box::new(owner.to_string()),
+                Box::new(max.min(i64::MAX as usize) as i64),
+                Box::new(ttl_ms as f64),
+                Box::new(only),
+            ],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
     }
 
     /// Renew `owner`'s live leases `(run, epoch)` for `ttl_ms`; returns
@@ -64,71 +62,56 @@ impl PgStore {
         held: Vec<(String, u64)>,
         ttl_ms: u64,
     ) -> Result<Vec<String>, StoreError> {
-        let (pool, target, owner) = (self.pool.clone(), self.target.clone(), owner.to_string());
         let (runs, epochs): (Vec<String>, Vec<i64>) =
             held.into_iter().map(|(r, e)| (r, e as i64)).unzip();
-        let ttl = ttl_ms as f64;
-        self.block(async move {
-            let conn = PgStore::conn(&pool, &target).await?;
-            let rows = conn
-                .query(
-                    "UPDATE chronicle_leases l SET expires_at = now() + $4 * interval '1 millisecond' \
-                     FROM unnest($2::text[], $3::int8[]) AS h(run, epoch) \
-                     WHERE l.run = ANY($2) AND l.run = h.run AND l.epoch = h.epoch \
-                       AND l.owner = $1 AND l.expires_at > now() \
-                     RETURNING l.run",
-                    &[&owner, &runs, &epochs, &ttl],
-                )
-                .await
-                .map_err(|e| pg_error(&target, e))?;
-            Ok(rows.iter().map(|r| r.get(0)).collect())
-        })
+        let rows = self.rows(
+            "UPDATE chronicle_leases l SET expires_at = now() + $4 * interval '1 millisecond' \
+             FROM unnest($2::text[], $3::int8[]) AS h(run, epoch) \
+             WHERE l.run = ANY($2) AND l.run = h.run AND l.epoch = h.epoch \
+               AND l.owner = $1 AND l.expires_at > now() \
+             RETURNING l.run"
+                .to_string(),
+            vec![
+                Box::new(owner.to_string()),
+                Box::new(runs),
+                Box::new(epochs),
+                Box::new(ttl_ms as f64),
+            ],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Give up `owner`'s lease of `run` at `epoch`: any worker may claim
     /// it at once.
     pub fn release_lease(&self, run: &str, owner: &str, epoch: u64) -> Result<(), StoreError> {
-        let (pool, target) = (self.pool.clone(), self.target.clone());
-        let (run, owner, epoch) = (run.to_string(), owner.to_string(), epoch as i64);
-        self.block(async move {
-            let conn = PgStore::conn(&pool, &target).await?;
-            conn.execute(
-                &conn
-                    .prepare_cached(
-                        "UPDATE chronicle_leases SET owner = NULL, expires_at = 'epoch' \
-                 WHERE run = $1 AND owner = $2 AND epoch = $3",
-                    )
-                    .await
-                    .map_err(|e| pg_error(&target, e))?,
-                &[&run, &owner, &epoch],
-            )
-            .await
-            .map_err(|e| pg_error(&target, e))?;
-            Ok(())
-        })
+        self.rows(
+            "UPDATE chronicle_leases SET owner = NULL, expires_at = 'epoch' \
+             WHERE run = $1 AND owner = $2 AND epoch = $3"
+                .to_string(),
+            vec![
+                Box::new(run.to_string()),
+                Box::new(owner.to_string()),
+                Box::new(epoch as i64),
+            ],
+        )?;
+        Ok(())
     }
 
     /// The lease of `run`, if it has one.
     pub fn lease(&self, run: &str) -> Result<Option<LeaseInfo>, StoreError> {
-        let (pool, target, run) = (self.pool.clone(), self.target.clone(), run.to_string());
-        self.block(async move {
-            let conn = PgStore::conn(&pool, &target).await?;
-            let row = conn
-                .query_opt(
-                    "SELECT run, owner, epoch, expires_at > now(), \
-                       (extract(epoch FROM expires_at - now()) * 1000)::int8 \
-                     FROM chronicle_leases WHERE run = $1",
-                    &[&run],
-                )
-                .await
-                .map_err(|e| pg_error(&target, e))?;
-            Ok(row.map(|r| LeaseInfo {
-                run: r.get(0),
-                owner: r.get(1),
-                epoch: r.get::<_, i64>(2) as u64,
-                live: r.get(3),
-                expires_in_ms: r.get(4),
-            }))
-        })
+        let rows = self.rows(
+            "SELECT run, owner, epoch, expires_at > now(), \
+               (extract(epoch FROM expires_at - now()) * 1000)::int8 \
+             FROM chronicle_leases WHERE run = $1"
+                .to_string(),
+            vec![Box::new(run.to_string())],
+        )?;
+        Ok(rows.first().map(|r| LeaseInfo {
+            run: r.get(0),
+            owner: r.get(1),
+            epoch: r.get::<_, i64>(2) as u64,
+            live: r.get(3),
+            expires_in_ms: r.get(4),
+        }))
     }
 }
