@@ -238,11 +238,9 @@ pub async fn recover(
                 ..Default::default()
             },
         )?;
-        EngineBuilder::new()
-            .store(store)
-            .parent_death_signal(parent_death_signal())
-            .watchdog(watchdog())
-            .build()?
+        // The same engine as `open_engine` (built-in functions, outputs
+        // beside the database), on the store opened with the loss accepted.
+        engine_builder(db).store(store).build()?
     } else {
         open_engine(db)?
     };

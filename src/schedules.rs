@@ -68,8 +68,7 @@ pub async fn offline(db: &Path, cmd: ScheduleCmd) -> Result<u8, CliError> {
         return Ok(0);
     }
     // On a shared database a triggered run is offered to the workers.
-    let engine = chronicle_engine::runtime::EngineBuilder::new()
-        .db(db)
+    let engine = crate::runs::engine_builder(db)
         .watchdog(false)
         .executes(!chronicle_server::auth::is_shared(db))
         .build()?;
