@@ -570,3 +570,86 @@ fn an_api_node_without_a_worker_offers_runs_to_the_workers() {
         let _ = c.wait();
     }
 }
+
+/// A worker that cannot reach the database for longer than its lease
+/// stops the attempts it started (another worker may have taken the run
+/// over); when the database is back, the run is claimed again, the cut
+/// attempt recorded abandoned, and the run succeeds.
+#[test]
+fn a_worker_cut_off_from_the_database_stops_its_attempts() {
+    let env = Env::new();
+    let url = fresh_postgres();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let admin = postgres_server();
+    let marker = format!("cutoff-{}", uuid::Uuid::now_v7().simple());
+    let wf = env.write(
+        "slow.yaml",
+        &format!(
+            "name: slow\nsteps:\n  - id: slow\n    command: [sh, -c, 'sleep 60; echo {{}}', {marker}]\n    retry: {{ max_attempts: 1 }}\n  - id: quick\n    needs: [slow]\n    command: [sh, -c, 'echo {{}}']\n"
+        ),
+    );
+    let run = chronicle(&env, &url, &["run", wf.to_str().unwrap(), "--detach"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = run.stdout.trim().to_string();
+    let mut w = worker(&env, &url, "1s", "w.log");
+    let t = Instant::now();
+    while marked_processes(&marker).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Cut the database off: no new connections, the open ones ended.
+    let sql = |q: &str| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c.batch_execute(q).await.unwrap();
+        });
+    };
+    sql(&format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ));
+    let t = Instant::now();
+    while !marked_processes(&marker).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the cut-off worker's step still runs {:?} after its 1 s lease",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("the step was stopped {:?} after the cut", t.elapsed());
+    sql(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"));
+    let t = Instant::now();
+    loop {
+        let s = chronicle(&env, &url, &["status", &run, "--json"]);
+        if s.code == 0 && s.json()["steps"][0]["attempts"].as_u64() >= Some(2) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "never claimed again: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = w.kill();
+    let _ = w.wait();
+    crate::support::kill_marked(&marker);
+    let h = histories(&url).remove(&run).unwrap();
+    let kinds: Vec<String> = h
+        .iter()
+        .filter(|(_, _, p)| p["step"] == "slow")
+        .map(|(_, _, p)| format!("{}#{}", p["type"].as_str().unwrap(), p["attempt"]))
+        .collect();
+    assert_eq!(
+        &kinds[..3],
+        ["StepStarted#1", "StepAbandoned#1", "StepStarted#2"]
+    );
+    assert_no_overlap(&run, &h);
+}
