@@ -164,11 +164,10 @@ fn signals_before_the_wait_are_buffered_and_consumed_in_order() {
     assert_yaml_snapshot!("signal_before_1_buffered", brief(&early));
     sim.cmd(signal("deployed", "sig-2", json!({"n": 2})));
     sim.cmd(signal("other", "sig-3", json!({"n": 3})));
-    // A repeated id is recorded once.
-    assert!(
-        sim.cmd(signal("deployed", "sig-1", json!({"n": 99})))
-            .is_empty()
-    );
+    // A repeated id is recorded once: the second delivery decides nothing.
+    let repeated = sim.cmd(signal("deployed", "sig-1", json!({"n": 99})));
+    assert_yaml_snapshot!("signal_duplicate_id_records_nothing", brief(&repeated));
+    assert!(repeated.is_empty());
     assert_eq!(sim.state.signals.len(), 3);
     let reached = sim.ok("build", json!(null));
     assert_yaml_snapshot!("signal_before_2_step_consumes_the_oldest", brief(&reached));
@@ -418,6 +417,7 @@ fn a_callback_after_the_timeout_is_refused() {
             output: json!({}),
         })
         .unwrap_err();
+    assert_yaml_snapshot!("callback_after_timeout_refused", late.to_string());
     assert!(late.to_string().contains("no step of run"), "{late}");
 }
 
