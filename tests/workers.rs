@@ -463,6 +463,126 @@ fn two_workers_share_the_agents_circuit_breakers() {
     assert!(!agents.is_empty(), "no agent stream was written");
 }
 
+const ONE_GPU: &str = r#"
+name: one-gpu
+agents:
+  gpu:
+    skills: [render]
+    concurrency: 2
+    shell: 'sleep 0.3; echo "{\"worker\": $PPID}"'
+steps:
+  - id: a
+    skills: [render]
+  - id: b
+    skills: [render]
+  - id: c
+    skills: [render]
+"#;
+
+/// An agent's `concurrency` holds across workers: two workers (one of them
+/// SIGKILLed and restarted), eight runs of three steps each on an agent
+/// with `concurrency: 2`; from the histories, never more than two attempts
+/// on it ran at once — while each worker alone would have allowed two —
+/// and every slot is given back.
+#[test]
+fn an_agents_concurrency_holds_across_workers() {
+    let url = fresh_postgres();
+    let env = Env::new();
+    env.write("gpu.yaml", ONE_GPU);
+    let mut workers = [
+        worker(&env, &url, "2s", "gpu-w1.log"),
+        worker(&env, &url, "2s", "gpu-w2.log"),
+    ];
+    let mut runs = Vec::new();
+    for _ in 0..8 {
+        let out = chronicle(&env, &url, &["run", "gpu.yaml", "--detach"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        runs.push(out.stdout.trim().to_string());
+    }
+    // A worker dies holding slots: the runs it held are taken over when
+    // its leases expire, and the abandoning write gives its slots back
+    // (a leaked slot would leave the agent busy for ever).
+    std::thread::sleep(Duration::from_millis(700));
+    workers[0].kill().unwrap();
+    workers[0].wait().unwrap();
+    workers[0] = worker(&env, &url, "2s", "gpu-w1b.log");
+    let t = Instant::now();
+    for run in &runs {
+        loop {
+            let s = chronicle(&env, &url, &["status", run, "--json"]).json();
+            if s["status"] == "succeeded" {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "run {run} did not succeed: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    // Every attempt on the agent as (start, end), from the histories.
+    let mut spans = Vec::new();
+    let mut pids = std::collections::HashSet::new();
+    for (run, events) in histories(&url) {
+        let mut started: HashMap<(String, u64), chrono::DateTime<chrono::Utc>> = HashMap::new();
+        for (_, at, p) in &events {
+            let (Some(step), Some(attempt)) = (p["step"].as_str(), p["attempt"].as_u64()) else {
+                continue;
+            };
+            match p["type"].as_str() {
+                Some("StepStarted") => {
+                    assert_eq!(p["agent"], "gpu", "{p}");
+                    started.insert((step.to_string(), attempt), *at);
+                }
+                Some("StepSucceeded" | "StepFailed" | "StepTimedOut" | "StepAbandoned") => {
+                    if let Some(pid) = p["output"]["worker"].as_u64() {
+                        pids.insert(pid);
+                    }
+                    let start = started
+                        .remove(&(step.to_string(), attempt))
+                        .unwrap_or_else(|| panic!("run {run}: {step} ended unstarted"));
+                    spans.push((start, *at));
+                }
+                _ => {}
+            }
+        }
+        assert!(started.is_empty(), "run {run}: attempts never ended");
+    }
+    assert!(
+        spans.len() >= 24,
+        "8 runs x 3 steps: {} attempts",
+        spans.len()
+    );
+    // The most attempts running at one moment (ends before starts at a tie).
+    let mut edges: Vec<(chrono::DateTime<chrono::Utc>, i32)> = spans
+        .iter()
+        .flat_map(|(s, e)| [(*s, 1), (*e, -1)])
+        .collect();
+    edges.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    assert!(
+        most <= 2,
+        "{most} attempts on the agent at once (concurrency 2)"
+    );
+    assert_eq!(most, 2, "the agent's two slots were used together");
+    // Several workers executed attempts (each step prints its worker's
+    // pid), so the limit was shared, not each worker's own.
+    assert!(pids.len() >= 2, "attempts ran on workers {pids:?}");
+    let store = Store::open_read_only(&url).unwrap();
+    assert!(
+        store.index_scan("agent_slots", "").unwrap().is_empty(),
+        "every slot was given back"
+    );
+}
+
 /// `chronicle serve --no-worker` on PostgreSQL answers the API and offers
 /// the runs submitted to it; a `chronicle worker` executes them; the API
 /// then shows them succeeded, and cancels a waiting run a worker holds.

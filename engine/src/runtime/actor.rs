@@ -99,11 +99,21 @@ impl RunActor {
                     let _ = self.handle_logged(Command::Stop { reason }).await;
                     break;
                 }
-                let (timer, waiting) = if self.stopping.is_some() {
+                let (mut timer, waiting) = if self.stopping.is_some() {
                     (None, false)
                 } else {
                     self.perform_effects()
                 };
+                // A slot another worker frees is not announced here: a run
+                // waiting for capacity on a shared database with agents
+                // looks again every 250 ms.
+                if waiting
+                    && super::agent_slots::enabled(&self.engine)
+                    && !self.state.wf().agents.is_empty()
+                {
+                    let poll = self.engine.clock.peek() + chrono::Duration::milliseconds(250);
+                    timer = Some(timer.map_or(poll, |t| t.min(poll)));
+                }
                 // Paused and quarantined runs keep their actor: they wait
                 // for a person's resume or release.
                 if self.state.status.is_terminal() && self.live.is_empty() {

@@ -65,15 +65,24 @@ impl Capacity {
 
     /// Run `f` with a context at `now`, then reserve a slot (and an agent
     /// slot) for every `StepStarted` it returned — atomically.
+    ///
+    /// `floor`: attempts running on each agent across all workers of a
+    /// shared database (see `agent_slots`); an agent's view is the larger
+    /// of that and this engine's own count.
     pub fn decide_with<T>(
         &self,
         now: DateTime<Utc>,
+        floor: Option<&BTreeMap<String, u32>>,
         f: impl FnOnce(&Ctx) -> (T, Vec<RunEvent>),
     ) -> (T, Vec<RunEvent>) {
         let mut g = self.lock();
         let mut agents: BTreeMap<String, AgentView> = BTreeMap::new();
         for (name, n) in &g.agents {
             agents.entry(name.clone()).or_default().running = *n;
+        }
+        for (name, n) in floor.into_iter().flatten() {
+            let v = agents.entry(name.clone()).or_default();
+            v.running = v.running.max(*n);
         }
         for (name, b) in &g.breakers {
             agents.entry(name.clone()).or_default().circuit = b.state;

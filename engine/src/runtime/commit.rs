@@ -4,9 +4,12 @@
 //! index writes — in one atomic write. Run creation, the actors, recovery
 //! and commands on runs no process executes all commit through here.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chronicle_store::{Append, IndexOp, NewEvent, Seq, WriteRequest};
 use chrono::{DateTime, Utc};
 
+use super::agent_slots;
 use super::engine::EngineError;
 use super::index::RunSummary;
 use super::shared::{Inner, encode};
@@ -79,15 +82,27 @@ impl Inner {
         commands: Vec<Command>,
         deciding: Deciding,
     ) -> Result<Decision, EngineError> {
+        self.plan_with(state, commands, deciding, None)
+    }
+
+    /// [`Inner::plan`] with the agents' attempts running across all
+    /// workers (`floor`, see [`agent_slots::floor`]).
+    fn plan_with(
+        &self,
+        state: &RunState,
+        commands: Vec<Command>,
+        deciding: Deciding,
+        floor: Option<&BTreeMap<String, u32>>,
+    ) -> Result<Decision, EngineError> {
         let now = self.clock.peek();
         let (events, next) = match deciding {
             Deciding::WithCapacity => {
-                let (res, events) =
-                    self.capacity
-                        .decide_with(now, |ctx| match decide_all(state, commands, ctx) {
-                            Ok((events, next)) => (Ok(next), events),
-                            Err(e) => (Err(e), Vec::new()),
-                        });
+                let (res, events) = self.capacity.decide_with(now, floor, |ctx| {
+                    match decide_all(state, commands, ctx) {
+                        Ok((events, next)) => (Ok(next), events),
+                        Err(e) => (Err(e), Vec::new()),
+                    }
+                });
                 (events, res?)
             }
             Deciding::Offline => decide_all(state, commands, &Ctx::at(now).with_no_slots())?,
@@ -161,11 +176,70 @@ impl Inner {
         deciding: Deciding,
         agent: Option<&AgentAppend>,
     ) -> Result<Decision, EngineError> {
-        let d = self.plan(state, commands, deciding)?;
-        if d.events.is_empty() {
-            return Ok(d);
+        // On a shared database, attempts on agents take slots across all
+        // workers: decide on the slots taken now, and again when another
+        // worker took one meanwhile (with that agent full, at the end).
+        let wf = state.workflow.clone().or_else(|| {
+            commands.iter().find_map(|c| match c {
+                Command::Create { workflow, .. } => Some(workflow.clone()),
+                _ => None,
+            })
+        });
+        let slots = agent_slots::enabled(self) && wf.as_ref().is_some_and(|w| !w.agents.is_empty());
+        let mut full = BTreeSet::new();
+        let mut tries = 0;
+        loop {
+            let floor = match (&wf, slots, deciding) {
+                (Some(wf), true, Deciding::WithCapacity) => {
+                    Some(agent_slots::floor(self, wf, &full)?)
+                }
+                _ => None,
+            };
+            let d = self.plan_with(state, commands.clone(), deciding, floor.as_ref())?;
+            if d.events.is_empty() {
+                return Ok(d);
+            }
+            let mut extra = extra.clone();
+            if slots {
+                match agent_slots::ops(self, state, &d) {
+                    Ok(Ok(ops)) => extra.extend(ops),
+                    Ok(Err(busy)) => {
+                        release_reserved(self, deciding, &d.events);
+                        full.insert(busy);
+                        continue;
+                    }
+                    Err(e) => {
+                        release_reserved(self, deciding, &d.events);
+                        return Err(e);
+                    }
+                }
+            }
+            match self.write_decision(state, &d, extra, deciding, agent).await {
+                Err(e) if slots && agent_slots::is_slot_conflict(&e) && tries < 8 => {
+                    tries += 1;
+                    if tries == 8 {
+                        // Starts nothing more on any agent: the command's
+                        // own outcome is recorded.
+                        full.extend(wf.iter().flat_map(|w| w.agents.keys().cloned()));
+                    }
+                }
+                r => return r.map(|()| d),
+            }
         }
-        let mut req = self.request(state.seq, &d, extra);
+    }
+
+    /// Append decision `d` (with `extra` index writes and `agent`'s events)
+    /// durably; the capacity its attempts reserved is given back if the
+    /// write fails, and that of attempts that did not start at once.
+    async fn write_decision(
+        &self,
+        state: &RunState,
+        d: &Decision,
+        extra: Vec<IndexOp>,
+        deciding: Deciding,
+        agent: Option<&AgentAppend>,
+    ) -> Result<(), EngineError> {
+        let mut req = self.request(state.seq, d, extra);
         if let Some(a) = agent.filter(|a| !a.events.is_empty()) {
             req.appends.push(Append {
                 stream: agent_stream(&a.agent)?,
@@ -181,9 +255,7 @@ impl Inner {
             });
         }
         if let Err(e) = self.store.write(req).await {
-            if deciding == Deciding::WithCapacity {
-                release_started(self, &d.events);
-            }
+            release_reserved(self, deciding, &d.events);
             return Err(e.into());
         }
         self.clock.now(); // one tick of a manual clock per durable decision
@@ -191,7 +263,14 @@ impl Inner {
             release_unstarted(self, &d.next, &d.events);
         }
         super::metrics::observe_commit(&d.next, &d.events);
-        Ok(d)
+        Ok(())
+    }
+}
+
+/// Give back what a decision with capacity reserved (it is not written).
+fn release_reserved(engine: &Inner, deciding: Deciding, events: &[RunEvent]) {
+    if deciding == Deciding::WithCapacity {
+        release_started(engine, events);
     }
 }
 

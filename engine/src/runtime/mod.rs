@@ -6,6 +6,7 @@
 //! (write-ahead).
 
 mod actor;
+mod agent_slots;
 mod builder;
 pub mod capacity;
 mod child;
