@@ -154,6 +154,12 @@ async fn drive(
     let (signal_name, exit) = tokio::select! {
         states = work => {
             let states = states?;
+            if engine.is_shared() {
+                // Quarantined and parked runs keep their actors: end them
+                // so that their leases are given back now, not when they
+                // expire (another process may release or signal them).
+                engine.shutdown().await;
+            }
             progress.finish().await;
             let mut code = 0;
             for s in &states {
@@ -249,9 +255,30 @@ pub async fn recover(
         .map(|n| engine.resolve_run(n))
         .collect::<Result<_, _>>()?;
     let progress = Progress::start(engine.subscribe(), quiet);
-    let report = engine
-        .recover_runs(if only.is_empty() { None } else { Some(&only) })
-        .await?;
+    let only_ref = if only.is_empty() {
+        None
+    } else {
+        Some(&only[..])
+    };
+    let mut report = engine.recover_runs(only_ref).await?;
+    // On a shared database: runs this process did not claim — quarantined
+    // ones are reported as on redb; those leased by another process are
+    // named with their holder.
+    let mut held = Vec::new();
+    for n in engine.not_recovered(only_ref)? {
+        match n {
+            chronicle_engine::runtime::NotRecovered::Quarantined(run, why) => {
+                if !report.quarantined.iter().any(|(r, _)| *r == run) {
+                    report.quarantined.push((run, why));
+                }
+            }
+            chronicle_engine::runtime::NotRecovered::Held {
+                run,
+                owner,
+                expires_in_ms,
+            } => held.push((run, owner, expires_in_ms)),
+        }
+    }
     if !quiet {
         eprintln!(
             "recovery: {} run(s) continued, {} attempt(s) abandoned, {} run(s) quarantined (not continued; `chronicle release RUN` frees one)",
@@ -261,6 +288,11 @@ pub async fn recover(
         );
         for (r, why) in &report.quarantined {
             eprintln!("  quarantined {r}: {why}");
+        }
+        for (run, owner, ms) in &held {
+            eprintln!(
+                "  held by {owner}: {run} (its lease expires in {ms} ms unless renewed; then a worker or `chronicle recover` continues it)"
+            );
         }
         for (attempt, pgid) in &report.processes_killed {
             eprintln!(

@@ -1,6 +1,24 @@
-//! Each command and each exit code, against a real database.
+//! Each command and each exit code, against a real database: most on
+//! both backends (a redb file and PostgreSQL), see `both!`.
 
 use crate::support::Env;
+
+/// `both!(name)`: the test `name(env)` on a redb file and on a fresh
+/// PostgreSQL database (the CLI suite on both backends).
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn redb() {
+                super::$name(crate::support::Env::new())
+            }
+            #[test]
+            fn postgres() {
+                super::$name(crate::support::Env::postgres())
+            }
+        }
+    };
+}
 
 const OK: &str = r#"
 name: ok
@@ -14,9 +32,8 @@ steps:
 "#;
 const FAILS: &str = "name: fails\nsteps:\n  - id: a\n    command: ['false']\n    retry: { max_attempts: 2, initial_backoff: 10ms }\n";
 
-#[test]
-fn run_status_list_history_replay_verify_export_import() {
-    let env = Env::new();
+both!(run_status_list_history_replay_verify_export_import);
+fn run_status_list_history_replay_verify_export_import(env: Env) {
     let wf = env.write("ok.yaml", OK);
     let out = env.run(&[
         "run",
@@ -142,9 +159,8 @@ fn run_status_list_history_replay_verify_export_import() {
     assert_eq!(twice.code, 2, "{twice:?}");
 }
 
-#[test]
-fn a_failed_run_exits_1_and_fork_reruns_from_a_seq() {
-    let env = Env::new();
+both!(a_failed_run_exits_1_and_fork_reruns_from_a_seq);
+fn a_failed_run_exits_1_and_fork_reruns_from_a_seq(env: Env) {
     let wf = env.write("fails.yaml", FAILS);
     let out = env.run(&["run", wf.to_str().unwrap()]);
     assert_eq!(out.code, 1, "{out:?}");
@@ -170,9 +186,8 @@ fn a_failed_run_exits_1_and_fork_reruns_from_a_seq() {
     assert_eq!(src["forks"][0]["run_id"], child.as_str());
 }
 
-#[test]
-fn pause_cancel_release_and_validate() {
-    let env = Env::new();
+both!(pause_cancel_release_and_validate);
+fn pause_cancel_release_and_validate(env: Env) {
     let wf = env.write("ok.yaml", OK);
     assert_eq!(env.run(&["validate", wf.to_str().unwrap()]).code, 0);
     // Create a run and leave it paused: run it, then pause on a new run via fork at seq 2.
@@ -298,9 +313,8 @@ fn a_declared_secret_must_be_set_and_reaches_only_the_steps_that_ask() {
     assert!(!other.contains(canary));
 }
 
-#[test]
-fn control_characters_in_messages_are_escaped() {
-    let env = Env::new();
+both!(control_characters_in_messages_are_escaped);
+fn control_characters_in_messages_are_escaped(env: Env) {
     let wf = env.write(
         "rlo.yaml",
         "name: x\nsteps:\n  - id: a\n    command: ['true']\n    needs: [\"b\\u202ec\\u001b[2J\"]\n",
@@ -319,9 +333,8 @@ fn control_characters_in_messages_are_escaped() {
     );
 }
 
-#[test]
-fn without_ca_certificates_only_http_steps_fail_and_nothing_panics() {
-    let env = Env::new();
+both!(without_ca_certificates_only_http_steps_fail_and_nothing_panics);
+fn without_ca_certificates_only_http_steps_fail_and_nothing_panics(env: Env) {
     let empty = env.path("no-certs");
     std::fs::create_dir_all(&empty).unwrap();
     let no_certs = |args: &[&str]| {
@@ -351,9 +364,8 @@ fn without_ca_certificates_only_http_steps_fail_and_nothing_panics() {
     assert!(error.contains("CA certificates"), "{status}");
 }
 
-#[test]
-fn json_logs_are_one_object_per_line_with_the_run_and_step() {
-    let env = Env::new();
+both!(json_logs_are_one_object_per_line_with_the_run_and_step);
+fn json_logs_are_one_object_per_line_with_the_run_and_step(env: Env) {
     let wf = env.write("ok.yaml", OK);
     let out = env.run(&["-vv", "--log-format", "json", "run", wf.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -386,9 +398,8 @@ fn json_logs_are_one_object_per_line_with_the_run_and_step() {
     );
 }
 
-#[test]
-fn a_recorded_head_proves_the_history_up_to_it_unchanged() {
-    let env = Env::new();
+both!(a_recorded_head_proves_the_history_up_to_it_unchanged);
+fn a_recorded_head_proves_the_history_up_to_it_unchanged(env: Env) {
     let marker = format!("head-{}", std::process::id());
     let wf = env.write(
         "wf.yaml",
@@ -413,9 +424,21 @@ fn a_recorded_head_proves_the_history_up_to_it_unchanged() {
     let head_seq = stream["head_seq"].as_u64().unwrap();
     assert_eq!(head.len(), 64);
     assert_eq!(stream["events"].as_u64().unwrap(), head_seq);
-    // The run goes on: events are appended after the recorded head.
-    let r = env.run(&["recover"]);
-    assert_eq!(r.code, 0, "{r:?}");
+    // The run goes on: events are appended after the recorded head. On
+    // PostgreSQL the killed process's lease must expire first (10 s):
+    // until then `recover` names its holder and continues nothing.
+    let t = std::time::Instant::now();
+    loop {
+        let r = env.run(&["recover"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        if r.stderr.contains("1 run(s) continued") {
+            break;
+        }
+        assert!(env.url.is_some(), "redb continues it at once: {r:?}");
+        assert!(r.stderr.contains("held by "), "{r:?}");
+        assert!(t.elapsed().as_secs() < 30, "never continued: {r:?}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     let ok = env.run(&["verify", &run, "--expect-head", &head]);
     assert_eq!(ok.code, 0, "{ok:?}");
     assert!(
@@ -440,9 +463,8 @@ fn a_recorded_head_proves_the_history_up_to_it_unchanged() {
     assert_eq!(no_run.code, 2, "{no_run:?}");
 }
 
-#[test]
-fn diff_compares_two_runs_and_finds_where_they_diverge() {
-    let env = Env::new();
+both!(diff_compares_two_runs_and_finds_where_they_diverge);
+fn diff_compares_two_runs_and_finds_where_they_diverge(env: Env) {
     let wf = env.write(
         "d.yaml",
         "name: d\ninput: { ok: \"yes\" }\nsteps:\n  - id: check\n    shell: test \"$INPUT_OK\" = yes && echo '{\"n\":1}'\n    retry: { max_attempts: 1 }\n    with: { ok: \"${{ input.ok }}\" }\n  - id: after\n    needs: [check]\n    shell: echo \"$INPUT_N\"\n    with: { n: \"${{ steps.check.output.n }}\" }\n",
@@ -501,9 +523,8 @@ fn diff_compares_two_runs_and_finds_where_they_diverge() {
     assert_eq!(unknown.code, 2);
 }
 
-#[test]
-fn agents_lists_skills_circuits_and_transitions() {
-    let env = Env::new();
+both!(agents_lists_skills_circuits_and_transitions);
+fn agents_lists_skills_circuits_and_transitions(env: Env) {
     let out = env.run_in_root(&["run", "examples/agents.yaml"]);
     assert_eq!(out.code, 0, "{out:?}");
     let v = env.run(&["agents", "--json"]).json();
@@ -540,9 +561,8 @@ fn agents_lists_skills_circuits_and_transitions() {
     );
 }
 
-#[test]
-fn a_failing_health_check_opens_the_agents_circuit_until_it_passes() {
-    let env = Env::new();
+both!(a_failing_health_check_opens_the_agents_circuit_until_it_passes);
+fn a_failing_health_check_opens_the_agents_circuit_until_it_passes(env: Env) {
     let wf = env.write(
         "h.yaml",
         "name: h\nagents:\n  flaky:\n    skills: [x]\n    shell: echo '{\"ok\":true}'\n    health: { shell: 'test -f healthy', interval: 100ms, timeout: 2s }\n    circuit_breaker: { failure_threshold: 5, cool_down: 300ms }\nsteps:\n  - id: first\n    shell: touch first.started; while [ ! -f healthy ]; do sleep 0.05; done; sleep 0.5\n  - id: work\n    needs: [first]\n    skills: [x]\n",

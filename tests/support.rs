@@ -13,16 +13,33 @@ pub fn root() -> PathBuf {
 
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// A PostgreSQL database (URL) instead of the redb file `db()`.
+    pub url: Option<String>,
 }
 
 impl Env {
     pub fn new() -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
+            url: None,
+        }
+    }
+    /// Commands on a fresh PostgreSQL database of the test server.
+    pub fn postgres() -> Self {
+        Self {
+            url: Some(crate::workers::fresh_postgres()),
+            ..Self::new()
         }
     }
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("chronicle.redb")
+    }
+    /// What `CHRONICLE_DB` is: the PostgreSQL URL or the redb file's path.
+    pub fn db_arg(&self) -> String {
+        match &self.url {
+            Some(u) => u.clone(),
+            None => self.db().to_string_lossy().into_owned(),
+        }
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -35,7 +52,7 @@ impl Env {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(BIN);
         c.current_dir(self.dir.path())
-            .env("CHRONICLE_DB", self.db())
+            .env("CHRONICLE_DB", self.db_arg())
             .env_remove("RUST_LOG")
             .env_remove("CHRONICLE_FLAKY");
         c

@@ -29,6 +29,6 @@ pub use builder::{EngineBuilder, IdSource};
 pub use engine::{Engine, EngineError};
 pub use exec::function::{FunctionCall, FunctionError};
 pub use index::RunSummary;
-pub use recovery::RecoveryReport;
+pub use recovery::{NotRecovered, RecoveryReport};
 pub use schedules::NewSchedule;
 pub use shared::{decode_error, fold_envelope};

@@ -32,6 +32,22 @@ pub struct RecoveryReport {
     pub quarantined: Vec<(RunId, String)>,
 }
 
+/// A run [`Engine::not_recovered`] names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotRecovered {
+    /// Quarantined (with the reason): it waits for `release`.
+    Quarantined(RunId, String),
+    /// Another process holds its lease.
+    Held {
+        /// The run.
+        run: RunId,
+        /// The lease's holder (`HOST/PID/RANDOM`).
+        owner: String,
+        /// Milliseconds until the lease expires (unless renewed).
+        expires_in_ms: u64,
+    },
+}
+
 /// Most leases claimed by one call of `recover_runs` (workers claim again
 /// every second, so runs spread over the workers polling).
 const CLAIM_BATCH: usize = 64;
@@ -270,6 +286,52 @@ impl Engine {
             self.inner.ensure_heartbeat();
         }
         Ok(Some(claimed))
+    }
+
+    /// On a shared database, the unended runs (of `only`, when given) this
+    /// engine does not execute after [`Self::recover_runs`]: quarantined
+    /// ones (with their reason; `release` frees them) and those whose lease
+    /// another process holds (they are continued by whoever claims them
+    /// once the lease expires: a worker, or `recover` again). Empty on
+    /// redb. Reads the run index and one lease per run: meant for the
+    /// `recover` command, not for a worker's claim loop.
+    ///
+    /// Errors: storage errors.
+    pub fn not_recovered(&self, only: Option<&[RunId]>) -> Result<Vec<NotRecovered>, EngineError> {
+        if self.inner.leases.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for row in self.list()? {
+            if row.status.is_terminal()
+                || only.is_some_and(|o| !o.contains(&row.run_id))
+                || self
+                    .inner
+                    .runs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&row.run_id)
+            {
+                continue;
+            }
+            if row.status == RunStatus::Quarantined {
+                out.push(NotRecovered::Quarantined(
+                    row.run_id,
+                    row.reason.clone().unwrap_or_default(),
+                ));
+                continue;
+            }
+            if let Some(l) = self.inner.store.lease(&row.run_id.stream().key())?
+                && l.live
+            {
+                out.push(NotRecovered::Held {
+                    run: row.run_id,
+                    owner: l.owner.unwrap_or_else(|| "(offered)".into()),
+                    expires_in_ms: l.expires_in_ms.max(0) as u64,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// [`Self::recover_runs`] for every run.
