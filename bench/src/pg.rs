@@ -79,15 +79,15 @@ impl CommitProbe {
     }
 
     /// `(write transactions of the log, all commits)` of this database so
-    /// far: the log's head row is updated once per group commit that
-    /// appended; `xact_commit` counts every transaction, reads too.
-    /// PostgreSQL publishes these counters within a second.
+    /// far: the events of one group commit share their position's high
+    /// bits (its transaction id: position >> 24); `xact_commit` counts
+    /// every transaction, reads too (PostgreSQL publishes it within a
+    /// second).
     pub async fn commits(&self) -> Result<(i64, i64), EngineError> {
         let row = self
             .client
             .query_one(
-                "SELECT (SELECT coalesce(n_tup_upd, 0) FROM pg_stat_user_tables \
-                   WHERE relname = 'chronicle_log_head'), \
+                "SELECT (SELECT count(DISTINCT position >> 24) FROM chronicle_events), \
                  (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database())",
                 &[],
             )

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio_postgres::AsyncMessage;
 
-use super::read::{EVENT_COLUMNS, envelope_of};
+use super::read::{EVENT_COLUMNS, envelope_of_at};
 use super::{PgStore, pg_error};
 use crate::envelope::{Hash, RawEnvelope};
 use crate::error::StoreError;
@@ -27,16 +27,30 @@ use crate::error::StoreError;
 /// position), so that the listener does not send them twice; and the
 /// writer's id, which its notifications carry.
 #[derive(Clone)]
-pub(crate) struct Published(Arc<Mutex<HashMap<Hash, u64>>>, Arc<str>);
+pub(crate) struct Published(
+    Arc<Mutex<HashMap<Hash, u64>>>,
+    Arc<str>,
+    /// Where a new reader of the feed starts (see [`Published::starts_at`]).
+    Arc<std::sync::atomic::AtomicU64>,
+);
 
 impl Default for Published {
     fn default() -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        Self(Default::default(), id[..12].into())
+        Self(Default::default(), id[..12].into(), Default::default())
     }
 }
 
 impl Published {
+    /// The feed has a first reader again, which wants what commits from
+    /// now on: every event at or below `position` is final (below the
+    /// horizon), so the listener goes on from there rather than from where
+    /// it stopped reading.
+    pub fn starts_at(&self, position: u64) {
+        self.2
+            .fetch_max(position, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// The writer's id in its notifications.
     pub fn writer(&self) -> &str {
         &self.1
@@ -76,6 +90,13 @@ impl Published {
 }
 
 /// The listener task: runs until the store's runtime shuts down.
+///
+/// Positions are not given out in commit order (see
+/// `migrations/V3__positions.sql`): the listener reads the events below the
+/// horizon — `pg_snapshot_xmin(pg_current_snapshot()) << 24`, under which
+/// no transaction can still commit — in position order, from `seen` (the
+/// horizon of its last read, less one). Events a notification announced
+/// but the horizon still holds back are read again shortly after.
 pub(crate) async fn run(
     config: tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
@@ -85,8 +106,8 @@ pub(crate) async fn run(
     foreign: broadcast::Sender<Arc<Change>>,
     published: Published,
 ) {
-    let mut seen = match head(&pool, &target).await {
-        Ok(p) => p,
+    let mut seen = match horizon(&pool, &target).await {
+        Ok(h) => h.saturating_sub(1),
         Err(e) => {
             tracing::warn!(%target, error = %e, "the live feed cannot start");
             0
@@ -101,10 +122,14 @@ pub(crate) async fn run(
     }
 }
 
-async fn head(pool: &deadpool_postgres::Pool, target: &str) -> Result<u64, StoreError> {
+/// The first position no transaction that could still commit can hold.
+pub(crate) const HORIZON: &str =
+    "SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 24)";
+
+async fn horizon(pool: &deadpool_postgres::Pool, target: &str) -> Result<u64, StoreError> {
     let conn = PgStore::conn(pool, target).await?;
     let row = conn
-        .query_one("SELECT position FROM chronicle_log_head WHERE id = 1", &[])
+        .query_one(HORIZON, &[])
         .await
         .map_err(|e| pg_error(target, e))?;
     Ok(row.get::<_, i64>(0) as u64)
@@ -130,44 +155,53 @@ async fn listen(
         .batch_execute("LISTEN chronicle_events")
         .await
         .map_err(|e| pg_error(target, e))?;
+    // Read now (a reconnection catches up), then on notifications, at
+    // least every second (a notification lost: sent after a commit, it is
+    // lost with a crash there), and soon again while announced events are
+    // held back by the horizon.
     let mut query = true;
+    let mut announced = 0u64;
+    let mut retry = Duration::from_millis(2);
+    let mut last_read = tokio::time::Instant::now();
     loop {
-        if query {
-            catch_up(pool, target, feeds, published, seen).await?;
+        let reading = feeds.0.receiver_count() > 0;
+        let start = published.2.swap(0, std::sync::atomic::Ordering::AcqRel);
+        *seen = (*seen).max(start);
+        if query || last_read.elapsed() >= Duration::from_secs(1) {
+            catch_up(pool, target, feeds, published, seen, reading).await?;
+            last_read = tokio::time::Instant::now();
         }
         if client.is_closed() {
             return Err(pg_error(target, "the listening connection closed"));
         }
-        // Notifications, or a poll every second. A notification of this
-        // process's own commit that follows what was seen needs no query:
-        // its writer sent those events already.
-        query = match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+        let wait = if reading && announced > *seen {
+            retry = (retry * 2).min(Duration::from_millis(250));
+            retry
+        } else {
+            retry = Duration::from_millis(1);
+            Duration::from_secs(1)
+        };
+        query = match tokio::time::timeout(wait, rx.recv()).await {
             Ok(None) => return Err(pg_error(target, "the listening connection closed")),
             Err(_) => true,
             Ok(Some(first)) => {
                 let mut query = false;
                 let mut next = Some(first);
-                let reading = feeds.0.receiver_count() > 0;
                 while let Some(payload) = next {
-                    let Some(n) = Notice::parse(&payload) else {
-                        query = true;
-                        next = rx.try_recv().ok();
-                        continue;
-                    };
-                    let own = n.writer == published.writer();
-                    if !own {
-                        let _ = feeds.1.send(Arc::new(Change {
-                            streams: n.streams,
-                            offers: n.offers,
-                        }));
-                    }
-                    if !query && n.first == *seen + 1 && (own || !reading) {
-                        // Own events were sent by the writer; foreign ones
-                        // only matter while someone reads the feed.
-                        *seen = n.through;
-                        published.prune(n.through);
-                    } else {
-                        query = true;
+                    match Notice::parse(&payload) {
+                        None => query = true,
+                        Some(n) => {
+                            if n.writer != published.writer() {
+                                let _ = feeds.1.send(Arc::new(Change {
+                                    streams: n.streams,
+                                    offers: n.offers,
+                                }));
+                                announced = announced.max(n.through);
+                            }
+                            // Any commit may move the horizon past events
+                            // announced before; a reader reads again.
+                            query |= reading;
+                        }
                     }
                     next = rx.try_recv().ok();
                 }
@@ -212,7 +246,6 @@ pub struct Change {
 
 /// A notification's payload: `FIRST:THROUGH:WRITER:FLAGS:STREAMS`.
 struct Notice {
-    first: u64,
     through: u64,
     writer: String,
     offers: bool,
@@ -222,7 +255,7 @@ struct Notice {
 impl Notice {
     fn parse(payload: &str) -> Option<Self> {
         let mut parts = payload.splitn(5, ':');
-        let first = parts.next()?.parse().ok()?;
+        let _first: u64 = parts.next()?.parse().ok()?;
         let through = parts.next()?.parse().ok()?;
         let writer = parts.next()?.to_string();
         let offers = parts.next()? == "o";
@@ -232,7 +265,6 @@ impl Notice {
             list => Some(list.split(',').map(str::to_string).collect()),
         };
         Some(Self {
-            first,
             through,
             writer,
             offers,
@@ -249,51 +281,81 @@ type Feeds<'a> = (
     &'a broadcast::Sender<Arc<Change>>,
 );
 
+/// Read what other processes committed after `seen`, below the horizon:
+/// their events go to the feed while it has readers (`reading`), and they
+/// are announced as [`Change`]s (a notification may have been lost). Not
+/// reading, only the streams are read.
 async fn catch_up(
     pool: &deadpool_postgres::Pool,
     target: &str,
     (events, foreign): Feeds<'_>,
     published: &Published,
     seen: &mut u64,
+    reading: bool,
 ) -> Result<(), StoreError> {
     let conn = PgStore::conn(pool, target).await?;
+    let e = |e| pg_error(target, e);
+    let columns = if reading {
+        EVENT_COLUMNS
+    } else {
+        "position, stream, seq"
+    };
+    let st = conn
+        .prepare_cached(&format!(
+            "WITH h AS ({HORIZON} AS horizon) \
+             SELECT h.horizon, e.* FROM h LEFT JOIN LATERAL \
+               (SELECT {columns} FROM chronicle_events \
+                WHERE position > $1 AND position < h.horizon \
+                ORDER BY position LIMIT 1000) e ON true"
+        ))
+        .await
+        .map_err(e)?;
     loop {
-        let rows = conn
-            .query(
-                &format!(
-                    "SELECT {EVENT_COLUMNS} FROM chronicle_events WHERE position > $1 \
-                     ORDER BY position LIMIT 1000"
-                ),
-                &[&(*seen as i64)],
-            )
-            .await
-            .map_err(|e| pg_error(target, e))?;
-        let Some(last) = rows.last() else {
+        let rows = conn.query(&st, &[&(*seen as i64)]).await.map_err(e)?;
+        let Some(first) = rows.first() else {
             return Ok(());
         };
-        *seen = last.get::<_, i64>(0) as u64;
+        let horizon = first.get::<_, i64>(0) as u64;
+        // A row of the horizon alone: nothing new below it.
+        let rows: Vec<&tokio_postgres::Row> = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<i64>>(1).is_some())
+            .collect();
         let n = rows.len();
         let mut out = Vec::with_capacity(n);
+        let mut streams: Vec<String> = Vec::new();
+        let mut offers = false;
         for row in &rows {
-            let env = envelope_of(row, target)?;
-            if !published.take(&env) {
-                out.push(env);
+            if reading {
+                let env = envelope_of_at(row, 1, target)?;
+                if !published.take(&env) {
+                    streams.push(env.stream.key());
+                    offers |= env.seq.0 == 1 && env.stream.as_run().is_some();
+                    out.push(env);
+                }
+            } else {
+                let stream: String = row.get(2);
+                let seq: i64 = row.get(3);
+                offers |= seq == 1 && uuid::Uuid::parse_str(&stream).is_ok();
+                streams.push(stream);
             }
         }
+        *seen = match rows.last() {
+            Some(last) if n == 1000 => last.get::<_, i64>(1) as u64,
+            _ => horizon.saturating_sub(1).max(*seen),
+        };
         published.prune(*seen);
-        if !out.is_empty() {
+        if !streams.is_empty() {
             // Read after a lost notification (a reconnection, the poll):
             // announced here too.
-            let mut streams: Vec<String> = out.iter().map(|e| e.stream.key()).collect();
             streams.sort_unstable();
             streams.dedup();
-            let offers = out
-                .iter()
-                .any(|e| e.seq.0 == 1 && e.stream.as_run().is_some());
             let _ = foreign.send(Arc::new(Change {
                 streams: Some(streams),
                 offers,
             }));
+        }
+        if !out.is_empty() {
             let _ = events.send(out.into());
         }
         if n < 1000 {

@@ -6,15 +6,19 @@
 //!   checked as `FORMAT_VERSION` is for a redb file: a database migrated
 //!   by a newer build is refused ([`StoreError::UnsupportedFormat`]).
 //! - **Writes**: [`write`] — group commit: the requests queued meanwhile
-//!   commit in one transaction, serialized across processes by a lock on
-//!   the one `chronicle_log_head` row, so global positions are gapless and
-//!   in commit order; optimistic concurrency per stream is checked under
-//!   that lock; `synchronous_commit = on`: acknowledged means committed.
+//!   commit in one transaction; appenders of a stream take its advisory
+//!   lock, and optimistic concurrency per stream is checked under it; no
+//!   lock is shared by every writer, so the commits of many processes
+//!   overlap. Positions are numbered from the transaction's id: unique and
+//!   growing along each stream, not gapless nor in commit order (schema
+//!   version 3). `synchronous_commit = on`: acknowledged means committed.
 //! - **Reads**: plain queries through a connection pool. The store's read
 //!   API is synchronous (as redb's is): a read runs on the store's own
 //!   small runtime and the caller's thread waits for it.
 //! - **Live feed**: [`listen`] — `LISTEN chronicle_events`: commits of other
-//!   processes reach [`crate::Store::subscribe`] too.
+//!   processes reach [`crate::Store::subscribe`] too, read below the
+//!   horizon (no transaction that could still commit holds a smaller
+//!   position), in position order.
 //!
 //! The client is `tokio-postgres` with a `deadpool-postgres` pool; TLS
 //! (rustls) when the URL asks for it (`sslmode=require`, with
@@ -42,7 +46,7 @@ mod embedded {
 }
 
 /// The schema version this build reads and writes: the last migration.
-pub const PG_SCHEMA_VERSION: u32 = 2;
+pub const PG_SCHEMA_VERSION: u32 = 3;
 
 /// True when `location` names a PostgreSQL database (`postgres://` or
 /// `postgresql://`) rather than a redb file path.
@@ -80,6 +84,8 @@ pub(crate) struct PgStore {
     pub target: String,
     pub tx: mpsc::Sender<write::Job>,
     pub read_only: bool,
+    /// Shared with the writer and the listener.
+    published: listen::Published,
 }
 
 impl Drop for PgStore {
@@ -180,7 +186,7 @@ impl PgStore {
             target.clone(),
             events.clone(),
             foreign,
-            published,
+            published.clone(),
         ));
         Ok(Self {
             rt: Some(rt),
@@ -188,6 +194,7 @@ impl PgStore {
             target,
             tx,
             read_only,
+            published,
         })
     }
 
@@ -228,6 +235,20 @@ impl PgStore {
                 .collect();
             conn.query(&st, &refs).await.map_err(e)
         })
+    }
+
+    /// The live feed has a reader again: it reads from the horizon now on
+    /// (see [`listen`]). Should the horizon not be read, the feed goes on
+    /// from where it stopped reading.
+    pub fn feed_starts(&self) {
+        match self.rows(listen::HORIZON.to_string(), Vec::new()) {
+            Ok(rows) => {
+                if let Some(h) = rows.first().map(|r| r.get::<_, i64>(0) as u64) {
+                    self.published.starts_at(h.saturating_sub(1));
+                }
+            }
+            Err(e) => tracing::debug!(target = %self.target, error = %e, "the feed's start"),
+        }
     }
 
     /// A pooled connection.

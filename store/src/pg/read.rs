@@ -35,9 +35,18 @@ fn hash_of(bytes: &[u8], target: &str, what: &str) -> Result<Hash, StoreError> {
 
 /// The envelope of a row of [`EVENT_COLUMNS`].
 pub(crate) fn envelope_of(row: &Row, target: &str) -> Result<RawEnvelope, StoreError> {
-    let position: i64 = row.get(0);
-    let key: &str = row.get(1);
-    let seq: i64 = row.get(2);
+    envelope_of_at(row, 0, target)
+}
+
+/// [`envelope_of`] for a row whose [`EVENT_COLUMNS`] start at column `at`.
+pub(crate) fn envelope_of_at(
+    row: &Row,
+    at: usize,
+    target: &str,
+) -> Result<RawEnvelope, StoreError> {
+    let position: i64 = row.get(at);
+    let key: &str = row.get(at + 1);
+    let seq: i64 = row.get(at + 2);
     let stream: StreamId = key.parse().map_err(|_| {
         corrupt(
             target,
@@ -48,10 +57,10 @@ pub(crate) fn envelope_of(row: &Row, target: &str) -> Result<RawEnvelope, StoreE
         stream,
         seq: Seq(seq as u64),
         position: Position(position as u64),
-        recorded_at: chrono::DateTime::from_timestamp_nanos(row.get(3)),
-        schema_version: row.get::<_, i32>(4) as u32,
-        payload: row.get(5),
-        hash: hash_of(row.get(6), target, &format!("{key}#{seq}"))?,
+        recorded_at: chrono::DateTime::from_timestamp_nanos(row.get(at + 3)),
+        schema_version: row.get::<_, i32>(at + 4) as u32,
+        payload: row.get(at + 5),
+        hash: hash_of(row.get(at + 6), target, &format!("{key}#{seq}"))?,
     })
 }
 
@@ -200,7 +209,11 @@ impl PgStore {
             .collect()
     }
 
-    /// [`crate::Store::read_all`].
+    /// [`crate::Store::read_all`]: what is committed now, in position
+    /// order. Positions are not given out in commit order here (see
+    /// `migrations/V3__positions.sql`): a later commit may take a smaller
+    /// position than one returned, so a tail follows the live feed
+    /// ([`crate::Store::subscribe`]), which reads below the horizon.
     pub fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RawEnvelope>, StoreError> {
         let (from, limit) = (from.0 as i64, limit.min(i64::MAX as usize) as i64);
         let rows = self.rows(

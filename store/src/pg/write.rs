@@ -1,25 +1,35 @@
 //! Group commit on PostgreSQL: the writer task takes every request queued
 //! (up to `max_group`) and commits them in one transaction.
 //!
-//! In that transaction, in order:
-//! 1. `SELECT … FROM chronicle_log_head … FOR UPDATE` — the one lock every
-//!    writer of every process takes first, held to commit: commits are
-//!    serialized, so the heads read next are the latest committed, and
-//!    the positions given out are gapless and in commit order;
-//! 2. the heads of the streams appended to, and the unique keys inserted;
-//! 3. each request checked as on redb (optimistic concurrency by expected
-//!    seq, unique keys, a stream once per request), in queue order and
-//!    seeing the group's earlier requests; a refused request gets its
-//!    error and writes nothing, the others go on;
-//! 4. events, heads, index rows and snapshots written with one statement
-//!    each (arrays through `unnest`); the head row advanced; a
-//!    `pg_notify('chronicle_events', …)` for the other processes;
-//! 5. `COMMIT` with `synchronous_commit = on`: a caller is acknowledged
-//!    only after the commit is durable.
+//! In that transaction, in order (two round trips, `BEGIN` and `COMMIT`
+//! pipelined with the statements around them):
+//! 1. a transaction-scoped advisory lock per stream appended to, in key
+//!    order, taken before the transaction has an id: appenders of one
+//!    stream go one at a time, and a later one gets a larger id;
+//! 2. the transaction's id (the base of its positions), the heads of the
+//!    streams, the unique keys inserted, and the leases fenced or written
+//!    (`FOR SHARE`: a take-over waits until this commit);
+//! 3. each request checked as on redb (fencing, optimistic concurrency by
+//!    expected seq, unique keys, a stream once per request), in queue
+//!    order and seeing the group's earlier requests; a refused request gets
+//!    its error and writes nothing, the others go on;
+//! 4. events, heads, index rows, snapshots and leases written with one
+//!    statement each (arrays through `unnest`), the events at positions
+//!    `(transaction id << 24) + 1, 2, …`;
+//! 5. `COMMIT` with `synchronous_commit = on` (a caller is acknowledged
+//!    only after the commit is durable), then a
+//!    `pg_notify('chronicle_events', …)` for the other processes.
+//!
+//! No lock is shared by every writer: commits of many processes overlap,
+//! and PostgreSQL merges their WAL flushes. Positions therefore grow along
+//! each stream and are unique, but are not gapless nor in commit order;
+//! readers of the whole log read below the horizon (see [`super::listen`]
+//! and `migrations/V3__positions.sql`).
 //!
 //! Should the database refuse the transaction (a lost connection, a
-//! unique violation from a writer that skipped the lock), every request of
-//! the group gets the error; none of them was committed.
+//! unique key or a new stream taken by another process meanwhile, a
+//! deadlock), the group's requests are committed one by one, and each gets
+//! its own answer.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -51,9 +61,10 @@ pub(crate) struct Writer {
 }
 
 /// Groups committing at once per process. Measured with `chronicle bench
-/// workers` (one worker, 2026-11-30): one at a time 656–711 runs/s, two
-/// 464, four 341 — groups committing at once are smaller and all meet at
-/// the log-head lock, so one at a time, which batches the most, is kept.
+/// workers` (one worker, 2026-11-30, when every commit took one log-wide
+/// lock): one at a time 656–711 runs/s, two 464, four 341 — groups
+/// committing at once are smaller, so one at a time, which batches the
+/// most, is kept.
 const CONCURRENT_GROUPS: usize = 1;
 
 impl Writer {
@@ -155,21 +166,9 @@ impl Writer {
         }
     }
 
-    /// One transaction for `requests`, in few round trips:
-    /// 1. `BEGIN`;
-    /// 2. pipelined: the heads of the streams appended to, locked in key
-    ///    order (`FOR UPDATE`: a concurrent writer of a stream waits), the
-    ///    unique keys inserted, and the leases fenced or written (`FOR
-    ///    SHARE`: a take-over waits until this commit);
-    /// 3. the checks, the hash chains;
-    /// 4. pipelined: the heads, index rows, snapshots and lease rows, then
-    ///    `UPDATE chronicle_log_head` — the one row every writer locks,
-    ///    last and briefly — which gives the group its positions;
-    /// 5. pipelined: the events and `pg_notify`, then `COMMIT` (durable:
-    ///    `synchronous_commit = on` on every connection).
-    ///
-    /// Positions are given out under the log-head lock held to commit, so
-    /// they are gapless and in commit order.
+    /// One transaction for `requests`, as the module says: the reads and
+    /// locks in one round trip, the checks and hash chains here, the
+    /// writes, `COMMIT` and the notification in a second.
     async fn try_commit(
         &self,
         requests: &[WriteRequest],
@@ -191,8 +190,7 @@ impl Writer {
 
     /// The transaction of [`Self::try_commit`] on `txn`, a connection of
     /// the pool (`BEGIN` and `COMMIT` are sent pipelined with the
-    /// statements around them: the log-head lock is held for the events'
-    /// statement and the commit's flush only, not for a round trip).
+    /// statements around them).
     async fn transaction(
         &self,
         txn: &deadpool_postgres::Object,
@@ -200,7 +198,6 @@ impl Writer {
     ) -> Result<Vec<Result<Committed, StoreError>>, Attempt> {
         let t = &self.target;
         let e = |e: tokio_postgres::Error| Attempt::of(t, e);
-        let begin = txn.batch_execute("BEGIN");
 
         // What the group reads, in one round trip.
         let mut keys: Vec<String> = requests
@@ -231,48 +228,78 @@ impl Writer {
             .into_iter()
             .collect();
         lease_runs.sort();
+        // Prepared first (cached per connection: no round trip after the
+        // first group), so that the statements go out in this order.
+        let (lock_st, heads_st, index_st, leases_st) = futures_util::future::try_join4(
+            // Appenders of a stream one at a time: an advisory lock per
+            // stream (in key order), taken before this transaction has an
+            // id — so a later appender of a stream gets a larger id, and
+            // positions grow with seq along each stream. The heads read
+            // next (a statement of its own: its own snapshot) are then the
+            // latest committed.
+            txn.prepare_cached(
+                "SELECT count(pg_advisory_xact_lock(k)) FROM \
+                 (SELECT DISTINCT hashtextextended(s, 0) AS k FROM unnest($1::text[]) AS s \
+                  ORDER BY k) AS t",
+            ),
+            txn.prepare_cached(
+                "SELECT stream, last_seq, head FROM chronicle_streams WHERE stream = ANY($1)",
+            ),
+            txn.prepare_cached(
+                "SELECT i.name, i.key, i.value FROM chronicle_index i \
+                 JOIN unnest($1::text[], $2::text[]) AS k(name, key) \
+                 ON i.name = k.name AND i.key = k.key \
+                 WHERE i.name = ANY($1) AND i.key = ANY($2)",
+            ),
+            // Leases fenced or written: `FOR SHARE`, a take-over waits until
+            // this commit (this gives the transaction its id: after the
+            // streams' locks).
+            txn.prepare_cached(
+                "SELECT run, owner, epoch, expires_at > now() FROM chronicle_leases \
+                 WHERE run = ANY($1) ORDER BY run FOR SHARE",
+            ),
+        )
+        .await
+        .map_err(e)?;
+        let begin = txn.batch_execute("BEGIN");
+        let lock_q = async {
+            if keys.is_empty() {
+                return Ok(());
+            }
+            txn.query_one(&lock_st, &[&keys]).await.map(|_| ())
+        };
         let heads_q = async {
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
-            let st = txn
-                .prepare_cached(
-                    "SELECT stream, last_seq, head FROM chronicle_streams WHERE stream = ANY($1) \
-                 ORDER BY stream FOR UPDATE",
-                )
-                .await?;
-            txn.query(&st, &[&keys]).await
+            txn.query(&heads_st, &[&keys]).await
         };
         let index_q = async {
             if names.is_empty() {
                 return Ok(Vec::new());
             }
-            let st = txn
-                .prepare_cached(
-                    "SELECT i.name, i.key, i.value FROM chronicle_index i \
-                 JOIN unnest($1::text[], $2::text[]) AS k(name, key) \
-                 ON i.name = k.name AND i.key = k.key \
-                 WHERE i.name = ANY($1) AND i.key = ANY($2)",
-                )
-                .await?;
-            txn.query(&st, &[&names, &inserted]).await
+            txn.query(&index_st, &[&names, &inserted]).await
         };
         let leases_q = async {
             if lease_runs.is_empty() {
                 return Ok(Vec::new());
             }
-            let st = txn
-                .prepare_cached(
-                    "SELECT run, owner, epoch, expires_at > now() FROM chronicle_leases \
-                 WHERE run = ANY($1) ORDER BY run FOR SHARE",
-                )
-                .await?;
-            txn.query(&st, &[&lease_runs]).await
+            txn.query(&leases_st, &[&lease_runs]).await
         };
-        let (_, head_rows, index_rows, lease_rows) =
+        // The transaction's id, given now (after the streams' locks): the
+        // base of its events' positions.
+        let base_q = async {
+            let st = txn
+                .prepare_cached("SELECT (pg_current_xact_id()::text::bigint << 24)")
+                .await?;
+            txn.query_one(&st, &[]).await
+        };
+        let begin = async { futures_util::future::try_join3(begin, lock_q, base_q).await };
+        let ((_, _, base_row), head_rows, index_rows, lease_rows) =
             futures_util::future::try_join4(begin, heads_q, index_q, leases_q)
                 .await
                 .map_err(e)?;
+        let base: i64 = base_row.get(0);
         let mut heads: HashMap<String, (u64, Hash)> = HashMap::new();
         for row in head_rows {
             let head: Vec<u8> = row.get(2);
@@ -389,7 +416,7 @@ impl Writer {
             .map(|r| r.as_ref().map_or(0, |c| c.len() as i64))
             .sum();
 
-        // The writes, in one round trip; the log-head lock last.
+        // The writes, in one round trip.
         let touched: Vec<String> = results
             .iter()
             .filter_map(|r| r.as_ref().ok())
@@ -529,17 +556,39 @@ impl Writer {
             .iter()
             .zip(&prepared)
             .map(|((_, params), st)| txn.execute(st, params.as_slice()));
-        // The events take their positions in the statement that locks the
-        // log head (last of this round trip, held to commit), which also
-        // notifies the other processes: FIRST:THROUGH:WRITER (a listener
-        // skips its own process's commits without reading them back).
+        // The events are numbered from this transaction's id (see
+        // migrations/V3): no lock shared by every writer, so commits of
+        // many processes overlap and their flushes merge.
         let mut rows = EventRows::default();
         for env in results.iter().filter_map(|r| r.as_ref().ok()).flatten() {
             rows.push(&env.stream.key(), env);
         }
-        // WRITER:FLAGS:STREAMS — flag `o` when the group offers runs to the
-        // workers; the streams appended to (`*` when too many for a
-        // notification's 8,000 bytes).
+        let event_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &rows.stream,
+            &rows.seq,
+            &rows.recorded_at_ns,
+            &rows.schema_version,
+            &rows.payload,
+            &rows.hash,
+            &base,
+        ];
+        let events_st = txn
+            .prepare_cached(
+                "INSERT INTO chronicle_events \
+                 (position, stream, seq, recorded_at_ns, schema_version, payload, hash) \
+                 SELECT $7 + u.ord, u.stream, u.seq, u.rec, u.sv, u.payload, u.hash \
+                 FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::bytea[], \
+                   $6::bytea[]) WITH ORDINALITY AS u(stream, seq, rec, sv, payload, hash, ord)",
+            )
+            .await
+            .map_err(e)?;
+        // The other processes learn of the commit after it (a notify in
+        // the transaction would serialize every commit of the database
+        // until its flush), pipelined after the COMMIT:
+        // FIRST:THROUGH:WRITER:FLAGS:STREAMS, flag `o` when the group
+        // offers runs to the workers, the streams appended to (`*` when too
+        // many for a notification's 8,000 bytes). Lost with a crash right
+        // there: the listeners' poll (every second) covers it.
         let offers = requests.iter().zip(&results).any(|(r, ok)| {
             ok.is_ok() && r.leases.iter().any(|l| matches!(l, LeaseOp::Offer { .. }))
         });
@@ -550,35 +599,15 @@ impl Writer {
         if streams.len() > 7000 {
             streams = "*".into();
         }
-        let writer = format!(
-            "{}:{}:{streams}",
+        let payload = format!(
+            "{}:{}:{}:{}:{streams}",
+            base + 1,
+            base + n_events,
             self.published.writer(),
             if offers { "o" } else { "-" }
         );
-        let event_params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
-            &rows.stream,
-            &rows.seq,
-            &rows.recorded_at_ns,
-            &rows.schema_version,
-            &rows.payload,
-            &rows.hash,
-            &writer,
-            &n_events,
-        ];
-        let events_st = txn
-            .prepare_cached(
-                "WITH h AS ( \
-                   UPDATE chronicle_log_head SET position = position + $8 WHERE id = 1 \
-                   RETURNING position - $8 AS base), \
-                 ins AS ( \
-                   INSERT INTO chronicle_events \
-                   (position, stream, seq, recorded_at_ns, schema_version, payload, hash) \
-                   SELECT h.base + u.ord, u.stream, u.seq, u.rec, u.sv, u.payload, u.hash \
-                   FROM h, unnest($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::bytea[], \
-                     $6::bytea[]) WITH ORDINALITY AS u(stream, seq, rec, sv, payload, hash, ord)) \
-                 SELECT base, pg_notify('chronicle_events', \
-                   (base + 1)::text || ':' || (base + $8)::text || ':' || $7) FROM h",
-            )
+        let notify_st = txn
+            .prepare_cached("SELECT pg_notify('chronicle_events', $1)")
             .await
             .map_err(e)?;
         // Marked before the commit (its notification may reach this
@@ -588,35 +617,38 @@ impl Writer {
             .iter()
             .map(|h| h.as_slice().try_into().expect("32 bytes"))
             .collect();
-        self.published.mark(hashes.iter().map(|h| (*h, u64::MAX)));
+        self.published
+            .mark(hashes.iter().copied().zip(base as u64 + 1..));
         let commit = txn.batch_execute("COMMIT");
         let done = if n_events > 0 {
-            let events_q = txn.query_one(&events_st, &event_params);
-            futures_util::future::try_join3(
+            let events_q = txn.execute(&events_st, &event_params);
+            let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&payload];
+            let notify = txn.execute(&notify_st, &notify_params);
+            let r = futures_util::future::try_join3(
                 futures_util::future::try_join_all(writes),
                 events_q,
                 commit,
-            )
-            .await
-            .map(|(_, row, _)| row.get::<_, i64>(0))
+            );
+            // The notification is sent after the COMMIT; its own failure
+            // does not undo the commit.
+            let (r, n) = futures_util::future::join(r, notify).await;
+            if let (Ok(_), Err(err)) = (&r, n) {
+                tracing::debug!(target = %t, error = %err, "a commit's notification was not sent");
+            }
+            r.map(|_| ())
         } else {
             futures_util::future::try_join(futures_util::future::try_join_all(writes), commit)
                 .await
-                .map(|_| 0)
+                .map(|_| ())
         };
-        let base = match done {
-            Ok(base) => base,
-            Err(err) => {
-                self.published.unmark(hashes.into_iter());
-                return Err(e(err));
-            }
-        };
+        if let Err(err) = done {
+            self.published.unmark(hashes.into_iter());
+            return Err(e(err));
+        }
         let envs = results.iter_mut().filter_map(|r| r.as_mut().ok()).flatten();
         for (position, env) in (base as u64 + 1..).zip(envs) {
             env.position = Position(position);
         }
-        self.published
-            .mark(hashes.into_iter().zip(base as u64 + 1..));
         Ok(results)
     }
 }

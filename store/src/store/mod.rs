@@ -530,7 +530,14 @@ impl Store {
     /// A slow receiver that falls behind by more than 1,024 commits gets
     /// `RecvError::Lagged` and should re-read from the log.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<[RawEnvelope]>> {
-        self.inner.events.subscribe()
+        let first = self.inner.events.receiver_count() == 0;
+        let rx = self.inner.events.subscribe();
+        if first && let Some(pg) = self.pg() {
+            // The feed had no reader: it goes on from now, not from where
+            // it stopped reading.
+            pg.feed_starts();
+        }
+        rx
     }
 
     /// What other processes commit, as they commit: the streams each

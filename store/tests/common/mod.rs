@@ -76,6 +76,11 @@ impl Db {
     pub fn all() -> Vec<Self> {
         vec![Self::redb(), Self::postgres()]
     }
+    /// Positions there are sparse (numbered from each transaction's id):
+    /// increasing, not dense as on redb.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
     pub fn location(&self) -> std::path::PathBuf {
         match self {
             Self::Redb(dir) => dir.path().join("db.redb"),

@@ -1,0 +1,15 @@
+-- Positions without a log-wide lock (schema version 3).
+--
+-- Versions 1 and 2 gave out positions under a lock on the one row of
+-- chronicle_log_head, held to commit: gapless and in commit order, but
+-- every commit of every process waited for the one before to be flushed.
+-- From version 3 a group's events are numbered from its transaction's id:
+--   position = (pg_current_xact_id() << 24) + 1, 2, ... (its events in order)
+-- Appenders of one stream are serialized by a transaction-scoped advisory
+-- lock on the stream, taken before the transaction has an id, so along a
+-- stream positions grow with seq. Globally, a reader sees every event
+-- below the horizon pg_snapshot_xmin(pg_current_snapshot()) << 24 final:
+-- no transaction that could still commit has an id below it. Positions
+-- given out before this version are far below every new one (a group of
+-- fewer than 2^24 events, and at least one transaction id per group).
+DROP TABLE chronicle_log_head;
