@@ -4,11 +4,12 @@
 //! In that transaction, in order (two round trips, `BEGIN` and `COMMIT`
 //! pipelined with the statements around them):
 //! 1. a transaction-scoped advisory lock per stream appended to, in key
-//!    order, taken before the transaction has an id: appenders of one
-//!    stream go one at a time, and a later one gets a larger id;
-//! 2. the transaction's id (the base of its positions), the heads of the
-//!    streams, the unique keys inserted, and the leases fenced or written
-//!    (`FOR SHARE`: a take-over waits until this commit);
+//!    order, taken before the transaction has an id, then its id (the base
+//!    of its positions): appenders of one stream go one at a time, and a
+//!    later one gets a larger id;
+//! 2. the heads of the streams, the unique keys inserted, and the leases
+//!    fenced or written (`FOR SHARE`: a take-over waits until this
+//!    commit);
 //! 3. each request checked as on redb (fencing, optimistic concurrency by
 //!    expected seq, unique keys, a stream once per request), in queue
 //!    order and seeing the group's earlier requests; a refused request gets
@@ -237,8 +238,11 @@ impl Writer {
             // positions grow with seq along each stream. The heads read
             // next (a statement of its own: its own snapshot) are then the
             // latest committed.
+            // With the transaction's id, given once the locks are held:
+            // the base of its events' positions.
             txn.prepare_cached(
-                "SELECT count(pg_advisory_xact_lock(k)) FROM \
+                "SELECT count(pg_advisory_xact_lock(k)), \
+                   (pg_current_xact_id()::text::bigint << 24) FROM \
                  (SELECT DISTINCT hashtextextended(s, 0) AS k FROM unnest($1::text[]) AS s \
                   ORDER BY k) AS t",
             ),
@@ -264,9 +268,11 @@ impl Writer {
         let begin = txn.batch_execute("BEGIN");
         let lock_q = async {
             if keys.is_empty() {
-                return Ok(());
+                return Ok(0); // no events: no positions
             }
-            txn.query_one(&lock_st, &[&keys]).await.map(|_| ())
+            txn.query_one(&lock_st, &[&keys])
+                .await
+                .map(|row| row.get::<_, i64>(1))
         };
         let heads_q = async {
             if keys.is_empty() {
@@ -286,20 +292,11 @@ impl Writer {
             }
             txn.query(&leases_st, &[&lease_runs]).await
         };
-        // The transaction's id, given now (after the streams' locks): the
-        // base of its events' positions.
-        let base_q = async {
-            let st = txn
-                .prepare_cached("SELECT (pg_current_xact_id()::text::bigint << 24)")
-                .await?;
-            txn.query_one(&st, &[]).await
-        };
-        let begin = async { futures_util::future::try_join3(begin, lock_q, base_q).await };
-        let ((_, _, base_row), head_rows, index_rows, lease_rows) =
+        let begin = async { futures_util::future::try_join(begin, lock_q).await };
+        let ((_, base), head_rows, index_rows, lease_rows) =
             futures_util::future::try_join4(begin, heads_q, index_q, leases_q)
                 .await
                 .map_err(e)?;
-        let base: i64 = base_row.get(0);
         let mut heads: HashMap<String, (u64, Hash)> = HashMap::new();
         for row in head_rows {
             let head: Vec<u8> = row.get(2);
