@@ -183,10 +183,34 @@ async fn heartbeat(engine: Weak<Inner>) {
                 Ok(Ok(renewed)) => {
                     last_ok = std::time::Instant::now();
                     let renewed: std::collections::HashSet<String> = renewed.into_iter().collect();
-                    for (run, epoch) in held {
-                        if !renewed.contains(&run.stream().key())
-                            && leases.epoch(run) == Some(epoch)
-                        {
+                    let missing: Vec<(RunId, u64)> = held
+                        .into_iter()
+                        .filter(|(run, _)| !renewed.contains(&run.stream().key()))
+                        .collect();
+                    // Not renewed is not yet lost: the write that grants a
+                    // run (not committed yet) or ends it (committed, its
+                    // actor not yet gone) races with the renewal. Lost is a
+                    // lease that another holder took, or that expired.
+                    let store = inner.store.clone();
+                    let owner = leases.owner.clone();
+                    let keys: Vec<(RunId, u64)> = missing.clone();
+                    let taken = tokio::task::spawn_blocking(move || {
+                        keys.into_iter()
+                            .filter(|(run, epoch)| match store.lease(&run.stream().key()) {
+                                Ok(Some(l)) => {
+                                    !l.live
+                                        || l.owner.as_deref() != Some(owner.as_str())
+                                        || l.epoch != *epoch
+                                }
+                                Ok(None) => false,
+                                Err(_) => false, // judged at the next renewal
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .await
+                    .unwrap_or_default();
+                    for (run, epoch) in taken {
+                        if leases.epoch(run) == Some(epoch) {
                             tracing::warn!(%run, "lease lost: stopping the run's attempts here");
                             lost(&inner, run);
                         }

@@ -6,9 +6,9 @@
 //! [`crate::Store::subscribe_changes`] (from the notification alone), and,
 //! while anyone holds a [`crate::Store::subscribe`] receiver, its events
 //! are read and sent there (this process's own commits are sent by its
-//! writer, at once). Should the
-//! connection drop, it reconnects and catches up from where it was; a
-//! poll every second covers a notification lost meanwhile.
+//! writer, at once). Events are read below the horizon, in position order
+//! (see [`run`]). Should the connection drop, it reconnects and catches up
+//! from where it was (announcing what it reads as changes too).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -155,26 +155,34 @@ async fn listen(
         .batch_execute("LISTEN chronicle_events")
         .await
         .map_err(|e| pg_error(target, e))?;
-    // Read now (a reconnection catches up), then on notifications, at
-    // least every second (a notification lost: sent after a commit, it is
-    // lost with a crash there), and soon again while announced events are
-    // held back by the horizon.
+    // Read now (a reconnection catches up what it missed); then, while the
+    // feed has readers, on other processes' notifications, and soon again
+    // while events they announced are held back by the horizon. This
+    // process's own commits were sent by its writer: they only move the
+    // horizon, which is read once a second (a notification is sent in the
+    // same round trip as its COMMIT).
     let mut query = true;
     let mut announced = 0u64;
-    let mut retry = Duration::from_millis(2);
+    let mut retry = Duration::from_millis(1);
     let mut last_read = tokio::time::Instant::now();
     loop {
         let reading = feeds.0.receiver_count() > 0;
         let start = published.2.swap(0, std::sync::atomic::Ordering::AcqRel);
         *seen = (*seen).max(start);
-        if query || last_read.elapsed() >= Duration::from_secs(1) {
+        if query {
             catch_up(pool, target, feeds, published, seen, reading).await?;
+            last_read = tokio::time::Instant::now();
+        } else if last_read.elapsed() >= Duration::from_secs(1) {
+            let h = horizon(pool, target).await?;
+            *seen = (*seen).max(h.saturating_sub(1));
+            published.prune(*seen);
             last_read = tokio::time::Instant::now();
         }
         if client.is_closed() {
             return Err(pg_error(target, "the listening connection closed"));
         }
-        let wait = if reading && announced > *seen {
+        let held_back = reading && announced > *seen;
+        let wait = if held_back {
             retry = (retry * 2).min(Duration::from_millis(250));
             retry
         } else {
@@ -183,25 +191,24 @@ async fn listen(
         };
         query = match tokio::time::timeout(wait, rx.recv()).await {
             Ok(None) => return Err(pg_error(target, "the listening connection closed")),
-            Err(_) => true,
+            Err(_) => held_back,
             Ok(Some(first)) => {
                 let mut query = false;
                 let mut next = Some(first);
                 while let Some(payload) = next {
                     match Notice::parse(&payload) {
                         None => query = true,
-                        Some(n) => {
-                            if n.writer != published.writer() {
-                                let _ = feeds.1.send(Arc::new(Change {
-                                    streams: n.streams,
-                                    offers: n.offers,
-                                }));
-                                announced = announced.max(n.through);
-                            }
-                            // Any commit may move the horizon past events
-                            // announced before; a reader reads again.
+                        Some(n) if n.writer != published.writer() => {
+                            let _ = feeds.1.send(Arc::new(Change {
+                                streams: n.streams,
+                                offers: n.offers,
+                            }));
+                            announced = announced.max(n.through);
                             query |= reading;
                         }
+                        // This process's commit may move the horizon past
+                        // events announced before.
+                        Some(_) => query |= reading && announced > *seen,
                     }
                     next = rx.try_recv().ok();
                 }
