@@ -53,6 +53,24 @@ fn chronicle(env: &Env, url: &str, args: &[&str]) -> crate::support::Out {
     crate::support::Out::from(c.output().unwrap())
 }
 
+/// Wait until every one of `runs` has succeeded (at most 120 s in all).
+fn wait_succeeded(env: &Env, url: &str, runs: &[String]) {
+    let t = Instant::now();
+    for run in runs {
+        loop {
+            let s = chronicle(env, url, &["status", run, "--json"]).json();
+            if s["status"] == "succeeded" {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "run {run} did not succeed: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
 /// Every run's events as JSON payloads with their seq and time.
 fn histories(url: &str) -> HashMap<String, Vec<(u64, chrono::DateTime<chrono::Utc>, Value)>> {
     let store = Store::open_read_only(url).unwrap();
@@ -120,8 +138,16 @@ fn without_positions(export: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The kill test's workflow. A worker is SIGKILLed every second, so an
+/// attempt taken over by a worker that is killed in turn is cut again:
+/// under load, three cuts in a row of one step (the default
+/// `quarantine_after_crashes`, which quarantines a poison run — as it
+/// should) happened about once in ten local runs of 1,000 runs. This
+/// workflow declares that it runs amid such kills.
 const THREE_STEPS: &str = r#"
 name: three-steps
+defaults:
+  quarantine_after_crashes: 10
 steps:
   - id: fetch
     command: [sh, -c, 'echo "{\"n\": 1}"']
@@ -169,15 +195,16 @@ fn four_workers_killed_at_random_finish_every_run_once() {
     let store = Store::open_read_only(&url).unwrap();
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        let done = store
+        let rows: Vec<Value> = store
             .index_scan("runs", "")
             .unwrap()
             .iter()
-            .filter(|(_, v)| {
-                let v: Value = serde_json::from_slice(v).unwrap();
-                v["status"] == "succeeded"
-            })
-            .count();
+            .map(|(_, v)| serde_json::from_slice(v).unwrap())
+            .collect();
+        if let Some(q) = rows.iter().find(|v| v["status"] == "quarantined") {
+            panic!("a run was quarantined: {q}");
+        }
+        let done = rows.iter().filter(|v| v["status"] == "succeeded").count();
         if done == submitted.len() {
             break;
         }
@@ -219,6 +246,94 @@ fn four_workers_killed_at_random_finish_every_run_once() {
         assert_eq!(last["type"], "RunSucceeded", "run {run}: {last}");
     }
     eprintln!("attempts abandoned by the kills and taken over: {abandoned}");
+}
+
+/// The poison-run rule holds across workers: a step whose attempts keep
+/// being cut by their worker's death (each holder SIGKILLed while the step
+/// runs) is abandoned by each taker-over, and the second cut in a row
+/// (`quarantine_after_crashes: 2`) quarantines the run instead of running
+/// it again.
+#[test]
+fn a_step_cut_by_dying_workers_quarantines_its_run() {
+    let env = Env::new();
+    let url = fresh_postgres();
+    let marker = format!("poison-{}", uuid::Uuid::now_v7().simple());
+    let wf = env.write(
+        "poison.yaml",
+        &format!(
+            "name: poison
+defaults:
+  quarantine_after_crashes: 2
+steps:
+  - id: poison
+    command: [sh, -c, 'sleep 30', {marker}]
+"
+        ),
+    );
+    let submitted = chronicle(&env, &url, &["run", wf.to_str().unwrap(), "--detach"]);
+    assert_eq!(submitted.code, 0, "{submitted:?}");
+    let run = submitted.stdout.trim().to_string();
+    for cut in 0..2 {
+        let mut w = worker(&env, &url, "1s", &format!("cut{cut}.log"));
+        let t = Instant::now();
+        while marked_processes(&marker).is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "attempt {} never started",
+                cut + 1
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        w.kill().unwrap(); // SIGKILL: its watchdog kills the step
+        w.wait().unwrap();
+        let t = Instant::now();
+        while !marked_processes(&marker).is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the step outlived its worker"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let mut last = worker(&env, &url, "1s", "last.log");
+    let t = Instant::now();
+    let status = loop {
+        let s = chronicle(&env, &url, &["status", &run, "--json"]).json();
+        if s["status"] == "quarantined" {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the run was not quarantined: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = last.kill();
+    let _ = last.wait();
+    assert!(
+        status["quarantine"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("abandoned 2 times in a row")),
+        "{status}"
+    );
+    let kinds: Vec<String> = histories(&url)
+        .remove(&run)
+        .unwrap()
+        .iter()
+        .filter(|(_, _, p)| p["step"] == "poison")
+        .map(|(_, _, p)| format!("{}#{}", p["type"].as_str().unwrap(), p["attempt"]))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "StepStarted#1",
+            "StepAbandoned#1",
+            "StepStarted#2",
+            "StepAbandoned#2"
+        ],
+        "no third attempt"
+    );
+    assert!(marked_processes(&marker).is_empty());
 }
 
 /// A worker paused with SIGSTOP past its lease loses the run: another
@@ -456,20 +571,7 @@ fn two_workers_share_the_agents_circuit_breakers() {
         runs.push(out.stdout.trim().to_string());
     }
     let env = Env::new();
-    let t = Instant::now();
-    for run in &runs {
-        loop {
-            let s = chronicle(&env, &url, &["status", run, "--json"]).json();
-            if s["status"] == "succeeded" {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(120),
-                "run {run} did not succeed: {s}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    wait_succeeded(&env, &url, &runs);
     for w in &mut workers {
         let _ = w.kill();
         let _ = w.wait();
@@ -526,20 +628,7 @@ fn an_agents_concurrency_holds_across_workers() {
     workers[0].kill().unwrap();
     workers[0].wait().unwrap();
     workers[0] = worker(&env, &url, "2s", "gpu-w1b.log");
-    let t = Instant::now();
-    for run in &runs {
-        loop {
-            let s = chronicle(&env, &url, &["status", run, "--json"]).json();
-            if s["status"] == "succeeded" {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(120),
-                "run {run} did not succeed: {s}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    wait_succeeded(&env, &url, &runs);
     for w in &mut workers {
         let _ = w.kill();
         let _ = w.wait();

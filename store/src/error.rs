@@ -141,9 +141,7 @@ pub enum StoreError {
     /// PostgreSQL refused or failed (unreachable server, refused login,
     /// malformed URL, a failed transaction): a storage problem (exit 3).
     /// After a failed write the request was not committed.
-    #[error(
-        "PostgreSQL database {target}: {message}; check that the server is running, the URL and the credentials"
-    )]
+    #[error("PostgreSQL database {target}: {message}")]
     Postgres {
         /// The database URL, password redacted.
         target: String,

@@ -233,8 +233,14 @@ fn unreachable_servers_and_bad_urls_are_clear_errors() {
         "{text}"
     );
     assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains("check that the server is running"),
+        "a connection failure says what to check: {text}"
+    );
     let err = Store::open("postgres://u@h/db?nonsense=1", StoreOptions::default()).unwrap_err();
     assert!(err.to_string().contains("malformed database URL"), "{err}");
+    // Not a connection problem: no hint about the server.
+    assert!(!err.to_string().contains("check that the server"), "{err}");
 }
 
 /// Leases: two workers claiming at once never get the same run; a write

@@ -149,7 +149,7 @@ async fn listen(
         Some(tls) => connect(config, tls.clone(), tx.clone()).await,
         None => connect(config, tokio_postgres::NoTls, tx.clone()).await,
     }
-    .map_err(|e| pg_error(target, e))?;
+    .map_err(|e| super::pg_connect_error(target, e))?;
     drop(tx);
     client
         .batch_execute("LISTEN chronicle_events")

@@ -112,6 +112,15 @@ pub(crate) fn pg_error(target: &str, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// [`pg_error`] for a connection that could not be made: the message says
+/// what to check.
+pub(crate) fn pg_connect_error(target: &str, e: impl std::fmt::Display) -> StoreError {
+    pg_error(
+        target,
+        format!("{e}; check that the server is running, the URL and the credentials"),
+    )
+}
+
 impl PgStore {
     /// Connect to `url`, apply the migrations this build has (unless
     /// `read_only`) and check the schema version; start the writer and the
@@ -253,7 +262,7 @@ impl PgStore {
 
     /// A pooled connection.
     pub async fn conn(pool: &Pool, target: &str) -> Result<deadpool_postgres::Object, StoreError> {
-        pool.get().await.map_err(|e| pg_error(target, e))
+        pool.get().await.map_err(|e| pg_connect_error(target, e))
     }
 
     /// [`crate::Store::write`]: queue `request` for the writer's next
@@ -472,7 +481,7 @@ pub fn create_postgres_database(url: &str, name: &str) -> Result<String, StoreEr
                 let (c, conn) = config
                     .connect(tls)
                     .await
-                    .map_err(|e| pg_error(&target, e))?;
+                    .map_err(|e| pg_connect_error(&target, e))?;
                 tokio::spawn(conn);
                 c
             }
@@ -480,7 +489,7 @@ pub fn create_postgres_database(url: &str, name: &str) -> Result<String, StoreEr
                 let (c, conn) = config
                     .connect(tokio_postgres::NoTls)
                     .await
-                    .map_err(|e| pg_error(&target, e))?;
+                    .map_err(|e| pg_connect_error(&target, e))?;
                 tokio::spawn(conn);
                 c
             }
