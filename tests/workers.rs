@@ -246,6 +246,18 @@ fn four_workers_killed_at_random_finish_every_run_once() {
         assert_eq!(last["type"], "RunSucceeded", "run {run}: {last}");
     }
     eprintln!("attempts abandoned by the kills and taken over: {abandoned}");
+    // Every attempt's process-group record went with its outcome or its
+    // abandonment: none is left behind.
+    let left = Store::open_read_only(&url)
+        .unwrap()
+        .index_scan("processes", "")
+        .unwrap();
+    let keys: Vec<&str> = left.iter().take(3).map(|(k, _)| k.as_str()).collect();
+    assert!(
+        left.is_empty(),
+        "{} process records left: {keys:?}…",
+        left.len()
+    );
 }
 
 /// The poison-run rule holds across workers: a step whose attempts keep

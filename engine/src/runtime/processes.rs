@@ -240,7 +240,9 @@ impl ProcessLedger {
     /// the background (errors are logged: the watchdog still covers the
     /// group). The record is durable within one commit of the start, so
     /// that `recover` finds the group even when the watchdog died too.
-    pub fn started(&self, key: String, pgid: u32) {
+    /// Returns the recording task: the attempt awaits it before its outcome
+    /// is written (that write deletes the record, so it must come after).
+    pub fn started(&self, key: String, pgid: u32) -> Option<tokio::task::JoinHandle<()>> {
         self.watchdog.watch(pgid);
         let record = ProcessRecord {
             pgid,
@@ -249,11 +251,9 @@ impl ProcessLedger {
             engine_pid: self.engine_pid,
             engine_start_ticks: self.engine_start_ticks,
         };
-        let Some(store) = self.store.upgrade() else {
-            return;
-        };
+        let store = self.store.upgrade()?;
         let value = serde_json::to_vec(&record).expect("a plain struct serializes");
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             let req = WriteRequest {
                 index: vec![IndexOp::Put {
                     index: PROCESSES.into(),
@@ -265,7 +265,7 @@ impl ProcessLedger {
             if let Err(e) = store.write(req).await {
                 tracing::warn!(error = %e, "cannot record an attempt's process group");
             }
-        });
+        }))
     }
 }
 

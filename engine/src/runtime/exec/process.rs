@@ -232,9 +232,12 @@ impl Executor for ProcessExecutor {
                 }
             };
             let pgid = child.id();
-            if let (Some(ledger), Some(pgid)) = (&ledger, pgid) {
-                ledger.started(key(&req.run_id.to_string(), &req.step, req.attempt), pgid);
-            }
+            let recorded = match (&ledger, pgid) {
+                (Some(ledger), Some(pgid)) => {
+                    ledger.started(key(&req.run_id.to_string(), &req.step, req.attempt), pgid)
+                }
+                _ => None,
+            };
             let stdin = child.stdin().take();
             // Input, output and exit are driven together in this task (no
             // task per pipe: each would cost a spawn and wake-ups per step).
@@ -266,6 +269,11 @@ impl Executor for ProcessExecutor {
             };
             let (status, (), (stdout, stdout_total), (stderr, stderr_total)) =
                 tokio::join!(exit, feed, read_all(stdout_pipe), read_all(stderr_pipe));
+            // The group's record is written before the outcome that
+            // deletes it (else a late record would outlive the attempt).
+            if let Some(r) = recorded {
+                let _ = r.await;
+            }
             let duration_ms = ms(started);
             let stderr_c = (!stderr.is_empty()).then(|| sink.capture(&stderr, stderr_total));
             let Some(status) = status else {
