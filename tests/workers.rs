@@ -53,6 +53,19 @@ fn chronicle(env: &Env, url: &str, args: &[&str]) -> crate::support::Out {
     crate::support::Out::from(c.output().unwrap())
 }
 
+/// Wait until a process whose command line holds `marker` runs (a step
+/// started; at most 30 s).
+fn wait_started(marker: &str) {
+    let t = Instant::now();
+    while marked_processes(marker).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the step marked {marker} never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Wait until every one of `runs` has succeeded (at most 120 s in all).
 fn wait_succeeded(env: &Env, url: &str, runs: &[String]) {
     let t = Instant::now();
@@ -287,15 +300,7 @@ steps:
     let run = submitted.stdout.trim().to_string();
     for cut in 0..2 {
         let mut w = worker(&env, &url, "1s", &format!("cut{cut}.log"));
-        let t = Instant::now();
-        while marked_processes(&marker).is_empty() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "attempt {} never started",
-                cut + 1
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_started(&marker);
         w.kill().unwrap(); // SIGKILL: its watchdog kills the step
         w.wait().unwrap();
         let t = Instant::now();
@@ -366,14 +371,7 @@ fn a_worker_paused_past_its_lease_writes_nothing_after() {
     assert_eq!(submitted.code, 0, "{submitted:?}");
     let run = submitted.stdout.trim().to_string();
     let mut a = worker(&env, &url, "1s", "a.log");
-    let t = Instant::now();
-    while marked_processes(&marker).is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the step never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_started(&marker);
     let pid = nix::unistd::Pid::from_raw(a.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let mut b = worker(&env, &url, "1s", "b.log");
@@ -833,14 +831,7 @@ fn a_worker_cut_off_from_the_database_stops_its_attempts() {
     assert_eq!(run.code, 0, "{run:?}");
     let run = run.stdout.trim().to_string();
     let mut w = worker(&env, &url, "1s", "w.log");
-    let t = Instant::now();
-    while marked_processes(&marker).is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the step never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_started(&marker);
     // Cut the database off: no new connections, the open ones ended.
     let sql = |q: &str| {
         let rt = tokio::runtime::Runtime::new().unwrap();

@@ -13,6 +13,22 @@ use chronicle_store::{
 };
 use common::{ev, fresh_postgres};
 
+/// At least `n` events from the live feed (each batch within 10 s).
+async fn receive(
+    sub: &mut tokio::sync::broadcast::Receiver<Arc<[chronicle_store::RawEnvelope]>>,
+    n: usize,
+) -> Vec<chronicle_store::RawEnvelope> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let batch = tokio::time::timeout(std::time::Duration::from_secs(10), sub.recv())
+            .await
+            .expect("the feed delivers within 10 s")
+            .unwrap();
+        got.extend(batch.iter().cloned());
+    }
+    got
+}
+
 fn open(url: &str) -> Store {
     Store::open(url, StoreOptions::default()).expect("open the PostgreSQL store")
 }
@@ -107,12 +123,8 @@ fn the_live_feed_carries_other_handles_commits_once() {
             .await
             .unwrap();
         let mut got = Vec::new();
-        while got.len() < 4 {
-            let batch = tokio::time::timeout(std::time::Duration::from_secs(10), sub.recv())
-                .await
-                .expect("the feed delivers within 10 s")
-                .unwrap();
-            got.extend(batch.iter().map(|e| (e.stream.key(), e.seq.0)));
+        for e in receive(&mut sub, 4).await {
+            got.push((e.stream.key(), e.seq.0));
         }
         got.sort();
         assert_eq!(
@@ -456,14 +468,11 @@ fn the_feed_waits_for_a_transaction_that_took_a_smaller_position() {
             )
             .await
             .unwrap();
-        let mut got = Vec::new();
-        while got.len() < 2 {
-            let batch = tokio::time::timeout(std::time::Duration::from_secs(10), sub.recv())
-                .await
-                .expect("the feed delivers both within 10 s")
-                .unwrap();
-            got.extend(batch.iter().map(|e| (e.stream.key(), e.position.0)));
-        }
+        let got: Vec<(String, u64)> = receive(&mut sub, 2)
+            .await
+            .iter()
+            .map(|e| (e.stream.key(), e.position.0))
+            .collect();
         assert_eq!(
             got.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
             ["feed:before", "feed:after"],

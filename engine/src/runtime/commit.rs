@@ -4,7 +4,7 @@
 //! index writes — in one atomic write. Run creation, the actors, recovery
 //! and commands on runs no process executes all commit through here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use chronicle_store::{Append, IndexOp, NewEvent, Seq, WriteRequest};
 use chrono::{DateTime, Utc};
@@ -177,22 +177,22 @@ impl Inner {
         agent: Option<&AgentAppend>,
     ) -> Result<Decision, EngineError> {
         // On a shared database, attempts on agents take slots across all
-        // workers: decide on the slots taken now, and again when another
-        // worker took one meanwhile (with that agent full, at the end).
+        // workers: a decision that starts some is made again on the slots
+        // taken now, and again when another worker took one meanwhile
+        // (with every agent full, at the end).
         let wf = state.workflow.clone().or_else(|| {
             commands.iter().find_map(|c| match c {
                 Command::Create { workflow, .. } => Some(workflow.clone()),
                 _ => None,
             })
         });
-        let slots = agent_slots::enabled(self) && wf.as_ref().is_some_and(|w| !w.agents.is_empty());
-        let mut full = BTreeSet::new();
+        let mut slots = (agent_slots::enabled(self)
+            && wf.as_ref().is_some_and(|w| !w.agents.is_empty()))
+        .then(agent_slots::Slots::default);
         let mut tries = 0;
         loop {
-            let floor = match (&wf, slots, deciding) {
-                (Some(wf), true, Deciding::WithCapacity) => {
-                    Some(agent_slots::floor(self, wf, &full)?)
-                }
+            let floor = match (&slots, &wf, deciding) {
+                (Some(s), Some(wf), Deciding::WithCapacity) => Some(s.floor(wf)),
                 _ => None,
             };
             let d = self.plan_with(state, commands.clone(), deciding, floor.as_ref())?;
@@ -200,12 +200,24 @@ impl Inner {
                 return Ok(d);
             }
             let mut extra = extra.clone();
-            if slots {
-                match agent_slots::ops(self, state, &d) {
+            if let Some(s) = &mut slots {
+                let learnt = match deciding {
+                    Deciding::WithCapacity => s.learn(self, &d),
+                    Deciding::Offline => Ok(false),
+                };
+                let ops = match learnt {
+                    Ok(false) => s.ops(self, state, &d),
+                    Ok(true) => {
+                        release_reserved(self, deciding, &d.events);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                };
+                match ops {
                     Ok(Ok(ops)) => extra.extend(ops),
                     Ok(Err(busy)) => {
                         release_reserved(self, deciding, &d.events);
-                        full.insert(busy);
+                        s.set_full(busy);
                         continue;
                     }
                     Err(e) => {
@@ -215,12 +227,15 @@ impl Inner {
                 }
             }
             match self.write_decision(state, &d, extra, deciding, agent).await {
-                Err(e) if slots && agent_slots::is_slot_conflict(&e) && tries < 8 => {
+                Err(e) if agent_slots::is_slot_conflict(&e) && tries < 8 => {
                     tries += 1;
-                    if tries == 8 {
-                        // Starts nothing more on any agent: the command's
-                        // own outcome is recorded.
-                        full.extend(wf.iter().flat_map(|w| w.agents.keys().cloned()));
+                    if let (Some(s), Some(wf)) = (&mut slots, &wf) {
+                        s.forget();
+                        if tries == 8 {
+                            // Starts nothing more on any agent: the
+                            // command's own outcome is recorded.
+                            s.all_full(wf);
+                        }
                     }
                 }
                 r => return r.map(|()| d),
