@@ -480,3 +480,71 @@ fn the_feed_waits_for_a_transaction_that_took_a_smaller_position() {
         );
     });
 }
+
+/// A worker's commits to the runs it holds go to the feed's channel: a
+/// process reading the live feed gets them (one that started reading after
+/// it opened, too), and another worker — which reads no feed — is not
+/// woken by them; it hears what concerns it: offers, and appends to a
+/// run without its lease (a command from another process).
+#[test]
+fn a_workers_commits_to_its_runs_reach_feed_readers_and_wake_no_other_worker() {
+    use chronicle_store::LeaseOp;
+    let url = fresh_postgres();
+    let worker = open(&url);
+    let other = open(&url);
+    let reader = open(&url);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut changes = other.subscribe_changes();
+        // Opened before anyone read its feed: it listens on the feed's
+        // channel from this subscription on.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mut sub = reader.subscribe();
+        let run = StreamId::Run(uuid::Uuid::now_v7());
+        let mut req = WriteRequest::append(run.clone(), Seq(0), vec![ev("created")]);
+        req.leases.push(LeaseOp::Offer { run: run.key() });
+        worker.write(req).await.unwrap();
+        let (key, epoch) = worker
+            .claim_leases("w1", 1, 60_000, None)
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(key, run.key());
+        for (seq, text) in [(1, "started"), (2, "succeeded")] {
+            let mut req = WriteRequest::append(run.clone(), Seq(seq), vec![ev(text)]);
+            req.leases.push(LeaseOp::Hold {
+                run: key.clone(),
+                owner: "w1".into(),
+                epoch,
+            });
+            worker.write(req).await.unwrap();
+        }
+        // A command from another process: no lease.
+        other
+            .append(run.clone(), Seq(3), vec![ev("signal")])
+            .await
+            .unwrap();
+        let texts: Vec<String> = receive(&mut sub, 4)
+            .await
+            .iter()
+            .map(|e| String::from_utf8(e.payload.clone()).unwrap())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                r#"{"v":"created"}"#,
+                r#"{"v":"started"}"#,
+                r#"{"v":"succeeded"}"#,
+                r#"{"v":"signal"}"#
+            ]
+        );
+        // The other worker heard the offer, and nothing of the held
+        // writes (its own append is not announced to itself).
+        let mut heard = Vec::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(1500);
+        while let Ok(Ok(c)) = tokio::time::timeout_at(deadline, changes.recv()).await {
+            heard.push((c.offers, c.streams.clone()));
+        }
+        assert_eq!(heard, vec![(true, Some(vec![run.key()]))]);
+    });
+}

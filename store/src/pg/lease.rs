@@ -32,21 +32,31 @@ impl PgStore {
         ttl_ms: u64,
         only: Option<Vec<String>>,
     ) -> Result<Vec<(String, u64)>, StoreError> {
+        // Two statements, each with a plan of its own (this client's plans
+        // are generic): given runs are looked up by key, the others found
+        // by expiry.
+        let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>> = vec![
+            Box::new(owner.to_string()),
+            Box::new(max.min(i64::MAX as usize) as i64),
+            Box::new(ttl_ms as f64),
+        ];
+        let which = match only {
+            Some(runs) => {
+                params.push(Box::new(runs));
+                "run = ANY($4) AND expires_at <= now()"
+            }
+            None => "expires_at <= now()",
+        };
         let rows = self.rows(
-            "WITH free AS ( \
-               SELECT run FROM chronicle_leases \
-               WHERE expires_at <= now() AND ($4::text[] IS NULL OR run = ANY($4)) \
-               ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE chronicle_leases l SET owner = $1, epoch = l.epoch + 1, \
-               expires_at = now() + $3 * interval '1 millisecond' \
-             FROM free WHERE l.run = free.run RETURNING l.run, l.epoch"
-                .to_string(),
-            vec![
-                Box::new(owner.to_string()),
-                Box::new(max.min(i64::MAX as usize) as i64),
-                Box::new(ttl_ms as f64),
-                Box::new(only),
-            ],
+            format!(
+                "WITH free AS ( \
+                   SELECT run FROM chronicle_leases WHERE {which} \
+                   ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 UPDATE chronicle_leases l SET owner = $1, epoch = l.epoch + 1, \
+                   expires_at = now() + $3 * interval '1 millisecond' \
+                 FROM free WHERE l.run = free.run RETURNING l.run, l.epoch"
+            ),
+            params,
         )?;
         Ok(rows
             .iter()

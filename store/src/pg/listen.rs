@@ -1,5 +1,8 @@
 //! The live feed across processes: a connection that `LISTEN`s on
-//! `chronicle_events`. Each commit notifies
+//! `chronicle_events` (commits every worker must hear of: offers of runs,
+//! commands appended to runs) and, while the feed has readers, on
+//! `chronicle_feed` (workers' commits to the runs they hold; see
+//! `txn::notify_channel`). Each commit notifies
 //! `FIRST:THROUGH:WRITER:FLAGS:STREAMS` (its positions, the writing
 //! process, `o` when it offers runs, the streams appended to). A commit of
 //! another process is announced at once to
@@ -19,6 +22,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::AsyncMessage;
 
 use super::read::{EVENT_COLUMNS, envelope_of_at};
+use super::txn::{CHANNEL_CONTROL, CHANNEL_FEED};
 use super::{PgStore, pg_error};
 use crate::envelope::{Hash, RawEnvelope};
 use crate::error::StoreError;
@@ -32,12 +36,20 @@ pub(crate) struct Published(
     Arc<str>,
     /// Where a new reader of the feed starts (see [`Published::starts_at`]).
     Arc<std::sync::atomic::AtomicU64>,
+    /// Wakes the listener when the feed gets a first reader (it then
+    /// listens on the feed's channel too).
+    Arc<tokio::sync::Notify>,
 );
 
 impl Default for Published {
     fn default() -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        Self(Default::default(), id[..12].into(), Default::default())
+        Self(
+            Default::default(),
+            id[..12].into(),
+            Default::default(),
+            Default::default(),
+        )
     }
 }
 
@@ -49,6 +61,7 @@ impl Published {
     pub fn starts_at(&self, position: u64) {
         self.2
             .fetch_max(position, std::sync::atomic::Ordering::AcqRel);
+        self.3.notify_one();
     }
 
     /// The writer's id in its notifications.
@@ -152,9 +165,13 @@ async fn listen(
     .map_err(|e| super::pg_connect_error(target, e))?;
     drop(tx);
     client
-        .batch_execute("LISTEN chronicle_events")
+        .batch_execute(&format!("LISTEN {CHANNEL_CONTROL}"))
         .await
         .map_err(|e| pg_error(target, e))?;
+    // The feed's channel (the commits of workers to the runs they hold)
+    // only while the feed has readers: a worker has none, and is not
+    // woken by every commit of every other worker.
+    let mut hearing_feed = false;
     // Read now (a reconnection catches up what it missed); then, while the
     // feed has readers, on other processes' notifications, and soon again
     // while events they announced are held back by the horizon. This
@@ -167,6 +184,19 @@ async fn listen(
     let mut last_read = tokio::time::Instant::now();
     loop {
         let reading = feeds.0.receiver_count() > 0;
+        if reading != hearing_feed {
+            let sql = match reading {
+                true => format!("LISTEN {CHANNEL_FEED}"),
+                false => format!("UNLISTEN {CHANNEL_FEED}"),
+            };
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| pg_error(target, e))?;
+            hearing_feed = reading;
+            // Heard from now on: what committed before is read now.
+            query |= reading;
+        }
         let start = published.2.swap(0, std::sync::atomic::Ordering::AcqRel);
         *seen = (*seen).max(start);
         if query {
@@ -189,7 +219,15 @@ async fn listen(
             retry = Duration::from_millis(1);
             Duration::from_secs(1)
         };
-        query = match tokio::time::timeout(wait, rx.recv()).await {
+        let heard = tokio::select! {
+            heard = tokio::time::timeout(wait, rx.recv()) => heard,
+            // A first reader: listen on the feed's channel and read.
+            _ = published.3.notified() => {
+                query = true;
+                continue;
+            }
+        };
+        query = match heard {
             Ok(None) => return Err(pg_error(target, "the listening connection closed")),
             Err(_) => held_back,
             Ok(Some(first)) => {

@@ -15,7 +15,8 @@
 //! - **Reads**: plain queries through a connection pool. The store's read
 //!   API is synchronous (as redb's is): a read runs on the store's own
 //!   small runtime and the caller's thread waits for it.
-//! - **Live feed**: [`listen`] — `LISTEN chronicle_events`: commits of other
+//! - **Live feed**: [`listen`] — `LISTEN chronicle_events` (and
+//!   `chronicle_feed` while the feed has readers): commits of other
 //!   processes reach [`crate::Store::subscribe`] too, read below the
 //!   horizon (no transaction that could still commit holds a smaller
 //!   position), in position order.
@@ -28,6 +29,7 @@ pub(crate) mod lease;
 pub mod listen;
 mod read;
 mod rules;
+mod txn;
 pub(crate) mod write;
 
 use std::path::PathBuf;
@@ -417,10 +419,15 @@ fn connect_config(
         config.application_name("chronicle");
     }
     // Acknowledged means committed: whatever the server's default, every
-    // commit of this client waits for its WAL to be flushed.
+    // commit of this client waits for its WAL to be flushed. Generic plans:
+    // every statement of this client looks rows up by key (`= ANY($1)`,
+    // `unnest`), which a generic plan does as well as a custom one, without
+    // planning each execution again (about a tenth of the server's CPU per
+    // run in `chronicle bench workers`, 2026-11-30).
+    let ours = "-c synchronous_commit=on -c plan_cache_mode=force_generic_plan";
     let options = match config.get_options() {
-        Some(o) => format!("{o} -c synchronous_commit=on"),
-        None => "-c synchronous_commit=on".to_string(),
+        Some(o) => format!("{o} {ours}"),
+        None => ours.to_string(),
     };
     config.options(&options);
     let tls = match config.get_ssl_mode() {

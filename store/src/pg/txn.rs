@@ -1,0 +1,554 @@
+//! One group's transaction on PostgreSQL, in two round trips and five
+//! statements (the order is given in [`super::write`]):
+//!
+//! 1. `BEGIN`; the streams' advisory locks and the transaction's id
+//!    ([`LOCK`]); then everything the checks read, in one statement
+//!    ([`READ`]: heads, unique keys, leases `FOR SHARE`);
+//! 2. every write in one statement ([`WRITE`]: data-modifying `WITH`
+//!    clauses over arrays, empty ones writing nothing); `COMMIT`; then
+//!    the notification ([`notify_channel`]).
+//!
+//! Fewer statements per transaction is what the throughput of many
+//! workers turns on: each worker's groups are smaller than one worker's,
+//! so the cost of a transaction, not of an event, sets the rate (see the
+//! README's "Scaling out" for the figures).
+
+use std::collections::{HashMap, HashSet};
+
+use super::pg_error;
+use super::rules::{Attempt, EventRows, Lease, check, fence};
+use super::write::Writer;
+use crate::envelope::{GENESIS_HASH, Hash, RawEnvelope, chain_hash_of};
+use crate::error::StoreError;
+use crate::ids::{Position, Seq};
+use crate::request::{Committed, IndexOp, LeaseOp, WriteRequest};
+
+/// Appenders of a stream one at a time: an advisory lock per stream (in
+/// key order), taken before the transaction has an id — so a later
+/// appender of a stream gets a larger id, and positions grow with seq
+/// along each stream; then the id, the base of the group's positions.
+/// `$1`: the stream keys.
+const LOCK: &str = "SELECT count(pg_advisory_xact_lock(k)), \
+       (pg_current_xact_id()::text::bigint << 24) FROM \
+     (SELECT DISTINCT hashtextextended(s, 0) AS k FROM unnest($1::text[]) AS s \
+      ORDER BY k) AS t";
+
+/// What the checks read, after the locks (a statement of its own: its own
+/// snapshot, so the heads are the latest committed). Rows tagged by
+/// `kind`: 0 a stream's head `(stream, -, last_seq, head)`, 1 a unique
+/// key present `(name, key, -, value)`, 2 a lease `(run, owner, epoch,
+/// -, live)`, locked `FOR SHARE`: a take-over waits until this commit.
+/// `$1` stream keys, `$2`/`$3` the unique keys' names and keys, `$4` the
+/// runs whose leases are fenced or written.
+const READ: &str = "WITH l AS ( \
+       SELECT run, owner, epoch, expires_at > now() AS live FROM chronicle_leases \
+       WHERE run = ANY($4) ORDER BY run FOR SHARE) \
+     SELECT 0::int2 AS kind, s.stream::text AS a, NULL::text AS b, s.last_seq AS n, \
+            s.head AS v, NULL::bool AS live \
+       FROM chronicle_streams s WHERE s.stream = ANY($1) \
+     UNION ALL \
+     SELECT 1::int2, i.name::text, i.key::text, NULL, i.value, NULL FROM chronicle_index i \
+       JOIN unnest($2::text[], $3::text[]) AS k(name, key) \
+       ON i.name = k.name AND i.key = k.key \
+       WHERE i.name = ANY($2) AND i.key = ANY($3) \
+     UNION ALL \
+     SELECT 2::int2, l.run::text, l.owner, l.epoch, NULL, l.live FROM l";
+
+/// Every write of a group, one statement: events at `$7 + 1, 2, …`
+/// (`$1`–`$6` their columns), new heads (`$8`–`$10`), moved heads
+/// (`$11`–`$13`), unique keys (`$14`–`$16`, no overwrite: a concurrent
+/// insert of the same key fails the transaction), put index rows
+/// (`$17`–`$19`), deleted ones (`$20`/`$21`), snapshots (`$22`–`$24`),
+/// offered runs (`$25`), granted ones (`$26`–`$28`, ttl in ms) and ended
+/// leases (`$29`). The clauses touch disjoint rows (the caller folds a
+/// group's operations on one row into one), so that their order within
+/// the statement does not matter.
+const WRITE: &str = "WITH \
+     ev AS (INSERT INTO chronicle_events \
+         (position, stream, seq, recorded_at_ns, schema_version, payload, hash) \
+       SELECT $7 + u.ord, u.stream, u.seq, u.rec, u.sv, u.payload, u.hash \
+       FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::bytea[], $6::bytea[]) \
+         WITH ORDINALITY AS u(stream, seq, rec, sv, payload, hash, ord)), \
+     ns AS (INSERT INTO chronicle_streams (stream, last_seq, head) \
+       SELECT * FROM unnest($8::text[], $9::int8[], $10::bytea[])), \
+     os AS (UPDATE chronicle_streams s SET last_seq = u.l, head = u.h \
+       FROM unnest($11::text[], $12::int8[], $13::bytea[]) AS u(s, l, h) \
+       WHERE s.stream = ANY($11) AND s.stream = u.s), \
+     fi AS (INSERT INTO chronicle_index (name, key, value) \
+       SELECT * FROM unnest($14::text[], $15::text[], $16::bytea[])), \
+     pi AS (INSERT INTO chronicle_index (name, key, value) \
+       SELECT * FROM unnest($17::text[], $18::text[], $19::bytea[]) \
+       ON CONFLICT (name, key) DO UPDATE SET value = EXCLUDED.value), \
+     di AS (DELETE FROM chronicle_index i USING unnest($20::text[], $21::text[]) AS k(name, key) \
+       WHERE i.name = ANY($20) AND i.key = ANY($21) AND i.name = k.name AND i.key = k.key), \
+     sn AS (INSERT INTO chronicle_snapshots (stream, seq, bytes) \
+       SELECT * FROM unnest($22::text[], $23::int8[], $24::bytea[]) \
+       ON CONFLICT (stream, seq) DO UPDATE SET bytes = EXCLUDED.bytes), \
+     lo AS (INSERT INTO chronicle_leases (run) SELECT * FROM unnest($25::text[]) \
+       ON CONFLICT (run) DO NOTHING), \
+     lg AS (INSERT INTO chronicle_leases (run, owner, epoch, expires_at) \
+       SELECT r, o, 1, now() + t * interval '1 millisecond' \
+       FROM unnest($26::text[], $27::text[], $28::float8[]) AS g(r, o, t) \
+       ON CONFLICT (run) DO NOTHING), \
+     le AS (DELETE FROM chronicle_leases WHERE run = ANY($29)) \
+     SELECT 1";
+
+/// The channel every process's listener hears: commits that offer runs,
+/// or that append to a run without holding its lease (a command from the
+/// CLI or an API node, a child's end written to its parent) — what a
+/// worker must learn of at once.
+pub(crate) const CHANNEL_CONTROL: &str = "chronicle_events";
+/// The channel heard only by processes with a reader of the live feed:
+/// commits whose every append is to a run the writer holds the lease of
+/// (a worker executing its runs) — of no use to the other workers.
+pub(crate) const CHANNEL_FEED: &str = "chronicle_feed";
+
+/// Which channel announces a commit of `requests` (`results`: which of
+/// them commit): [`CHANNEL_FEED`] when every committing request only
+/// appends to runs it holds (a `Hold` of each stream it appends to) and
+/// offers nothing, [`CHANNEL_CONTROL`] otherwise.
+pub(crate) fn notify_channel(
+    requests: &[WriteRequest],
+    results: &[Result<Committed, StoreError>],
+) -> &'static str {
+    let own = requests.iter().zip(results).all(|(r, ok)| {
+        ok.is_err()
+            || (r.leases.iter().all(|l| !matches!(l, LeaseOp::Offer { .. }))
+                && r.appends.iter().all(|a| {
+                    let key = a.stream.key();
+                    r.leases
+                        .iter()
+                        .any(|l| matches!(l, LeaseOp::Hold { run, .. } if *run == key))
+                }))
+    });
+    if own { CHANNEL_FEED } else { CHANNEL_CONTROL }
+}
+
+/// The keys a group's checks read.
+struct Asked {
+    /// Streams appended to, sorted.
+    streams: Vec<String>,
+    /// Unique keys inserted: index names and keys, pairwise.
+    names: Vec<String>,
+    inserted: Vec<String>,
+    /// Runs whose leases are fenced or written, sorted.
+    lease_runs: Vec<String>,
+}
+
+impl Asked {
+    fn of(requests: &[WriteRequest]) -> Self {
+        let mut streams: Vec<String> = requests
+            .iter()
+            .flat_map(|r| r.appends.iter().map(|a| a.stream.key()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        streams.sort();
+        let (names, inserted) = requests
+            .iter()
+            .flat_map(|r| r.index.iter())
+            .filter_map(|op| match op {
+                IndexOp::Insert { index, key, .. } => Some((index.clone(), key.clone())),
+                _ => None,
+            })
+            .unzip();
+        let mut lease_runs: Vec<String> = requests
+            .iter()
+            .flat_map(|r| r.leases.iter())
+            .map(|op| match op {
+                LeaseOp::Offer { run }
+                | LeaseOp::Grant { run, .. }
+                | LeaseOp::Hold { run, .. }
+                | LeaseOp::End { run } => run.clone(),
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        lease_runs.sort();
+        Self {
+            streams,
+            names,
+            inserted,
+            lease_runs,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.streams.is_empty() && self.names.is_empty() && self.lease_runs.is_empty()
+    }
+}
+
+/// What the group's checks see: the stored state read by [`READ`], then
+/// the group's earlier requests applied to it.
+#[derive(Default)]
+struct Seen {
+    heads: HashMap<String, (u64, Hash)>,
+    /// Streams that exist in the database (their heads are updated, the
+    /// others inserted).
+    stored_streams: HashSet<String>,
+    /// `(name, key)` → value as this group sees it (`None`: deleted).
+    index: HashMap<(String, String), Option<Vec<u8>>>,
+    /// Unique keys absent when read (inserted without overwriting).
+    absent: HashSet<(String, String)>,
+    leases: HashMap<String, Lease>,
+}
+
+impl Seen {
+    fn of(rows: Vec<tokio_postgres::Row>, asked: &Asked, target: &str) -> Result<Self, Attempt> {
+        let mut seen = Self::default();
+        for row in rows {
+            match row.get::<_, i16>(0) {
+                0 => {
+                    let head: Vec<u8> = row.get(4);
+                    let head: Hash = head.try_into().map_err(|_| {
+                        Attempt::Failed(pg_error(target, "a stream head is not 32 bytes"))
+                    })?;
+                    seen.heads
+                        .insert(row.get(1), (row.get::<_, i64>(3) as u64, head));
+                }
+                1 => {
+                    seen.index
+                        .insert((row.get(1), row.get(2)), Some(row.get(4)));
+                }
+                _ => {
+                    seen.leases.insert(
+                        row.get(1),
+                        Lease {
+                            owner: row.get(2),
+                            epoch: row.get::<_, i64>(3) as u64,
+                            live: row.get(5),
+                        },
+                    );
+                }
+            }
+        }
+        seen.stored_streams = seen.heads.keys().cloned().collect();
+        seen.absent = asked
+            .names
+            .iter()
+            .cloned()
+            .zip(asked.inserted.iter().cloned())
+            .filter(|k| !seen.index.contains_key(k))
+            .collect();
+        Ok(seen)
+    }
+}
+
+/// The arrays of [`WRITE`], gathered from the requests that commit.
+#[derive(Default)]
+struct Writes {
+    events: EventRows,
+    new_streams: (Vec<String>, Vec<i64>, Vec<Vec<u8>>),
+    moved_streams: (Vec<String>, Vec<i64>, Vec<Vec<u8>>),
+    fresh: (Vec<String>, Vec<String>, Vec<Vec<u8>>),
+    put: (Vec<String>, Vec<String>, Vec<Vec<u8>>),
+    deleted: (Vec<String>, Vec<String>),
+    snapshots: (Vec<String>, Vec<i64>, Vec<Vec<u8>>),
+    offered: Vec<String>,
+    granted: (Vec<String>, Vec<String>, Vec<f64>),
+    ended: Vec<String>,
+}
+
+impl Writes {
+    /// The writes of the committing `results`, as `seen` ends up after
+    /// them; `index_written`, `lease_ops` and `snapshots` in queue order.
+    fn of(
+        results: &[Result<Committed, StoreError>],
+        seen: &Seen,
+        index_written: Vec<(String, String)>,
+        lease_ops: Vec<LeaseOp>,
+        snapshots: HashMap<(String, i64), Vec<u8>>,
+    ) -> Self {
+        let mut w = Self::default();
+        for env in results.iter().filter_map(|r| r.as_ref().ok()).flatten() {
+            w.events.push(&env.stream.key(), env);
+        }
+        let touched: HashSet<&String> = w.events.stream.iter().collect();
+        for key in touched {
+            let (seq, hash) = seen.heads[key];
+            let to = match seen.stored_streams.contains(key) {
+                true => &mut w.moved_streams,
+                false => &mut w.new_streams,
+            };
+            to.0.push(key.clone());
+            to.1.push(seq as i64);
+            to.2.push(hash.to_vec());
+        }
+        for k in index_written.into_iter().collect::<HashSet<_>>() {
+            match seen.index.get(&k) {
+                Some(Some(v)) if seen.absent.contains(&k) => {
+                    w.fresh.0.push(k.0);
+                    w.fresh.1.push(k.1);
+                    w.fresh.2.push(v.clone());
+                }
+                Some(Some(v)) => {
+                    w.put.0.push(k.0);
+                    w.put.1.push(k.1);
+                    w.put.2.push(v.clone());
+                }
+                _ => {
+                    w.deleted.0.push(k.0);
+                    w.deleted.1.push(k.1);
+                }
+            }
+        }
+        for ((stream, seq), bytes) in snapshots {
+            w.snapshots.0.push(stream);
+            w.snapshots.1.push(seq);
+            w.snapshots.2.push(bytes);
+        }
+        // A lease both written and ended in one group (created and ended
+        // by two of its requests): no row, as the two in order would leave.
+        let ended: HashSet<String> = lease_ops
+            .iter()
+            .filter_map(|op| match op {
+                LeaseOp::End { run } => Some(run.clone()),
+                _ => None,
+            })
+            .collect();
+        for op in lease_ops {
+            match op {
+                LeaseOp::Offer { run } if !ended.contains(&run) => w.offered.push(run),
+                LeaseOp::Grant { run, owner, ttl_ms } if !ended.contains(&run) => {
+                    w.granted.0.push(run);
+                    w.granted.1.push(owner);
+                    w.granted.2.push(ttl_ms as f64);
+                }
+                LeaseOp::End { run } => w.ended.push(run),
+                _ => {}
+            }
+        }
+        w
+    }
+}
+
+impl Writer {
+    /// The transaction of a group on `txn`, a connection of the pool, as
+    /// the module says; one result per request (a refused request writes
+    /// nothing, the others go on).
+    pub(super) async fn transaction(
+        &self,
+        txn: &deadpool_postgres::Object,
+        requests: &[WriteRequest],
+    ) -> Result<Vec<Result<Committed, StoreError>>, Attempt> {
+        let t = &self.target;
+        let e = |e: tokio_postgres::Error| Attempt::of(t, e);
+        let asked = Asked::of(requests);
+        // Prepared first (cached per connection: no round trip after the
+        // first group), so that the statements go out in this order.
+        let (lock_st, read_st) =
+            futures_util::future::try_join(txn.prepare_cached(LOCK), txn.prepare_cached(READ))
+                .await
+                .map_err(e)?;
+        let begin = txn.batch_execute("BEGIN");
+        let lock_q = async {
+            if asked.streams.is_empty() {
+                return Ok(0); // no events: no positions
+            }
+            txn.query_one(&lock_st, &[&asked.streams])
+                .await
+                .map(|row| row.get::<_, i64>(1))
+        };
+        let read_q = async {
+            if asked.is_empty() {
+                return Ok(Vec::new());
+            }
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+                &asked.streams,
+                &asked.names,
+                &asked.inserted,
+                &asked.lease_runs,
+            ];
+            txn.query(&read_st, &params).await
+        };
+        let ((_, base), rows) =
+            futures_util::future::try_join(futures_util::future::try_join(begin, lock_q), read_q)
+                .await
+                .map_err(e)?;
+        let mut seen = Seen::of(rows, &asked, t)?;
+
+        // Check each request and build its envelopes (positions later).
+        let mut lease_ops: Vec<LeaseOp> = Vec::new();
+        let mut results: Vec<Result<Committed, StoreError>> = Vec::with_capacity(requests.len());
+        let mut snapshots: HashMap<(String, i64), Vec<u8>> = HashMap::new();
+        let mut index_written: Vec<(String, String)> = Vec::new();
+        for req in requests {
+            // The fence first: a writer that lost its lease learns that,
+            // not that the stream moved (which it would refold and retry).
+            if let Err(refused) =
+                fence(req, &seen.leases).and_then(|()| check(req, &seen.heads, &seen.index))
+            {
+                results.push(Err(refused));
+                continue;
+            }
+            results.push(Ok(self.envelopes(req, &mut seen.heads)));
+            for op in &req.index {
+                let (name, key, value) = match op {
+                    IndexOp::Put { index, key, value } | IndexOp::Insert { index, key, value } => {
+                        (index, key, Some(value.clone()))
+                    }
+                    IndexOp::Delete { index, key } => (index, key, None),
+                };
+                seen.index.insert((name.clone(), key.clone()), value);
+                index_written.push((name.clone(), key.clone()));
+            }
+            for op in &req.leases {
+                match op {
+                    LeaseOp::Grant { run, owner, .. } => {
+                        seen.leases.entry(run.clone()).or_insert(Lease {
+                            owner: Some(owner.clone()),
+                            epoch: 1,
+                            live: true,
+                        });
+                    }
+                    LeaseOp::End { run } => {
+                        seen.leases.remove(run);
+                    }
+                    LeaseOp::Offer { .. } | LeaseOp::Hold { .. } => {}
+                }
+                if !matches!(op, LeaseOp::Hold { .. }) {
+                    lease_ops.push(op.clone());
+                }
+            }
+            for (stream, seq, bytes) in &req.snapshots {
+                // Last write of a (stream, seq) wins, as on redb.
+                snapshots.insert((stream.key(), seq.0 as i64), bytes.clone());
+            }
+        }
+        if results.iter().all(|r| r.is_err()) {
+            txn.batch_execute("ROLLBACK").await.map_err(e)?;
+            return Ok(results);
+        }
+        let w = Writes::of(&results, &seen, index_written, lease_ops, snapshots);
+        let n_events = w.events.stream.len() as i64;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 29] = [
+            &w.events.stream,
+            &w.events.seq,
+            &w.events.recorded_at_ns,
+            &w.events.schema_version,
+            &w.events.payload,
+            &w.events.hash,
+            &base,
+            &w.new_streams.0,
+            &w.new_streams.1,
+            &w.new_streams.2,
+            &w.moved_streams.0,
+            &w.moved_streams.1,
+            &w.moved_streams.2,
+            &w.fresh.0,
+            &w.fresh.1,
+            &w.fresh.2,
+            &w.put.0,
+            &w.put.1,
+            &w.put.2,
+            &w.deleted.0,
+            &w.deleted.1,
+            &w.snapshots.0,
+            &w.snapshots.1,
+            &w.snapshots.2,
+            &w.offered,
+            &w.granted.0,
+            &w.granted.1,
+            &w.granted.2,
+            &w.ended,
+        ];
+        // The other processes learn of the commit after it (a notify in
+        // the transaction would serialize every commit of the database
+        // until its flush), pipelined after the COMMIT:
+        // FIRST:THROUGH:WRITER:FLAGS:STREAMS, flag `o` when the group
+        // offers runs to the workers, the streams appended to (`*` when too
+        // many for a notification's 8,000 bytes). Lost with a crash right
+        // there: the listeners' poll (every second) covers it.
+        let offers = !w.offered.is_empty();
+        let mut streams: Vec<&str> = w.events.stream.iter().map(String::as_str).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let mut streams = streams.join(",");
+        if streams.len() > 7000 {
+            streams = "*".into();
+        }
+        let payload = format!(
+            "{}:{}:{}:{}:{streams}",
+            base + 1,
+            base + n_events,
+            self.published.writer(),
+            if offers { "o" } else { "-" }
+        );
+        let channel = notify_channel(requests, &results);
+        let (write_st, notify_st) = futures_util::future::try_join(
+            txn.prepare_cached(WRITE),
+            txn.prepare_cached("SELECT pg_notify($1, $2)"),
+        )
+        .await
+        .map_err(e)?;
+        // Marked before the commit (its notification may reach this
+        // process's listener first), with positions once known.
+        let hashes: Vec<Hash> = w
+            .events
+            .hash
+            .iter()
+            .map(|h| h.as_slice().try_into().expect("32 bytes"))
+            .collect();
+        self.published
+            .mark(hashes.iter().copied().zip(base as u64 + 1..));
+        let write_q = txn.execute(&write_st, &params);
+        let commit = txn.batch_execute("COMMIT");
+        let committed = futures_util::future::try_join(write_q, commit);
+        let done = if n_events > 0 {
+            let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                [&channel, &payload];
+            let notify = txn.execute(&notify_st, &notify_params);
+            // The notification is sent after the COMMIT; its own failure
+            // does not undo the commit.
+            let (r, n) = futures_util::future::join(committed, notify).await;
+            if let (Ok(_), Err(err)) = (&r, n) {
+                tracing::debug!(target = %t, error = %err, "a commit's notification was not sent");
+            }
+            r.map(|_| ())
+        } else {
+            committed.await.map(|_| ())
+        };
+        if let Err(err) = done {
+            self.published.unmark(hashes.into_iter());
+            return Err(e(err));
+        }
+        let envs = results.iter_mut().filter_map(|r| r.as_mut().ok()).flatten();
+        for (position, env) in (base as u64 + 1..).zip(envs) {
+            env.position = Position(position);
+        }
+        Ok(results)
+    }
+
+    /// The envelopes of `req`'s appends, chained from `heads` (moved on to
+    /// them); positions are given later.
+    fn envelopes(&self, req: &WriteRequest, heads: &mut HashMap<String, (u64, Hash)>) -> Committed {
+        let mut committed = Vec::new();
+        for a in &req.appends {
+            let key = a.stream.key();
+            let (mut seq, mut hash) = heads.get(&key).copied().unwrap_or((0, GENESIS_HASH));
+            for ev in &a.events {
+                seq += 1;
+                let recorded_at = ev.recorded_at.unwrap_or_else(|| self.clock.now());
+                hash = chain_hash_of(
+                    &hash,
+                    &key,
+                    Seq(seq),
+                    recorded_at,
+                    ev.schema_version,
+                    &ev.payload,
+                );
+                committed.push(RawEnvelope {
+                    stream: a.stream.clone(),
+                    seq: Seq(seq),
+                    position: Position(0),
+                    recorded_at,
+                    schema_version: ev.schema_version,
+                    payload: ev.payload.clone(),
+                    hash,
+                });
+            }
+            heads.insert(key, (seq, hash));
+        }
+        committed
+    }
+}
