@@ -4,9 +4,9 @@
 //! 1. `BEGIN`; the streams' advisory locks and the transaction's id
 //!    ([`LOCK`]); then everything the checks read, in one statement
 //!    ([`READ`]: heads, unique keys, leases `FOR SHARE`);
-//! 2. every write in one statement ([`WRITE`]: data-modifying `WITH`
-//!    clauses over arrays, empty ones writing nothing); `COMMIT`; then
-//!    the notification ([`notify_channel`]).
+//! 2. every write in one statement (the [`clause`]s with something to
+//!    write, as data-modifying `WITH` clauses); `COMMIT`; then the
+//!    notification ([`notify_channel`]).
 //!
 //! Fewer statements per transaction is what the throughput of many
 //! workers turns on: each worker's groups are smaller than one worker's,
@@ -54,44 +54,53 @@ const READ: &str = "WITH l AS ( \
      UNION ALL \
      SELECT 2::int2, l.run::text, l.owner, l.epoch, NULL, l.live FROM l";
 
-/// Every write of a group, one statement: events at `$7 + 1, 2, …`
-/// (`$1`–`$6` their columns), new heads (`$8`–`$10`), moved heads
-/// (`$11`–`$13`), unique keys (`$14`–`$16`, no overwrite: a concurrent
-/// insert of the same key fails the transaction), put index rows
-/// (`$17`–`$19`), deleted ones (`$20`/`$21`), snapshots (`$22`–`$24`),
-/// offered runs (`$25`), granted ones (`$26`–`$28`, ttl in ms) and ended
-/// leases (`$29`). The clauses touch disjoint rows (the caller folds a
-/// group's operations on one row into one), so that their order within
-/// the statement does not matter.
-const WRITE: &str = "WITH \
-     ev AS (INSERT INTO chronicle_events \
+/// The clauses of a group's write statement, each a data-modifying
+/// `WITH` clause over arrays (`?1`, `?2`, … its parameters). The
+/// statement has the clauses whose arrays are not empty (an empty clause
+/// still costs the server the opening of its table and indexes), in this
+/// order; they touch disjoint rows (the caller folds a group's operations
+/// on one row into one), so that their order does not matter.
+mod clause {
+    /// Events at `?7 + 1, 2, …` (`?1`–`?6` their columns).
+    pub const EVENTS: &str = "INSERT INTO chronicle_events \
          (position, stream, seq, recorded_at_ns, schema_version, payload, hash) \
-       SELECT $7 + u.ord, u.stream, u.seq, u.rec, u.sv, u.payload, u.hash \
-       FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::bytea[], $6::bytea[]) \
-         WITH ORDINALITY AS u(stream, seq, rec, sv, payload, hash, ord)), \
-     ns AS (INSERT INTO chronicle_streams (stream, last_seq, head) \
-       SELECT * FROM unnest($8::text[], $9::int8[], $10::bytea[])), \
-     os AS (UPDATE chronicle_streams s SET last_seq = u.l, head = u.h \
-       FROM unnest($11::text[], $12::int8[], $13::bytea[]) AS u(s, l, h) \
-       WHERE s.stream = ANY($11) AND s.stream = u.s), \
-     fi AS (INSERT INTO chronicle_index (name, key, value) \
-       SELECT * FROM unnest($14::text[], $15::text[], $16::bytea[])), \
-     pi AS (INSERT INTO chronicle_index (name, key, value) \
-       SELECT * FROM unnest($17::text[], $18::text[], $19::bytea[]) \
-       ON CONFLICT (name, key) DO UPDATE SET value = EXCLUDED.value), \
-     di AS (DELETE FROM chronicle_index i USING unnest($20::text[], $21::text[]) AS k(name, key) \
-       WHERE i.name = ANY($20) AND i.key = ANY($21) AND i.name = k.name AND i.key = k.key), \
-     sn AS (INSERT INTO chronicle_snapshots (stream, seq, bytes) \
-       SELECT * FROM unnest($22::text[], $23::int8[], $24::bytea[]) \
-       ON CONFLICT (stream, seq) DO UPDATE SET bytes = EXCLUDED.bytes), \
-     lo AS (INSERT INTO chronicle_leases (run) SELECT * FROM unnest($25::text[]) \
-       ON CONFLICT (run) DO NOTHING), \
-     lg AS (INSERT INTO chronicle_leases (run, owner, epoch, expires_at) \
+       SELECT ?7 + u.ord, u.stream, u.seq, u.rec, u.sv, u.payload, u.hash \
+       FROM unnest(?1::text[], ?2::int8[], ?3::int8[], ?4::int4[], ?5::bytea[], ?6::bytea[]) \
+         WITH ORDINALITY AS u(stream, seq, rec, sv, payload, hash, ord)";
+    /// Heads of new streams.
+    pub const NEW_STREAMS: &str = "INSERT INTO chronicle_streams (stream, last_seq, head) \
+       SELECT * FROM unnest(?1::text[], ?2::int8[], ?3::bytea[])";
+    /// Heads that moved.
+    pub const MOVED_STREAMS: &str = "UPDATE chronicle_streams s SET last_seq = u.l, head = u.h \
+       FROM unnest(?1::text[], ?2::int8[], ?3::bytea[]) AS u(s, l, h) \
+       WHERE s.stream = ANY(?1) AND s.stream = u.s";
+    /// Unique keys, without overwriting: a concurrent insert of the same
+    /// key fails the transaction.
+    pub const FRESH_KEYS: &str = "INSERT INTO chronicle_index (name, key, value) \
+       SELECT * FROM unnest(?1::text[], ?2::text[], ?3::bytea[])";
+    /// Index rows put.
+    pub const PUT_ROWS: &str = "INSERT INTO chronicle_index (name, key, value) \
+       SELECT * FROM unnest(?1::text[], ?2::text[], ?3::bytea[]) \
+       ON CONFLICT (name, key) DO UPDATE SET value = EXCLUDED.value";
+    /// Index rows deleted.
+    pub const DELETED_ROWS: &str = "DELETE FROM chronicle_index i \
+       USING unnest(?1::text[], ?2::text[]) AS k(name, key) \
+       WHERE i.name = ANY(?1) AND i.key = ANY(?2) AND i.name = k.name AND i.key = k.key";
+    /// Snapshots (the last write of a `(stream, seq)` wins).
+    pub const SNAPSHOTS: &str = "INSERT INTO chronicle_snapshots (stream, seq, bytes) \
+       SELECT * FROM unnest(?1::text[], ?2::int8[], ?3::bytea[]) \
+       ON CONFLICT (stream, seq) DO UPDATE SET bytes = EXCLUDED.bytes";
+    /// Runs offered to any worker.
+    pub const OFFERED: &str = "INSERT INTO chronicle_leases (run) SELECT * FROM unnest(?1::text[]) \
+       ON CONFLICT (run) DO NOTHING";
+    /// Runs granted to their creator (`?3`: the lease in milliseconds).
+    pub const GRANTED: &str = "INSERT INTO chronicle_leases (run, owner, epoch, expires_at) \
        SELECT r, o, 1, now() + t * interval '1 millisecond' \
-       FROM unnest($26::text[], $27::text[], $28::float8[]) AS g(r, o, t) \
-       ON CONFLICT (run) DO NOTHING), \
-     le AS (DELETE FROM chronicle_leases WHERE run = ANY($29)) \
-     SELECT 1";
+       FROM unnest(?1::text[], ?2::text[], ?3::float8[]) AS g(r, o, t) \
+       ON CONFLICT (run) DO NOTHING";
+    /// Leases of runs that ended.
+    pub const ENDED: &str = "DELETE FROM chronicle_leases WHERE run = ANY(?1)";
+}
 
 /// The channel every process's listener hears: commits that offer runs,
 /// or that append to a run without holding its lease (a command from the
@@ -234,7 +243,8 @@ impl Seen {
     }
 }
 
-/// The arrays of [`WRITE`], gathered from the requests that commit.
+/// The arrays of the write statement, gathered from the requests that
+/// commit.
 #[derive(Default)]
 struct Writes {
     events: EventRows,
@@ -319,6 +329,102 @@ impl Writes {
             }
         }
         w
+    }
+
+    /// The write statement — the [`clause`]s with something to write —
+    /// and its parameters (`base`: the group's position base); `None` when
+    /// there is nothing to write.
+    fn statement<'a>(
+        &'a self,
+        base: &'a i64,
+    ) -> (
+        Option<String>,
+        Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>,
+    ) {
+        type P<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+        let e = &self.events;
+        let parts: [(bool, &str, Vec<P<'a>>); 10] = [
+            (
+                !e.stream.is_empty(),
+                clause::EVENTS,
+                vec![
+                    &e.stream,
+                    &e.seq,
+                    &e.recorded_at_ns,
+                    &e.schema_version,
+                    &e.payload,
+                    &e.hash,
+                    base,
+                ],
+            ),
+            (
+                !self.new_streams.0.is_empty(),
+                clause::NEW_STREAMS,
+                vec![
+                    &self.new_streams.0,
+                    &self.new_streams.1,
+                    &self.new_streams.2,
+                ],
+            ),
+            (
+                !self.moved_streams.0.is_empty(),
+                clause::MOVED_STREAMS,
+                vec![
+                    &self.moved_streams.0,
+                    &self.moved_streams.1,
+                    &self.moved_streams.2,
+                ],
+            ),
+            (
+                !self.fresh.0.is_empty(),
+                clause::FRESH_KEYS,
+                vec![&self.fresh.0, &self.fresh.1, &self.fresh.2],
+            ),
+            (
+                !self.put.0.is_empty(),
+                clause::PUT_ROWS,
+                vec![&self.put.0, &self.put.1, &self.put.2],
+            ),
+            (
+                !self.deleted.0.is_empty(),
+                clause::DELETED_ROWS,
+                vec![&self.deleted.0, &self.deleted.1],
+            ),
+            (
+                !self.snapshots.0.is_empty(),
+                clause::SNAPSHOTS,
+                vec![&self.snapshots.0, &self.snapshots.1, &self.snapshots.2],
+            ),
+            (
+                !self.offered.is_empty(),
+                clause::OFFERED,
+                vec![&self.offered],
+            ),
+            (
+                !self.granted.0.is_empty(),
+                clause::GRANTED,
+                vec![&self.granted.0, &self.granted.1, &self.granted.2],
+            ),
+            (!self.ended.is_empty(), clause::ENDED, vec![&self.ended]),
+        ];
+        let mut clauses = Vec::new();
+        let mut params: Vec<P<'a>> = Vec::new();
+        for (n, (_, template, ps)) in parts.into_iter().filter(|p| p.0).enumerate() {
+            // `?k` is the clause's k-th parameter (at most 7: one digit).
+            let mut sql = template.to_string();
+            for k in 1..=ps.len() {
+                sql = sql.replace(&format!("?{k}"), &format!("${}", params.len() + k));
+            }
+            clauses.push(format!("w{n} AS ({sql})"));
+            params.extend(ps);
+        }
+        match clauses.is_empty() {
+            true => (None, params),
+            false => (
+                Some(format!("WITH {} SELECT 1", clauses.join(", "))),
+                params,
+            ),
+        }
     }
 }
 
@@ -421,37 +527,7 @@ impl Writer {
         }
         let w = Writes::of(&results, &seen, index_written, lease_ops, snapshots);
         let n_events = w.events.stream.len() as i64;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 29] = [
-            &w.events.stream,
-            &w.events.seq,
-            &w.events.recorded_at_ns,
-            &w.events.schema_version,
-            &w.events.payload,
-            &w.events.hash,
-            &base,
-            &w.new_streams.0,
-            &w.new_streams.1,
-            &w.new_streams.2,
-            &w.moved_streams.0,
-            &w.moved_streams.1,
-            &w.moved_streams.2,
-            &w.fresh.0,
-            &w.fresh.1,
-            &w.fresh.2,
-            &w.put.0,
-            &w.put.1,
-            &w.put.2,
-            &w.deleted.0,
-            &w.deleted.1,
-            &w.snapshots.0,
-            &w.snapshots.1,
-            &w.snapshots.2,
-            &w.offered,
-            &w.granted.0,
-            &w.granted.1,
-            &w.granted.2,
-            &w.ended,
-        ];
+        let (write_sql, params) = w.statement(&base);
         // The other processes learn of the commit after it (a notify in
         // the transaction would serialize every commit of the database
         // until its flush), pipelined after the COMMIT:
@@ -476,7 +552,12 @@ impl Writer {
         );
         let channel = notify_channel(requests, &results);
         let (write_st, notify_st) = futures_util::future::try_join(
-            txn.prepare_cached(WRITE),
+            async {
+                match &write_sql {
+                    Some(sql) => txn.prepare_cached(sql).await.map(Some),
+                    None => Ok(None),
+                }
+            },
             txn.prepare_cached("SELECT pg_notify($1, $2)"),
         )
         .await
@@ -491,7 +572,12 @@ impl Writer {
             .collect();
         self.published
             .mark(hashes.iter().copied().zip(base as u64 + 1..));
-        let write_q = txn.execute(&write_st, &params);
+        let write_q = async {
+            match &write_st {
+                Some(st) => txn.execute(st, &params).await,
+                None => Ok(0),
+            }
+        };
         let commit = txn.batch_execute("COMMIT");
         let committed = futures_util::future::try_join(write_q, commit);
         let done = if n_events > 0 {
