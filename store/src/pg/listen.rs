@@ -2,7 +2,7 @@
 //! `chronicle_events` (commits every worker must hear of: offers of runs,
 //! commands appended to runs) and, while the feed has readers, on
 //! `chronicle_feed` (workers' commits to the runs they hold; see
-//! `txn::notify_channel`). Each commit notifies
+//! `writes::notify_channel`). Each commit notifies
 //! `FIRST:THROUGH:WRITER:FLAGS:STREAMS` (its positions, the writing
 //! process, `o` when it offers runs, the streams appended to). A commit of
 //! another process is announced at once to
@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::AsyncMessage;
 
 use super::read::{EVENT_COLUMNS, envelope_of_at};
-use super::txn::{CHANNEL_CONTROL, CHANNEL_FEED};
+use super::writes::{CHANNEL_CONTROL, CHANNEL_FEED};
 use super::{PgStore, pg_error};
 use crate::envelope::{Hash, RawEnvelope};
 use crate::error::StoreError;

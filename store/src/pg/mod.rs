@@ -31,6 +31,7 @@ mod read;
 mod rules;
 mod txn;
 pub(crate) mod write;
+mod writes;
 
 use std::path::PathBuf;
 use std::sync::Arc;

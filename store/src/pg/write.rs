@@ -20,9 +20,9 @@
 //! 5. `COMMIT` with `synchronous_commit = on` (a caller is acknowledged
 //!    only after the commit is durable), then a `pg_notify` for the other
 //!    processes, on the channel the commit concerns
-//!    (`txn::notify_channel`).
+//!    (`writes::notify_channel`).
 //!
-//! The statements are in [`super::txn`].
+//! The statements are in [`super::txn`] and [`super::writes`].
 //!
 //! No lock is shared by every writer: commits of many processes overlap,
 //! and PostgreSQL merges their WAL flushes. Positions therefore grow along
