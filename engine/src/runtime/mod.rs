@@ -11,6 +11,7 @@ mod builder;
 pub mod capacity;
 mod child;
 mod commit;
+mod control;
 mod engine;
 pub mod exec;
 mod health;
