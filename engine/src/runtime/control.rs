@@ -184,14 +184,7 @@ impl Engine {
     /// quarantined with no attempt running.
     pub async fn wait_all(&self) -> Result<(), EngineError> {
         loop {
-            let handles: Vec<RunHandle> = self
-                .inner
-                .runs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .cloned()
-                .collect();
+            let handles = self.handles();
             // The first run still busy; wait for it to change or end, then
             // look again (no polling: a CLI exits as soon as its run does).
             let mut busy = None;
@@ -263,16 +256,20 @@ impl Engine {
         left
     }
 
-    /// Send `msg()` to every run actor and wait until each has ended.
-    async fn stop_actors(&self, msg: impl Fn() -> Msg) {
-        let handles: Vec<RunHandle> = self
-            .inner
+    /// The handles of this engine's run actors, now.
+    fn handles(&self) -> Vec<RunHandle> {
+        self.inner
             .runs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Send `msg()` to every run actor and wait until each has ended.
+    async fn stop_actors(&self, msg: impl Fn() -> Msg) {
+        let handles = self.handles();
         for h in &handles {
             let _ = h.tx.send(msg());
         }
