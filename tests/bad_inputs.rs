@@ -173,3 +173,38 @@ fn storage_problems_exit_3_with_a_clear_message() {
         .replace(&env.dir.path().to_string_lossy().to_string(), "[TMP]");
     insta::assert_snapshot!("storage_locked_database", msg);
 }
+
+/// A PostgreSQL URL that cannot be used — a server that is not there, a
+/// malformed URL, an unknown host — exits 3 with the database named (its
+/// password redacted) and what to check; never a panic (the store's
+/// runtime, started before the failure, used to be dropped inside the
+/// CLI's and panicked with exit 101).
+#[test]
+fn unusable_postgres_urls_exit_3_with_a_clear_message() {
+    let env = Env::new();
+    for (url, says) in [
+        (
+            "postgres://someone:s3cret@127.0.0.1:1/chronicle",
+            "Connection refused",
+        ),
+        (
+            "postgres://someone:s3cret@127.0.0.1:1/chronicle?sslmode=bogus",
+            "malformed database URL",
+        ),
+        (
+            "postgresql://someone:s3cret@host.invalid/chronicle",
+            "check that the server is running",
+        ),
+    ] {
+        for args in [&["list"][..], &["recover"][..]] {
+            let out = env.run(&[&["--db", url][..], args].concat());
+            assert_eq!(out.code, 3, "{url} {args:?}: {out:?}");
+            assert!(out.stderr.contains(says), "{url}: {out:?}");
+            assert!(!out.stderr.contains("panicked"), "{url}: {out:?}");
+            assert!(
+                out.stderr.contains("someone:***@") && !out.stderr.contains("s3cret"),
+                "the password is not redacted: {out:?}"
+            );
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! is in `failures`.
 
 mod failures;
+mod tls;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};

@@ -99,6 +99,24 @@ impl Drop for PgStore {
     }
 }
 
+/// A runtime shut down in the background when dropped (see
+/// [`PgStore::open`]).
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Background {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("taken only at the end of open")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
@@ -117,10 +135,21 @@ pub(crate) fn pg_error(target: &str, e: impl std::fmt::Display) -> StoreError {
 
 /// [`pg_error`] for a connection that could not be made: the message says
 /// what to check.
-pub(crate) fn pg_connect_error(target: &str, e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn pg_connect_error(target: &str, e: impl std::error::Error) -> StoreError {
+    // With its causes: "error performing TLS handshake" alone does not say
+    // that the server's certificate is not trusted.
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
+    }
     pg_error(
         target,
-        format!("{e}; check that the server is running, the URL and the credentials"),
+        format!("{message}; check that the server is running, the URL and the credentials"),
     )
 }
 
@@ -140,12 +169,16 @@ impl PgStore {
         read_only: bool,
     ) -> Result<Self, StoreError> {
         let target = redact_url(url);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("chronicle-pg")
-            .enable_all()
-            .build()
-            .map_err(|e| pg_error(&target, format!("cannot start its runtime: {e}")))?;
+        // Shut down in the background should opening fail: the caller may
+        // be inside another runtime, where dropping one panics.
+        let mut rt = Background(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("chronicle-pg")
+                .enable_all()
+                .build()
+                .map_err(|e| pg_error(&target, format!("cannot start its runtime: {e}")))?,
+        ));
         let (config, tls) = connect_config(url, &target)?;
         let manager = match tls.clone() {
             Some(tls) => Manager::from_config(
@@ -172,7 +205,7 @@ impl PgStore {
             // Not `block_on`: the caller may be inside another runtime.
             let (pool, t) = (pool.clone(), target.clone());
             let (done, wait) = std::sync::mpsc::sync_channel(1);
-            rt.spawn(async move {
+            rt.get().spawn(async move {
                 let _ = done.send(migrate(&pool, &t, read_only).await);
             });
             wait.recv()
@@ -189,9 +222,9 @@ impl PgStore {
         };
         let published = writer.published.clone();
         if !read_only {
-            rt.spawn(writer.run(rx));
+            rt.get().spawn(writer.run(rx));
         }
-        rt.spawn(listen::run(
+        rt.get().spawn(listen::run(
             config,
             tls,
             pool.clone(),
@@ -201,7 +234,7 @@ impl PgStore {
             published.clone(),
         ));
         Ok(Self {
-            rt: Some(rt),
+            rt: rt.0.take(),
             pool,
             target,
             tx,
