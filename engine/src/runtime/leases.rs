@@ -193,9 +193,9 @@ async fn heartbeat(engine: Weak<Inner>) {
                     // lease that another holder took, or that expired.
                     let store = inner.store.clone();
                     let owner = leases.owner.clone();
-                    let keys: Vec<(RunId, u64)> = missing.clone();
                     let taken = tokio::task::spawn_blocking(move || {
-                        keys.into_iter()
+                        missing
+                            .into_iter()
                             .filter(|(run, epoch)| match store.lease(&run.stream().key()) {
                                 Ok(Some(l)) => {
                                     !l.live

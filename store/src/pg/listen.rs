@@ -371,19 +371,20 @@ async fn catch_up(
         let mut streams: Vec<String> = Vec::new();
         let mut offers = false;
         for row in &rows {
-            if reading {
+            let (stream, seq) = if reading {
                 let env = envelope_of_at(row, 1, target)?;
-                if !published.take(&env) {
-                    streams.push(env.stream.key());
-                    offers |= env.seq.0 == 1 && env.stream.as_run().is_some();
-                    out.push(env);
+                if published.take(&env) {
+                    continue; // sent by this process's writer
                 }
+                let key = (env.stream.key(), env.seq.0);
+                out.push(env);
+                key
             } else {
-                let stream: String = row.get(2);
-                let seq: i64 = row.get(3);
-                offers |= seq == 1 && uuid::Uuid::parse_str(&stream).is_ok();
-                streams.push(stream);
-            }
+                (row.get::<_, String>(2), row.get::<_, i64>(3) as u64)
+            };
+            // A run's first event: it was created, and maybe offered.
+            offers |= seq == 1 && uuid::Uuid::parse_str(&stream).is_ok();
+            streams.push(stream);
         }
         *seen = match rows.last() {
             Some(last) if n == 1000 => last.get::<_, i64>(1) as u64,

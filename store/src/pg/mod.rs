@@ -78,10 +78,9 @@ pub fn redact_url(url: &str) -> String {
 
 /// The PostgreSQL backend of a [`crate::Store`].
 pub(crate) struct PgStore {
-    /// Runs the pool's connections, the writer and the listener. Shut down
-    /// in the background on drop (a store may be dropped inside another
-    /// runtime, where blocking is not allowed).
-    rt: Option<tokio::runtime::Runtime>,
+    /// Runs the pool's connections, the writer and the listener (first
+    /// field: shut down before the others are dropped).
+    rt: Background,
     pub pool: Pool,
     /// The redacted URL: messages and `Store::path`.
     pub target: String,
@@ -91,21 +90,14 @@ pub(crate) struct PgStore {
     published: listen::Published,
 }
 
-impl Drop for PgStore {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-/// A runtime shut down in the background when dropped (see
-/// [`PgStore::open`]).
+/// A runtime shut down in the background when dropped: a store may be
+/// dropped — or fail to open — inside another runtime, where dropping one
+/// the ordinary way panics.
 struct Background(Option<tokio::runtime::Runtime>);
 
 impl Background {
     fn get(&self) -> &tokio::runtime::Runtime {
-        self.0.as_ref().expect("taken only at the end of open")
+        self.0.as_ref().expect("taken only when dropped")
     }
 }
 
@@ -169,9 +161,8 @@ impl PgStore {
         read_only: bool,
     ) -> Result<Self, StoreError> {
         let target = redact_url(url);
-        // Shut down in the background should opening fail: the caller may
-        // be inside another runtime, where dropping one panics.
-        let mut rt = Background(Some(
+        // Shut down in the background should opening fail too.
+        let rt = Background(Some(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("chronicle-pg")
@@ -234,7 +225,7 @@ impl PgStore {
             published.clone(),
         ));
         Ok(Self {
-            rt: rt.0.take(),
+            rt,
             pool,
             target,
             tx,
@@ -252,8 +243,7 @@ impl PgStore {
         F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let rt = self.rt.as_ref().ok_or(StoreError::Closed)?;
-        rt.spawn(async move {
+        self.rt.get().spawn(async move {
             let _ = tx.send(f.await);
         });
         rx.recv().map_err(|_| StoreError::Closed)?

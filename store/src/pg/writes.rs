@@ -297,4 +297,23 @@ mod tests {
         );
         assert!(!sql.contains("chronicle_index"), "{sql}");
     }
+
+    /// A lease created and ended by two requests of one group leaves no
+    /// row (as the two writes in order would): neither clause has it.
+    #[test]
+    fn a_lease_created_and_ended_in_one_group_is_not_written() {
+        let ops = vec![
+            LeaseOp::Offer { run: "r1".into() },
+            LeaseOp::Grant {
+                run: "r2".into(),
+                owner: "w".into(),
+                ttl_ms: 10,
+            },
+            LeaseOp::End { run: "r1".into() },
+        ];
+        let w = Writes::of(&[], &Seen::default(), Vec::new(), ops, HashMap::new());
+        assert!(w.offered.is_empty());
+        assert_eq!(w.granted.0, ["r2"]);
+        assert_eq!(w.ended, ["r1"]);
+    }
 }
