@@ -41,8 +41,13 @@ pub fn bench(db: &Path, which: &str, json: bool, dir: Option<&Path>) -> Result<u
                 .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
                 .filter(|c: &Vec<usize>| !c.is_empty())
                 .unwrap_or_else(|| vec![1, 2, 4]);
+            // CHRONICLE_BENCH_ROUNDS: rounds, each measuring every count.
+            let rounds = std::env::var("CHRONICLE_BENCH_ROUNDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(chronicle_bench::workers::DEFAULT_ROUNDS);
             serde_json::to_value(chronicle_bench::workers::run_counts(
-                &exe, server, runs, &counts,
+                &exe, server, runs, &counts, rounds,
             )?)
         }
         "replay" => serde_json::to_value(chronicle_bench::replay::run(&dir)?),

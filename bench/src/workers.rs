@@ -30,20 +30,26 @@ pub struct WorkersBench {
     /// the baseline (a serial writer commits at most `1000 / pg_commit_ms`
     /// times a second).
     pub pg_commit_ms: f64,
-    /// 3-step runs per second with 32 in flight, by worker processes.
+    /// 3-step runs per second with 32 in flight, by worker processes: the
+    /// median over the rounds.
     pub runs_per_s_32: BTreeMap<String, f64>,
+    /// Each round's `runs_per_s_32`, in the order measured.
+    pub runs_per_s_32_rounds: BTreeMap<String, Vec<f64>>,
     /// Group commits of the log per run (transactions that appended),
-    /// by worker processes.
+    /// by worker processes (median over the rounds).
     pub write_commits_per_run: BTreeMap<String, f64>,
     /// Every committed transaction per run, reads and lease renewals too
     /// (`pg_stat_database.xact_commit`), by worker processes.
     pub commits_per_run: BTreeMap<String, f64>,
-    /// `runs_per_s_32["2"] / runs_per_s_32["1"]` (target ≥ 1).
+    /// The median over the rounds of each round's `runs_per_s_32["2"] /
+    /// runs_per_s_32["1"]` (target ≥ 1).
     pub scaling_2: f64,
-    /// `runs_per_s_32["4"] / runs_per_s_32["1"]`.
+    /// The same for `runs_per_s_32["4"] / runs_per_s_32["1"]`.
     pub scaling_4: f64,
-    /// Runs measured per figure (after 64 warm-up runs).
+    /// Runs measured per measurement (after 64 warm-up runs).
     pub runs: usize,
+    /// Rounds: each measured every worker count once, on a fresh database.
+    pub rounds: usize,
 }
 
 fn workflow() -> Workflow {
@@ -137,19 +143,100 @@ async fn measure(
 }
 
 /// Run the benchmark: `exe` is the `chronicle` binary the workers run,
-/// `server` the PostgreSQL server (a database on it is created per worker
-/// count and dropped after), `runs` the runs measured per count.
+/// `server` the PostgreSQL server (a database on it is created per
+/// measurement and dropped after), `runs` the runs measured per
+/// measurement, in [`DEFAULT_ROUNDS`] rounds.
 pub fn run(exe: &Path, server: &str, runs: usize) -> Result<WorkersBench, EngineError> {
-    run_counts(exe, server, runs, &[1, 2, 4])
+    run_counts(exe, server, runs, &[1, 2, 4], DEFAULT_ROUNDS)
 }
 
-/// [`run`] for the worker counts `counts` (`scaling_2`/`scaling_4` are 0
-/// unless 1 and 2 / 4 are among them).
+/// Rounds [`run`] measures: each round measures every worker count once,
+/// so a noisy minute of a shared machine skews one round, not one count.
+pub const DEFAULT_ROUNDS: usize = 3;
+
+/// One measurement: `runs` runs with `n` worker processes on a fresh
+/// database of `server`. Returns (runs/s, write commits, every commit),
+/// the commits counted over the measured runs.
+fn measure_count(
+    rt: &tokio::runtime::Runtime,
+    exe: &Path,
+    server: &str,
+    n: usize,
+    runs: usize,
+    baseline: &mut Vec<f64>,
+) -> Result<(f64, i64, i64), EngineError> {
+    let wf = workflow();
+    let (url, name) = fresh_database(server, &format!("w{n}"))?;
+    let r = rt.block_on(async {
+        let engine = EngineBuilder::new().db(&url).executes(false).build()?;
+        let probe = CommitProbe::new(&url).await?;
+        baseline.extend(probe.sample(100).await?);
+        let mut workers = Vec::new();
+        for _ in 0..n {
+            let spawned = std::process::Command::new(exe)
+                .args([
+                    "--db",
+                    &url,
+                    "-q",
+                    "worker",
+                    "--concurrency",
+                    "256",
+                    "--grace",
+                    "1s",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            match spawned {
+                Ok(child) => workers.push(child),
+                Err(e) => {
+                    for w in &mut workers {
+                        let _ = w.kill();
+                        let _ = w.wait();
+                    }
+                    return Err(EngineError::Stopped(
+                        chronicle_engine::ids::RunId(uuid::Uuid::nil()),
+                        format!("cannot start {}: {e}", exe.display()),
+                    ));
+                }
+            }
+        }
+        let tracker = Tracker::start(&engine);
+        let result = async {
+            measure(&engine, &tracker, &wf, 64, 32).await?;
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let before = probe.commits().await?;
+            let secs = measure(&engine, &tracker, &wf, runs, 32).await?;
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let after = probe.commits().await?;
+            baseline.extend(probe.sample(100).await?);
+            Ok::<_, EngineError>((secs, before, after))
+        }
+        .await;
+        for w in &mut workers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        drop(engine);
+        result
+    });
+    rt.block_on(drop_database(server, &name))?;
+    let (secs, before, after) = r?;
+    Ok((runs as f64 / secs, after.0 - before.0, after.1 - before.1))
+}
+
+/// [`run`] for the worker counts `counts` in `rounds` rounds (at least
+/// one). Round `r` measures the counts starting from the `r`-th, so that
+/// no count is always measured first (on a database created right after
+/// the previous one was dropped). Each figure is the median over the
+/// rounds; `scaling_2`/`scaling_4` are the medians of each round's own
+/// ratio (0 unless 1 and 2 / 4 are among the counts).
 pub fn run_counts(
     exe: &Path,
     server: &str,
     runs: usize,
     counts: &[usize],
+    rounds: usize,
 ) -> Result<WorkersBench, EngineError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -160,82 +247,47 @@ pub fn run_counts(
                 e.to_string(),
             )
         })?;
-    let wf = workflow();
+    let rounds = rounds.max(1);
+    let mut baseline = Vec::new();
+    // By count: each round's (runs/s, write commits, every commit).
+    let mut by_count: BTreeMap<usize, Vec<(f64, i64, i64)>> = BTreeMap::new();
+    for round in 0..rounds {
+        for i in 0..counts.len() {
+            let n = counts[(round + i) % counts.len()];
+            let m = measure_count(&rt, exe, server, n, runs, &mut baseline)?;
+            by_count.entry(n).or_default().push(m);
+        }
+    }
+    let median = |mut v: Vec<f64>| crate::store::percentile(&mut v, 0.5);
     let mut out = WorkersBench {
-        pg_commit_ms: 0.0,
+        pg_commit_ms: median(baseline),
         runs_per_s_32: BTreeMap::new(),
+        runs_per_s_32_rounds: BTreeMap::new(),
         write_commits_per_run: BTreeMap::new(),
         commits_per_run: BTreeMap::new(),
         scaling_2: 0.0,
         scaling_4: 0.0,
         runs,
+        rounds,
     };
-    let mut baseline = Vec::new();
-    for &n in counts {
-        let (url, name) = fresh_database(server, &format!("w{n}"))?;
-        let r = rt.block_on(async {
-            let engine = EngineBuilder::new().db(&url).executes(false).build()?;
-            let probe = CommitProbe::new(&url).await?;
-            baseline.extend(probe.sample(100).await?);
-            let mut workers = Vec::new();
-            for _ in 0..n {
-                workers.push(
-                    std::process::Command::new(exe)
-                        .args([
-                            "--db",
-                            &url,
-                            "-q",
-                            "worker",
-                            "--concurrency",
-                            "256",
-                            "--grace",
-                            "1s",
-                        ])
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null())
-                        .spawn()
-                        .map_err(|e| {
-                            EngineError::Stopped(
-                                chronicle_engine::ids::RunId(uuid::Uuid::nil()),
-                                format!("cannot start {}: {e}", exe.display()),
-                            )
-                        })?,
-                );
-            }
-            let tracker = Tracker::start(&engine);
-            let result = async {
-                measure(&engine, &tracker, &wf, 64, 32).await?;
-                tokio::time::sleep(Duration::from_millis(1200)).await;
-                let before = probe.commits().await?;
-                let secs = measure(&engine, &tracker, &wf, runs, 32).await?;
-                tokio::time::sleep(Duration::from_millis(1200)).await;
-                let after = probe.commits().await?;
-                baseline.extend(probe.sample(100).await?);
-                Ok::<_, EngineError>((secs, before, after))
-            }
-            .await;
-            for w in &mut workers {
-                let _ = w.kill();
-                let _ = w.wait();
-            }
-            drop(engine);
-            result
-        });
-        rt.block_on(drop_database(server, &name))?;
-        let (secs, before, after) = r?;
+    for (n, ms) in &by_count {
         let key = n.to_string();
-        out.runs_per_s_32.insert(key.clone(), runs as f64 / secs);
-        out.write_commits_per_run
-            .insert(key.clone(), (after.0 - before.0) as f64 / runs as f64);
+        let per_run = |c: i64| c as f64 / runs as f64;
+        let rates: Vec<f64> = ms.iter().map(|m| m.0).collect();
+        out.runs_per_s_32.insert(key.clone(), median(rates.clone()));
+        out.runs_per_s_32_rounds.insert(key.clone(), rates);
+        out.write_commits_per_run.insert(
+            key.clone(),
+            median(ms.iter().map(|m| per_run(m.1)).collect()),
+        );
         out.commits_per_run
-            .insert(key, (after.1 - before.1) as f64 / runs as f64);
+            .insert(key, median(ms.iter().map(|m| per_run(m.2)).collect()));
     }
-    out.pg_commit_ms = crate::store::percentile(&mut baseline, 0.5);
-    let ratio = |k: &str| match (out.runs_per_s_32.get(k), out.runs_per_s_32.get("1")) {
-        (Some(a), Some(b)) => a / b,
+    let scaling = |k: usize| match (by_count.get(&k), by_count.get(&1)) {
+        (Some(a), Some(b)) => median(a.iter().zip(b).map(|(a, b)| a.0 / b.0).collect()),
         _ => 0.0,
     };
-    out.scaling_2 = ratio("2");
-    out.scaling_4 = ratio("4");
+    out.scaling_2 = scaling(2);
+    out.scaling_4 = scaling(4);
     Ok(out)
 }

@@ -3,6 +3,7 @@
 //! agents shared by workers; what befalls workers (killed, paused, cut off)
 //! is in `failures`.
 
+mod bench;
 mod failures;
 mod tls;
 
@@ -22,6 +23,32 @@ fn postgres_server() -> String {
             "CHRONICLE_TEST_POSTGRES is not set: run the tests with scripts/test, which starts a throwaway PostgreSQL (pg_virtualenv, Debian package postgresql-common) and sets it"
         )
     })
+}
+
+/// A superuser's statement on the test server (autocommit).
+pub fn admin(sql: &str) -> Vec<tokio_postgres::SimpleQueryMessage> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&postgres_server(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client.simple_query(sql).await.unwrap()
+    })
+}
+
+/// The first column of the first row of `sql`.
+pub fn admin_value(sql: &str) -> String {
+    admin(sql)
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// A new, empty database; its URL.

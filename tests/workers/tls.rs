@@ -12,34 +12,8 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
-use super::{chronicle, fresh_postgres, postgres_server, wait_succeeded, worker};
+use super::{admin, admin_value, chronicle, fresh_postgres, wait_succeeded, worker};
 use crate::support::Env;
-
-/// A superuser's statement on the test server (autocommit).
-fn admin(sql: &str) -> Vec<tokio_postgres::SimpleQueryMessage> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&postgres_server(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client.simple_query(sql).await.unwrap()
-    })
-}
-
-/// The first column of the first row of `sql`.
-fn admin_value(sql: &str) -> String {
-    admin(sql)
-        .into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
 
 /// The server's TLS settings as the test found them, put back on drop
 /// (also when the test fails).
