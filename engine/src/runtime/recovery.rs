@@ -79,6 +79,52 @@ impl Engine {
             },
             None => None,
         };
+        let result = self.recover_claimed(only, claimed.clone()).await;
+        if let Some(claimed) = claimed {
+            self.give_back_unexecuted(&claimed);
+        }
+        result
+    }
+
+    /// A claimed run that got no actor — its recovery failed on a storage
+    /// error (a lost connection mid-commit, say) — is not executed here:
+    /// its lease is given back (forgotten, then released), so that any
+    /// worker claims it again at once or, should the release fail too,
+    /// once the lease expires. Kept, it would be renewed by the heartbeat
+    /// and executed by no one.
+    fn give_back_unexecuted(&self, claimed: &[(RunId, u64)]) {
+        let Some(leases) = &self.inner.leases else {
+            return;
+        };
+        for (run, epoch) in claimed {
+            let has_actor = self
+                .inner
+                .runs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(run)
+                .is_some_and(|h| !h.tx.is_closed());
+            let recovering = self
+                .inner
+                .recovering
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(run);
+            if !has_actor && !recovering && leases.epoch(*run) == Some(*epoch) {
+                tracing::warn!(%run, "a claimed run was not recovered: its lease is given back");
+                self.inner.drop_lease(*run, false);
+            }
+        }
+    }
+
+    /// [`Self::recover_runs`] once the leases are claimed (`claimed`, on a
+    /// shared database): every run is recovered even when another's
+    /// recovery fails; the first error is returned after all have ended.
+    async fn recover_claimed(
+        &self,
+        only: Option<&[RunId]>,
+        claimed: Option<Vec<(RunId, u64)>>,
+    ) -> Result<RecoveryReport, EngineError> {
         let processes_killed = match &claimed {
             Some(claimed) => {
                 let taken_over: Vec<RunId> = claimed
@@ -140,9 +186,16 @@ impl Engine {
                 r
             });
         }
+        let mut failed = None;
         while let Some(joined) = tasks.join_next().await {
             let (run, outcome) =
-                joined.map_err(|e| EngineError::Stopped(RunId(Uuid::nil()), e.to_string()))??;
+                match joined.map_err(|e| EngineError::Stopped(RunId(Uuid::nil()), e.to_string())) {
+                    Ok(Ok(done)) => done,
+                    Ok(Err(e)) | Err(e) => {
+                        failed.get_or_insert(e);
+                        continue;
+                    }
+                };
             match outcome {
                 Recovered::Resumed(n) => {
                     report.attempts_abandoned += n;
@@ -154,6 +207,9 @@ impl Engine {
                 }
                 Recovered::Ended => {}
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         report.resumed.sort();
         report.quarantined.sort();
