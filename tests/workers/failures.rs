@@ -500,3 +500,168 @@ impl Drop for Workers {
         }
     }
 }
+
+/// An API node (`serve --no-worker`) whose connections the server ends at
+/// random (one every 100 ms) while runs are submitted to it: every request
+/// is answered — created (202), or 503 `storage` with a problem document —
+/// never left hanging; a submission retried with its `Idempotency-Key`
+/// after a 503 creates its run once; the node is still up and ready after,
+/// and a worker executes every run.
+#[test]
+fn an_api_node_whose_connections_end_answers_and_creates_each_run_once() {
+    let env = Env::new();
+    let url = fresh_postgres();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let app = format!("chronicle_api_cut_{}", uuid::Uuid::now_v7().simple());
+    let mut serve = Workers(vec![
+        Command::new(BIN)
+            .current_dir(env.dir.path())
+            .args([
+                "--db",
+                &format!("{url}?application_name={app}"),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-worker",
+            ])
+            .env("CHRONICLE_TOKEN", "api-token")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(env.path("serve.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    ]);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.0[0].stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let post = |key: &str| {
+        let wf = serde_json::json!({"name": "echo", "steps": [
+            {"id": "a", "function": "chronicle.echo", "with": {"x": 1}}
+        ]});
+        let r = http
+            .post(format!("{base}/v1/runs"))
+            .bearer_auth("api-token")
+            .header("Idempotency-Key", key)
+            .json(&serde_json::json!({"workflow": wf, "input": {}}))
+            .send()
+            .expect("every request is answered");
+        (
+            r.status().as_u16(),
+            r.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let t = Instant::now();
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(t.elapsed() < Duration::from_secs(20), "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The server ends one of the node's connections every 100 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cutter = {
+        let (stop, name, app) = (stop.clone(), name.clone(), app.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let admin = rt.block_on(async {
+                let (c, conn) = tokio_postgres::connect(&postgres_server(), tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                c
+            });
+            let mut ended = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                let row = rt
+                    .block_on(admin.query_one(
+                        "SELECT count(pg_terminate_backend(pid)) FROM (SELECT pid FROM pg_stat_activity \
+                         WHERE datname = $1 AND application_name = $2 ORDER BY random() LIMIT 1) p",
+                        &[&name, &app],
+                    ))
+                    .unwrap();
+                ended += row.get::<_, i64>(0);
+            }
+            ended
+        })
+    };
+    let mut runs = std::collections::BTreeMap::new();
+    let mut refused = 0;
+    // Submissions for 3 s (at least 50).
+    let submitting = Instant::now();
+    let mut i = 0;
+    while i < 50 || submitting.elapsed() < Duration::from_secs(3) {
+        i += 1;
+        let key = format!("submission-{i}");
+        let mut tries = 0;
+        let run = loop {
+            let (code, body) = post(&key);
+            match code {
+                200 | 202 => break body["run_id"].as_str().unwrap().to_string(),
+                503 => {
+                    assert_eq!(
+                        body["type"].as_str().map(|t| t.ends_with("storage")),
+                        Some(true),
+                        "{body}"
+                    );
+                    refused += 1;
+                    tries += 1;
+                    assert!(tries < 50, "submission {i} refused 50 times: {body}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => panic!("submission {i}: {code} {body}"),
+            }
+        };
+        runs.insert(key, run);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ended = cutter.join().unwrap();
+    eprintln!("{i} submissions, {refused} answered 503, {ended} connections ended");
+    assert!(ended >= 10, "only {ended} connections were ended");
+    // Up and ready; one run per key.
+    let ready = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(ready, 200);
+    let distinct: std::collections::BTreeSet<&String> = runs.values().collect();
+    assert_eq!(distinct.len(), i, "a key's retries gave different runs");
+    let w = Workers(vec![worker(&env, &url, "5s", "w.log")]);
+    let t = Instant::now();
+    let listed = loop {
+        let listed = chronicle(&env, &url, &["list", "--json"]).json();
+        let rows = listed.as_array().cloned().unwrap_or_default();
+        if rows.len() == i && rows.iter().all(|r| r["status"] == "succeeded") {
+            break rows;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "not all succeeded: {listed}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    drop(w);
+    // One run per submission, none twice.
+    let listed: std::collections::BTreeSet<&str> = listed
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, distinct.iter().map(|r| r.as_str()).collect());
+}
