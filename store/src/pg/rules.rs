@@ -14,6 +14,11 @@ pub(super) enum Attempt {
     /// A race with another process (a unique key, a new stream, a
     /// deadlock): try the requests again, one by one.
     Lost(String),
+    /// The connection was lost and the transaction is known not to have
+    /// committed (it ended before its `COMMIT` was sent, or the server
+    /// says it aborted): the whole group may be tried again on another
+    /// connection.
+    Cut(StoreError),
     /// Anything else: every request of the group gets the error.
     Failed(StoreError),
 }
@@ -29,9 +34,26 @@ impl Attempt {
             {
                 Self::Lost(e.to_string())
             }
+            _ if connection_lost(&e) => Self::Cut(pg_error(target, e)),
             _ => Self::Failed(pg_error(target, e)),
         }
     }
+}
+
+/// Whether `e` is the loss of the connection (closed, or ended by the
+/// server: `pg_terminate_backend`, a shutdown) rather than the refusal of
+/// a statement.
+pub(super) fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.is_closed()
+        || e.code().is_some_and(|c| {
+            *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+                || *c == SqlState::CONNECTION_FAILURE
+        })
+        || (e.code().is_none()
+            && std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()))
 }
 
 /// Check `req` against the heads and index as the group sees them: the

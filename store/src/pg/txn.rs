@@ -15,10 +15,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::pg_error;
 use super::rules::{Attempt, Lease, check, fence};
 use super::write::Writer;
 use super::writes::{Writes, notify_channel};
+use super::{PgStore, pg_error};
 use crate::envelope::{GENESIS_HASH, Hash, RawEnvelope, chain_hash_of};
 use crate::error::StoreError;
 use crate::ids::{Position, Seq};
@@ -332,14 +332,59 @@ impl Writer {
             committed.await.map(|_| ())
         };
         if let Err(err) = done {
-            self.published.unmark(hashes.into_iter());
-            return Err(e(err));
+            // The COMMIT went out: when the connection was lost, the
+            // transaction may have committed. Its id says which.
+            let committed = match super::rules::connection_lost(&err) && n_events > 0 {
+                true => self.outcome(base >> 24).await,
+                false => Some(false),
+            };
+            match committed {
+                Some(true) => {
+                    tracing::info!(target = %t, error = %err, "the connection was lost after a COMMIT that took effect");
+                }
+                Some(false) => {
+                    self.published.unmark(hashes.into_iter());
+                    return Err(e(err));
+                }
+                None => {
+                    self.published.unmark(hashes.into_iter());
+                    return Err(Attempt::Failed(pg_error(
+                        t,
+                        format!("{err}; whether the commit took effect is unknown"),
+                    )));
+                }
+            }
         }
         let envs = results.iter_mut().filter_map(|r| r.as_mut().ok()).flatten();
         for (position, env) in (base as u64 + 1..).zip(envs) {
             env.position = Position(position);
         }
         Ok(results)
+    }
+
+    /// Whether transaction `xid` committed, asked on another connection
+    /// (`pg_xact_status`): `Some(true)` committed, `Some(false)` aborted,
+    /// `None` unknown (no connection, or still in progress after 2 s — the
+    /// server has not yet ended the lost connection's backend).
+    async fn outcome(&self, xid: i64) -> Option<bool> {
+        let started = std::time::Instant::now();
+        loop {
+            let status = async {
+                let conn = PgStore::conn(&self.pool, &self.target).await.ok()?;
+                let row = conn
+                    .query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid.to_string()])
+                    .await
+                    .ok()?;
+                row.get::<_, Option<String>>(0)
+            }
+            .await;
+            match status.as_deref() {
+                Some("committed") => return Some(true),
+                Some("aborted") => return Some(false),
+                _ if started.elapsed() >= std::time::Duration::from_secs(2) => return None,
+                _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
     }
 
     /// The envelopes of `req`'s appends, chained from `heads` (moved on to

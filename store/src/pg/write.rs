@@ -30,10 +30,19 @@
 //! readers of the whole log read below the horizon (see [`super::listen`]
 //! and `migrations/V3__positions.sql`).
 //!
-//! Should the database refuse the transaction (a lost connection, a
-//! unique key or a new stream taken by another process meanwhile, a
-//! deadlock), the group's requests are committed one by one, and each gets
-//! its own answer.
+//! Should the database refuse the transaction (a unique key or a new
+//! stream taken by another process meanwhile, a deadlock), the group's
+//! requests are committed one by one, and each gets its own answer.
+//!
+//! Should the connection be lost (the server ended it, the network cut
+//! it), the group is tried again on another connection (twice at most)
+//! when nothing of it was written: the transaction ended before its
+//! `COMMIT` went out, or the server says it aborted. When the `COMMIT` went
+//! out, whether it took effect is asked on another connection
+//! (`pg_xact_status` of the transaction's id, which every group that
+//! appends has): committed, the callers are answered as if nothing
+//! happened (the other processes learn of the commit by their next
+//! notification or their poll); unknown after 2 s, they get the error.
 
 use std::sync::Arc;
 
@@ -156,12 +165,26 @@ impl Writer {
                                 tracing::debug!(%why, "a request lost a race; again");
                             }
                             Err(Attempt::Lost(why)) => break Err(pg_error(&self.target, why)),
-                            Err(Attempt::Failed(e)) => break Err(e),
+                            Err(Attempt::Cut(e) | Attempt::Failed(e)) => break Err(e),
                         }
                     };
                     out.push(r);
                 }
                 Ok(out)
+            }
+            Err(Attempt::Cut(e)) => {
+                // Nothing of the group was written: again, on another
+                // connection (the pool drops the lost one).
+                let mut last = e;
+                for _ in 0..2 {
+                    tracing::debug!(target = %self.target, error = %last, "a group's connection was lost before its commit; again");
+                    match self.try_commit(&requests).await {
+                        Ok(results) => return Ok(results),
+                        Err(Attempt::Cut(e) | Attempt::Failed(e)) => last = e,
+                        Err(Attempt::Lost(why)) => last = pg_error(&self.target, why),
+                    }
+                }
+                Err(last)
             }
             Err(Attempt::Failed(e)) => Err(e),
             Ok(results) => Ok(results),
