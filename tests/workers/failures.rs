@@ -685,3 +685,107 @@ fn an_api_node_whose_connections_end_answers_and_creates_each_run_once() {
         .collect();
     assert_eq!(listed, distinct.iter().map(|r| r.as_str()).collect());
 }
+
+/// The database refuses every connection of the workers for 1.5 s (all
+/// ended, none allowed: a server restart, a failover) while their runs'
+/// steps execute. Shorter than the lease, the outage costs latency only:
+/// every run succeeds, each step succeeded once, no attempt was abandoned
+/// (the writes of the outage were tried again once the database was back),
+/// and `verify` passes.
+#[test]
+fn a_database_outage_shorter_than_the_lease_abandons_no_attempt() {
+    const RUNS: usize = 60;
+    let env = Env::new();
+    let url = fresh_postgres();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let wf = env.write(
+        "slow.yaml",
+        "name: slow\nsteps:\n  - id: a\n    command: [sh, -c, 'sleep 0.3; echo 1']\n  - id: b\n    needs: [a]\n    command: [sh, -c, 'sleep 0.3; echo 2']\n",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let engine = chronicle_engine::runtime::EngineBuilder::new()
+            .db(&url)
+            .executes(false)
+            .build()
+            .unwrap();
+        let workflow = chronicle_engine::model::load_file(&wf).unwrap();
+        for i in 0..RUNS {
+            engine
+                .start(workflow.clone(), serde_json::json!({ "i": i }), None)
+                .await
+                .unwrap();
+        }
+    });
+    let workers = Workers(
+        (0..2)
+            .map(|i| worker(&env, &url, "10s", &format!("w{i}.log")))
+            .collect(),
+    );
+    let statuses = || -> Vec<Value> {
+        let listed = chronicle(&env, &url, &["list", "--json"]);
+        listed.json().as_array().cloned().unwrap_or_default()
+    };
+    // Mid-flight: some runs done, steps running.
+    let t = Instant::now();
+    while statuses()
+        .iter()
+        .filter(|r| r["status"] == "succeeded")
+        .count()
+        < 8
+    {
+        assert!(t.elapsed() < Duration::from_secs(60), "no run succeeded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let admin = |sql: &str| {
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&postgres_server(), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c.batch_execute(sql).await.unwrap();
+        })
+    };
+    admin(&format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ));
+    std::thread::sleep(Duration::from_millis(1500));
+    admin(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"));
+    let t = Instant::now();
+    loop {
+        let rows = statuses();
+        if rows.len() == RUNS && rows.iter().all(|r| r["status"] == "succeeded") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "not all succeeded after the outage: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(workers);
+    let verify = chronicle(&env, &url, &["verify"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    let histories = histories(&url);
+    assert_eq!(histories.len(), RUNS);
+    for (run, events) in &histories {
+        assert_no_overlap(run, events);
+        for step in ["a", "b"] {
+            let succeeded = events
+                .iter()
+                .filter(|(_, _, p)| p["type"] == "StepSucceeded" && p["step"] == step)
+                .count();
+            assert_eq!(
+                succeeded, 1,
+                "run {run}: step {step} succeeded {succeeded} times"
+            );
+        }
+        let abandoned: Vec<&Value> = events
+            .iter()
+            .filter(|(_, _, p)| p["type"] == "StepAbandoned")
+            .map(|(_, _, p)| p)
+            .collect();
+        assert!(abandoned.is_empty(), "run {run}: {abandoned:?}");
+    }
+}

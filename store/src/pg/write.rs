@@ -35,8 +35,9 @@
 //! requests are committed one by one, and each gets its own answer.
 //!
 //! Should the connection be lost (the server ended it, the network cut
-//! it), the group is tried again on another connection (twice at most)
-//! when nothing of it was written: the transaction ended before its
+//! it, or none can be had), the group is tried again on another
+//! connection, over about 3 s ([`CUT_RETRY_DELAYS_MS`]), when nothing of
+//! it was written: the transaction ended before its
 //! `COMMIT` went out, or the server says it aborted. When the `COMMIT` went
 //! out, whether it took effect is asked on another connection
 //! (`pg_xact_status` of the transaction's id, which every group that
@@ -77,6 +78,14 @@ pub(crate) struct Writer {
 /// committing at once are smaller, so one at a time, which batches the
 /// most, is kept.
 const CONCURRENT_GROUPS: usize = 1;
+
+/// Delays before each new try of a group that was not committed because
+/// its connection was lost or none could be had, ms: 3.2 s in all, well
+/// within the default 10 s lease, so that a restart of the server or a
+/// short network cut costs the runs some latency, not their attempts (a
+/// caller that got the error would stop its run, and the run's next holder
+/// would record its attempts abandoned).
+const CUT_RETRY_DELAYS_MS: [u64; 8] = [0, 25, 50, 100, 200, 400, 800, 1600];
 
 impl Writer {
     /// Take groups from `rx` and commit them, up to [`CONCURRENT_GROUPS`]
@@ -174,14 +183,17 @@ impl Writer {
             }
             Err(Attempt::Cut(e)) => {
                 // Nothing of the group was written: again, on another
-                // connection (the pool drops the lost one).
+                // connection (the pool drops the lost one), after each of
+                // the delays while the database stays out of reach.
                 let mut last = e;
-                for _ in 0..2 {
-                    tracing::debug!(target = %self.target, error = %last, "a group's connection was lost before its commit; again");
+                for delay_ms in CUT_RETRY_DELAYS_MS {
+                    tracing::info!(target = %self.target, error = %last, delay_ms, "a group was not committed: the connection was lost; again");
+                    tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
                     match self.try_commit(&requests).await {
                         Ok(results) => return Ok(results),
-                        Err(Attempt::Cut(e) | Attempt::Failed(e)) => last = e,
-                        Err(Attempt::Lost(why)) => last = pg_error(&self.target, why),
+                        Err(Attempt::Cut(e)) => last = e,
+                        Err(Attempt::Failed(e)) => return Err(e),
+                        Err(Attempt::Lost(why)) => return Err(pg_error(&self.target, why)),
                     }
                 }
                 Err(last)
@@ -198,9 +210,10 @@ impl Writer {
         &self,
         requests: &[WriteRequest],
     ) -> Result<Vec<Result<Committed, StoreError>>, Attempt> {
+        // No connection: nothing of the group was written.
         let conn = PgStore::conn(&self.pool, &self.target)
             .await
-            .map_err(Attempt::Failed)?;
+            .map_err(Attempt::Cut)?;
         let r = self.transaction(&conn, requests).await;
         if r.is_err() {
             // Pipelined: the failure may have come before or after the
