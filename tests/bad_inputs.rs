@@ -174,14 +174,51 @@ fn storage_problems_exit_3_with_a_clear_message() {
     insta::assert_snapshot!("storage_locked_database", msg);
 }
 
-/// A PostgreSQL URL that cannot be used — a server that is not there, a
-/// malformed URL, an unknown host — exits 3 with the database named (its
+/// A PostgreSQL URL that cannot be used — a server that is not there, one
+/// that accepts connections and never answers (it used to hang the command
+/// forever), a malformed URL, an unknown host — exits 3 with the database
+/// named (its
 /// password redacted) and what to check; never a panic (the store's
 /// runtime, started before the failure, used to be dropped inside the
 /// CLI's and panicked with exit 101).
 #[test]
 fn unusable_postgres_urls_exit_3_with_a_clear_message() {
     let env = Env::new();
+    // A server that accepts connections and never answers (wedged, or a
+    // proxy whose backend is gone): the command gives up after the URL's
+    // connect_timeout instead of hanging.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!(
+        "postgres://someone:s3cret@{}/chronicle?connect_timeout=1",
+        silent.local_addr().unwrap()
+    );
+    let held = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().take(2) {
+            held.push(c);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        held.len()
+    });
+    let t = std::time::Instant::now();
+    let out = env.run(&["--db", &silent_url, "list"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("did not answer within 1 s") && out.stderr.contains("someone:***@"),
+        "{out:?}"
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(8),
+        "took {:?}",
+        t.elapsed()
+    );
+    let out = env.run(&["--db", &silent_url, "recover"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(
+        held.join().unwrap(),
+        2,
+        "both commands reached the silent server"
+    );
     for (url, says) in [
         (
             "postgres://someone:s3cret@127.0.0.1:1/chronicle",

@@ -158,11 +158,17 @@ async fn listen(
     seen: &mut u64,
 ) -> Result<(), StoreError> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let client = match tls {
-        Some(tls) => connect(config, tls.clone(), tx.clone()).await,
-        None => connect(config, tokio_postgres::NoTls, tx.clone()).await,
-    }
-    .map_err(|e| super::pg_connect_error(target, e))?;
+    let timeout = super::connect_timeout(config);
+    let connecting = async {
+        match tls {
+            Some(tls) => connect(config, tls.clone(), tx.clone()).await,
+            None => connect(config, tokio_postgres::NoTls, tx.clone()).await,
+        }
+    };
+    let client = tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| super::pg_timeout_error(target, timeout))?
+        .map_err(|e| super::pg_connect_error(target, e))?;
     drop(tx);
     client
         .batch_execute(&format!("LISTEN {CHANNEL_CONTROL}"))

@@ -127,6 +127,31 @@ pub(crate) fn pg_error(target: &str, e: impl std::fmt::Display) -> StoreError {
 
 /// [`pg_error`] for a connection that could not be made: the message says
 /// what to check.
+/// How long a connection to the server may take, start-up included, when
+/// the URL gives no `connect_timeout`: 10 s (libpq waits forever by
+/// default; a CLI command or a worker should rather say that the server
+/// does not answer).
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The connection timeout of `config` (set by `connect_config`).
+pub(crate) fn connect_timeout(config: &tokio_postgres::Config) -> std::time::Duration {
+    config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+}
+
+/// The error of a connection that did not complete within `timeout`.
+pub(crate) fn pg_timeout_error(target: &str, timeout: std::time::Duration) -> StoreError {
+    pg_error(
+        target,
+        format!(
+            "the server did not answer within {} s (connect_timeout); check that the server is running and reachable, and the URL",
+            timeout.as_secs_f64()
+        ),
+    )
+}
+
 pub(crate) fn pg_connect_error(target: &str, e: impl std::error::Error) -> StoreError {
     // With its causes: "error performing TLS handshake" alone does not say
     // that the server's certificate is not trusted.
@@ -189,6 +214,7 @@ impl PgStore {
         };
         let pool = Pool::builder(manager)
             .max_size(16)
+            .create_timeout(Some(connect_timeout(&config)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| pg_error(&target, e))?;
@@ -288,7 +314,12 @@ impl PgStore {
 
     /// A pooled connection.
     pub async fn conn(pool: &Pool, target: &str) -> Result<deadpool_postgres::Object, StoreError> {
-        pool.get().await.map_err(|e| pg_connect_error(target, e))
+        pool.get()
+            .await
+            .map_err(|e| match (&e, pool.timeouts().create) {
+                (deadpool_postgres::PoolError::Timeout(_), Some(t)) => pg_timeout_error(target, t),
+                _ => pg_connect_error(target, e),
+            })
     }
 
     /// [`crate::Store::write`]: queue `request` for the writer's next
@@ -442,6 +473,13 @@ fn connect_config(
     if config.get_application_name().is_none() {
         config.application_name("chronicle");
     }
+    // A server that accepts a connection and never answers (wedged, or a
+    // proxy whose backend is gone) must not hang the caller: each
+    // connection, its start-up included, has this long (the URL's
+    // `connect_timeout`, seconds, when it gives one).
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+    }
     // Acknowledged means committed: whatever the server's default, every
     // commit of this client waits for its WAL to be flushed. Generic plans:
     // every statement of this client looks rows up by key (`= ANY($1)`,
@@ -506,25 +544,31 @@ pub fn create_postgres_database(url: &str, name: &str) -> Result<String, StoreEr
         .enable_all()
         .build()
         .map_err(|e| pg_error(&target, e))?;
+    let timeout = connect_timeout(&config);
     rt.block_on(async {
-        let client = match tls {
-            Some(tls) => {
-                let (c, conn) = config
-                    .connect(tls)
-                    .await
-                    .map_err(|e| pg_connect_error(&target, e))?;
-                tokio::spawn(conn);
-                c
-            }
-            None => {
-                let (c, conn) = config
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| pg_connect_error(&target, e))?;
-                tokio::spawn(conn);
-                c
-            }
+        let connecting = async {
+            Ok::<_, StoreError>(match tls {
+                Some(tls) => {
+                    let (c, conn) = config
+                        .connect(tls)
+                        .await
+                        .map_err(|e| pg_connect_error(&target, e))?;
+                    tokio::spawn(conn);
+                    c
+                }
+                None => {
+                    let (c, conn) = config
+                        .connect(tokio_postgres::NoTls)
+                        .await
+                        .map_err(|e| pg_connect_error(&target, e))?;
+                    tokio::spawn(conn);
+                    c
+                }
+            })
         };
+        let client = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| pg_timeout_error(&target, timeout))??;
         client
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await
