@@ -1,7 +1,8 @@
 //! What only PostgreSQL has: many handles (as many processes have) on one
 //! database — racing appends to one stream, the live feed of another
 //! handle's commits, migrations racing at open — and its refusals: a newer
-//! schema, a database that is not Chronicle's, an unreachable server.
+//! schema, a database that is not Chronicle's, an unreachable server; and
+//! the feed while the server ends the reading handle's connections.
 
 mod common;
 
@@ -546,5 +547,86 @@ fn a_workers_commits_to_its_runs_reach_feed_readers_and_wake_no_other_worker() {
             heard.push((c.offers, c.streams.clone()));
         }
         assert_eq!(heard, vec![(true, Some(vec![run.key()]))]);
+    });
+}
+
+/// The live feed while the server ends the reading handle's connections
+/// (one every 50 ms, its listener's among them): another handle's 300
+/// appends to 10 streams reach the feed each once, in order per stream —
+/// the listener reconnects and catches up from where it was.
+#[test]
+fn the_live_feed_loses_and_repeats_nothing_when_its_connections_are_ended() {
+    let url = fresh_postgres();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let app = format!("chronicle_feedcut_{}", uuid::Uuid::now_v7().simple());
+    let reader = open(&format!("{url}?application_name={app}"));
+    let writer = open(&url);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut sub = reader.subscribe();
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cutter = {
+            let (stop, name, app) = (stop.clone(), name.clone(), app.clone());
+            tokio::spawn(async move {
+                let mut ended = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    let row = admin
+                        .query_one(
+                            "SELECT count(pg_terminate_backend(pid)) FROM (SELECT pid FROM \
+                             pg_stat_activity WHERE datname = $1 AND application_name = $2 \
+                             ORDER BY random() LIMIT 1) p",
+                            &[&name, &app],
+                        )
+                        .await
+                        .unwrap();
+                    ended += row.get::<_, i64>(0);
+                }
+                ended
+            })
+        };
+        let mut expected = Vec::new();
+        for i in 0..300u64 {
+            let stream = StreamId::named(&format!("cut:{}", i % 10)).unwrap();
+            let seq = i / 10;
+            writer
+                .append(stream.clone(), Seq(seq), vec![ev(&i.to_string())])
+                .await
+                .unwrap();
+            expected.push((stream.key(), seq + 1));
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let got = tokio::time::timeout(std::time::Duration::from_secs(60), receive(&mut sub, 300))
+            .await
+            .expect("every event reaches the feed within 60 s");
+        stop.store(true, Ordering::Relaxed);
+        let ended = cutter.await.unwrap();
+        assert!(
+            ended >= 5,
+            "only {ended} of the reader's connections were ended"
+        );
+        // In order per stream, each once.
+        let mut last: std::collections::HashMap<String, u64> = Default::default();
+        for e in &got {
+            let prev = last.insert(e.stream.key(), e.seq.0).unwrap_or(0);
+            assert_eq!(
+                e.seq.0,
+                prev + 1,
+                "{}: seq {} after {prev}",
+                e.stream.key(),
+                e.seq.0
+            );
+        }
+        let mut got: Vec<(String, u64)> = got.iter().map(|e| (e.stream.key(), e.seq.0)).collect();
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected);
+        let more = tokio::time::timeout(std::time::Duration::from_secs(1), sub.recv()).await;
+        assert!(more.is_err(), "an event was delivered twice: {more:?}");
+        eprintln!("300 appends, {ended} of the reader's connections ended");
     });
 }
