@@ -591,7 +591,7 @@ fn the_live_feed_loses_and_repeats_nothing_when_its_connections_are_ended() {
         };
         let mut expected = Vec::new();
         for i in 0..300u64 {
-            let stream = StreamId::named(&format!("cut:{}", i % 10)).unwrap();
+            let stream = StreamId::named(format!("cut:{}", i % 10)).unwrap();
             let seq = i / 10;
             writer
                 .append(stream.clone(), Seq(seq), vec![ev(&i.to_string())])
