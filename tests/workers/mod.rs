@@ -4,6 +4,7 @@
 //! is in `failures`.
 
 mod bench;
+mod connections;
 mod failures;
 mod tls;
 
