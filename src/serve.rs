@@ -47,9 +47,8 @@ pub async fn serve(
     .await
     .map_err(|e| CliError::storage(e.0))?;
     eprintln!(
-        "stopped: {} attempt(s) were still running after the {}s grace period and were recorded as abandoned; `chronicle serve` again continues every run",
-        report.attempts_cut,
-        grace.as_secs_f64()
+        "{}; `chronicle serve` again continues every run",
+        stopped(report.attempts_cut, grace)
     );
     Ok(0)
 }
@@ -91,9 +90,19 @@ pub async fn worker(
             &format!("the worker was stopped by {reason}; the attempt's process group was killed after the grace period"),
         )
         .await;
-    eprintln!(
-        "stopped: {cut} attempt(s) were still running after the {}s grace period and were recorded as abandoned; other workers continue the runs",
-        grace.as_secs_f64()
-    );
+    eprintln!("{}; other workers continue the runs", stopped(cut, grace));
     Ok(0)
+}
+
+/// What a stop did to the attempts: `cut` of them were still running after
+/// the `grace` period and were recorded as abandoned.
+fn stopped(cut: usize, grace: std::time::Duration) -> String {
+    match cut {
+        0 => "stopped: no attempt was cut (each had ended, or ended within the grace period)"
+            .to_string(),
+        n => format!(
+            "stopped: {n} attempt(s) were still running after the {}s grace period and were recorded as abandoned",
+            grace.as_secs_f64()
+        ),
+    }
 }

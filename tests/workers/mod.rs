@@ -6,6 +6,7 @@
 mod bench;
 mod connections;
 mod failures;
+mod tamper;
 mod tls;
 
 use std::collections::HashMap;

@@ -79,24 +79,36 @@ impl Engine {
             },
             None => None,
         };
-        let result = self.recover_claimed(only, claimed.clone()).await;
+        let mut recovered = std::collections::HashSet::new();
+        let result = self
+            .recover_claimed(only, claimed.clone(), &mut recovered)
+            .await;
         if let Some(claimed) = claimed {
-            self.give_back_unexecuted(&claimed);
+            self.give_back_unrecovered(&claimed, &recovered);
         }
         result
     }
 
-    /// A claimed run that got no actor — its recovery failed on a storage
-    /// error (a lost connection mid-commit, say) — is not executed here:
-    /// its lease is given back (forgotten, then released), so that any
-    /// worker claims it again at once or, should the release fail too,
-    /// once the lease expires. Kept, it would be renewed by the heartbeat
-    /// and executed by no one.
-    fn give_back_unexecuted(&self, claimed: &[(RunId, u64)]) {
+    /// A claimed run whose recovery did not complete — it failed on a
+    /// storage error (a lost connection mid-commit, say), or never began —
+    /// and that got no actor is not executed here: its lease is given back
+    /// (forgotten, then released), so that any worker claims it again at
+    /// once or, should the release fail too, once the lease expires. Kept,
+    /// it would be renewed by the heartbeat and executed by no one. A run
+    /// whose recovery completed (`recovered`) keeps its lease: resumed, its
+    /// actor holds it; ended, the lease is gone; quarantined because its
+    /// history does not verify, it is held, unexecuted, until a person
+    /// restores the log (given back, every worker would claim it and
+    /// quarantine it again, every second).
+    fn give_back_unrecovered(
+        &self,
+        claimed: &[(RunId, u64)],
+        recovered: &std::collections::HashSet<RunId>,
+    ) {
         let Some(leases) = &self.inner.leases else {
             return;
         };
-        for (run, epoch) in claimed {
+        for (run, epoch) in claimed.iter().filter(|(r, _)| !recovered.contains(r)) {
             let has_actor = self
                 .inner
                 .runs
@@ -120,10 +132,12 @@ impl Engine {
     /// [`Self::recover_runs`] once the leases are claimed (`claimed`, on a
     /// shared database): every run is recovered even when another's
     /// recovery fails; the first error is returned after all have ended.
+    /// The runs whose recovery completed go into `recovered`.
     async fn recover_claimed(
         &self,
         only: Option<&[RunId]>,
         claimed: Option<Vec<(RunId, u64)>>,
+        recovered: &mut std::collections::HashSet<RunId>,
     ) -> Result<RecoveryReport, EngineError> {
         let processes_killed = match &claimed {
             Some(claimed) => {
@@ -190,7 +204,10 @@ impl Engine {
         while let Some(joined) = tasks.join_next().await {
             let (run, outcome) =
                 match joined.map_err(|e| EngineError::Stopped(RunId(Uuid::nil()), e.to_string())) {
-                    Ok(Ok(done)) => done,
+                    Ok(Ok(done)) => {
+                        recovered.insert(done.0);
+                        done
+                    }
                     Ok(Err(e)) | Err(e) => {
                         failed.get_or_insert(e);
                         continue;
