@@ -197,6 +197,41 @@ impl Watchdog {
         stdin
     }
 
+    /// Wait until the watchdog runs (started now if it is not starting),
+    /// at most 2 s; returns at once when it runs already, or is off. An
+    /// attempt's group spawned before the watchdog runs would be told to
+    /// it only once it runs — and an engine killed meanwhile would leave
+    /// that group running, found only by the next recovery (the first
+    /// attempts of a worker killed right after its start, under load).
+    pub async fn ready(&self) {
+        if self.off {
+            return;
+        }
+        let started = Instant::now();
+        let mut waited = false;
+        loop {
+            {
+                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if st.pipe.is_some() {
+                    return;
+                }
+                if !st.starting {
+                    if waited {
+                        // The start this call waited for failed: the
+                        // attempt does not wait for another.
+                        return;
+                    }
+                    self.start_in_background(&mut st);
+                }
+                waited = true;
+            }
+            if started.elapsed() >= Duration::from_secs(2) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// An attempt's process group started.
     pub fn watch(&self, pgid: u32) {
         self.send(format!("+ {pgid}\n"));

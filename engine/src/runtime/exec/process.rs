@@ -213,6 +213,11 @@ impl Executor for ProcessExecutor {
             if parent_death_signal {
                 die_with_engine(&mut cmd);
             }
+            // The watchdog runs before the group exists (it is told of the
+            // group right after the spawn, with no await in between).
+            if let Some(l) = &ledger {
+                l.watchdog.ready().await;
+            }
             let mut wrap = CommandWrap::from(cmd);
             wrap.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
             let mut child = match wrap.spawn() {
