@@ -482,6 +482,45 @@ fn the_feed_waits_for_a_transaction_that_took_a_smaller_position() {
     });
 }
 
+/// A commit whose notification never came (its writer's connection ended
+/// right after the COMMIT took effect) still reaches the live feed: a
+/// process with readers reads the log once a second, not only when told.
+#[test]
+fn the_feed_gets_a_commit_whose_notification_was_lost() {
+    let url = fresh_postgres();
+    let reader = open(&url);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut sub = reader.subscribe();
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        // Committed by "another process", which then vanished: no notify.
+        client.batch_execute("BEGIN").await.unwrap();
+        let xid: i64 = client
+            .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+            .await
+            .unwrap()
+            .get(0);
+        client
+            .execute(
+                "INSERT INTO chronicle_events \
+                 (position, stream, seq, recorded_at_ns, schema_version, payload, hash) \
+                 VALUES ($1, 'feed:silent', 1, 0, 1, $2, $3)",
+                &[&((xid << 24) + 1), &br#"{"n":0}"#.to_vec(), &vec![7u8; 32]],
+            )
+            .await
+            .unwrap();
+        client.batch_execute("COMMIT").await.unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), receive(&mut sub, 1))
+            .await
+            .expect("a commit without a notification reaches the feed within 5 s");
+        assert_eq!(got[0].stream.key(), "feed:silent");
+        assert_eq!(got[0].position.0, ((xid as u64) << 24) + 1);
+    });
+}
+
 /// A worker's commits to the runs it holds go to the feed's channel: a
 /// process reading the live feed gets them (one that started reading after
 /// it opened, too), and another worker — which reads no feed — is not

@@ -179,11 +179,11 @@ async fn listen(
     // woken by every commit of every other worker.
     let mut hearing_feed = false;
     // Read now (a reconnection catches up what it missed); then, while the
-    // feed has readers, on other processes' notifications, and soon again
-    // while events they announced are held back by the horizon. This
-    // process's own commits were sent by its writer: they only move the
-    // horizon, which is read once a second (a notification is sent in the
-    // same round trip as its COMMIT).
+    // feed has readers, on other processes' notifications, soon again
+    // while events they announced are held back by the horizon, and once
+    // a second. This process's own commits were sent by its writer: they
+    // only move the horizon (a notification is sent in the same round trip
+    // as its COMMIT).
     let mut query = true;
     let mut announced = 0u64;
     let mut retry = Duration::from_millis(1);
@@ -205,7 +205,12 @@ async fn listen(
         }
         let start = published.2.swap(0, std::sync::atomic::Ordering::AcqRel);
         *seen = (*seen).max(start);
-        if query {
+        // Once a second at least, the feed's readers get what committed
+        // without a notification reaching this process (a writer whose
+        // connection ended right after its COMMIT: the commit took effect,
+        // its notification was never sent); without readers, the horizon
+        // alone moves on.
+        if query || (reading && last_read.elapsed() >= Duration::from_secs(1)) {
             catch_up(pool, target, feeds, published, seen, reading).await?;
             last_read = tokio::time::Instant::now();
         } else if last_read.elapsed() >= Duration::from_secs(1) {
