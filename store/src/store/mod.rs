@@ -573,6 +573,7 @@ fn postgres_url(path: &Path) -> Option<&str> {
 }
 
 mod leases;
+mod lookups;
 mod read;
 pub use leases::LeaseInfo;
-pub use read::JournalStatus;
+pub use lookups::JournalStatus;
