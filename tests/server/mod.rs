@@ -45,9 +45,11 @@ fn wait_status(s: &Server, run: &str) -> Value {
     v
 }
 
+mod board;
 mod callbacks;
 mod children;
 mod cli;
+mod garbage;
 mod lifecycle;
 mod observability;
 mod routes;
