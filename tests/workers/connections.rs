@@ -4,7 +4,7 @@
 //! A lost connection costs latency: nothing is lost, nothing is written
 //! twice, no attempt is abandoned.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use chronicle_store::Store;
@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::failures::THREE_STEPS;
 use super::*;
-use crate::support::{BIN, Env};
+use crate::support::Env;
 
 /// The database ends the workers' connections at random while two of them
 /// run 500 runs (`pg_terminate_backend` on one of their connections every
@@ -47,51 +47,19 @@ fn connections_ended_under_load_lose_nothing_and_write_nothing_twice() {
         &THREE_STEPS.replace("defaults:\n  quarantine_after_crashes: 10\n", ""),
     );
     assert!(!std::fs::read_to_string(&wf).unwrap().contains("quarantine"));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let submitted: Vec<String> = rt.block_on(async {
-        let engine = chronicle_engine::runtime::EngineBuilder::new()
-            .db(&url)
-            .executes(false)
-            .build()
-            .unwrap();
-        let workflow = chronicle_engine::model::load_file(&wf).unwrap();
-        let mut ids = Vec::new();
-        for i in 0..RUNS {
-            let run = engine
-                .start(workflow.clone(), serde_json::json!({ "i": i }), None)
-                .await
-                .unwrap();
-            ids.push(run.to_string());
-        }
-        ids
-    });
+    let submitted = offer_runs(&url, &wf, RUNS);
     // Killed when the test ends, also when it fails.
     let workers = Workers(
         (0..2)
             .map(|i| worker(&env, &worker_url, "2s", &format!("w{i}.log")))
             .collect(),
     );
-    let admin = rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(&postgres_server(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        c
-    });
+    // The server ends one of the workers' connections every 100 ms.
+    let cutter = Cutter::start(&name, &app, Duration::from_millis(100));
     let store = Store::open_read_only(&url).unwrap();
     let started = Instant::now();
-    let mut ended = 0;
     loop {
         std::thread::sleep(Duration::from_millis(100));
-        // One of the workers' connections, at random, ended by the server.
-        let row = rt
-            .block_on(admin.query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM (SELECT pid FROM pg_stat_activity \
-                 WHERE datname = $1 AND application_name = $2 ORDER BY random() LIMIT 1) p",
-                &[&name, &app],
-            ))
-            .unwrap();
-        ended += row.get::<_, i64>(0);
         let rows: Vec<Value> = store
             .index_scan("runs", "")
             .unwrap()
@@ -115,12 +83,14 @@ fn connections_ended_under_load_lose_nothing_and_write_nothing_twice() {
                 .take(3)
                 .collect();
             panic!(
-                "only {done} of {RUNS} runs succeeded in 5 minutes ({ended} connections ended); \
+                "only {done} of {RUNS} runs succeeded in 5 minutes ({} connections ended); \
                  not done, for example: {stuck:?}; worker logs in {}",
+                cutter.ended(),
                 env.dir.path().display()
             );
         }
     }
+    let ended = cutter.stop();
     drop(workers);
     eprintln!(
         "{RUNS} runs, {ended} connections ended: {:.1} s",
@@ -181,34 +151,9 @@ fn an_api_node_whose_connections_end_answers_and_creates_each_run_once() {
     let url = fresh_postgres();
     let name = url.rsplit('/').next().unwrap().to_string();
     let app = format!("chronicle_api_cut_{}", uuid::Uuid::now_v7().simple());
-    let mut serve = Workers(vec![
-        Command::new(BIN)
-            .current_dir(env.dir.path())
-            .args([
-                "--db",
-                &format!("{url}?application_name={app}"),
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-worker",
-            ])
-            .env("CHRONICLE_TOKEN", "api-token")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(env.path("serve.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    ]);
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(serve.0[0].stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    // Killed when the test ends, also when it fails.
+    let (node, base) = api_node(&env, &format!("{url}?application_name={app}"));
+    let _serve = Workers(vec![node]);
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -241,33 +186,7 @@ fn an_api_node_whose_connections_end_answers_and_creates_each_run_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // The server ends one of the node's connections every 100 ms.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let cutter = {
-        let (stop, name, app) = (stop.clone(), name.clone(), app.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            let admin = rt.block_on(async {
-                let (c, conn) = tokio_postgres::connect(&postgres_server(), tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                c
-            });
-            let mut ended = 0i64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-                let row = rt
-                    .block_on(admin.query_one(
-                        "SELECT count(pg_terminate_backend(pid)) FROM (SELECT pid FROM pg_stat_activity \
-                         WHERE datname = $1 AND application_name = $2 ORDER BY random() LIMIT 1) p",
-                        &[&name, &app],
-                    ))
-                    .unwrap();
-                ended += row.get::<_, i64>(0);
-            }
-            ended
-        })
-    };
+    let cutter = Cutter::start(&name, &app, Duration::from_millis(100));
     let mut runs = std::collections::BTreeMap::new();
     let mut refused = 0;
     // Submissions for 3 s (at least 50).
@@ -297,8 +216,7 @@ fn an_api_node_whose_connections_end_answers_and_creates_each_run_once() {
         };
         runs.insert(key, run);
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let ended = cutter.join().unwrap();
+    let ended = cutter.stop();
     eprintln!("{i} submissions, {refused} answered 503, {ended} connections ended");
     assert!(ended >= 10, "only {ended} connections were ended");
     // Up and ready; one run per key.
@@ -350,21 +268,7 @@ fn a_database_outage_shorter_than_the_lease_abandons_no_attempt() {
         "slow.yaml",
         "name: slow\nsteps:\n  - id: a\n    command: [sh, -c, 'sleep 0.3; echo 1']\n  - id: b\n    needs: [a]\n    command: [sh, -c, 'sleep 0.3; echo 2']\n",
     );
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let engine = chronicle_engine::runtime::EngineBuilder::new()
-            .db(&url)
-            .executes(false)
-            .build()
-            .unwrap();
-        let workflow = chronicle_engine::model::load_file(&wf).unwrap();
-        for i in 0..RUNS {
-            engine
-                .start(workflow.clone(), serde_json::json!({ "i": i }), None)
-                .await
-                .unwrap();
-        }
-    });
+    offer_runs(&url, &wf, RUNS);
     let workers = Workers(
         (0..2)
             .map(|i| worker(&env, &url, "10s", &format!("w{i}.log")))
@@ -385,15 +289,6 @@ fn a_database_outage_shorter_than_the_lease_abandons_no_attempt() {
         assert!(t.elapsed() < Duration::from_secs(60), "no run succeeded");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let admin = |sql: &str| {
-        rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&postgres_server(), tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            c.batch_execute(sql).await.unwrap();
-        })
-    };
     admin(&format!(
         "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false; \
          SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
@@ -435,5 +330,66 @@ fn a_database_outage_shorter_than_the_lease_abandons_no_attempt() {
             .map(|(_, _, p)| p)
             .collect();
         assert!(abandoned.is_empty(), "run {run}: {abandoned:?}");
+    }
+}
+
+/// The server ends one connection of database `name` whose
+/// `application_name` is `app`, at random, every `every` — from a thread
+/// of its own, until stopped.
+struct Cutter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ended: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Cutter {
+    fn start(name: &str, app: &str, every: Duration) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let (name, app) = (name.to_string(), app.to_string());
+        let thread = {
+            let (stop, ended) = (stop.clone(), ended.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                let admin = rt.block_on(async {
+                    let (c, conn) =
+                        tokio_postgres::connect(&postgres_server(), tokio_postgres::NoTls)
+                            .await
+                            .unwrap();
+                    tokio::spawn(conn);
+                    c
+                });
+                while !stop.load(Relaxed) {
+                    std::thread::sleep(every);
+                    let row = rt
+                        .block_on(admin.query_one(
+                            "SELECT count(pg_terminate_backend(pid)) FROM (SELECT pid FROM \
+                             pg_stat_activity WHERE datname = $1 AND application_name = $2 \
+                             ORDER BY random() LIMIT 1) p",
+                            &[&name, &app],
+                        ))
+                        .unwrap();
+                    ended.fetch_add(row.get::<_, i64>(0), Relaxed);
+                }
+            })
+        };
+        Self {
+            stop,
+            ended,
+            thread,
+        }
+    }
+
+    /// Connections ended so far.
+    fn ended(&self) -> i64 {
+        self.ended.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stop ending connections; how many were ended.
+    fn stop(self) -> i64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.ended.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -41,24 +41,7 @@ fn four_workers_killed_at_random_finish_every_run_once() {
     let url = fresh_postgres();
     let wf = env.write("three.yaml", THREE_STEPS);
     // Create the schema, then offer 1,000 runs from one process.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let submitted: Vec<String> = rt.block_on(async {
-        let engine = chronicle_engine::runtime::EngineBuilder::new()
-            .db(&url)
-            .executes(false)
-            .build()
-            .unwrap();
-        let workflow = chronicle_engine::model::load_file(&wf).unwrap();
-        let mut ids = Vec::new();
-        for i in 0..1000 {
-            let run = engine
-                .start(workflow.clone(), serde_json::json!({ "i": i }), None)
-                .await
-                .unwrap();
-            ids.push(run.to_string());
-        }
-        ids
-    });
+    let submitted = offer_runs(&url, &wf, 1000);
     let mut workers: Vec<Child> = (0..4)
         .map(|i| worker(&env, &url, "2s", &format!("w{i}.log")))
         .collect();

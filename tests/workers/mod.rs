@@ -53,6 +53,61 @@ pub fn admin_value(sql: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Offer `n` runs of the workflow file `wf` to the workers of `url`, from
+/// an engine that executes nothing (input `{"i": i}`); their ids.
+pub fn offer_runs(url: &str, wf: &std::path::Path, n: usize) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let engine = chronicle_engine::runtime::EngineBuilder::new()
+            .db(url)
+            .executes(false)
+            .build()
+            .unwrap();
+        let workflow = chronicle_engine::model::load_file(wf).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let run = engine
+                .start(workflow.clone(), serde_json::json!({ "i": i }), None)
+                .await
+                .unwrap();
+            ids.push(run.to_string());
+        }
+        ids
+    })
+}
+
+/// `chronicle serve --no-worker` on `db` (token `api-token`, its log in
+/// `serve.log`): the process and the base URL it listens on.
+pub fn api_node(env: &Env, db: &str) -> (Child, String) {
+    let mut serve = Command::new(BIN)
+        .current_dir(env.dir.path())
+        .args([
+            "--db",
+            db,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-worker",
+        ])
+        .env("CHRONICLE_TOKEN", "api-token")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(env.path("serve.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    (serve, base)
+}
+
 /// A new, empty database; its URL.
 pub fn fresh_postgres() -> String {
     let name = format!("chronicle_t_{}", uuid::Uuid::now_v7().simple());
@@ -462,32 +517,7 @@ fn an_agents_concurrency_holds_across_workers() {
 fn an_api_node_without_a_worker_offers_runs_to_the_workers() {
     let env = Env::new();
     let url = fresh_postgres();
-    let mut serve = Command::new(BIN)
-        .current_dir(env.dir.path())
-        .args([
-            "--db",
-            &url,
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-worker",
-        ])
-        .env("CHRONICLE_TOKEN", "api-token")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(serve.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let (mut serve, base) = api_node(&env, &url);
     let http = reqwest::blocking::Client::new();
     let call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
         let mut r = http
