@@ -30,6 +30,41 @@ async fn receive(
     got
 }
 
+/// Another process's transaction on `url`, begun, with its id taken: the
+/// client, and the id.
+async fn foreign_transaction(url: &str) -> (tokio_postgres::Client, i64) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.batch_execute("BEGIN").await.unwrap();
+    let xid: i64 = client
+        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (client, xid)
+}
+
+/// In `client`'s transaction `xid`: event 1 of `stream`, at the first
+/// position of the transaction, written as a writer of this build would.
+async fn insert_first_event(client: &tokio_postgres::Client, xid: i64, stream: &str) {
+    client
+        .execute(
+            "INSERT INTO chronicle_events \
+             (position, stream, seq, recorded_at_ns, schema_version, payload, hash) \
+             VALUES ($1, $2, 1, 0, 1, $3, $4)",
+            &[
+                &((xid << 24) + 1),
+                &stream,
+                &br#"{"n":0}"#.to_vec(),
+                &vec![7u8; 32],
+            ],
+        )
+        .await
+        .unwrap();
+}
+
 fn open(url: &str) -> Store {
     Store::open(url, StoreOptions::default()).expect("open the PostgreSQL store")
 }
@@ -427,16 +462,7 @@ fn the_feed_waits_for_a_transaction_that_took_a_smaller_position() {
     rt.block_on(async {
         let mut sub = reader.subscribe();
         // Another process's transaction takes its id first and stays open.
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client.batch_execute("BEGIN").await.unwrap();
-        let xid: i64 = client
-            .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let (client, xid) = foreign_transaction(&url).await;
         let after = StreamId::named("feed:after").unwrap();
         let out = writer
             .append(after.clone(), Seq(0), vec![ev("committed first")])
@@ -452,15 +478,7 @@ fn the_feed_waits_for_a_transaction_that_took_a_smaller_position() {
             "delivered while a smaller position could still commit: {early:?}"
         );
         // It commits its event now, at its smaller position.
-        client
-            .execute(
-                "INSERT INTO chronicle_events \
-                 (position, stream, seq, recorded_at_ns, schema_version, payload, hash) \
-                 VALUES ($1, 'feed:before', 1, 0, 1, $2, $3)",
-                &[&((xid << 24) + 1), &br#"{"n":0}"#.to_vec(), &vec![7u8; 32]],
-            )
-            .await
-            .unwrap();
+        insert_first_event(&client, xid, "feed:before").await;
         client.batch_execute("COMMIT").await.unwrap();
         client
             .execute(
@@ -492,26 +510,9 @@ fn the_feed_gets_a_commit_whose_notification_was_lost() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut sub = reader.subscribe();
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
         // Committed by "another process", which then vanished: no notify.
-        client.batch_execute("BEGIN").await.unwrap();
-        let xid: i64 = client
-            .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
-            .await
-            .unwrap()
-            .get(0);
-        client
-            .execute(
-                "INSERT INTO chronicle_events \
-                 (position, stream, seq, recorded_at_ns, schema_version, payload, hash) \
-                 VALUES ($1, 'feed:silent', 1, 0, 1, $2, $3)",
-                &[&((xid << 24) + 1), &br#"{"n":0}"#.to_vec(), &vec![7u8; 32]],
-            )
-            .await
-            .unwrap();
+        let (client, xid) = foreign_transaction(&url).await;
+        insert_first_event(&client, xid, "feed:silent").await;
         client.batch_execute("COMMIT").await.unwrap();
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), receive(&mut sub, 1))
             .await
