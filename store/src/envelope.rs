@@ -169,6 +169,29 @@ pub(crate) fn chain_hash_of(
     h.finalize().into()
 }
 
+/// The next link of stream `key`'s chain after `(last_seq, last_hash)`:
+/// `ev`'s seq (`last_seq + 1`), the time it is recorded at (its own, when
+/// an import gives one, else `clock`'s now) and its hash. Both backends'
+/// writers append with it, so that a history hashes the same on either.
+pub(crate) fn next_link(
+    key: &str,
+    (last_seq, last_hash): (u64, Hash),
+    ev: &NewEvent,
+    clock: &dyn crate::clock::Clock,
+) -> (Seq, DateTime<Utc>, Hash) {
+    let seq = Seq(last_seq + 1);
+    let recorded_at = ev.recorded_at.unwrap_or_else(|| clock.now());
+    let hash = chain_hash_of(
+        &last_hash,
+        key,
+        seq,
+        recorded_at,
+        ev.schema_version,
+        &ev.payload,
+    );
+    (seq, recorded_at, hash)
+}
+
 /// A time as Unix nanoseconds (saturating outside ±292 years of 1970).
 pub(crate) fn time_to_nanos(t: DateTime<Utc>) -> i64 {
     t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {

@@ -14,7 +14,6 @@ use chronicle_store::{
 };
 use common::{ev, fresh_postgres};
 
-
 fn open(url: &str) -> Store {
     Store::open(url, StoreOptions::default()).expect("open the PostgreSQL store")
 }

@@ -19,9 +19,9 @@ use super::rules::{Attempt, Lease, check, fence};
 use super::write::Writer;
 use super::writes::{Writes, notify_channel};
 use super::{PgStore, pg_error};
-use crate::envelope::{GENESIS_HASH, Hash, RawEnvelope, chain_hash_of};
+use crate::envelope::{GENESIS_HASH, Hash, RawEnvelope, next_link};
 use crate::error::StoreError;
-use crate::ids::{Position, Seq};
+use crate::ids::Position;
 use crate::request::{Committed, IndexOp, LeaseOp, WriteRequest};
 
 /// Appenders of a stream one at a time: an advisory lock per stream (in
@@ -393,21 +393,13 @@ impl Writer {
         let mut committed = Vec::new();
         for a in &req.appends {
             let key = a.stream.key();
-            let (mut seq, mut hash) = heads.get(&key).copied().unwrap_or((0, GENESIS_HASH));
+            let mut last = heads.get(&key).copied().unwrap_or((0, GENESIS_HASH));
             for ev in &a.events {
-                seq += 1;
-                let recorded_at = ev.recorded_at.unwrap_or_else(|| self.clock.now());
-                hash = chain_hash_of(
-                    &hash,
-                    &key,
-                    Seq(seq),
-                    recorded_at,
-                    ev.schema_version,
-                    &ev.payload,
-                );
+                let (seq, recorded_at, hash) = next_link(&key, last, ev, self.clock.as_ref());
+                last = (seq.0, hash);
                 committed.push(RawEnvelope {
                     stream: a.stream.clone(),
-                    seq: Seq(seq),
+                    seq,
                     position: Position(0),
                     recorded_at,
                     schema_version: ev.schema_version,
@@ -415,7 +407,7 @@ impl Writer {
                     hash,
                 });
             }
-            heads.insert(key, (seq, hash));
+            heads.insert(key, last);
         }
         committed
     }

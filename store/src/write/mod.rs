@@ -25,7 +25,7 @@ use redb::{Database, ReadableDatabase};
 use tokio::sync::broadcast;
 
 use crate::clock::Clock;
-use crate::envelope::{Hash, RawEnvelope, chain_hash_of};
+use crate::envelope::{Hash, RawEnvelope, next_link};
 use crate::error::{StoreError, from_redb};
 use crate::flush::{BACKLOG, Flusher};
 use crate::group_commit::Job;
@@ -314,16 +314,9 @@ impl WriterState {
             let k = pending.keys.len();
             let n = a.events.len();
             for (i, ev) in a.events.iter_mut().enumerate() {
-                seq += 1;
-                let recorded_at = ev.recorded_at.unwrap_or_else(|| self.clock.now());
-                hash = chain_hash_of(
-                    &hash,
-                    &key,
-                    Seq(seq),
-                    recorded_at,
-                    ev.schema_version,
-                    &ev.payload,
-                );
+                let recorded_at;
+                (Seq(seq), recorded_at, hash) =
+                    next_link(&key, (seq, hash), ev, self.clock.as_ref());
                 let position = self.next_position;
                 self.next_position += 1;
                 // The last envelope takes the request's stream id (the
