@@ -419,3 +419,93 @@ pub async fn kill_leftovers(
     }
     Ok(killed)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+
+    use super::*;
+
+    /// SIGKILL's number on Linux.
+    const SIGKILL: i32 = 9;
+
+    /// A process group of its own (`sleep 30`), as an attempt's is.
+    fn group() -> std::process::Child {
+        std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep")
+    }
+
+    /// Wait (at most 5 s) until `child` ended; how it ended.
+    async fn ended(child: &mut std::process::Child) -> std::process::ExitStatus {
+        let t = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the group still runs after 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the executor relies on (it awaits `ready` before spawning a
+    /// group): once `ready` returns, the watchdog runs, a group told to it
+    /// goes into its pipe at once — nothing is left in the engine's memory
+    /// for a SIGKILL to lose — and the group is killed when the engine's
+    /// end of the pipe closes.
+    #[tokio::test]
+    async fn after_ready_a_group_goes_to_the_running_watchdog_and_dies_with_the_engine() {
+        let w = Watchdog::new(true);
+        w.ready().await;
+        let mut child = group();
+        w.watch(child.id());
+        {
+            let st = w.state.lock().unwrap();
+            assert!(st.pipe.is_some(), "the watchdog runs once ready returns");
+            assert!(
+                st.pending.is_empty(),
+                "the group was written to the pipe, not kept in memory"
+            );
+        }
+        drop(w); // the engine's end of the pipe closes, as when it dies
+        assert_eq!(ended(&mut child).await.signal(), Some(SIGKILL));
+    }
+
+    /// The window `ready` closes: told of a group before it runs, the
+    /// watchdog keeps the line in the engine's memory until its start
+    /// completes — lost, should the engine die meanwhile. Once it runs,
+    /// the kept line is written and the group is killed all the same.
+    #[tokio::test]
+    async fn a_group_told_before_the_watchdog_runs_waits_in_memory() {
+        let w = Watchdog::new(true);
+        let mut child = group();
+        w.watch(child.id());
+        {
+            let st = w.state.lock().unwrap();
+            assert!(st.pipe.is_none() && st.starting, "its start has just begun");
+            assert!(!st.pending.is_empty(), "the line waits in memory");
+        }
+        w.ready().await;
+        assert!(w.state.lock().unwrap().pending.is_empty());
+        drop(w);
+        assert_eq!(ended(&mut child).await.signal(), Some(SIGKILL));
+    }
+
+    /// Off (`EngineBuilder::watchdog(false)`): `ready` returns at once and
+    /// nothing starts.
+    #[tokio::test]
+    async fn ready_returns_at_once_when_the_watchdog_is_off() {
+        let w = Watchdog::new(false);
+        let t = Instant::now();
+        w.ready().await;
+        w.watch(1);
+        assert!(t.elapsed() < Duration::from_millis(100));
+        let st = w.state.lock().unwrap();
+        assert!(st.pipe.is_none() && !st.starting && st.pending.is_empty());
+    }
+}
