@@ -1,8 +1,9 @@
 //! Workers on PostgreSQL, as real processes: the CLI and the API on a
-//! PostgreSQL database, commands reaching the worker that holds a run, and
-//! agents shared by workers; what befalls workers (killed, paused, cut off)
-//! is in `failures`.
+//! PostgreSQL database, and commands reaching the worker that holds a run;
+//! agents shared by workers are in `agents`, what befalls workers (killed,
+//! paused, cut off) in `failures`.
 
+mod agents;
 mod bench;
 mod connections;
 mod failures;
@@ -359,155 +360,6 @@ fn signals_and_cancels_from_the_cli_reach_the_worker_holding_the_run() {
         .find(|(_, _, p)| p["type"] == "StepSucceeded")
         .unwrap();
     assert_eq!(go.2["output"], serde_json::json!({"x": 1}));
-}
-
-/// Runs whose agents have circuit breakers, executed by two workers at
-/// once: both append to the agents' streams (optimistic concurrency, a
-/// conflict refolds the stream and decides again); every run ends as on
-/// one engine, and every chain verifies.
-#[test]
-fn two_workers_share_the_agents_circuit_breakers() {
-    let url = fresh_postgres();
-    let spawn = |log: &str| {
-        let err = std::fs::File::create(std::env::temp_dir().join(log)).unwrap();
-        Command::new(BIN)
-            .current_dir(root())
-            .args(["--db", &url, "worker", "--lease", "5s", "--grace", "1s"])
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .unwrap()
-    };
-    let mut workers = [spawn("agents-w1.log"), spawn("agents-w2.log")];
-    let mut runs = Vec::new();
-    for _ in 0..6 {
-        let mut c = Command::new(BIN);
-        c.current_dir(root())
-            .args(["--db", &url, "run", "examples/agents.yaml", "--detach"]);
-        let out = crate::support::Out::from(c.output().unwrap());
-        assert_eq!(out.code, 0, "{out:?}");
-        runs.push(out.stdout.trim().to_string());
-    }
-    let env = Env::new();
-    wait_succeeded(&env, &url, &runs);
-    for w in &mut workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
-    let verify = chronicle(&env, &url, &["verify", "--json"]);
-    assert_eq!(verify.code, 0, "{verify:?}");
-    let agents = Store::open_read_only(&url)
-        .unwrap()
-        .streams_with_prefix("agent:")
-        .unwrap();
-    assert!(!agents.is_empty(), "no agent stream was written");
-}
-
-const ONE_GPU: &str = r#"
-name: one-gpu
-agents:
-  gpu:
-    skills: [render]
-    concurrency: 2
-    shell: 'sleep 0.3; echo "{\"worker\": $PPID}"'
-steps:
-  - id: a
-    skills: [render]
-  - id: b
-    skills: [render]
-  - id: c
-    skills: [render]
-"#;
-
-/// An agent's `concurrency` holds across workers: two workers (one of them
-/// SIGKILLed and restarted), eight runs of three steps each on an agent
-/// with `concurrency: 2`; from the histories, never more than two attempts
-/// on it ran at once — while each worker alone would have allowed two —
-/// and every slot is given back.
-#[test]
-fn an_agents_concurrency_holds_across_workers() {
-    let url = fresh_postgres();
-    let env = Env::new();
-    env.write("gpu.yaml", ONE_GPU);
-    let mut workers = [
-        worker(&env, &url, "2s", "gpu-w1.log"),
-        worker(&env, &url, "2s", "gpu-w2.log"),
-    ];
-    let mut runs = Vec::new();
-    for _ in 0..8 {
-        let out = chronicle(&env, &url, &["run", "gpu.yaml", "--detach"]);
-        assert_eq!(out.code, 0, "{out:?}");
-        runs.push(out.stdout.trim().to_string());
-    }
-    // A worker dies holding slots: the runs it held are taken over when
-    // its leases expire, and the abandoning write gives its slots back
-    // (a leaked slot would leave the agent busy for ever).
-    std::thread::sleep(Duration::from_millis(700));
-    workers[0].kill().unwrap();
-    workers[0].wait().unwrap();
-    workers[0] = worker(&env, &url, "2s", "gpu-w1b.log");
-    wait_succeeded(&env, &url, &runs);
-    for w in &mut workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
-    // Every attempt on the agent as (start, end), from the histories.
-    let mut spans = Vec::new();
-    let mut pids = std::collections::HashSet::new();
-    for (run, events) in histories(&url) {
-        let mut started: HashMap<(String, u64), chrono::DateTime<chrono::Utc>> = HashMap::new();
-        for (_, at, p) in &events {
-            let (Some(step), Some(attempt)) = (p["step"].as_str(), p["attempt"].as_u64()) else {
-                continue;
-            };
-            match p["type"].as_str() {
-                Some("StepStarted") => {
-                    assert_eq!(p["agent"], "gpu", "{p}");
-                    started.insert((step.to_string(), attempt), *at);
-                }
-                Some("StepSucceeded" | "StepFailed" | "StepTimedOut" | "StepAbandoned") => {
-                    if let Some(pid) = p["output"]["worker"].as_u64() {
-                        pids.insert(pid);
-                    }
-                    let start = started
-                        .remove(&(step.to_string(), attempt))
-                        .unwrap_or_else(|| panic!("run {run}: {step} ended unstarted"));
-                    spans.push((start, *at));
-                }
-                _ => {}
-            }
-        }
-        assert!(started.is_empty(), "run {run}: attempts never ended");
-    }
-    assert!(
-        spans.len() >= 24,
-        "8 runs x 3 steps: {} attempts",
-        spans.len()
-    );
-    // The most attempts running at one moment (ends before starts at a tie).
-    let mut edges: Vec<(chrono::DateTime<chrono::Utc>, i32)> = spans
-        .iter()
-        .flat_map(|(s, e)| [(*s, 1), (*e, -1)])
-        .collect();
-    edges.sort();
-    let (mut now, mut most) = (0, 0);
-    for (_, d) in edges {
-        now += d;
-        most = most.max(now);
-    }
-    assert!(
-        most <= 2,
-        "{most} attempts on the agent at once (concurrency 2)"
-    );
-    assert_eq!(most, 2, "the agent's two slots were used together");
-    // Several workers executed attempts (each step prints its worker's
-    // pid), so the limit was shared, not each worker's own.
-    assert!(pids.len() >= 2, "attempts ran on workers {pids:?}");
-    let store = Store::open_read_only(&url).unwrap();
-    assert!(
-        store.index_scan("agent_slots", "").unwrap().is_empty(),
-        "every slot was given back"
-    );
 }
 
 /// `chronicle serve --no-worker` on PostgreSQL answers the API and offers

@@ -125,7 +125,8 @@ impl Leases {
 }
 
 impl Inner {
-    /// Start the heartbeat (once per engine), on the current runtime.
+    /// Start the heartbeat and the watch of other processes' commits
+    /// (once per engine), on the current runtime.
     pub(crate) fn ensure_heartbeat(self: &Arc<Self>) {
         let Some(leases) = &self.leases else {
             return;
@@ -134,6 +135,9 @@ impl Inner {
         leases.heartbeat.call_once(|| {
             tokio::spawn(heartbeat(weak.clone()));
             tokio::spawn(watch_foreign(weak, self.store.subscribe_changes()));
+            // What the agents' streams got between the engine's start (its
+            // breakers were folded then) and this subscription.
+            refresh_agents(self, None);
         });
     }
 
@@ -245,6 +249,21 @@ async fn watch_foreign(
         let Some(inner) = engine.upgrade() else {
             return;
         };
+        // Agents' streams another process appended to (a circuit opened,
+        // closed, half-opened; failures counted): folded here at once, so
+        // that this engine routes on them — not only once one of its own
+        // attempts on the agent ends. `None`: every agent.
+        let agents: Option<Vec<String>> = match &batch {
+            Ok(change) => change.streams.as_ref().map(|streams| {
+                streams
+                    .iter()
+                    .filter_map(|k| k.strip_prefix("agent:").map(str::to_string))
+                    .collect()
+            }),
+            Err(RecvError::Lagged(_)) => None,
+            Err(RecvError::Closed) => return,
+        };
+        refresh_agents(&inner, agents);
         let runs = inner.runs.lock().unwrap_or_else(|e| e.into_inner());
         match batch {
             Ok(change) => match &change.streams {
@@ -273,6 +292,36 @@ async fn watch_foreign(
             Err(RecvError::Closed) => return,
         }
     }
+}
+
+/// Fold into this engine's circuit breakers what other processes appended
+/// to the streams of `agents` (`None`: of every agent this engine knows),
+/// in the background, under the agents' lock (as an attempt's outcome
+/// does). A breaker that changes wakes the runs waiting on it
+/// (`Capacity::apply_agent`).
+fn refresh_agents(inner: &Arc<Inner>, agents: Option<Vec<String>>) {
+    let agents = match agents {
+        Some(a) if a.is_empty() => return,
+        Some(a) => a,
+        None => inner
+            .capacity
+            .agents()
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .collect(),
+    };
+    if agents.is_empty() {
+        return;
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let mut heads = inner.agent_heads.lock().await;
+        for agent in agents {
+            if let Err(e) = inner.sync_agent(&agent, &mut heads) {
+                tracing::warn!(agent, error = %e, "cannot read the agent's stream");
+            }
+        }
+    });
 }
 
 /// Stop `run`'s actor (its attempts are killed, nothing is recorded: the
@@ -392,6 +441,9 @@ impl super::engine::Engine {
             if !engine.is_shared() {
                 return;
             }
+            // Other processes' commands and agents' circuits are followed
+            // from now on, before any run is claimed.
+            engine.inner.ensure_heartbeat();
             let mut changes = engine.inner.store.subscribe_changes();
             loop {
                 match engine.recover_runs(None).await {
