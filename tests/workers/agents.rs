@@ -247,3 +247,120 @@ fn a_circuit_opened_on_one_worker_holds_on_every_worker() {
         "every run went to the worker that opened the circuit ({opener})"
     );
 }
+
+const ALWAYS_FAILING: &str = r#"
+name: always-failing
+agents:
+  a_flaky:
+    skills: [work]
+    shell: 'sleep 0.2; echo "worker $PPID: upstream unavailable" >&2; exit 1'
+    circuit_breaker: { failure_threshold: 1, cool_down: 500ms }
+defaults:
+  retry: { max_attempts: 3, initial_backoff: 50ms, multiplier: 1, max_backoff: 50ms }
+steps:
+  - id: s
+    skills: [work]
+"#;
+
+/// After its cool-down an agent's circuit lets one probe through — one
+/// across all workers, not one per worker. Six runs of one always failing
+/// step on two workers: the first failure opens the circuit; from then
+/// on, every attempt on the agent is a half-open probe, and no two of
+/// them run at once (from the histories), while both workers had runs
+/// waiting for the circuit.
+#[test]
+fn a_half_open_circuit_lets_one_probe_through_across_workers() {
+    let url = fresh_postgres();
+    let env = Env::new();
+    env.write("failing.yaml", ALWAYS_FAILING);
+    let mut workers = [
+        worker(&env, &url, "5s", "probe-w1.log"),
+        worker(&env, &url, "5s", "probe-w2.log"),
+    ];
+    let mut runs = Vec::new();
+    for _ in 0..6 {
+        let out = chronicle(&env, &url, &["run", "failing.yaml", "--detach"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        runs.push(out.stdout.trim().to_string());
+    }
+    // Every run ends failed (its three attempts failed).
+    let t = std::time::Instant::now();
+    for run in &runs {
+        loop {
+            let s = chronicle(&env, &url, &["status", run, "--json"]).json();
+            if s["status"] == "failed" {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "run {run} did not fail: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let store = Store::open_read_only(&url).unwrap();
+    let agent = chronicle_store::StreamId::named("agent:a_flaky").unwrap();
+    let circuit: Vec<(chrono::DateTime<chrono::Utc>, String)> = store
+        .read_stream(&agent, chronicle_store::Seq(1))
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let p = e.decode::<serde_json::Value>().unwrap();
+            (e.recorded_at, p["type"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let opened = circuit
+        .iter()
+        .find(|(_, t)| t == "CircuitOpened")
+        .map(|(at, _)| *at)
+        .expect("the first failure opened the circuit");
+    assert!(
+        circuit.iter().any(|(_, t)| t == "CircuitHalfOpened"),
+        "the circuit half-opened: {circuit:?}"
+    );
+    // Attempts on the agent as (start, end); the probes start after the
+    // circuit first opened.
+    let mut probes = Vec::new();
+    let mut probers = std::collections::HashSet::new();
+    let histories = super::histories(&url);
+    for run in &runs {
+        let mut started: HashMap<u64, chrono::DateTime<chrono::Utc>> = HashMap::new();
+        for (_, at, p) in &histories[run] {
+            match p["type"].as_str() {
+                Some("StepStarted") => {
+                    started.insert(p["attempt"].as_u64().unwrap(), *at);
+                }
+                Some("StepFailed" | "StepTimedOut" | "StepAbandoned") => {
+                    let start = started[&p["attempt"].as_u64().unwrap()];
+                    if start > opened {
+                        probes.push((start, *at, run.clone()));
+                        // The step's stderr names its worker (its parent).
+                        probers.insert(p["stderr"]["text"].as_str().unwrap_or("").to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        probes.len() >= 6,
+        "probes after the circuit opened: {probes:?}"
+    );
+    probes.sort();
+    for pair in probes.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "two probes ran at once: {:?} and {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    assert!(
+        probers.len() >= 2,
+        "the probes came from both workers: {probers:?}"
+    );
+}
