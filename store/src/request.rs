@@ -10,7 +10,11 @@ pub struct Append {
     pub stream: StreamId,
     /// The seq the caller believes is last (`Seq(0)` for a new stream).
     pub expected: Seq,
-    /// The events, in order; they get seqs `expected+1 ..`.
+    /// The events, in order; they get seqs `expected+1 ..`. None: a
+    /// check — the request commits only while the stream's head is
+    /// `expected` (else [`crate::StoreError::Conflict`]), and nothing is
+    /// written to the stream (on PostgreSQL its appenders wait for the
+    /// request's commit, as for an append).
     pub events: Vec<NewEvent>,
 }
 

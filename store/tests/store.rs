@@ -71,6 +71,68 @@ fn conflict_names_both_seqs_and_writes_nothing() {
     }
 }
 
+/// An append with no events is a check: its request commits only while
+/// the stream's head is the seq expected, and nothing is written to the
+/// stream (an absent stream stays absent).
+#[test]
+fn an_append_without_events_checks_the_head_and_writes_nothing() {
+    for db in Db::all() {
+        let store = db.open();
+        let checked = StreamId::named("agent:checked").unwrap();
+        let absent = StreamId::named("agent:absent").unwrap();
+        let run = run_stream();
+        store
+            .write_blocking(WriteRequest::append(checked.clone(), Seq(0), vec![ev("a")]))
+            .unwrap();
+        let with_checks = |expected: Seq, events: Vec<NewEvent>, run_expected: Seq| WriteRequest {
+            appends: vec![
+                chronicle_store::Append {
+                    stream: run.clone(),
+                    expected: run_expected,
+                    events,
+                },
+                chronicle_store::Append {
+                    stream: checked.clone(),
+                    expected,
+                    events: Vec::new(),
+                },
+                chronicle_store::Append {
+                    stream: absent.clone(),
+                    expected: Seq(0),
+                    events: Vec::new(),
+                },
+            ],
+            ..Default::default()
+        };
+        // Heads as expected: the run's event commits, the checked streams
+        // are untouched.
+        let out = store
+            .write_blocking(with_checks(Seq(1), vec![ev("r1")], Seq(0)))
+            .unwrap();
+        assert_eq!(out.len(), 1, "only the run's event: {out:?}");
+        assert_eq!(store.read_stream(&checked, Seq(1)).unwrap().len(), 1);
+        assert!(store.head(&absent).unwrap().is_none(), "no stream created");
+        // The checked stream moved on: the whole request is refused.
+        store
+            .write_blocking(WriteRequest::append(checked.clone(), Seq(1), vec![ev("b")]))
+            .unwrap();
+        let err = store
+            .write_blocking(with_checks(Seq(1), vec![ev("r2")], Seq(1)))
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Conflict { stream, expected: 1, actual: 2 } if stream == "agent:checked"),
+            "{err:?}"
+        );
+        assert_eq!(
+            store.read_stream(&run, Seq(1)).unwrap().len(),
+            1,
+            "r2 not written"
+        );
+        assert!(store.head(&absent).unwrap().is_none());
+        assert!(store.verify_stream(&checked).unwrap().ok());
+    }
+}
+
 #[test]
 fn a_request_is_atomic_across_streams_and_index() {
     for db in Db::all() {

@@ -402,8 +402,10 @@ impl RunActor {
                 Ok(()) => {
                     if self.state.seq > seq_before && !append.events.is_empty() {
                         // Written with the run's events: fold them in.
-                        heads.insert(agent.clone(), Seq(after.0 + append.events.len() as u64));
+                        let head = Seq(after.0 + append.events.len() as u64);
+                        heads.insert(agent.clone(), head);
                         engine.capacity.apply_agent(&agent, &append.events);
+                        engine.folded_through(&agent, head);
                     }
                     return Ok(());
                 }

@@ -201,7 +201,7 @@ impl EngineBuilder {
             None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
         };
         let capacity = Arc::new(Capacity::new(self.max_parallel));
-        load_breakers(&store, &capacity)?;
+        let agent_folded = load_breakers(&store, &capacity)?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 store,
@@ -217,6 +217,7 @@ impl EngineBuilder {
                 schedule_folds: Default::default(),
                 recovering: Mutex::new(Default::default()),
                 agent_heads: tokio::sync::Mutex::new(HashMap::new()),
+                agent_folded: Mutex::new(agent_folded),
                 http: super::exec::http::LazyClient::default(),
                 secrets: self.secrets,
                 snapshot_every: self.snapshot_every,
@@ -231,8 +232,10 @@ impl EngineBuilder {
 }
 
 /// Fold every agent stream (`agent:NAME`) into its circuit breaker, so an
-/// open circuit stays open across restarts.
-fn load_breakers(store: &Store, capacity: &Capacity) -> Result<(), EngineError> {
+/// open circuit stays open across restarts; the seq each was folded
+/// through, by agent.
+fn load_breakers(store: &Store, capacity: &Capacity) -> Result<HashMap<String, Seq>, EngineError> {
+    let mut folded = HashMap::new();
     for head in store.streams_with_prefix("agent:")? {
         let chronicle_store::StreamId::Named(name) = &head.stream else {
             continue;
@@ -242,6 +245,9 @@ fn load_breakers(store: &Store, capacity: &Capacity) -> Result<(), EngineError> 
         };
         let envs = store.read_stream(&head.stream, Seq(1))?;
         capacity.load_breaker(agent, super::shared::breaker_of(&envs)?);
+        if let Some(last) = envs.last() {
+            folded.insert(agent.to_string(), last.seq);
+        }
     }
-    Ok(())
+    Ok(folded)
 }

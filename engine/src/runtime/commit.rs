@@ -226,7 +226,33 @@ impl Inner {
                     }
                 }
             }
-            match self.write_decision(state, &d, extra, deciding, agent).await {
+            let checks = match (&slots, deciding) {
+                (Some(_), Deciding::WithCapacity) => breaker_checks(self, &d, agent),
+                _ => Vec::new(),
+            };
+            match self
+                .write_decision(state, &d, extra, deciding, agent, &checks)
+                .await
+            {
+                Err(EngineError::Store(chronicle_store::StoreError::Conflict {
+                    stream, ..
+                })) if tries < 16
+                    && let Some((agent, _)) =
+                        checks.iter().find(|(a, _)| format!("agent:{a}") == stream) =>
+                {
+                    // Another process appended to the agent's stream since
+                    // this engine folded it (a circuit opened, say): fold
+                    // it now and decide again — after a few lost races on a
+                    // busy agent, with it full (nothing starts on it in
+                    // this decision; its runs are woken when it changes).
+                    tries += 1;
+                    self.refresh_breaker(agent)?;
+                    if tries >= 4
+                        && let Some(s) = &mut slots
+                    {
+                        s.set_full(agent.clone());
+                    }
+                }
                 Err(e) if agent_slots::is_slot_conflict(&e) && tries < 8 => {
                     tries += 1;
                     if let (Some(s), Some(wf)) = (&mut slots, &wf) {
@@ -253,8 +279,18 @@ impl Inner {
         extra: Vec<IndexOp>,
         deciding: Deciding,
         agent: Option<&AgentAppend>,
+        checks: &[(String, Seq)],
     ) -> Result<(), EngineError> {
         let mut req = self.request(state.seq, d, extra);
+        for (agent, folded) in checks {
+            // No events: the write commits only while the agent's stream
+            // is still at the seq its breaker was folded through.
+            req.appends.push(Append {
+                stream: agent_stream(agent)?,
+                expected: *folded,
+                events: Vec::new(),
+            });
+        }
         if let Some(a) = agent.filter(|a| !a.events.is_empty()) {
             req.appends.push(Append {
                 stream: agent_stream(&a.agent)?,
@@ -280,6 +316,37 @@ impl Inner {
         super::metrics::observe_commit(&d.next, &d.events);
         Ok(())
     }
+}
+
+/// The agents with a circuit breaker that decision `d` starts attempts on
+/// (on a shared database), each with the seq of its stream its breaker
+/// was folded through: the decision routed on that breaker, so its write
+/// expects the stream there and fails with a conflict — and is decided
+/// again on the breaker folded anew — should another worker have appended
+/// to it meanwhile (opened the circuit, say). The agent `agent` appends to
+/// is left out: that append expects its own head already.
+fn breaker_checks(engine: &Inner, d: &Decision, agent: Option<&AgentAppend>) -> Vec<(String, Seq)> {
+    let wf = d.next.wf();
+    let mut out: BTreeMap<String, Seq> = BTreeMap::new();
+    for e in &d.events {
+        if let RunEvent::StepStarted { agent: Some(a), .. } = e
+            && wf
+                .agents
+                .get(a)
+                .is_some_and(|x| x.circuit_breaker.is_some())
+            && agent.is_none_or(|x| x.agent != *a || x.events.is_empty())
+        {
+            let folded = engine
+                .agent_folded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(a)
+                .copied()
+                .unwrap_or(Seq(0));
+            out.insert(a.clone(), folded);
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// Give back what a decision with capacity reserved (it is not written).

@@ -41,6 +41,11 @@ pub(crate) struct Inner {
     /// run twice: a child's parent and the engine's recovery, say).
     pub(crate) recovering: Mutex<std::collections::HashSet<RunId>>,
     pub(crate) agent_heads: tokio::sync::Mutex<HashMap<String, Seq>>,
+    /// The agent stream's seq each agent's breaker (in `capacity`) has
+    /// folded through: the head a decision that starts attempts on the
+    /// agent expects its stream at (see `commit::breaker_checks`). Read
+    /// without the agents' lock.
+    pub(crate) agent_folded: Mutex<HashMap<String, Seq>>,
     pub(crate) http: super::exec::http::LazyClient,
     pub(crate) secrets: BTreeMap<String, String>,
     pub(crate) snapshot_every: u64,
@@ -180,7 +185,42 @@ impl Inner {
             }
         };
         heads.insert(agent.to_string(), head);
+        self.folded_through(agent, head);
         Ok(head)
+    }
+
+    /// The breaker of `agent` reflects its stream through `seq`.
+    pub(crate) fn folded_through(&self, agent: &str, seq: Seq) {
+        let mut folded = self.agent_folded.lock().unwrap_or_else(|e| e.into_inner());
+        let at = folded.entry(agent.to_string()).or_insert(seq);
+        *at = (*at).max(seq);
+    }
+
+    /// Fold into `agent`'s breaker what its stream got after the seq it
+    /// folded through, without the agents' lock (a decision holding it may
+    /// call this): events folded twice, in order, leave a breaker as once
+    /// (each sets the fields it names).
+    ///
+    /// Errors: storage errors; an agent event that does not decode.
+    pub(crate) fn refresh_breaker(&self, agent: &str) -> Result<(), EngineError> {
+        let stream = agent_stream(agent)?;
+        let from = self
+            .agent_folded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(agent)
+            .copied()
+            .unwrap_or(Seq(0));
+        let new = self.store.read_stream(&stream, Seq(from.0 + 1))?;
+        if let Some(last) = new.last() {
+            let events: Vec<AgentEvent> = new
+                .iter()
+                .map(|e| e.decode::<AgentEvent>())
+                .collect::<Result<_, _>>()?;
+            self.capacity.apply_agent(agent, &events);
+            self.folded_through(agent, last.seq);
+        }
+        Ok(())
     }
 
     /// Append an agent's circuit events to its stream.
@@ -204,7 +244,9 @@ impl Inner {
             })
             .collect();
         let out = self.store.append(stream, head, evs).await?;
-        heads.insert(agent.to_string(), out.last().map(|e| e.seq).unwrap_or(head));
+        let head = out.last().map(|e| e.seq).unwrap_or(head);
+        heads.insert(agent.to_string(), head);
+        self.folded_through(agent, head);
         Ok(())
     }
 }
