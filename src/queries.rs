@@ -175,7 +175,19 @@ pub async fn history(
     let mut last = envs.last().map(|e| e.seq).unwrap_or(Seq(0));
     let state = engine.state(run)?;
     if state.status.is_terminal() {
-        return Ok(0);
+        // Ended since the read above (on a shared database, by the worker
+        // executing it): its last events are printed too.
+        let rest = engine.store().read_stream(&run.stream(), Seq(last.0 + 1))?;
+        rest.iter().for_each(print);
+        return match damaged.take() {
+            Some((seq, e)) => Err(StoreError::Decode {
+                stream: run.stream().to_string(),
+                seq,
+                message: e,
+            }
+            .into()),
+            None => Ok(0),
+        };
     }
     if !quiet {
         eprintln!("following: continuing run {run} in this process");

@@ -93,74 +93,89 @@ fn damaged(line: &str) -> Option<(u64, String)> {
 /// `history [--follow]` through the server: it follows without executing
 /// anything itself (the server executes the run).
 pub async fn history(c: &Client, run: &str, json: bool, follow: bool) -> Result<u8, CliError> {
-    let mut first_bad: Option<(u64, String)> = None;
-    let mut stream = String::new();
-    let mut after = 0u64;
-    loop {
-        let page = c
-            .get_bytes(&format!(
-                "/v1/runs/{}/events?after={after}&limit=10000",
-                seg(run)
-            ))
+    let mut read = Printed::default();
+    read.pages(c, run, json).await?;
+    if read.after == 0 {
+        return Err(CliError::input(format!("no run {run} in this database")));
+    }
+    if follow {
+        let v = c.get_json(&format!("/v1/runs/{}", seg(run))).await?;
+        if settled(&v) && v["status"] != "quarantined" {
+            // It ended, perhaps after the pages above were read: what it
+            // appended since (its last events) is printed too.
+            read.pages(c, run, json).await?;
+        } else {
+            let (first_bad, after) = (&mut read.first_bad, read.after);
+            c.follow(run, after, |item| {
+                if let StreamItem::Event { line, .. } = item {
+                    if let Some(bad) = damaged(&line) {
+                        first_bad.get_or_insert(bad);
+                    }
+                    queries::print_event_line(&line, json);
+                }
+                true
+            })
             .await?;
-        let page = String::from_utf8_lossy(&page);
-        // The page embeds each event's line byte for byte: read it as raw
-        // text (a parsed value would print its keys in another order).
-        let raw: chronicle_server::ops::EventsPage = serde_json::from_str(&page).map_err(|e| {
-            CliError::storage(format!("the server's events page is unreadable: {e}"))
-        })?;
-        if raw.events.is_empty() && after == 0 {
-            return Err(CliError::input(format!("no run {run} in this database")));
-        }
-        let n = raw.events.len();
-        for line in raw.events {
-            let line = line.get();
-            if let Some(bad) = damaged(line) {
-                first_bad.get_or_insert(bad);
-            }
-            if stream.is_empty()
-                && let Ok(env) = serde_json::from_str::<RawEnvelope>(line)
-            {
-                stream = env.stream.to_string();
-            }
-            queries::print_event_line(line, json);
-            after += 1;
-        }
-        if n < 10_000 {
-            break;
         }
     }
-    let decode = |(seq, message): (u64, String), stream: &str| -> CliError {
-        StoreError::Decode {
-            stream: stream.to_string(),
+    match read.first_bad {
+        Some((seq, message)) => Err(StoreError::Decode {
+            stream: read.stream,
             seq,
             message,
         }
-        .into()
-    };
-    if let Some(bad) = first_bad.take() {
-        return Err(decode(bad, &stream));
-    }
-    if !follow {
-        return Ok(0);
-    }
-    let v = c.get_json(&format!("/v1/runs/{}", seg(run))).await?;
-    if settled(&v) && v["status"] != "quarantined" {
-        return Ok(0);
-    }
-    c.follow(run, after, |item| {
-        if let StreamItem::Event { line, .. } = item {
-            if let Some(bad) = damaged(&line) {
-                first_bad.get_or_insert(bad);
-            }
-            queries::print_event_line(&line, json);
-        }
-        true
-    })
-    .await?;
-    match first_bad {
-        Some(bad) => Err(decode(bad, &stream)),
+        .into()),
         None => Ok(0),
+    }
+}
+
+/// What `history` printed so far: the events up to `after` (a seq), the
+/// stream's name, and the first event that does not decode.
+#[derive(Default)]
+struct Printed {
+    after: u64,
+    stream: String,
+    first_bad: Option<(u64, String)>,
+}
+
+impl Printed {
+    /// Print the run's events after `self.after`, page by page, as the
+    /// server has them now.
+    async fn pages(&mut self, c: &Client, run: &str, json: bool) -> Result<(), CliError> {
+        loop {
+            let page = c
+                .get_bytes(&format!(
+                    "/v1/runs/{}/events?after={}&limit=10000",
+                    seg(run),
+                    self.after
+                ))
+                .await?;
+            let page = String::from_utf8_lossy(&page);
+            // The page embeds each event's line byte for byte: read it as
+            // raw text (a parsed value would print its keys in another
+            // order).
+            let raw: chronicle_server::ops::EventsPage =
+                serde_json::from_str(&page).map_err(|e| {
+                    CliError::storage(format!("the server's events page is unreadable: {e}"))
+                })?;
+            let n = raw.events.len();
+            for line in raw.events {
+                let line = line.get();
+                if let Some(bad) = damaged(line) {
+                    self.first_bad.get_or_insert(bad);
+                }
+                if self.stream.is_empty()
+                    && let Ok(env) = serde_json::from_str::<RawEnvelope>(line)
+                {
+                    self.stream = env.stream.to_string();
+                }
+                queries::print_event_line(line, json);
+                self.after += 1;
+            }
+            if n < 10_000 {
+                return Ok(());
+            }
+        }
     }
 }
 
