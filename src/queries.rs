@@ -173,44 +173,32 @@ pub async fn history(
         return Ok(0);
     }
     let mut last = envs.last().map(|e| e.seq).unwrap_or(Seq(0));
-    let state = engine.state(run)?;
-    if state.status.is_terminal() {
-        // Ended since the read above (on a shared database, by the worker
-        // executing it): its last events are printed too.
-        let rest = engine.store().read_stream(&run.stream(), Seq(last.0 + 1))?;
-        rest.iter().for_each(print);
-        return match damaged.take() {
-            Some((seq, e)) => Err(StoreError::Decode {
-                stream: run.stream().to_string(),
-                seq,
-                message: e,
-            }
-            .into()),
-            None => Ok(0),
+    // Ended already — perhaps since the read above, on a shared database
+    // where another process executes it: only its last events are left.
+    if !engine.state(run)?.status.is_terminal() {
+        if !quiet {
+            eprintln!("following: continuing run {run} in this process");
+        }
+        engine.recover_runs(Some(&[run])).await?;
+        let waiter = {
+            let e = engine.clone();
+            tokio::spawn(async move { e.wait(run).await })
         };
-    }
-    if !quiet {
-        eprintln!("following: continuing run {run} in this process");
-    }
-    engine.recover_runs(Some(&[run])).await?;
-    let waiter = {
-        let e = engine.clone();
-        tokio::spawn(async move { e.wait(run).await })
-    };
-    loop {
-        tokio::select! {
-            batch = feed.recv() => match batch {
-                Ok(b) => {
-                    for env in b.iter() {
-                        if env.stream == run.stream() && env.seq > last {
-                            print(env);
-                            last = env.seq;
+        loop {
+            tokio::select! {
+                batch = feed.recv() => match batch {
+                    Ok(b) => {
+                        for env in b.iter() {
+                            if env.stream == run.stream() && env.seq > last {
+                                print(env);
+                                last = env.seq;
+                            }
                         }
                     }
-                }
-                Err(_) => break,
-            },
-            _ = tokio::time::sleep(std::time::Duration::from_millis(50)), if waiter.is_finished() => break,
+                    Err(_) => break,
+                },
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)), if waiter.is_finished() => break,
+            }
         }
     }
     for env in engine.store().read_stream(&run.stream(), last.next())? {

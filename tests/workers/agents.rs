@@ -10,6 +10,26 @@ use chronicle_store::Store;
 use super::{chronicle, fresh_postgres, histories, wait_succeeded, worker};
 use crate::support::{BIN, Env, root};
 
+/// Two workers on `url` (`--lease LEASE`; logs `NAME-w1.log`, `NAME-w2.log`).
+fn two_workers(env: &Env, url: &str, lease: &str, name: &str) -> [std::process::Child; 2] {
+    [
+        worker(env, url, lease, &format!("{name}-w1.log")),
+        worker(env, url, lease, &format!("{name}-w2.log")),
+    ]
+}
+
+/// `n` runs of the workflow `file` submitted for the workers (`run
+/// --detach`): their ids.
+fn submit(env: &Env, url: &str, file: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let out = chronicle(env, url, &["run", file, "--detach"]);
+            assert_eq!(out.code, 0, "{out:?}");
+            out.stdout.trim().to_string()
+        })
+        .collect()
+}
+
 /// Runs whose agents have circuit breakers, executed by two workers at
 /// once: both append to the agents' streams (optimistic concurrency, a
 /// conflict refolds the stream and decides again); every run ends as on
@@ -78,16 +98,8 @@ fn an_agents_concurrency_holds_across_workers() {
     let url = fresh_postgres();
     let env = Env::new();
     env.write("gpu.yaml", ONE_GPU);
-    let mut workers = [
-        worker(&env, &url, "2s", "gpu-w1.log"),
-        worker(&env, &url, "2s", "gpu-w2.log"),
-    ];
-    let mut runs = Vec::new();
-    for _ in 0..8 {
-        let out = chronicle(&env, &url, &["run", "gpu.yaml", "--detach"]);
-        assert_eq!(out.code, 0, "{out:?}");
-        runs.push(out.stdout.trim().to_string());
-    }
+    let mut workers = two_workers(&env, &url, "2s", "gpu");
+    let runs = submit(&env, &url, "gpu.yaml", 8);
     // A worker dies holding slots: the runs it held are taken over when
     // its leases expire, and the abandoning write gives its slots back
     // (a leaked slot would leave the agent busy for ever).
@@ -189,13 +201,8 @@ fn a_circuit_opened_on_one_worker_holds_on_every_worker() {
     let url = fresh_postgres();
     let env = Env::new();
     env.write("flaky.yaml", FLAKY_FIRST);
-    let mut workers = [
-        worker(&env, &url, "5s", "flaky-w1.log"),
-        worker(&env, &url, "5s", "flaky-w2.log"),
-    ];
-    let first = chronicle(&env, &url, &["run", "flaky.yaml", "--detach"]);
-    assert_eq!(first.code, 0, "{first:?}");
-    let first = first.stdout.trim().to_string();
+    let mut workers = two_workers(&env, &url, "5s", "flaky");
+    let first = submit(&env, &url, "flaky.yaml", 1).remove(0);
     wait_succeeded(&env, &url, std::slice::from_ref(&first));
     // The circuit opened on the agent's stream.
     let store = Store::open_read_only(&url).unwrap();
@@ -207,12 +214,7 @@ fn a_circuit_opened_on_one_worker_holds_on_every_worker() {
         .filter(|e| e.decode::<serde_json::Value>().unwrap()["type"] == "CircuitOpened")
         .count();
     assert_eq!(opened, 1, "the first run's failures opened the circuit");
-    let mut runs = Vec::new();
-    for _ in 0..6 {
-        let out = chronicle(&env, &url, &["run", "flaky.yaml", "--detach"]);
-        assert_eq!(out.code, 0, "{out:?}");
-        runs.push(out.stdout.trim().to_string());
-    }
+    let runs = submit(&env, &url, "flaky.yaml", 6);
     wait_succeeded(&env, &url, &runs);
     for w in &mut workers {
         let _ = w.kill();
@@ -273,16 +275,8 @@ fn a_half_open_circuit_lets_one_probe_through_across_workers() {
     let url = fresh_postgres();
     let env = Env::new();
     env.write("failing.yaml", ALWAYS_FAILING);
-    let mut workers = [
-        worker(&env, &url, "5s", "probe-w1.log"),
-        worker(&env, &url, "5s", "probe-w2.log"),
-    ];
-    let mut runs = Vec::new();
-    for _ in 0..6 {
-        let out = chronicle(&env, &url, &["run", "failing.yaml", "--detach"]);
-        assert_eq!(out.code, 0, "{out:?}");
-        runs.push(out.stdout.trim().to_string());
-    }
+    let mut workers = two_workers(&env, &url, "5s", "probe");
+    let runs = submit(&env, &url, "failing.yaml", 6);
     // Every run ends failed (its three attempts failed).
     let t = std::time::Instant::now();
     for run in &runs {
