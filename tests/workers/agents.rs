@@ -358,3 +358,62 @@ fn a_half_open_circuit_lets_one_probe_through_across_workers() {
         "the probes came from both workers: {probers:?}"
     );
 }
+
+const HALF_FAILING: &str = r#"
+name: half-failing
+agents:
+  a_flaky:
+    skills: [work]
+    shell: 'n=$(od -An -N1 -tu1 /dev/urandom); if [ $((n % 2)) -eq 0 ]; then echo "{}"; else exit 1; fi'
+    circuit_breaker: { failure_threshold: 2, cool_down: 300ms }
+  b_steady:
+    skills: [work]
+    shell: 'echo "{}"'
+defaults:
+  strategy: first
+  retry: { max_attempts: 8, initial_backoff: 20ms, multiplier: 1, max_backoff: 20ms }
+steps:
+  - id: a
+    skills: [work]
+  - id: b
+    needs: [a]
+    skills: [work]
+  - id: c
+    needs: [b]
+    skills: [work]
+"#;
+
+/// Many runs on two workers through an agent whose circuit keeps opening
+/// and closing (half its attempts fail; 300 ms cool-down): both workers'
+/// decisions race on the agent's stream all along — outcomes appended,
+/// starts checked against it — and every run still succeeds, no step has
+/// two attempts at once, and every chain verifies.
+#[test]
+fn runs_through_a_flapping_circuit_on_two_workers_all_succeed() {
+    let url = fresh_postgres();
+    let env = Env::new();
+    env.write("half.yaml", HALF_FAILING);
+    let mut workers = two_workers(&env, &url, "5s", "flap");
+    let runs = submit(&env, &url, "half.yaml", 24);
+    wait_succeeded(&env, &url, &runs);
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let histories = histories(&url);
+    let mut transitions = 0;
+    for run in &runs {
+        super::assert_no_overlap(run, &histories[run]);
+    }
+    let store = Store::open_read_only(&url).unwrap();
+    let agent = chronicle_store::StreamId::named("agent:a_flaky").unwrap();
+    for e in store.read_stream(&agent, chronicle_store::Seq(1)).unwrap() {
+        let p = e.decode::<serde_json::Value>().unwrap();
+        if p["type"] == "CircuitOpened" {
+            transitions += 1;
+        }
+    }
+    assert!(transitions >= 1, "the circuit never opened");
+    let verify = chronicle(&env, &url, &["verify", "--json"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+}

@@ -246,6 +246,11 @@ impl Inner {
                     // busy agent, with it full (nothing starts on it in
                     // this decision; its runs are woken when it changes).
                     tries += 1;
+                    tracing::debug!(
+                        agent,
+                        tries,
+                        "the agent's stream moved since its breaker was folded; deciding again"
+                    );
                     self.refresh_breaker(agent)?;
                     if tries >= 4
                         && let Some(s) = &mut slots
