@@ -63,6 +63,12 @@ async fn insert_first_event(client: &tokio_postgres::Client, xid: i64, stream: &
         .await
         .unwrap();
 }
+/// The tests that hold a transaction open, and the one that times how
+/// soon an unannounced commit arrives, one at a time: the horizon is the
+/// cluster's, so one test's open transaction holds every database's feed
+/// back.
+static HORIZON: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn open(url: &str) -> Store {
     Store::open(url, StoreOptions::default()).expect("open the PostgreSQL store")
 }
@@ -128,6 +134,7 @@ fn the_live_feed_carries_other_handles_commits_once() {
 /// order — none is skipped.
 #[test]
 fn the_feed_waits_for_a_transaction_that_took_a_smaller_position() {
+    let _one = HORIZON.lock().unwrap_or_else(|e| e.into_inner());
     let url = fresh_postgres();
     let reader = open(&url);
     let writer = open(&url);
@@ -178,6 +185,7 @@ fn the_feed_waits_for_a_transaction_that_took_a_smaller_position() {
 /// process with readers reads the log once a second, not only when told.
 #[test]
 fn the_feed_gets_a_commit_whose_notification_was_lost() {
+    let _one = HORIZON.lock().unwrap_or_else(|e| e.into_inner());
     let url = fresh_postgres();
     let reader = open(&url);
     let rt = tokio::runtime::Runtime::new().unwrap();
