@@ -60,12 +60,7 @@ fn connections_ended_under_load_lose_nothing_and_write_nothing_twice() {
     let started = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(100));
-        let rows: Vec<Value> = store
-            .index_scan("runs", "")
-            .unwrap()
-            .iter()
-            .map(|(_, v)| serde_json::from_slice(v).unwrap())
-            .collect();
+        let rows = run_rows(&store);
         if let Some(q) = rows
             .iter()
             .find(|v| v["status"] == "quarantined" || v["status"] == "failed")
@@ -112,16 +107,7 @@ fn connections_ended_under_load_lose_nothing_and_write_nothing_twice() {
     eprintln!("attempts abandoned (their worker's write failed, the run recovered): {abandoned}");
     for (run, events) in &histories {
         assert_no_overlap(run, events);
-        for step in ["fetch", "transform", "store"] {
-            let succeeded = events
-                .iter()
-                .filter(|(_, _, p)| p["type"] == "StepSucceeded" && p["step"] == step)
-                .count();
-            assert_eq!(
-                succeeded, 1,
-                "run {run}: step {step} succeeded {succeeded} times"
-            );
-        }
+        assert_each_succeeded_once(run, events, &["fetch", "transform", "store"]);
         let last = &events.last().unwrap().2;
         assert_eq!(last["type"], "RunSucceeded", "run {run}: {last}");
     }
@@ -314,16 +300,7 @@ fn a_database_outage_shorter_than_the_lease_abandons_no_attempt() {
     assert_eq!(histories.len(), RUNS);
     for (run, events) in &histories {
         assert_no_overlap(run, events);
-        for step in ["a", "b"] {
-            let succeeded = events
-                .iter()
-                .filter(|(_, _, p)| p["type"] == "StepSucceeded" && p["step"] == step)
-                .count();
-            assert_eq!(
-                succeeded, 1,
-                "run {run}: step {step} succeeded {succeeded} times"
-            );
-        }
+        assert_each_succeeded_once(run, events, &["a", "b"]);
         let abandoned: Vec<&Value> = events
             .iter()
             .filter(|(_, _, p)| p["type"] == "StepAbandoned")

@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use chronicle_store::Store;
-use serde_json::Value;
 
 use super::*;
 use crate::support::{Env, marked_processes};
@@ -51,12 +50,7 @@ fn four_workers_killed_at_random_finish_every_run_once() {
     let store = Store::open_read_only(&url).unwrap();
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        let rows: Vec<Value> = store
-            .index_scan("runs", "")
-            .unwrap()
-            .iter()
-            .map(|(_, v)| serde_json::from_slice(v).unwrap())
-            .collect();
+        let rows = run_rows(&store);
         if let Some(q) = rows.iter().find(|v| v["status"] == "quarantined") {
             panic!("a run was quarantined: {q}");
         }

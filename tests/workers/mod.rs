@@ -191,6 +191,35 @@ fn histories(url: &str) -> HashMap<String, Vec<(u64, chrono::DateTime<chrono::Ut
     out
 }
 
+/// Every row of the run index (`RunSummary` as JSON), as `store` reads it
+/// now.
+fn run_rows(store: &Store) -> Vec<Value> {
+    store
+        .index_scan("runs", "")
+        .unwrap()
+        .iter()
+        .map(|(_, v)| serde_json::from_slice(v).unwrap())
+        .collect()
+}
+
+/// Each of `steps` succeeded exactly once in `run`'s `events`.
+fn assert_each_succeeded_once(
+    run: &str,
+    events: &[(u64, chrono::DateTime<chrono::Utc>, Value)],
+    steps: &[&str],
+) {
+    for step in steps {
+        let succeeded = events
+            .iter()
+            .filter(|(_, _, p)| p["type"] == "StepSucceeded" && p["step"] == *step)
+            .count();
+        assert_eq!(
+            succeeded, 1,
+            "run {run}: step {step} succeeded {succeeded} times"
+        );
+    }
+}
+
 /// No step of `events` has two attempts running at once: in seq order a
 /// step's attempt starts only after its previous attempt's outcome, and
 /// its recorded start is not before that outcome's time.

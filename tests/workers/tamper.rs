@@ -23,6 +23,19 @@ fn runs(env: &Env, url: &str) -> HashMap<String, Value> {
         .collect()
 }
 
+/// Wait (at most 30 s, polling `list`) until `done` holds of the runs.
+fn wait_runs(env: &Env, url: &str, done: impl Fn(&HashMap<String, Value>) -> bool) {
+    let t = Instant::now();
+    while !done(&runs(env, url)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            runs(env, url)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn an_altered_log_is_reported_and_its_runs_quarantined_once() {
     let env = Env::new();
@@ -40,15 +53,7 @@ fn an_altered_log_is_reported_and_its_runs_quarantined_once() {
         .collect();
     let (edited, gapped, sound) = (&ids[0], &ids[1], &ids[2]);
     let mut w = worker(&env, &url, "2s", "w1.log");
-    let t = Instant::now();
-    while !ids.iter().all(|id| runs(&env, &url)[id]["seq"] == 6) {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{:?}",
-            runs(&env, &url)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_runs(&env, &url, |r| ids.iter().all(|id| r[id]["seq"] == 6));
     let _ = w.kill();
     let _ = w.wait();
     // Behind Chronicle's back: one letter of an event's payload changed,
@@ -125,15 +130,7 @@ fn an_altered_log_is_reported_and_its_runs_quarantined_once() {
     // The sound run goes on.
     let signal = chronicle(&env, &url, &["signal", sound, "go"]);
     assert_eq!(signal.code, 0, "{signal:?}");
-    let t = Instant::now();
-    while runs(&env, &url)[sound]["status"] != "succeeded" {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{:?}",
-            runs(&env, &url)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_runs(&env, &url, |r| r[sound]["status"] == "succeeded");
     let _ = w.kill();
     let _ = w.wait();
     // Nothing was appended to the damaged runs: their seq is where the

@@ -274,13 +274,7 @@ pub fn decide(state: &RunState, command: Command, ctx: &Ctx) -> Result<Vec<RunEv
         Command::Recover => recover(&mut d)?,
         Command::Stop { reason } => {
             // Waiting steps run nothing: they keep waiting across the stop.
-            let running: Vec<(crate::ids::StepId, u32)> = d
-                .state
-                .executing()
-                .into_iter()
-                .map(|(s, a)| (crate::ids::StepId::from(s), a))
-                .collect();
-            for (step, attempt) in running {
+            for (step, attempt) in executing(&d) {
                 d.push(RunEvent::StepAbandoned {
                     step,
                     attempt,
@@ -407,4 +401,14 @@ fn merge_input(wf: &Workflow, input: Value) -> Value {
         }
     }
     Value::Object(merged)
+}
+
+/// The attempts whose processes or requests run now (`RunState::executing`),
+/// owned: the draft pushes events while going through them.
+fn executing(d: &Draft<'_>) -> Vec<(crate::ids::StepId, u32)> {
+    d.state
+        .executing()
+        .into_iter()
+        .map(|(s, a)| (crate::ids::StepId::from(s), a))
+        .collect()
 }

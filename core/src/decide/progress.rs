@@ -20,12 +20,7 @@ pub(super) fn recover(d: &mut Draft<'_>) -> Result<(), Rejected> {
     let k = wf.quarantine_after_crashes();
     // Waiting steps survive the crash: their timers and waits are in the
     // fold and go on.
-    let running: Vec<(crate::ids::StepId, u32)> = d
-        .state
-        .executing()
-        .into_iter()
-        .map(|(s, a)| (crate::ids::StepId::from(s), a))
-        .collect();
+    let running = super::executing(d);
     let mut poison: Vec<crate::ids::StepId> = Vec::new();
     for (step, attempt) in running {
         d.push(RunEvent::StepAbandoned {
