@@ -102,11 +102,28 @@ fn an_agents_concurrency_holds_across_workers() {
     let runs = submit(&env, &url, "gpu.yaml", 8);
     // A worker dies holding slots: the runs it held are taken over when
     // its leases expire, and the abandoning write gives its slots back
-    // (a leaked slot would leave the agent busy for ever).
-    std::thread::sleep(Duration::from_millis(700));
-    workers[0].kill().unwrap();
-    workers[0].wait().unwrap();
-    workers[0] = worker(&env, &url, "2s", "gpu-w1b.log");
+    // (a leaked slot would leave the agent busy for ever). The one killed
+    // is the first to finish an attempt (its pid is in the outputs then,
+    // whatever the machine's load: a fixed delay left it none under CI).
+    let t = std::time::Instant::now();
+    let first = loop {
+        let done = histories(&url)
+            .values()
+            .flatten()
+            .find_map(|(_, _, p)| p["output"]["worker"].as_u64());
+        if let Some(pid) = done {
+            break pid;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "no attempt ended");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let i = workers
+        .iter()
+        .position(|w| u64::from(w.id()) == first)
+        .expect("a step's parent is one of the workers");
+    workers[i].kill().unwrap();
+    workers[i].wait().unwrap();
+    workers[i] = worker(&env, &url, "2s", "gpu-w1b.log");
     wait_succeeded(&env, &url, &runs);
     for w in &mut workers {
         let _ = w.kill();
