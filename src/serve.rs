@@ -84,6 +84,7 @@ pub async fn worker(
     );
     let (reason, _) = signals.recv().await;
     work.abort();
+    engine.unregister_worker().await;
     let cut = engine
         .drain(
             grace,

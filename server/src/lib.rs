@@ -308,7 +308,7 @@ pub async fn serve(
                     state.set_ready(true);
                     // On a shared database: claim and execute runs as a
                     // worker (nothing when started with --no-worker).
-                    let _worker = WorkerGuard(engine.spawn_worker());
+                    let worker = WorkerGuard(engine.spawn_worker());
                     // Fire due schedules, every second, until shutdown.
                     let mut shutdown = state.0.shutdown.clone();
                     loop {
@@ -320,6 +320,9 @@ pub async fn serve(
                             _ = shutdown.wait_for(|s| *s) => break,
                         }
                     }
+                    // No longer claiming: no offer names this process.
+                    drop(worker);
+                    engine.unregister_worker().await;
                 }
                 Err(e) => tracing::error!(error = %e, "recovery failed: /v1 stays unavailable"),
             }

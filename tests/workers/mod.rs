@@ -6,6 +6,7 @@
 mod agents;
 mod bench;
 mod connections;
+mod directory;
 mod failures;
 mod tamper;
 mod tls;

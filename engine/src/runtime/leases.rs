@@ -432,19 +432,30 @@ impl super::engine::Engine {
 
     /// Worker mode on a shared database: claim free and expired leases and
     /// execute those runs ([`Self::recover_runs`]), again whenever a run is
-    /// created (the live feed: LISTEN/NOTIFY) and at least every second
-    /// (a lease that expires notifies no one). Runs until the task is
-    /// aborted. Does nothing on redb (`serve` recovers once at start).
+    /// offered to this worker or to every worker (the live feed:
+    /// LISTEN/NOTIFY) and at least every second (a lease that expires
+    /// notifies no one, and an offer may name a worker that died). The
+    /// worker registers itself in the store's directory of live workers
+    /// with its spare capacity ([`chronicle_store::Store::register_worker`]),
+    /// renewed each third of the lease and whenever it becomes full or no
+    /// longer full; named by an offer while full, it wakes every worker
+    /// instead. Runs until the task is aborted ([`Self::unregister_worker`]
+    /// then). Does nothing on redb (`serve` recovers once at start), nor
+    /// for an engine that does not execute (`--no-worker`).
     pub fn spawn_worker(&self) -> tokio::task::JoinHandle<()> {
         let engine = self.clone();
         tokio::spawn(async move {
-            if !engine.is_shared() {
+            let Some(leases) = engine.inner.leases.as_ref() else {
                 return;
-            }
+            };
             // Other processes' commands and agents' circuits are followed
             // from now on, before any run is claimed.
             engine.inner.ensure_heartbeat();
+            if !leases.executes {
+                return; // an API node started with --no-worker claims nothing
+            }
             let mut changes = engine.inner.store.subscribe_changes();
+            let mut registered: Option<(std::time::Instant, bool)> = None;
             loop {
                 match engine.recover_runs(None).await {
                     Ok(r) if !r.resumed.is_empty() || !r.quarantined.is_empty() => {
@@ -457,11 +468,28 @@ impl super::engine::Engine {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot claim runs"),
                 }
-                // Another process offered runs (its notification says so).
+                engine.register_worker(&mut registered).await;
+                // Another process offered runs to this worker or to every
+                // worker (its notification says so).
                 let wake = async {
                     loop {
                         match changes.recv().await {
-                            Ok(change) if change.offers => return,
+                            Ok(change) if change.offers => match change.offered_to.as_deref() {
+                                None => return,
+                                Some(named) if named != leases.owner => {}
+                                Some(_) if leases.count() < leases.max_held => return,
+                                Some(_) => {
+                                    // Full: every worker is woken instead.
+                                    let store = engine.inner.store.clone();
+                                    let passed = tokio::task::spawn_blocking(move || {
+                                        store.announce_offers()
+                                    })
+                                    .await;
+                                    if let Ok(Err(e)) = passed {
+                                        tracing::warn!(error = %e, "cannot pass an offer on to the other workers");
+                                    }
+                                }
+                            },
                             Ok(_) => {}
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => {
@@ -476,5 +504,54 @@ impl super::engine::Engine {
                 }
             }
         })
+    }
+
+    /// Register this worker in the store's directory of live workers when
+    /// `registered` (when it last did, and whether it was full then) is
+    /// unset, a third of the lease old, or no longer says whether it is
+    /// full. A failure is logged and tried again at the next call.
+    async fn register_worker(&self, registered: &mut Option<(std::time::Instant, bool)>) {
+        let Some(leases) = &self.inner.leases else {
+            return;
+        };
+        let held = leases.count();
+        let full = held >= leases.max_held;
+        let due = match registered {
+            None => true,
+            Some((at, was_full)) => {
+                *was_full != full || at.elapsed() >= Duration::from_millis(leases.ttl_ms / 3)
+            }
+        };
+        if !due {
+            return;
+        }
+        let (store, owner, ttl) = (
+            self.inner.store.clone(),
+            leases.owner.clone(),
+            leases.ttl_ms,
+        );
+        let spare = leases.max_held.saturating_sub(held);
+        match tokio::task::spawn_blocking(move || store.register_worker(&owner, ttl, spare)).await {
+            Ok(Ok(())) => *registered = Some((std::time::Instant::now(), full)),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot register this worker"),
+            Err(_) => {}
+        }
+    }
+
+    /// Remove this worker from the store's directory of live workers (it
+    /// stops claiming: call after aborting [`Self::spawn_worker`]'s task),
+    /// so that no offer names it. A failure is logged: offers may then
+    /// name it until its registration expires (one lease), each delayed by
+    /// up to the other workers' poll (a second).
+    pub async fn unregister_worker(&self) {
+        let Some(leases) = &self.inner.leases else {
+            return;
+        };
+        let (store, owner) = (self.inner.store.clone(), leases.owner.clone());
+        if let Ok(Err(e)) =
+            tokio::task::spawn_blocking(move || store.unregister_worker(&owner)).await
+        {
+            tracing::warn!(error = %e, "cannot remove this worker from the live workers");
+        }
     }
 }

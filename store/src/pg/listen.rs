@@ -4,7 +4,8 @@
 //! `chronicle_feed` (workers' commits to the runs they hold; see
 //! `writes::notify_channel`). Each commit notifies
 //! `FIRST:THROUGH:WRITER:FLAGS:STREAMS` (its positions, the writing
-//! process, `o` when it offers runs, the streams appended to). A commit of
+//! process, `o` when it offers runs — `o>OWNER` when it names the worker
+//! to claim them —, the streams appended to). A commit of
 //! another process is announced at once to
 //! [`crate::Store::subscribe_changes`] (from the notification alone), and,
 //! while anyone holds a [`crate::Store::subscribe`] receiver, its events
@@ -251,6 +252,7 @@ async fn listen(
                             let _ = feeds.1.send(Arc::new(Change {
                                 streams: n.streams,
                                 offers: n.offers,
+                                offered_to: n.offered_to,
                             }));
                             announced = announced.max(n.through);
                             query |= reading;
@@ -298,6 +300,9 @@ pub struct Change {
     pub streams: Option<Vec<String>>,
     /// It offered new runs to the workers.
     pub offers: bool,
+    /// The worker it names to claim them (`None`: every worker; see
+    /// `chronicle_workers`): the others need not claim.
+    pub offered_to: Option<String>,
 }
 
 /// A notification's payload: `FIRST:THROUGH:WRITER:FLAGS:STREAMS`.
@@ -305,6 +310,7 @@ struct Notice {
     through: u64,
     writer: String,
     offers: bool,
+    offered_to: Option<String>,
     streams: Option<Vec<String>>,
 }
 
@@ -314,7 +320,9 @@ impl Notice {
         let _first: u64 = parts.next()?.parse().ok()?;
         let through = parts.next()?.parse().ok()?;
         let writer = parts.next()?.to_string();
-        let offers = parts.next()? == "o";
+        let flags = parts.next()?;
+        let offered_to = flags.strip_prefix("o>").map(str::to_string);
+        let offers = flags == "o" || offered_to.is_some();
         let streams = match parts.next()? {
             "*" => None,
             "" => Some(Vec::new()),
@@ -324,6 +332,7 @@ impl Notice {
             through,
             writer,
             offers,
+            offered_to,
             streams,
         })
     }
@@ -410,6 +419,7 @@ async fn catch_up(
             let _ = foreign.send(Arc::new(Change {
                 streams: Some(streams),
                 offers,
+                offered_to: None,
             }));
         }
         if !out.is_empty() {

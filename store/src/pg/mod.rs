@@ -34,6 +34,7 @@ mod read;
 mod rules;
 mod schema;
 mod txn;
+mod workers;
 pub(crate) mod write;
 mod writes;
 
@@ -169,6 +170,7 @@ impl PgStore {
             max_group: options.max_group.max(1),
             events: events.clone(),
             published: listen::Published::default(),
+            workers: Default::default(),
         };
         let published = writer.published.clone();
         if !read_only {

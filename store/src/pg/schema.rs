@@ -15,7 +15,7 @@ mod embedded {
 }
 
 /// The schema version this build reads and writes: the last migration.
-pub const PG_SCHEMA_VERSION: u32 = 3;
+pub const PG_SCHEMA_VERSION: u32 = 4;
 
 /// Apply the embedded migrations (serialized across processes by an
 /// advisory lock) and check the version the database is at.

@@ -269,10 +269,16 @@ impl Writer {
         // the transaction would serialize every commit of the database
         // until its flush), pipelined after the COMMIT:
         // FIRST:THROUGH:WRITER:FLAGS:STREAMS, flag `o` when the group
-        // offers runs to the workers, the streams appended to (`*` when too
+        // offers runs to the workers (`o>OWNER` when it names the worker to
+        // claim them: see `super::workers`), the streams appended to (`*` when too
         // many for a notification's 8,000 bytes). Lost with a crash right
         // there: the listeners' poll (every second) covers it.
         let offers = !w.offered.is_empty();
+        // One live worker is named (woken) per offering commit.
+        let offered_to = match offers {
+            true => self.workers.pick(&self.pool, t),
+            false => None,
+        };
         let mut streams: Vec<&str> = w.events.stream.iter().map(String::as_str).collect();
         streams.sort_unstable();
         streams.dedup();
@@ -285,7 +291,11 @@ impl Writer {
             base + 1,
             base + n_events,
             self.published.writer(),
-            if offers { "o" } else { "-" }
+            match (offers, &offered_to) {
+                (true, Some(owner)) => format!("o>{owner}"),
+                (true, None) => "o".to_string(),
+                (false, _) => "-".to_string(),
+            }
         );
         let channel = notify_channel(requests, &results);
         let (write_st, notify_st) = futures_util::future::try_join(

@@ -70,6 +70,8 @@ pub(crate) struct Writer {
     pub max_group: usize,
     pub events: broadcast::Sender<Arc<[RawEnvelope]>>,
     pub published: Published,
+    /// The live workers an offer names one of.
+    pub workers: Arc<super::workers::Directory>,
 }
 
 /// Groups committing at once per process. Measured with `chronicle bench

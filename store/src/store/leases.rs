@@ -57,6 +57,46 @@ impl Store {
         }
     }
 
+    /// Register worker `owner` (a process that claims runs) as live for
+    /// `ttl_ms` milliseconds, able to hold `spare` more runs: offers name
+    /// live workers with spare capacity in turn, each waking only the
+    /// worker it names (see `chronicle_workers`, schema version 4).
+    ///
+    /// Errors: storage errors. On redb: nothing to do.
+    pub fn register_worker(
+        &self,
+        owner: &str,
+        ttl_ms: u64,
+        spare: usize,
+    ) -> Result<(), StoreError> {
+        match self.pg() {
+            Some(pg) => pg.register_worker(owner, ttl_ms, spare),
+            None => Ok(()),
+        }
+    }
+
+    /// Remove worker `owner`'s registration (it stops).
+    ///
+    /// Errors: storage errors. On redb: nothing to do.
+    pub fn unregister_worker(&self, owner: &str) -> Result<(), StoreError> {
+        match self.pg() {
+            Some(pg) => pg.unregister_worker(owner),
+            None => Ok(()),
+        }
+    }
+
+    /// Wake every worker to claim offered runs: what a worker named by an
+    /// offer does when it is full. Other processes see a
+    /// [`crate::Change`] with `offers` and no `offered_to`.
+    ///
+    /// Errors: storage errors. On redb: nothing to do.
+    pub fn announce_offers(&self) -> Result<(), StoreError> {
+        match self.pg() {
+            Some(pg) => pg.announce_offers(),
+            None => Ok(()),
+        }
+    }
+
     /// `run`'s lease (`None`: it has none — ended, or on redb).
     /// Errors: storage errors.
     pub fn lease(&self, run: &str) -> Result<Option<LeaseInfo>, StoreError> {
