@@ -116,6 +116,11 @@ pub enum Cmd {
         /// Most attempts running at once in this worker.
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
+        /// Most runs this worker holds at once (executing, or waiting for a
+        /// retry, a timer, a signal): it claims no more beyond, and offers
+        /// go to other workers.
+        #[arg(long, default_value_t = 1024)]
+        max_runs: usize,
         /// A run's lease; a worker that stops renewing it loses the run to
         /// another after this long (10s, 30s).
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]

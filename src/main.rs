@@ -281,9 +281,10 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Cmd::Worker {
             concurrency,
+            max_runs,
             lease,
             grace,
-        } => serve::worker(&db, concurrency, lease, grace).await,
+        } => serve::worker(&db, concurrency, max_runs, lease, grace).await,
         Cmd::Validate { file } => queries::validate(&file),
         Cmd::Recover { runs, accept_loss } => runs::recover(&db, &runs, accept_loss, quiet).await,
         Cmd::List { status, json } => queries::list(&db, status.as_deref(), json),

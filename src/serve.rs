@@ -62,6 +62,7 @@ pub async fn serve(
 pub async fn worker(
     db: &Path,
     concurrency: usize,
+    max_runs: usize,
     lease: std::time::Duration,
     grace: std::time::Duration,
 ) -> Result<u8, CliError> {
@@ -74,6 +75,7 @@ pub async fn worker(
     let mut signals = crate::signals::StopSignals::new()?;
     let engine = crate::runs::engine_builder(db)
         .max_parallel(concurrency.max(1))
+        .max_runs(max_runs.max(1))
         .lease_ms(lease.as_millis() as u64)
         .build()?;
     let work = engine.spawn_worker();
