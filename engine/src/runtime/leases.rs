@@ -525,10 +525,13 @@ impl super::engine::Engine {
         if !due {
             return;
         }
+        // Live for a lease, and at least 3 s: the worker's loop, which
+        // renews it, turns at least once a second (a shorter lease would
+        // let the registration lapse between turns).
         let (store, owner, ttl) = (
             self.inner.store.clone(),
             leases.owner.clone(),
-            leases.ttl_ms,
+            leases.ttl_ms.max(3_000),
         );
         let spare = leases.max_held.saturating_sub(held);
         match tokio::task::spawn_blocking(move || store.register_worker(&owner, ttl, spare)).await {
