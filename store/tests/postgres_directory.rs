@@ -40,22 +40,25 @@ async fn offer(
     }
 }
 
-/// Offers until one names a worker (the directory is read in the
-/// background when an offer needs it); at most 5 s.
-async fn until_named(
+/// Offers until `done` holds of the worker the last two offers named
+/// (the directory is read in the background when an offer needs it and
+/// its copy is a second old); at most 5 s. The last name.
+async fn offer_until(
     offerer: &Store,
     changes: &mut tokio::sync::broadcast::Receiver<Arc<Change>>,
-) -> String {
+    what: &str,
+    done: impl Fn(&Option<String>, &Option<String>) -> bool,
+) -> Option<String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut before = offer(offerer, changes).await.offered_to.clone();
     loop {
-        if let Some(w) = offer(offerer, changes).await.offered_to.clone() {
-            return w;
+        let named = offer(offerer, changes).await.offered_to.clone();
+        if done(&before, &named) {
+            return named;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no offer named a worker within 5 s"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{what} within 5 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
+        before = named;
     }
 }
 
@@ -77,8 +80,10 @@ fn offers_name_the_live_workers_with_spare_capacity_in_turn() {
         directory.register_worker("host/2/b", 60_000, 1).unwrap();
         directory.register_worker("host/3/full", 60_000, 0).unwrap();
         directory.register_worker("host/4/expired", 1, 4).unwrap();
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        until_named(&offerer, &mut changes).await;
+        offer_until(&offerer, &mut changes, "an offer names a worker", |_, n| {
+            n.is_some()
+        })
+        .await;
         let mut named = Vec::new();
         for _ in 0..6 {
             named.push(offer(&offerer, &mut changes).await.offered_to.clone());
@@ -92,11 +97,17 @@ fn offers_name_the_live_workers_with_spare_capacity_in_turn() {
         assert!(named.windows(2).all(|w| w[0] != w[1]), "in turn: {named:?}");
 
         // A worker removed (it stopped) is named no more once the
-        // directory is read again (at most a second later).
+        // directory is read again (at most a second later): named in turn
+        // with another, it would never be skipped twice in a row.
         directory.unregister_worker("host/1/a").unwrap();
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        offer(&offerer, &mut changes).await; // reads the directory again
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b = Some("host/2/b".to_string());
+        offer_until(
+            &offerer,
+            &mut changes,
+            "the directory is read again",
+            |x, y| *x == b && *y == b,
+        )
+        .await;
         for _ in 0..4 {
             let c = offer(&offerer, &mut changes).await;
             assert_eq!(c.offered_to.as_deref(), Some("host/2/b"), "{c:?}");
@@ -105,9 +116,10 @@ fn offers_name_the_live_workers_with_spare_capacity_in_turn() {
         // A worker's renewal replaces its row: full now, it is named no
         // more; no worker left with spare capacity, no one is named.
         directory.register_worker("host/2/b", 60_000, 0).unwrap();
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        offer(&offerer, &mut changes).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        offer_until(&offerer, &mut changes, "an offer names no one", |_, n| {
+            n.is_none()
+        })
+        .await;
         let c = offer(&offerer, &mut changes).await;
         assert_eq!(c.offered_to, None, "{c:?}");
 

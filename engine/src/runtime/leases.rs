@@ -508,33 +508,32 @@ impl super::engine::Engine {
 
     /// Register this worker in the store's directory of live workers when
     /// `registered` (when it last did, and whether it was full then) is
-    /// unset, a third of the lease old, or no longer says whether it is
+    /// unset, a third of its life old, or no longer says whether it is
     /// full. A failure is logged and tried again at the next call.
     async fn register_worker(&self, registered: &mut Option<(std::time::Instant, bool)>) {
         let Some(leases) = &self.inner.leases else {
             return;
         };
+        // Live for a lease, and at least 3 s: the worker's loop, which
+        // renews it each third of that, turns at least once a second (a
+        // shorter life would let the registration lapse between turns).
+        let life_ms = leases.ttl_ms.max(3_000);
         let held = leases.count();
         let full = held >= leases.max_held;
         let due = match registered {
             None => true,
             Some((at, was_full)) => {
-                *was_full != full || at.elapsed() >= Duration::from_millis(leases.ttl_ms / 3)
+                *was_full != full || at.elapsed() >= Duration::from_millis(life_ms / 3)
             }
         };
         if !due {
             return;
         }
-        // Live for a lease, and at least 3 s: the worker's loop, which
-        // renews it, turns at least once a second (a shorter lease would
-        // let the registration lapse between turns).
-        let (store, owner, ttl) = (
-            self.inner.store.clone(),
-            leases.owner.clone(),
-            leases.ttl_ms.max(3_000),
-        );
+        let (store, owner) = (self.inner.store.clone(), leases.owner.clone());
         let spare = leases.max_held.saturating_sub(held);
-        match tokio::task::spawn_blocking(move || store.register_worker(&owner, ttl, spare)).await {
+        match tokio::task::spawn_blocking(move || store.register_worker(&owner, life_ms, spare))
+            .await
+        {
             Ok(Ok(())) => *registered = Some((std::time::Instant::now(), full)),
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot register this worker"),
             Err(_) => {}
@@ -543,9 +542,11 @@ impl super::engine::Engine {
 
     /// Remove this worker from the store's directory of live workers (it
     /// stops claiming: call after aborting [`Self::spawn_worker`]'s task),
-    /// so that no offer names it. A failure is logged: offers may then
-    /// name it until its registration expires (one lease), each delayed by
-    /// up to the other workers' poll (a second).
+    /// so that no offer names it. A failure is logged — as is the rare
+    /// renewal the aborted task had already sent, which may land after the
+    /// removal: offers may then name it until its registration expires
+    /// (a lease, at least 3 s), each delayed by up to the other workers'
+    /// poll (a second).
     pub async fn unregister_worker(&self) {
         let Some(leases) = &self.inner.leases else {
             return;
