@@ -36,13 +36,18 @@ async fn foreign_transaction(url: &str) -> (tokio_postgres::Client, i64) {
         .await
         .unwrap();
     tokio::spawn(conn);
+    let xid = begin(&client).await;
+    (client, xid)
+}
+
+/// Begin a transaction on `client`; its id.
+async fn begin(client: &tokio_postgres::Client) -> i64 {
     client.batch_execute("BEGIN").await.unwrap();
-    let xid: i64 = client
+    client
         .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
         .await
         .unwrap()
-        .get(0);
-    (client, xid)
+        .get(0)
 }
 
 /// In `client`'s transaction `xid`: event 1 of `stream`, at the first
@@ -201,6 +206,37 @@ fn the_feed_gets_a_commit_whose_notification_was_lost() {
         assert_eq!(got[0].stream.key(), "feed:silent");
         assert_eq!(got[0].position.0, ((xid as u64) << 24) + 1);
     });
+}
+
+/// A store subscribed to as soon as it is opened gets a commit made right
+/// after: the feed starts at the horizon of the open, not at one its
+/// listener reads later (which a commit made meanwhile would be below,
+/// and never sent). Twenty opens, each followed at once by an
+/// unannounced commit from a connection made beforehand.
+#[test]
+fn a_commit_right_after_the_open_reaches_a_subscriber() {
+    let _one = HORIZON.lock().unwrap_or_else(|e| e.into_inner());
+    let url = fresh_postgres();
+    drop(open(&url));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for i in 0..20 {
+        let (client, conn) = rt
+            .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
+            .unwrap();
+        rt.spawn(conn);
+        let reader = open(&url);
+        let mut sub = reader.subscribe();
+        let stream = format!("feed:early-{i}");
+        rt.block_on(async {
+            let xid = begin(&client).await;
+            insert_first_event(&client, xid, &stream).await;
+            client.batch_execute("COMMIT").await.unwrap();
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), receive(&mut sub, 1))
+                .await
+                .unwrap_or_else(|_| panic!("open {i}: the commit never reached the feed"));
+            assert_eq!(got[0].stream.key(), stream);
+        });
+    }
 }
 
 /// A worker's commits to the runs it holds go to the feed's channel: a

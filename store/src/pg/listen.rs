@@ -65,6 +65,15 @@ impl Published {
         self.3.notify_one();
     }
 
+    /// The store was opened at horizon `position`: the feed starts there
+    /// (below it, every event is final and was committed before the open).
+    pub fn opened_at(&self, position: u64) {
+        self.2.fetch_max(
+            position.saturating_sub(1),
+            std::sync::atomic::Ordering::AcqRel,
+        );
+    }
+
     /// The writer's id in its notifications.
     pub fn writer(&self) -> &str {
         &self.1
@@ -109,8 +118,9 @@ impl Published {
 /// `migrations/V3__positions.sql`): the listener reads the events below the
 /// horizon — `pg_snapshot_xmin(pg_current_snapshot()) << 24`, under which
 /// no transaction can still commit — in position order, from `seen` (the
-/// horizon of its last read, less one). Events a notification announced
-/// but the horizon still holds back are read again shortly after.
+/// horizon of its last read, less one; at first the horizon read when the
+/// store was opened). Events a notification announced but the
+/// horizon still holds back are read again shortly after.
 pub(crate) async fn run(
     config: tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
@@ -120,13 +130,8 @@ pub(crate) async fn run(
     foreign: broadcast::Sender<Arc<Change>>,
     published: Published,
 ) {
-    let mut seen = match horizon(&pool, &target).await {
-        Ok(h) => h.saturating_sub(1),
-        Err(e) => {
-            tracing::warn!(%target, error = %e, "the live feed cannot start");
-            0
-        }
-    };
+    // From the horizon of the store's open ([`Published::opened_at`]).
+    let mut seen = 0;
     loop {
         let feeds = (&events, &foreign);
         if let Err(e) = listen(&config, &tls, &pool, &target, feeds, &published, &mut seen).await {
@@ -140,7 +145,10 @@ pub(crate) async fn run(
 pub(crate) const HORIZON: &str =
     "SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 24)";
 
-async fn horizon(pool: &deadpool_postgres::Pool, target: &str) -> Result<u64, StoreError> {
+pub(crate) async fn horizon(
+    pool: &deadpool_postgres::Pool,
+    target: &str,
+) -> Result<u64, StoreError> {
     let conn = PgStore::conn(pool, target).await?;
     let row = conn
         .query_one(HORIZON, &[])

@@ -152,16 +152,24 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| pg_error(&target, e))?;
-        {
+        // The schema; then the horizon, where the live feed starts: a
+        // subscriber of the opened store gets every commit from here on
+        // (read by the listener task itself, it could come after a commit
+        // made right after the open, which would then never be sent).
+        let horizon = {
             // Not `block_on`: the caller may be inside another runtime.
             let (pool, t) = (pool.clone(), target.clone());
             let (done, wait) = std::sync::mpsc::sync_channel(1);
             rt.get().spawn(async move {
-                let _ = done.send(migrate(&pool, &t, read_only).await);
+                let opened = async {
+                    migrate(&pool, &t, read_only).await?;
+                    listen::horizon(&pool, &t).await
+                };
+                let _ = done.send(opened.await);
             });
             wait.recv()
-                .map_err(|_| pg_error(&target, "the migration task stopped"))??;
-        }
+                .map_err(|_| pg_error(&target, "the migration task stopped"))??
+        };
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let writer = write::Writer {
             pool: pool.clone(),
@@ -173,6 +181,7 @@ impl PgStore {
             workers: Default::default(),
         };
         let published = writer.published.clone();
+        published.opened_at(horizon);
         if !read_only {
             rt.get().spawn(writer.run(rx));
         }
